@@ -1,0 +1,28 @@
+//! The marketplace domain: aggregates as pure `decide`/`evolve` functions,
+//! their commands and events, value types and errors.
+//!
+//! Nothing here does I/O: no Tokio, no SQL, no clock, no randomness. Time,
+//! ids and looked-up facts (the acting account's roles, whether an email's
+//! previous claimant exists) enter on the command, so every decision is a
+//! plain function of (state, command) and is tested as given/when/then.
+//! This crate depends on no other crate of the workspace.
+//!
+//! Layout:
+//! - [`aggregate`]: the [`Aggregate`] trait and the given/when/then harness.
+//! - [`event`]: [`DomainEvent`] (the stored name and version, defined once
+//!   beside each event type) and [`EventSet`], the per-aggregate event enum.
+//! - [`values`]: validated value types (ids, [`values::Email`],
+//!   [`values::Money`], …).
+//! - One folder per aggregate — [`account`], [`email_claim`], [`listing`] —
+//!   each with `command.rs`, `event.rs`, `state.rs`, `error.rs`, and
+//!   `mod.rs` holding `decide`, `evolve` and their tests.
+
+pub mod account;
+pub mod aggregate;
+pub mod email_claim;
+pub mod event;
+pub mod listing;
+pub mod values;
+
+pub use aggregate::Aggregate;
+pub use event::{DecodeError, DomainEvent, EventSet};

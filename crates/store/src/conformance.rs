@@ -1,0 +1,472 @@
+//! The event store conformance suite: written once, run against every backend.
+//!
+//! Each check is a plain async function over a fresh store. A backend's test
+//! file instantiates them all with [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! marketplace_store::conformance_suite!(fresh_store());
+//! ```
+//!
+//! where `fresh_store()` is an async fn returning an empty store implementing
+//! [`Conformance`].
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, EventMetadata, EventStore, ExpectedRevision, InMemoryEventStore, NewEvent,
+    Position, PostgresEventStore, RecordedEvent, StoreError, StreamId,
+};
+
+/// What the suite needs beyond [`EventStore`]: a way to hold an append's
+/// transaction open after it has taken its positions.
+#[async_trait]
+pub trait Conformance: EventStore + Clone {
+    /// Appends, signals `at_gate` once positions are taken, and commits only
+    /// after `release` fires.
+    async fn append_held(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        at_gate: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> Result<AppendOutcome, StoreError>;
+}
+
+#[async_trait]
+impl Conformance for InMemoryEventStore {
+    async fn append_held(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        at_gate: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_with_commit_gate(stream, expected, events, at_gate, release)
+            .await
+    }
+}
+
+#[async_trait]
+impl Conformance for PostgresEventStore {
+    async fn append_held(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        at_gate: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_with_commit_gate(stream, expected, events, at_gate, release)
+            .await
+    }
+}
+
+/// Generous bound for "this must arrive"; only reached when a test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn new_stream(category: &str) -> StreamId {
+    StreamId::new(category, Uuid::now_v7()).expect("valid stream id")
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "test.happened".into(),
+        schema_version: 1,
+        data: json!({ "n": n }),
+        metadata: EventMetadata {
+            actor: Some("conformance".into()),
+            correlation_id: Some(Uuid::nil()),
+            ..EventMetadata::default()
+        },
+    }
+}
+
+async fn collect(stream: &mut crate::EventStream, n: usize) -> Vec<RecordedEvent> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(DEADLINE, stream.next()).await {
+            Ok(Some(Ok(e))) => out.push(e),
+            Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+            Ok(None) => panic!("subscription ended after {} of {n} events", out.len()),
+            Err(_) => panic!("subscription delivered {} of {n} events in time", out.len()),
+        }
+    }
+    out
+}
+
+fn assert_strictly_increasing(events: &[RecordedEvent]) {
+    for w in events.windows(2) {
+        assert!(
+            w[0].position < w[1].position,
+            "delivered position {} after {}",
+            w[1].position,
+            w[0].position
+        );
+    }
+}
+
+/// Appends then reads back a stream: revisions from 0, data and metadata kept,
+/// `recorded_at` and the hash chain filled in.
+pub async fn appends_and_reads_a_stream<S: Conformance>(store: S) {
+    let s = new_stream("order");
+    let out = store
+        .append(&s, ExpectedRevision::NoStream, vec![event(1), event(2)])
+        .await
+        .expect("append");
+    assert_eq!(out.revision, 1);
+    let read = store.read_stream(&s, 0).await.expect("read");
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].revision, 0);
+    assert_eq!(read[1].revision, 1);
+    assert_eq!(read[1].position, out.position);
+    assert!(read[0].position < read[1].position);
+    assert_eq!(read[0].data, json!({"n": 1}));
+    assert_eq!(read[0].event_type, "test.happened");
+    assert_eq!(read[0].metadata.actor.as_deref(), Some("conformance"));
+    assert!(read[0].metadata.recorded_at.is_some());
+    assert_eq!(read[0].metadata.prev_hash, None);
+    assert_eq!(read[1].metadata.prev_hash, read[0].metadata.hash);
+    assert!(read[1].metadata.hash.is_some());
+
+    let tail = store.read_stream(&s, 1).await.expect("read tail");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].revision, 1);
+    assert!(store.read_stream(&new_stream("order"), 0).await.expect("read").is_empty());
+    assert_eq!(store.head().await.expect("head"), out.position);
+}
+
+/// Every expected-revision mismatch is the typed error, carrying both sides.
+pub async fn refuses_a_wrong_expected_revision_with_a_typed_error<S: Conformance>(store: S) {
+    let s = new_stream("listing");
+    let missing = store
+        .append(&s, ExpectedRevision::Exact(0), vec![event(0)])
+        .await;
+    match missing {
+        Err(StoreError::WrongExpectedRevision { expected, actual, stream }) => {
+            assert_eq!(expected, ExpectedRevision::Exact(0));
+            assert_eq!(actual, None);
+            assert_eq!(stream, s);
+        }
+        other => panic!("expected WrongExpectedRevision, got {other:?}"),
+    }
+    store
+        .append(&s, ExpectedRevision::NoStream, vec![event(1), event(2)])
+        .await
+        .expect("first append");
+    for expected in [
+        ExpectedRevision::NoStream,
+        ExpectedRevision::Exact(0),
+        ExpectedRevision::Exact(7),
+    ] {
+        match store.append(&s, expected, vec![event(3)]).await {
+            Err(StoreError::WrongExpectedRevision {
+                expected: e,
+                actual,
+                ..
+            }) => {
+                assert_eq!(e, expected);
+                assert_eq!(actual, Some(1));
+            }
+            other => panic!("expected WrongExpectedRevision for {expected}, got {other:?}"),
+        }
+    }
+    let ok = store
+        .append(&s, ExpectedRevision::Exact(1), vec![event(4)])
+        .await
+        .expect("exact append");
+    assert_eq!(ok.revision, 2);
+    let any = store
+        .append(&s, ExpectedRevision::Any, vec![event(5)])
+        .await
+        .expect("any append");
+    assert_eq!(any.revision, 3);
+    assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 4);
+    assert!(matches!(
+        store.append(&s, ExpectedRevision::Any, vec![]).await,
+        Err(StoreError::EmptyAppend)
+    ));
+}
+
+/// Re-sending an append with the same event ids is an idempotent retry;
+/// reusing some ids in a different append is refused.
+pub async fn retrying_the_same_event_ids_appends_nothing<S: Conformance>(store: S) {
+    let s = new_stream("wallet");
+    let batch = vec![event(1), event(2)];
+    let first = store
+        .append(&s, ExpectedRevision::NoStream, batch.clone())
+        .await
+        .expect("append");
+    // The retry carries the same (now stale) expectation and still succeeds.
+    let retry = store
+        .append(&s, ExpectedRevision::NoStream, batch.clone())
+        .await
+        .expect("idempotent retry");
+    assert_eq!(retry, first);
+    assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 2);
+
+    let mixed = vec![batch[0].clone(), event(3)];
+    assert!(matches!(
+        store.append(&s, ExpectedRevision::Any, mixed).await,
+        Err(StoreError::DuplicateEventId(_))
+    ));
+    let elsewhere = new_stream("wallet");
+    assert!(matches!(
+        store
+            .append(&elsewhere, ExpectedRevision::Any, vec![batch[1].clone()])
+            .await,
+        Err(StoreError::DuplicateEventId(_))
+    ));
+    assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 2);
+    assert!(store.read_stream(&elsewhere, 0).await.expect("read").is_empty());
+}
+
+/// `read_all` pages through the log in position order, strictly after `from`.
+pub async fn reads_all_in_position_order<S: Conformance>(store: S) {
+    let streams: Vec<_> = (0..3).map(|_| new_stream("account")).collect();
+    let mut written = Vec::new();
+    for round in 0..3u64 {
+        for s in &streams {
+            let out = store
+                .append(s, ExpectedRevision::Any, vec![event(round)])
+                .await
+                .expect("append");
+            written.push(out.position);
+        }
+    }
+    let all = store.read_all(Position::START, 100).await.expect("read_all");
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), written);
+    let page1 = store.read_all(Position::START, 4).await.expect("page 1");
+    let page2 = store.read_all(page1[3].position, 4).await.expect("page 2");
+    let page3 = store.read_all(page2[3].position, 4).await.expect("page 3");
+    assert_eq!(page1.len(), 4);
+    assert_eq!(page2.len(), 4);
+    assert_eq!(page3.len(), 1);
+    let paged: Vec<_> = page1.iter().chain(&page2).chain(&page3).cloned().collect();
+    assert_eq!(paged, all);
+    assert!(store
+        .read_all(*written.last().expect("written"), 10)
+        .await
+        .expect("read past head")
+        .is_empty());
+}
+
+/// Two transactions, the one that took the lower position committing after
+/// the other: readers and live subscribers deliver both, in position order,
+/// and nothing read while the first was open is ever preceded by a later
+/// arrival.
+pub async fn a_delayed_commit_never_lets_a_reader_skip_an_event<S: Conformance>(store: S) {
+    let mut live = store.subscribe_all(Position::START).await.expect("subscribe");
+    let (held_stream, other_stream) = (new_stream("delay"), new_stream("delay"));
+
+    let (at_gate_tx, at_gate) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    let held = {
+        let store = store.clone();
+        let s = held_stream.clone();
+        tokio::spawn(async move {
+            store
+                .append_held(&s, ExpectedRevision::NoStream, vec![event(1)], at_gate_tx, release_rx)
+                .await
+        })
+    };
+    at_gate.await.expect("the held append reached its commit gate");
+
+    let mut other = {
+        let store = store.clone();
+        let s = other_stream.clone();
+        tokio::spawn(async move { store.append(&s, ExpectedRevision::NoStream, vec![event(2)]).await })
+    };
+    // Give the second writer every chance to commit first, as it would on a
+    // store that hands out positions without ordering commits.
+    let other_early = tokio::time::timeout(Duration::from_millis(300), &mut other).await.ok();
+    let read_while_held = store.read_all(Position::START, 100).await.expect("read_all");
+    // A checkpointing reader resumes strictly after what it has seen.
+    let resume_from = read_while_held.last().map_or(Position::START, |e| e.position);
+
+    release.send(()).expect("release the held append");
+    let held_out = held.await.expect("join").expect("held append");
+    let other_out = match other_early {
+        Some(r) => r,
+        None => other.await,
+    }
+    .expect("join")
+    .expect("other append");
+    assert!(held_out.position < other_out.position, "positions must follow commit order");
+
+    let final_log = store.read_all(Position::START, 100).await.expect("read_all");
+    assert_eq!(final_log.len(), 2);
+    assert_strictly_increasing(&final_log);
+    assert!(
+        final_log.starts_with(&read_while_held),
+        "an event appeared below one already read: {:?} then {:?}",
+        read_while_held.iter().map(|e| e.position).collect::<Vec<_>>(),
+        final_log.iter().map(|e| e.position).collect::<Vec<_>>()
+    );
+    let resumed = store.read_all(resume_from, 100).await.expect("read_all");
+    assert_eq!(
+        read_while_held.len() + resumed.len(),
+        2,
+        "a reader resuming from {resume_from} missed an event"
+    );
+
+    let delivered = collect(&mut live, 2).await;
+    assert_strictly_increasing(&delivered);
+    assert_eq!(
+        delivered.iter().map(|e| &e.stream_id).collect::<Vec<_>>(),
+        vec![&held_stream, &other_stream]
+    );
+}
+
+/// 16 writers race for each revision of one stream with `Exact`: exactly one
+/// wins each revision; every other gets the typed error.
+pub async fn sixteen_concurrent_writers_get_one_winner_per_revision<S: Conformance>(store: S) {
+    const WRITERS: usize = 16;
+    const ROUNDS: u64 = 8;
+    let s = new_stream("listing");
+    let mut winners = Vec::new();
+    for round in 0..ROUNDS {
+        let expected = if round == 0 {
+            ExpectedRevision::NoStream
+        } else {
+            ExpectedRevision::Exact(round - 1)
+        };
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let e = event(w as u64);
+                    let id = e.event_id;
+                    barrier.wait().await;
+                    (id, store.append(&s, expected, vec![e]).await)
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.expect("join") {
+                (id, Ok(out)) => {
+                    assert_eq!(out.revision, round);
+                    won.push(id);
+                }
+                (_, Err(StoreError::WrongExpectedRevision { actual, .. })) => {
+                    // The loser saw either the previous revision or this round's winner.
+                    assert!(actual.is_none() || actual <= Some(round));
+                }
+                (_, Err(other)) => panic!("a losing writer got an untyped error: {other}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: {} winners", won.len());
+        winners.extend(won);
+    }
+    let stored = store.read_stream(&s, 0).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        winners,
+        "the stream holds exactly the winners, in order"
+    );
+    assert_eq!(
+        stored.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        (0..ROUNDS).collect::<Vec<_>>()
+    );
+}
+
+/// A subscriber that starts while writers are busy hands over from catch-up
+/// to live delivery without a gap or a duplicate.
+pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conformance>(store: S) {
+    const BEFORE: u64 = 300;
+    const WRITERS: u64 = 4;
+    const EACH: u64 = 100;
+    for n in 0..BEFORE {
+        store
+            .append(&new_stream("seed"), ExpectedRevision::NoStream, vec![event(n)])
+            .await
+            .expect("seed");
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = new_stream("live");
+                for n in 0..EACH {
+                    store
+                        .append(&s, ExpectedRevision::Any, vec![event(w * 1000 + n)])
+                        .await
+                        .expect("live append");
+                }
+            })
+        })
+        .collect();
+    let mut sub = store.subscribe_all(Position::START).await.expect("subscribe");
+    let total = (BEFORE + WRITERS * EACH) as usize;
+    let delivered = collect(&mut sub, total).await;
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert_strictly_increasing(&delivered);
+    let ids: HashSet<_> = delivered.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), total, "duplicates delivered");
+    let log = store.read_all(Position::START, total + 10).await.expect("read_all");
+    assert_eq!(log.len(), total);
+    assert_eq!(
+        log.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        delivered.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        "the subscription and the log disagree"
+    );
+    // Nothing more arrives once the writers are done.
+    let extra = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+    assert!(extra.is_err(), "an extra event was delivered: {extra:?}");
+}
+
+/// A subscription from a position starts strictly after it.
+pub async fn a_subscription_starts_strictly_after_its_position<S: Conformance>(store: S) {
+    let s = new_stream("order");
+    let first = store
+        .append(&s, ExpectedRevision::NoStream, vec![event(1), event(2)])
+        .await
+        .expect("append");
+    let mut sub = store.subscribe_all(first.position).await.expect("subscribe");
+    store
+        .append(&s, ExpectedRevision::Exact(1), vec![event(3)])
+        .await
+        .expect("append");
+    let got = collect(&mut sub, 1).await;
+    assert_eq!(got[0].revision, 2);
+    assert_eq!(got[0].data, json!({"n": 3}));
+}
+
+/// Instantiates every conformance check as a `#[tokio::test]` for the backend
+/// built by the given async expression.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fresh:expr) => {
+        $crate::conformance_suite!(@tests $fresh;
+            appends_and_reads_a_stream,
+            refuses_a_wrong_expected_revision_with_a_typed_error,
+            retrying_the_same_event_ids_appends_nothing,
+            reads_all_in_position_order,
+            a_delayed_commit_never_lets_a_reader_skip_an_event,
+            sixteen_concurrent_writers_get_one_winner_per_revision,
+            catch_up_hands_over_to_live_without_gaps_or_duplicates,
+            a_subscription_starts_strictly_after_its_position
+        );
+    };
+    (@tests $fresh:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::$name($fresh.await).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,40 @@
+//! The event store: the port every other crate writes and reads the log through,
+//! and its backends.
+//!
+//! This crate may depend on nothing of the marketplace but itself: it stores
+//! opaque events (a type name, a schema version, JSON data and metadata) and
+//! knows no aggregate. `commands` and `projections` depend on it; `domain` never
+//! does.
+//!
+//! Layout:
+//! - [`event`]: the value types of the contract — [`StreamId`], [`NewEvent`],
+//!   [`RecordedEvent`], [`Position`], [`ExpectedRevision`], [`EventMetadata`].
+//! - [`error`]: [`StoreError`], whose variants say how a caller must treat them.
+//! - [`port`]: the [`EventStore`] trait (append, read_stream, read_all,
+//!   subscribe_all) that every backend implements.
+//! - [`postgres`]: the embedded default backend (one append-only `events`
+//!   table, a serialising appender, LISTEN/NOTIFY for live delivery).
+//! - [`memory`]: an in-process backend for unit tests of other crates.
+//! - [`embedded`]: starts or reuses a private PostgreSQL cluster from the
+//!   system's binaries when no `DATABASE_URL` is given.
+//! - `testdb` and `conformance` (feature `testing`): a fresh database per test,
+//!   and the one conformance suite every backend must pass.
+
+pub mod error;
+pub mod event;
+pub mod memory;
+pub mod port;
+mod subscription;
+pub mod postgres;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+pub use error::StoreError;
+pub use event::{
+    AppendOutcome, EventMetadata, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+    StreamIdError,
+};
+pub use memory::InMemoryEventStore;
+pub use port::{EventStore, EventStream};
+pub use postgres::PostgresEventStore;

@@ -1,0 +1,296 @@
+//! The in-memory backend, for unit tests of the crates above the store.
+//!
+//! It keeps the same guarantees as the Postgres backend (atomic appends,
+//! typed conflicts, idempotent retries, commit-ordered positions, live
+//! subscriptions) and passes the same conformance suite. Writers are
+//! serialised by one async mutex, which is also what keeps positions in
+//! commit order, exactly like the Postgres backend's appender lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::{oneshot, watch, Mutex};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{
+    chain_hash, AppendOutcome, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+};
+use crate::port::{EventStore, EventStream};
+use crate::subscription::catch_up_then_live;
+
+#[derive(Default)]
+struct Log {
+    events: Vec<RecordedEvent>,
+    streams: HashMap<StreamId, Vec<usize>>,
+    by_event_id: HashMap<Uuid, usize>,
+}
+
+struct Inner {
+    writer: Mutex<()>,
+    log: RwLock<Log>,
+    commits: watch::Sender<Position>,
+}
+
+/// An event store that lives in process memory. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct InMemoryEventStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for InMemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for InMemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryEventStore").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of checking an append against the log before writing it.
+pub(crate) enum Plan {
+    /// The very same append is already stored: return its outcome.
+    AlreadyStored(AppendOutcome),
+    /// Write these events.
+    Write(Vec<RecordedEvent>),
+}
+
+/// Checks expected revision and idempotency, and lays out the events to
+/// write after `current` (last revision and hash of the stream).
+///
+/// `existing` holds the stored (stream, revision, position) of any of the
+/// appended event ids that are already in the log.
+pub(crate) fn plan_append(
+    stream: &StreamId,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+    current: Option<(u64, Option<String>)>,
+    existing: &[(Uuid, StreamId, u64, Position)],
+    mut next_position: impl FnMut() -> Position,
+) -> Result<Plan, StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::EmptyAppend);
+    }
+    if !existing.is_empty() {
+        // An idempotent retry stores exactly these ids, in this order, in
+        // this stream, at consecutive revisions.
+        let mut matched = Vec::with_capacity(events.len());
+        for e in &events {
+            match existing.iter().find(|(id, ..)| *id == e.event_id) {
+                Some((_, s, rev, pos)) if s == stream => matched.push((*rev, *pos)),
+                _ => return Err(StoreError::DuplicateEventId(existing[0].0)),
+            }
+        }
+        let consecutive = matched.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+        return match matched.last() {
+            Some(&(revision, position)) if consecutive => {
+                Ok(Plan::AlreadyStored(AppendOutcome { revision, position }))
+            }
+            _ => Err(StoreError::DuplicateEventId(existing[0].0)),
+        };
+    }
+    let actual = current.as_ref().map(|(r, _)| *r);
+    let ok = match expected {
+        ExpectedRevision::Any => true,
+        ExpectedRevision::NoStream => actual.is_none(),
+        ExpectedRevision::Exact(r) => actual == Some(r),
+    };
+    if !ok {
+        return Err(StoreError::WrongExpectedRevision {
+            stream: stream.clone(),
+            expected,
+            actual,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = events.iter().find(|e| !seen.insert(e.event_id)) {
+        return Err(StoreError::DuplicateEventId(dup.event_id));
+    }
+    let mut revision = actual.map_or(0, |r| r + 1);
+    let mut prev_hash = current.and_then(|(_, h)| h);
+    let recorded_at = Utc::now();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let hash = chain_hash(
+            prev_hash.as_deref(),
+            stream,
+            revision,
+            e.event_id,
+            &e.event_type,
+            e.schema_version,
+            &e.data,
+        );
+        let mut metadata = e.metadata;
+        metadata.recorded_at = Some(recorded_at);
+        metadata.prev_hash = prev_hash.take();
+        metadata.hash = Some(hash.clone());
+        out.push(RecordedEvent {
+            stream_id: stream.clone(),
+            revision,
+            position: next_position(),
+            event_id: e.event_id,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            data: e.data,
+            metadata,
+        });
+        prev_hash = Some(hash);
+        revision += 1;
+    }
+    Ok(Plan::Write(out))
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (commits, _) = watch::channel(Position::START);
+        Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(()),
+                log: RwLock::new(Log::default()),
+                commits,
+            }),
+        }
+    }
+
+    fn read_log(&self) -> std::sync::RwLockReadGuard<'_, Log> {
+        // A panic while holding the lock cannot leave the log half-written
+        // (writes are a single push loop after all checks), so poisoning is
+        // safe to ignore.
+        self.inner.log.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends like [`EventStore::append`], but after taking its positions it
+    /// signals `at_gate` and waits for `release` before committing. Test
+    /// support for the delayed-commit conformance test.
+    pub async fn append_with_commit_gate(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        at_gate: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_inner(stream, expected, events, Some((at_gate, release)))
+            .await
+    }
+
+    async fn append_inner(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        gate: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let _writer = self.inner.writer.lock().await;
+        let plan = {
+            let log = self.read_log();
+            let current = log.streams.get(stream).and_then(|idx| idx.last()).map(|&i| {
+                let e = &log.events[i];
+                (e.revision, e.metadata.hash.clone())
+            });
+            let existing: Vec<_> = events
+                .iter()
+                .filter_map(|e| log.by_event_id.get(&e.event_id))
+                .map(|&i| {
+                    let e = &log.events[i];
+                    (e.event_id, e.stream_id.clone(), e.revision, e.position)
+                })
+                .collect();
+            let mut next = log.events.last().map_or(0, |e| e.position.0);
+            plan_append(stream, expected, events, current, &existing, || {
+                next += 1;
+                Position(next)
+            })?
+        };
+        let rows = match plan {
+            Plan::AlreadyStored(outcome) => return Ok(outcome),
+            Plan::Write(rows) => rows,
+        };
+        if let Some((at_gate, release)) = gate {
+            let _ = at_gate.send(());
+            let _ = release.await;
+        }
+        let outcome = match rows.last() {
+            Some(last) => AppendOutcome {
+                revision: last.revision,
+                position: last.position,
+            },
+            None => return Err(StoreError::EmptyAppend),
+        };
+        {
+            let mut log = self.inner.log.write().unwrap_or_else(|p| p.into_inner());
+            for row in rows {
+                let i = log.events.len();
+                log.streams.entry(row.stream_id.clone()).or_default().push(i);
+                log.by_event_id.insert(row.event_id, i);
+                log.events.push(row);
+            }
+        }
+        self.inner.commits.send_replace(outcome.position);
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_inner(stream, expected, events, None).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = self.read_log();
+        Ok(log
+            .streams
+            .get(stream)
+            .map(|idx| {
+                idx.iter()
+                    .map(|&i| &log.events[i])
+                    .filter(|e| e.revision >= from_revision)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = self.read_log();
+        let start = log.events.partition_point(|e| e.position <= from);
+        Ok(log.events[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
+        let me = self.clone();
+        let commits = self.inner.commits.subscribe();
+        Ok(catch_up_then_live(
+            move |pos| {
+                let me = me.clone();
+                async move { me.read_all(pos, crate::subscription::PAGE).await }
+            },
+            from,
+            commits,
+        ))
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        Ok(self.read_log().events.last().map_or(Position::START, |e| e.position))
+    }
+}

@@ -1,0 +1,53 @@
+//! The [`EventStore`] port: the only way the rest of the system touches the log.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::error::StoreError;
+use crate::event::{AppendOutcome, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId};
+
+/// A stream of events from a subscription. It ends only on an error the
+/// backend cannot recover from; dropping it unsubscribes.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;
+
+/// An append-only, globally ordered log of streams (DESIGN.md §2).
+///
+/// Every backend passes the suite in [`crate::conformance`].
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` atomically to `stream` if it is at `expected`.
+    ///
+    /// Appending event ids that are already stored as the very same append
+    /// is an idempotent retry: it returns the original outcome and writes
+    /// nothing.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// Events of `stream` from `from_revision` (inclusive), oldest first.
+    /// An absent stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events of the global log strictly after `from`, in
+    /// position order. Never returns an event below one a later call could
+    /// return first: what it returns is final.
+    async fn read_all(&self, from: Position, limit: usize)
+        -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Catch-up subscription to the whole log strictly after `from`: first
+    /// everything stored, then live events as they commit, with no gap and no
+    /// duplicate, without polling in a busy loop.
+    async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError>;
+
+    /// The position of the last committed event (`Position::START` if none).
+    async fn head(&self) -> Result<Position, StoreError>;
+}

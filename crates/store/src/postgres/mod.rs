@@ -1,0 +1,274 @@
+//! The Postgres backend: the embedded default.
+//!
+//! - One `events` table with `UNIQUE(stream_id, revision)` and
+//!   `UNIQUE(event_id)`; triggers refuse UPDATE, DELETE and TRUNCATE.
+//! - **Gap safety by serialisation.** Every append transaction first takes one
+//!   transaction-scoped advisory lock, then assigns positions after the
+//!   current maximum. Postgres makes a transaction visible before it releases
+//!   its locks, so positions become visible strictly in order, across every
+//!   process that writes to the database. `read_all` can then simply read
+//!   `position > from` and what it returns is final. This was chosen over
+//!   recording `pg_current_xact_id()` and reading below the snapshot's xmin
+//!   because the latter stalls every subscriber behind any long transaction
+//!   in the cluster and makes positions compound.
+//! - **Group commit.** In each process, appends go through one appender task
+//!   that takes every request queued while the previous transaction was
+//!   committing and writes them in one transaction (one lock, one fsync),
+//!   while each request still gets its own optimistic-concurrency outcome.
+//! - **Live delivery** through `LISTEN/NOTIFY` on channel
+//!   `marketplace_events`; appends in this process also wake local
+//!   subscribers directly.
+
+mod appender;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgRow};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::StoreError;
+use crate::event::{
+    AppendOutcome, EventMetadata, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+};
+use crate::port::{EventStore, EventStream};
+use crate::subscription::{catch_up_then_live, PAGE};
+
+pub use appender::GroupCommitLimits;
+
+/// The NOTIFY channel announcing committed positions.
+pub const NOTIFY_CHANNEL: &str = "marketplace_events";
+
+/// Applies the event store's migrations (idempotent; safe to run from several
+/// processes at once).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    // Other crates keep their own migrations in the same database.
+    migrator.set_ignore_missing(true);
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Backend(format!("event store migration failed: {e}")))
+}
+
+/// Aborts background tasks when the last handle to the store is dropped.
+struct TaskGuard(Vec<tokio::task::AbortHandle>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The Postgres event store. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    pool: PgPool,
+    appender: mpsc::Sender<appender::Request>,
+    commits: watch::Sender<Position>,
+    _tasks: Arc<TaskGuard>,
+}
+
+impl std::fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresEventStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresEventStore {
+    /// Connects the store to a migrated database (see [`migrate`]) and starts
+    /// its appender and listener tasks on the current Tokio runtime.
+    pub async fn new(pool: PgPool) -> Result<Self, StoreError> {
+        Self::with_limits(pool, GroupCommitLimits::default()).await
+    }
+
+    /// Like [`PostgresEventStore::new`] with explicit group-commit limits.
+    pub async fn with_limits(pool: PgPool, limits: GroupCommitLimits) -> Result<Self, StoreError> {
+        let (commits, _) = watch::channel(Position::START);
+        // LISTEN before returning, so no commit after `new` can go unannounced.
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let listen_task = tokio::spawn(listen(listener, commits.clone()));
+        let (tx, rx) = mpsc::channel(limits.max_requests * 4);
+        let append_task = tokio::spawn(appender::run(pool.clone(), rx, commits.clone(), limits));
+        Ok(Self {
+            pool,
+            appender: tx,
+            commits,
+            _tasks: Arc::new(TaskGuard(vec![
+                listen_task.abort_handle(),
+                append_task.abort_handle(),
+            ])),
+        })
+    }
+
+    /// The pool this store reads through.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends like [`EventStore::append`], but on its own connection, and
+    /// after taking its positions it signals `at_gate` and keeps the
+    /// transaction open until `release` fires. Test support for the
+    /// delayed-commit conformance test; never used on the serving path.
+    pub async fn append_with_commit_gate(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        at_gate: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut results = appender::write_batch(
+            &mut tx,
+            vec![appender::Batched {
+                stream: stream.clone(),
+                expected,
+                events,
+            }],
+        )
+        .await?;
+        let _ = at_gate.send(());
+        let _ = release.await;
+        tx.commit().await?;
+        let result = results.pop().unwrap_or(Err(StoreError::EmptyAppend));
+        if let Ok(outcome) = &result {
+            self.commits.send_modify(|p| *p = (*p).max(outcome.position));
+        }
+        result
+    }
+}
+
+async fn listen(mut listener: PgListener, commits: watch::Sender<Position>) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                let pos = n.payload().parse().map(Position).unwrap_or(Position::START);
+                commits.send_modify(|p| *p = (*p).max(pos));
+            }
+            Err(e) => {
+                // The listener reconnects on the next recv; notifications sent
+                // meanwhile are lost, so wake every subscriber to re-read.
+                tracing::warn!(error = %e, "event notification listener lost its connection");
+                commits.send_modify(|_| {});
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+const SELECT_EVENT: &str = "SELECT stream_id, revision, position, event_id, event_type, \
+     schema_version, data, metadata, recorded_at FROM events";
+
+fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let stream: String = row.try_get("stream_id")?;
+    let revision: i64 = row.try_get("revision")?;
+    let position: i64 = row.try_get("position")?;
+    let schema_version: i32 = row.try_get("schema_version")?;
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+    let mut metadata: EventMetadata = serde_json::from_value(metadata)
+        .map_err(|e| StoreError::Decode(format!("metadata of {stream}@{revision}: {e}")))?;
+    metadata.recorded_at = Some(recorded_at);
+    Ok(RecordedEvent {
+        stream_id: StreamId::parse(&stream).map_err(|e| StoreError::Decode(e.to_string()))?,
+        revision: u64::try_from(revision).map_err(|e| StoreError::Decode(e.to_string()))?,
+        position: Position(u64::try_from(position).map_err(|e| StoreError::Decode(e.to_string()))?),
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|e| StoreError::Decode(e.to_string()))?,
+        data: row.try_get("data")?,
+        metadata,
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Reads up to `limit` events after `from` (shared by `read_all` and subscriptions).
+async fn read_page(pool: &PgPool, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
+    let rows = sqlx::query(&sql)
+        .bind(to_i64(from.0))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode_row).collect()
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.appender
+            .send(appender::Request {
+                batched: appender::Batched {
+                    stream: stream.clone(),
+                    expected,
+                    events,
+                },
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("the appender has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Unavailable("the appender dropped the request".into()))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("{SELECT_EVENT} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision");
+        let rows = sqlx::query(&sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from_revision))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_page(&self.pool, from, limit).await
+    }
+
+    async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
+        let pool = self.pool.clone();
+        Ok(catch_up_then_live(
+            move |pos| {
+                let pool = pool.clone();
+                async move { read_page(&pool, pos, PAGE).await }
+            },
+            from,
+            self.commits.subscribe(),
+        ))
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Position(max.map_or(0, |m| u64::try_from(m).unwrap_or(0))))
+    }
+}

@@ -1,1 +1,20 @@
-//! stub
+//! The contract of every stored event, and the codec between stored events
+//! and domain events.
+//!
+//! Depends on `domain` only. `commands` and `projections` encode and decode
+//! through here, never with ad-hoc `serde_json` calls, so that upcasting an
+//! old schema version happens in exactly one place.
+//!
+//! Layout:
+//! - `schemas/<event.type>/v<N>.json`: one JSON Schema per event type and
+//!   version (the files are the contract; tests keep them honest).
+//! - `fixtures/<event.type>/v<N>.json`: stored documents of each version.
+//! - [`codec`]: [`encode`] a domain event to (type, version, data) and
+//!   [`decode`] stored data back, upcasting old versions first.
+//! - [`upcast`]: the registry of upcasters (old version → current), written
+//!   as typed `v1` structs with `From<v1> for v2`.
+
+pub mod codec;
+pub mod upcast;
+
+pub use codec::{decode, encode, CodecError, Encoded};

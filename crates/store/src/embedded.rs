@@ -160,9 +160,16 @@ pub enum EmbeddedError {
 /// Shorthand for `Result<T, EmbeddedError>`.
 type Result<T, E = EmbeddedError> = std::result::Result<T, E>;
 
-fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> EmbeddedError {
+fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> EmbeddedError {
     let path = path.into();
-    move |source| EmbeddedError::Io { action, path, source }
+    move |source| EmbeddedError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -222,7 +229,9 @@ impl PgBinaries {
         let resolved = fs::canonicalize(dir.join("postgres"))
             .ok()
             .and_then(|real| real.parent().map(Path::to_path_buf))
-            .filter(|real| is_executable(&real.join("initdb")) && is_executable(&real.join("postgres")));
+            .filter(|real| {
+                is_executable(&real.join("initdb")) && is_executable(&real.join("postgres"))
+            });
         Some(PgBinaries {
             bindir: resolved.unwrap_or_else(|| dir.to_path_buf()),
         })
@@ -538,7 +547,8 @@ impl Supervisor {
                 Ok(None) if Instant::now() >= deadline => {
                     return Err(format!(
                         "postgres (pid {}) was still running {} s after the shutdown request",
-                        self.postgres_pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                        self.postgres_pid
+                            .map_or_else(|| "?".to_owned(), |p| p.to_string()),
                         timeout.as_secs()
                     ))
                 }
@@ -629,8 +639,10 @@ impl EmbeddedPostgres {
         let root = match run_as {
             Some(user) if !user_can_reach(&dir, user) => {
                 let hash = stable_hash(dir.as_os_str().as_encoded_bytes());
-                let fallback =
-                    PathBuf::from(format!("/var/tmp/marketplace-{:012x}", hash & 0xffff_ffff_ffff));
+                let fallback = PathBuf::from(format!(
+                    "/var/tmp/marketplace-{:012x}",
+                    hash & 0xffff_ffff_ffff
+                ));
                 tracing::info!(
                     requested = %dir.display(),
                     cluster = %fallback.display(),
@@ -667,13 +679,16 @@ impl EmbeddedPostgres {
                 Err(LaunchError::Failed(err)) => return Err(err),
             }
         }
-        Self::try_reuse(&paths).await?.ok_or_else(|| EmbeddedError::StartFailed {
-            data_dir: paths.data.clone(),
-            reason: "another postmaster holds the data directory but does not accept connections"
-                .to_owned(),
-            log: paths.log.clone(),
-            log_tail: log_tail(&paths.log, 0, 20),
-        })
+        Self::try_reuse(&paths)
+            .await?
+            .ok_or_else(|| EmbeddedError::StartFailed {
+                data_dir: paths.data.clone(),
+                reason:
+                    "another postmaster holds the data directory but does not accept connections"
+                        .to_owned(),
+                log: paths.log.clone(),
+                log_tail: log_tail(&paths.log, 0, 20),
+            })
     }
 
     /// Starts a throwaway cluster in a fresh directory under the system temp
@@ -735,7 +750,11 @@ impl EmbeddedPostgres {
             return Ok(None);
         };
         if !is_live_postgres(pid) {
-            tracing::debug!(pid, "stale postmaster.pid in {}; starting afresh", paths.data.display());
+            tracing::debug!(
+                pid,
+                "stale postmaster.pid in {}; starting afresh",
+                paths.data.display()
+            );
             return Ok(None);
         }
 
@@ -810,12 +829,16 @@ impl EmbeddedPostgres {
         let mut conn = connect_options(self.port, "postgres")
             .connect()
             .await
-            .map_err(sql_err(format!("could not connect to {}", self.admin_url())))?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-            .bind(name)
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(sql_err(format!("could not look up database {name:?}")))?;
+            .map_err(sql_err(format!(
+                "could not connect to {}",
+                self.admin_url()
+            )))?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(name)
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(sql_err(format!("could not look up database {name:?}")))?;
         if exists.is_none() {
             let created = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(name)))
                 .execute(&mut conn)
@@ -824,7 +847,8 @@ impl EmbeddedPostgres {
                 Ok(_) => tracing::info!(database = name, "created database"),
                 // Someone else created it in the meantime: fine.
                 Err(sqlx::Error::Database(db))
-                    if db.code().as_deref() == Some("42P04") || db.code().as_deref() == Some("23505") => {}
+                    if db.code().as_deref() == Some("42P04")
+                        || db.code().as_deref() == Some("23505") => {}
                 Err(source) => {
                     return Err(EmbeddedError::Sql {
                         context: format!("could not create database {name:?}"),
@@ -912,10 +936,14 @@ fn ephemeral_base(run_as: Option<OsUser>) -> PathBuf {
     let Some(user) = run_as else {
         return temp;
     };
-    [temp.clone(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp")]
-        .into_iter()
-        .find(|dir| user_can_reach(dir, user))
-        .unwrap_or(temp)
+    [
+        temp.clone(),
+        PathBuf::from("/tmp"),
+        PathBuf::from("/var/tmp"),
+    ]
+    .into_iter()
+    .find(|dir| user_can_reach(dir, user))
+    .unwrap_or(temp)
 }
 
 /// Deletes ephemeral cluster directories left behind by dead processes whose
@@ -976,11 +1004,23 @@ async fn run_initdb(
     run_as: Option<OsUser>,
     ephemeral: bool,
 ) -> Result<()> {
-    tracing::info!("initialising a PostgreSQL cluster in {}", paths.data.display());
+    tracing::info!(
+        "initialising a PostgreSQL cluster in {}",
+        paths.data.display()
+    );
     let mut cmd = tokio::process::Command::new(binaries.initdb());
     cmd.arg("-D")
         .arg(&paths.data)
-        .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C", "-N"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-N",
+        ])
         .current_dir(&paths.root)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
@@ -992,7 +1032,10 @@ async fn run_initdb(
     if let Some(user) = run_as {
         cmd.uid(user.uid).gid(user.gid);
     }
-    let output = cmd.output().await.map_err(io_err("run", binaries.initdb()))?;
+    let output = cmd
+        .output()
+        .await
+        .map_err(io_err("run", binaries.initdb()))?;
     if output.status.success() {
         return Ok(());
     }
@@ -1177,7 +1220,9 @@ fn spawn_supervisor(launch: &Launch<'_>, port: u16, cleanup: Option<&Path>) -> R
         .map_err(io_err("open", &paths.log))?;
 
     let mut args: Vec<OsString> = vec![
-        cleanup.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+        cleanup
+            .map(|p| p.as_os_str().to_owned())
+            .unwrap_or_default(),
         launch.binaries.postgres().into_os_string(),
         "-D".into(),
         paths.data.clone().into_os_string(),
@@ -1257,7 +1302,11 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         let names: Vec<String> = dirs
             .iter()
-            .map(|d| d.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()))
+            .map(|d| {
+                d.parent()
+                    .and_then(Path::file_name)
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
             .map(|n| n.unwrap_or_default())
             .collect();
         assert_eq!(names, ["15", "14", "9.6"]);
@@ -1266,9 +1315,15 @@ mod tests {
     #[test]
     fn passwd_lookup_and_reachability() {
         let passwd = "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104:PG:/var/lib/postgresql:/bin/bash\n";
-        assert_eq!(lookup_user(passwd, "postgres"), Some(OsUser { uid: 101, gid: 104 }));
+        assert_eq!(
+            lookup_user(passwd, "postgres"),
+            Some(OsUser { uid: 101, gid: 104 })
+        );
         assert_eq!(lookup_user(passwd, "nobody"), None);
-        let stranger = OsUser { uid: 54321, gid: 54321 };
+        let stranger = OsUser {
+            uid: 54321,
+            gid: 54321,
+        };
         assert!(user_can_reach(Path::new("/usr/lib"), stranger));
         let root_home_mode = fs::metadata("/root").map(|m| m.mode() & 0o001);
         if root_home_mode.is_ok_and(|m| m == 0) {
@@ -1284,63 +1339,138 @@ mod tests {
 
     #[tokio::test]
     async fn ephemeral_cluster_starts_serves_and_stops() {
-        let pg = EmbeddedPostgres::start_ephemeral().await.expect("start ephemeral cluster");
+        let pg = EmbeddedPostgres::start_ephemeral()
+            .await
+            .expect("start ephemeral cluster");
         assert_eq!(pg.lifetime(), ClusterLifetime::Ephemeral);
         let root = pg.cluster_dir().to_path_buf();
         let port = pg.port();
 
-        let mut conn = PgConnection::connect(&pg.admin_url()).await.expect("connect");
-        let one: i32 = sqlx::query_scalar("select 1").fetch_one(&mut conn).await.expect("select 1");
+        let mut conn = PgConnection::connect(&pg.admin_url())
+            .await
+            .expect("connect");
+        let one: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&mut conn)
+            .await
+            .expect("select 1");
         assert_eq!(one, 1);
-        let fsync: String = sqlx::query_scalar("show fsync").fetch_one(&mut conn).await.expect("show");
+        let fsync: String = sqlx::query_scalar("show fsync")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
         assert_eq!(fsync, "off");
-        let max: String =
-            sqlx::query_scalar("show max_connections").fetch_one(&mut conn).await.expect("show");
+        let max: String = sqlx::query_scalar("show max_connections")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
         assert_eq!(max, "300");
         conn.close().await.expect("close");
 
-        pg.ensure_database("some db").await.expect("create database");
-        pg.ensure_database("some db").await.expect("create database again");
-        let mut conn = PgConnection::connect(&pg.database_url("some db")).await.expect("connect db");
-        let name: String =
-            sqlx::query_scalar("select current_database()").fetch_one(&mut conn).await.expect("db");
+        pg.ensure_database("some db")
+            .await
+            .expect("create database");
+        pg.ensure_database("some db")
+            .await
+            .expect("create database again");
+        let mut conn = PgConnection::connect(&pg.database_url("some db"))
+            .await
+            .expect("connect db");
+        let name: String = sqlx::query_scalar("select current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("db");
         assert_eq!(name, "some db");
         conn.close().await.expect("close");
 
         pg.stop().await.expect("stop");
-        assert!(!accepts_connections(port).await, "port {port} still accepts connections");
+        assert!(
+            !accepts_connections(port).await,
+            "port {port} still accepts connections"
+        );
         assert!(!root.exists(), "{} was not removed", root.display());
     }
 
     #[tokio::test]
+    async fn a_taken_port_is_reported_as_such() {
+        let binaries = PgBinaries::discover().expect("binaries");
+        let run_as = run_as_user().expect("run-as user");
+        let base = ephemeral_base(run_as);
+        let paths = ClusterPaths::new(
+            base.join(format!("marketplace-port-test-{}", rand::random::<u32>())),
+        );
+        create_owned_dir(&paths.root, 0o755, run_as).expect("mkdir");
+        prepare_cluster_dirs(&paths, run_as).expect("prepare");
+        run_initdb(&binaries, &paths, run_as, true)
+            .await
+            .expect("initdb");
+
+        let blocker = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = blocker.local_addr().expect("addr").port();
+        let launch = Launch {
+            binaries: &binaries,
+            paths: &paths,
+            run_as,
+            ephemeral: true,
+        };
+        let outcome = start_once(&launch, port, None).await;
+        let _ = fs::remove_dir_all(&paths.root);
+        match outcome {
+            Err(AttemptError::Exited { log }) => {
+                assert!(log.contains("could not create any TCP/IP sockets"), "{log}")
+            }
+            Err(AttemptError::Fatal(err)) => panic!("expected an early exit, got {err}"),
+            Ok(_) => panic!("postgres started on a taken port"),
+        }
+        drop(blocker);
+    }
+
+    #[tokio::test]
     async fn start_or_reuse_reuses_a_running_cluster() {
-        let dir = std::env::temp_dir().join(format!("marketplace-reuse-test-{}", rand::random::<u32>()));
-        let first = EmbeddedPostgres::start_or_reuse(&dir).await.expect("first start");
+        let dir =
+            std::env::temp_dir().join(format!("marketplace-reuse-test-{}", rand::random::<u32>()));
+        let first = EmbeddedPostgres::start_or_reuse(&dir)
+            .await
+            .expect("first start");
         assert_eq!(first.lifetime(), ClusterLifetime::Owned);
         let port = first.port();
         let remembered = fs::read_to_string(first.cluster_dir().join("port")).expect("port file");
         assert_eq!(remembered.trim(), port.to_string());
         let fsync: String = {
-            let mut conn = PgConnection::connect(&first.admin_url()).await.expect("connect");
-            let value = sqlx::query_scalar("show fsync").fetch_one(&mut conn).await.expect("show");
+            let mut conn = PgConnection::connect(&first.admin_url())
+                .await
+                .expect("connect");
+            let value = sqlx::query_scalar("show fsync")
+                .fetch_one(&mut conn)
+                .await
+                .expect("show");
             conn.close().await.expect("close");
             value
         };
         assert_eq!(fsync, "on");
 
-        let second = EmbeddedPostgres::start_or_reuse(&dir).await.expect("second start");
+        let second = EmbeddedPostgres::start_or_reuse(&dir)
+            .await
+            .expect("second start");
         assert_eq!(second.lifetime(), ClusterLifetime::Reused);
         assert_eq!(second.port(), port);
         assert_eq!(second.admin_url(), first.admin_url());
         second.stop().await.expect("stop reused handle");
-        assert!(accepts_connections(port).await, "stopping a reused handle stopped the cluster");
+        assert!(
+            accepts_connections(port).await,
+            "stopping a reused handle stopped the cluster"
+        );
 
         let cluster_dir = first.cluster_dir().to_path_buf();
         first.stop().await.expect("stop owned cluster");
-        assert!(!accepts_connections(port).await, "port {port} still accepts connections");
+        assert!(
+            !accepts_connections(port).await,
+            "port {port} still accepts connections"
+        );
 
         // A restart on the same data keeps the remembered port.
-        let third = EmbeddedPostgres::start_or_reuse(&dir).await.expect("restart");
+        let third = EmbeddedPostgres::start_or_reuse(&dir)
+            .await
+            .expect("restart");
         assert_eq!(third.lifetime(), ClusterLifetime::Owned);
         assert_eq!(third.port(), port);
         third.stop().await.expect("stop again");

@@ -86,7 +86,12 @@ fn with_database(url: &str, database: &str) -> String {
     let authority_end = base[authority_start..]
         .find('/')
         .map_or(base.len(), |at| authority_start + at);
-    format!("{}/{}{}", &base[..authority_end], encode_path_segment(database), query)
+    format!(
+        "{}/{}{}",
+        &base[..authority_end],
+        encode_path_segment(database),
+        query
+    )
 }
 
 fn encode_path_segment(name: &str) -> String {
@@ -124,11 +129,15 @@ impl TestDatabase {
         let admin_url = cluster.admin_url();
         let mut conn = PgConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|err| panic!("could not connect to the test cluster at {admin_url}: {err}"));
+            .unwrap_or_else(|err| {
+                panic!("could not connect to the test cluster at {admin_url}: {err}")
+            });
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
-            .unwrap_or_else(|err| panic!("could not create test database {name} via {admin_url}: {err}"));
+            .unwrap_or_else(|err| {
+                panic!("could not create test database {name} via {admin_url}: {err}")
+            });
         let _ = conn.close().await;
         TestDatabase {
             url: cluster.database_url(&name),
@@ -168,7 +177,10 @@ mod tests {
             "postgres://u:p@h:5432/postgres?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "t_1"), "postgres://h/t_1");
-        assert_eq!(with_database("postgresql://h:1/", "a b"), "postgresql://h:1/a%20b");
+        assert_eq!(
+            with_database("postgresql://h:1/", "a b"),
+            "postgresql://h:1/a%20b"
+        );
     }
 
     #[tokio::test]
@@ -177,18 +189,24 @@ mod tests {
         let b = TestDatabase::create().await;
         assert_ne!(a.name, b.name);
         let pool = a.pool().await;
-        sqlx::query("create table t (x int)").execute(&pool).await.expect("create table");
+        sqlx::query("create table t (x int)")
+            .execute(&pool)
+            .await
+            .expect("create table");
         let pool_b = b.pool().await;
         let count: i64 = sqlx::query_scalar("select count(*) from pg_tables where tablename = 't'")
             .fetch_one(&pool_b)
             .await
             .expect("count");
         assert_eq!(count, 0);
-        let mut admin = PgConnection::connect(&test_cluster_admin_url().await).await.expect("admin");
-        let superuser: bool = sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
-            .fetch_one(&mut admin)
+        let mut admin = PgConnection::connect(&test_cluster_admin_url().await)
             .await
-            .expect("rolsuper");
+            .expect("admin");
+        let superuser: bool =
+            sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+                .fetch_one(&mut admin)
+                .await
+                .expect("rolsuper");
         assert!(superuser);
     }
 
@@ -197,7 +215,10 @@ mod tests {
     async fn cluster_is_shared_across_runtimes() {
         let db = TestDatabase::create().await;
         let pool = db.pool().await;
-        let one: i32 = sqlx::query_scalar("select 1").fetch_one(&pool).await.expect("select 1");
+        let one: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&pool)
+            .await
+            .expect("select 1");
         assert_eq!(one, 1);
     }
 }

@@ -56,6 +56,7 @@ impl Aggregate for Account {
                 self.display_name = Some(e.display_name.clone());
                 self.roles = e.roles.clone();
                 self.registered_at = Some(e.registered_at);
+                self.password_hash = Some(e.password_hash.clone());
             }
         }
         self

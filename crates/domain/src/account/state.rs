@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::values::{AccountId, DisplayName, Email, Role};
+use crate::values::{AccountId, DisplayName, Email, PasswordHash, Role};
 
 /// An account as its events leave it. `None` fields mean "not registered".
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -18,6 +18,9 @@ pub struct Account {
     pub roles: Vec<Role>,
     /// When it was opened.
     pub registered_at: Option<DateTime<Utc>>,
+    /// The argon2 hash login verifies against; never shown in audit output.
+    #[serde(skip_serializing)]
+    pub password_hash: Option<PasswordHash>,
 }
 
 impl Account {

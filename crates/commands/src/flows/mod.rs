@@ -1,0 +1,4 @@
+//! Use cases that span more than one aggregate, one file each.
+
+pub mod find_account;
+pub mod register;

@@ -20,6 +20,7 @@
 //! - `testdb` and `conformance` (feature `testing`): a fresh database per test,
 //!   and the one conformance suite every backend must pass.
 
+pub mod embedded;
 pub mod error;
 pub mod event;
 pub mod memory;
@@ -29,6 +30,8 @@ pub mod postgres;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod testdb;
 
 pub use error::StoreError;
 pub use event::{

@@ -1,1 +1,34 @@
-//! stub
+//! The marketplace API and binary: axum + async-graphql over the command
+//! handlers and read models, plus the `marketplace` command line.
+//!
+//! Depends on every other crate (it is the composition root); nothing
+//! depends on it except the end-to-end tests.
+//!
+//! Layout:
+//! - [`cli`]: argument parsing and the one dispatch of subcommands
+//!   (`serve` by default, `migrate`, `schema`, `bench`).
+//! - [`application`]: `Application::build(settings)` wires store, command
+//!   handler, projectors and HTTP; `run_until_stopped` serves.
+//! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
+//!   `/metrics`), auth header and consistency-token handling.
+//! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
+//!   mutations.
+//! - [`error`]: the error taxonomy and its single mapping to
+//!   `extensions.code`.
+//! - [`auth`]: argon2 password hashing and JWT tokens.
+//! - [`config`], [`database`], [`state`], [`telemetry`], [`bench`].
+
+pub mod application;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod state;
+pub mod telemetry;
+
+pub use application::Application;
+pub use config::Settings;

@@ -1,1 +1,16 @@
-fn main() {}
+//! The `marketplace` binary: see `marketplace --help`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    marketplace_api::telemetry::init("info,sqlx=warn,tower_http=warn");
+    let cli = marketplace_api::cli::Cli::parse();
+    match marketplace_api::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

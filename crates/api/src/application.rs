@@ -1,0 +1,161 @@
+//! Building and running the server: `Application::build(settings)`, then
+//! `run_until_stopped()`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use marketplace_commands::CommandHandler;
+use marketplace_projections::{Progress, ProjectorRuntime};
+use marketplace_store::{EventStore, Position, PostgresEventStore};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::Tokens;
+use crate::config::{ServeRole, Settings};
+use crate::database::{connect, migrate};
+use crate::graphql::build_schema;
+use crate::http::app;
+use crate::state::AppState;
+
+/// A built, not yet running, marketplace.
+pub struct Application {
+    listener: Option<TcpListener>,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.local_addr()).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects, migrates, starts the projectors (roles `all`, `projector`)
+    /// and binds the listener (roles `all`, `api`).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = connect(&settings.database_url, 32).await?;
+        migrate(&pool).await?;
+        let store = PostgresEventStore::new(pool.clone())
+            .await
+            .context("could not start the event store")?;
+        let store: Arc<dyn EventStore> = Arc::new(store);
+        let progress = Progress::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        if settings.role != ServeRole::Api {
+            let runtime = ProjectorRuntime::new(pool.clone(), store.clone(), progress.clone());
+            for projection in marketplace_projections::all() {
+                let (runtime, stop_rx) = (runtime.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    let name = projection.name();
+                    if let Err(e) = runtime.run(projection, stop_rx).await {
+                        tracing::error!(projection = name, error = %e, "projection stopped");
+                    }
+                });
+            }
+        } else {
+            tasks.spawn(follow_checkpoints(pool.clone(), progress.clone(), stop_rx.clone()));
+        }
+        let state = AppState {
+            handler: CommandHandler::new(store),
+            pool,
+            progress,
+            tokens: Tokens::new(&settings.jwt_secret, settings.token_ttl),
+            consistency_wait: settings.consistency_wait,
+        };
+        let listener = if settings.role == ServeRole::Projector {
+            None
+        } else {
+            Some(
+                TcpListener::bind(settings.listen)
+                    .await
+                    .with_context(|| format!("could not listen on {}", settings.listen))?,
+            )
+        };
+        Ok(Self {
+            listener,
+            state,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where the API listens (None for a projector-only process).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state (for tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops the projectors.
+    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        match self.listener.take() {
+            Some(listener) => {
+                let router = app(self.state.clone(), build_schema(self.state.clone()));
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .context("server error")?;
+            }
+            None => shutdown.await,
+        }
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// In an API-only process the projectors run elsewhere: follow their
+/// committed checkpoints so consistency tokens still work.
+async fn follow_checkpoints(pool: PgPool, progress: Progress, mut stop: watch::Receiver<bool>) {
+    loop {
+        match sqlx::query_as::<_, (String, i64)>("SELECT name, position FROM projection_checkpoints")
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(rows) => {
+                for (name, pos) in rows {
+                    progress.advance(&name, Position(u64::try_from(pos).unwrap_or(0)));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read projection checkpoints"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,349 @@
+//! `marketplace bench …`: throughput figures for BENCHMARKS.md.
+//!
+//! Every benchmark runs in its own scratch database (`marketplace_bench`),
+//! dropped and recreated at the start, on the same server as the main one.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use marketplace_domain::account::{AccountEvent, AccountRegistered};
+use marketplace_domain::listing::{ListingCreated, ListingEvent, ListingKind, ListingPublished};
+use marketplace_domain::values::*;
+use marketplace_domain::EventSet;
+use marketplace_projections::{Progress, ProjectorRuntime};
+use marketplace_store::postgres::{GroupCommitLimits, PostgresEventStore};
+use marketplace_store::{EventMetadata, EventStore, ExpectedRevision, NewEvent, StreamId};
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Which benchmark.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Events/s appended by N concurrent writers to M streams, with group
+    /// commit and without it (ratio taken in the same run).
+    Append {
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Distinct streams written to.
+        #[arg(long, default_value_t = 1_000)]
+        streams: usize,
+        /// Events to append in each mode.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+    },
+    /// Events/s folded by the projectors from a pre-filled log of the
+    /// marketplace mix (accounts, listings created and published).
+    Project {
+        /// Events in the pre-filled log.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+}
+
+/// Runs a benchmark against the server at `url`.
+pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
+    let pool = scratch_database(url).await?;
+    println!("machine: {} cores; PostgreSQL at {}", num_cpus(), redact(url));
+    let result = match which {
+        BenchCommand::Append {
+            writers,
+            streams,
+            events,
+        } => append(&pool, writers, streams.max(1), events).await,
+        BenchCommand::Project { events } => project(&pool, events).await,
+    };
+    pool.close().await;
+    result
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn redact(url: &str) -> String {
+    PgConnectOptions::from_str(url)
+        .map(|o| format!("{}:{}", o.get_host(), o.get_port()))
+        .unwrap_or_else(|_| "<configured server>".into())
+}
+
+async fn scratch_database(url: &str) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
+    let mut admin = options.clone().connect().await.context("could not connect")?;
+    sqlx::query("DROP DATABASE IF EXISTS marketplace_bench WITH (FORCE)")
+        .execute(&mut admin)
+        .await?;
+    sqlx::query("CREATE DATABASE marketplace_bench").execute(&mut admin).await?;
+    admin.close().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect_with(options.database("marketplace_bench"))
+        .await?;
+    crate::database::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn event<E: EventSet>(e: E) -> anyhow::Result<NewEvent> {
+    Ok(NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: e.event_type().to_owned(),
+        schema_version: e.schema_version(),
+        data: e.to_data()?,
+        metadata: EventMetadata {
+            actor: Some("bench".into()),
+            correlation_id: Some(Uuid::now_v7()),
+            ..EventMetadata::default()
+        },
+    })
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>10} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+struct AppendFigures {
+    events_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn append_run(
+    store: PostgresEventStore,
+    writers: usize,
+    streams: usize,
+    events: u64,
+    label: &str,
+) -> anyhow::Result<AppendFigures> {
+    let ids: Arc<Vec<StreamId>> = Arc::new(
+        (0..streams)
+            .map(|_| StreamId::new("bench", Uuid::now_v7()))
+            .collect::<Result<_, _>>()?,
+    );
+    let left = Arc::new(AtomicU64::new(events));
+    let pb = bar(events, label);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (store, ids, left, pb) = (store.clone(), ids.clone(), left.clone(), pb.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let stream = &ids[rand::rng().random_range(0..ids.len())];
+                let e = NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: "bench.appended".into(),
+                    schema_version: 1,
+                    data: serde_json::json!({ "n": 1 }),
+                    metadata: EventMetadata::default(),
+                };
+                let t = Instant::now();
+                store.append(stream, ExpectedRevision::Any, vec![e]).await?;
+                latencies.push(t.elapsed());
+                pb.inc(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(AppendFigures {
+        events_per_sec: events as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    })
+}
+
+async fn append(pool: &PgPool, writers: usize, streams: usize, events: u64) -> anyhow::Result<()> {
+    println!("bench append: {writers} writers, {streams} streams, {events} single-event appends per mode");
+    let grouped = append_run(
+        PostgresEventStore::new(pool.clone()).await?,
+        writers,
+        streams,
+        events,
+        "grouped",
+    )
+    .await?;
+    let single = append_run(
+        PostgresEventStore::with_limits(
+            pool.clone(),
+            GroupCommitLimits {
+                max_requests: 1,
+                max_events: 1,
+            },
+        )
+        .await?,
+        writers,
+        streams,
+        events,
+        "one-by-one",
+    )
+    .await?;
+    for (name, f) in [("group commit", &grouped), ("one append per transaction", &single)] {
+        println!(
+            "{name:>28}: {:>9.0} events/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+            f.events_per_sec,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "group commit speed-up: {:.1}x",
+        grouped.events_per_sec / single.events_per_sec.max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
+fn eur(minor: i64) -> anyhow::Result<Money> {
+    Ok(Money {
+        minor,
+        currency: Currency::parse("EUR")?,
+    })
+}
+
+/// Appends the marketplace mix: per seller one account, then listings
+/// created and published, until `events` events exist.
+async fn prefill(store: &PostgresEventStore, events: u64) -> anyhow::Result<()> {
+    let pb = bar(events, "prefill");
+    let written = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, written, pb) = (store.clone(), written.clone(), pb.clone());
+        tasks.push(tokio::spawn(async move {
+            let categories = ["home", "garden", "books", "games", "music", "tools"];
+            let tags = ["sale", "eco", "new", "retro", "gift", "handmade"];
+            while written.load(Ordering::Relaxed) < events {
+                let seller = Uuid::now_v7();
+                let now = Utc::now();
+                let acc: AccountEvent = AccountRegistered {
+                    account_id: AccountId(seller),
+                    email: Email::parse(&format!("s{}@bench.example", seller.simple()))?,
+                    display_name: DisplayName::parse("Bench shop")?,
+                    password_hash: PasswordHash::from_phc("$argon2id$bench".into())?,
+                    roles: vec![Role::Seller],
+                    registered_at: now,
+                }
+                .into();
+                store
+                    .append(&StreamId::new("account", seller)?, ExpectedRevision::NoStream, vec![event(acc)?])
+                    .await?;
+                let mut n = 1;
+                for i in 0..9usize {
+                    let id = Uuid::now_v7();
+                    let created: ListingEvent = ListingCreated {
+                        listing_id: ListingId(id),
+                        seller_id: AccountId(seller),
+                        kind: ListingKind::Physical,
+                        title: Title::parse(&format!("Bench item {i}"))?,
+                        description: Description::parse("Generated by marketplace bench")?,
+                        category: Category::parse(categories[i % categories.len()])?,
+                        tags: Tags::parse([tags[i % tags.len()], tags[(i + 1) % tags.len()]])?,
+                        price: eur(100 + rand::rng().random_range(0..10_000))?,
+                        quantity: Quantity(10),
+                        content_hash: None,
+                        created_at: now,
+                    }
+                    .into();
+                    let published: ListingEvent = ListingPublished {
+                        listing_id: ListingId(id),
+                        published_at: now,
+                    }
+                    .into();
+                    store
+                        .append(
+                            &StreamId::new("listing", id)?,
+                            ExpectedRevision::NoStream,
+                            vec![event(created)?, event(published)?],
+                        )
+                        .await?;
+                    n += 2;
+                }
+                written.fetch_add(n, Ordering::Relaxed);
+                pb.inc(n);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+async fn project(pool: &PgPool, events: u64) -> anyhow::Result<()> {
+    let store = PostgresEventStore::new(pool.clone()).await?;
+    let started = Instant::now();
+    prefill(&store, events).await?;
+    let head = store.head().await?;
+    let filled = head.0;
+    println!(
+        "prefill: {filled} events in {:.1}s ({:.0} events/s through the append path)",
+        started.elapsed().as_secs_f64(),
+        filled as f64 / started.elapsed().as_secs_f64()
+    );
+    let progress = Progress::default();
+    let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), progress.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let pb = bar(filled, "project");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in marketplace_projections::all() {
+        let (runtime, stop_rx) = (runtime.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move { runtime.run(p, stop_rx).await }));
+    }
+    let names: Vec<&str> = marketplace_projections::all().iter().map(|p| p.name()).collect();
+    loop {
+        let done = progress.wait_for(&names, head, Duration::from_millis(200)).await;
+        let slowest = names.iter().map(|n| progress.position(n).0).min().unwrap_or(0);
+        pb.set_position(slowest);
+        if done {
+            break;
+        }
+        if tasks.iter().any(|t| t.is_finished()) {
+            anyhow::bail!("a projection stopped before catching up");
+        }
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    let _ = stop.send(true);
+    for t in tasks {
+        t.await??;
+    }
+    println!(
+        "project: {} projections caught up on {filled} events in {:.2}s: {:.0} events/s per projection",
+        names.len(),
+        elapsed.as_secs_f64(),
+        filled as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The `marketplace` command line: one place that parses and dispatches.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::application::{shutdown_signal, Application};
+use crate::bench::{self, BenchCommand};
+use crate::config::{Secret, ServeRole, Settings};
+use crate::database::{connect, migrate, Database};
+
+/// An event-sourced marketplace: GraphQL API, event store, projectors.
+///
+/// With no subcommand, `marketplace` serves everything on one machine. When
+/// DATABASE_URL is unset it starts (or reuses) a private PostgreSQL cluster
+/// under --data-dir from the system's PostgreSQL binaries, and stops it on
+/// exit.
+#[derive(Debug, Parser)]
+#[command(name = "marketplace", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// PostgreSQL for the event store and read models. Unset: embedded cluster.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the embedded cluster (used when DATABASE_URL is unset).
+    #[arg(long, env = "MARKETPLACE_DATA_DIR", default_value = ".marketplace", global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MARKETPLACE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Which parts to run: api, projector, or all.
+    #[arg(long, value_enum, default_value = "all")]
+    role: ServeRole,
+    /// Key that signs login tokens. Unset: a random key, so tokens do not
+    /// survive a restart.
+    #[arg(long, env = "MARKETPLACE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// How long login tokens stay valid, in hours.
+    #[arg(long, default_value_t = 24)]
+    token_ttl_hours: u64,
+    /// Longest wait, in milliseconds, for read models to reach an
+    /// X-Consistency-Token.
+    #[arg(long, default_value_t = 5_000)]
+    consistency_wait_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the GraphQL API and run the projectors (the default).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Measure throughput; prints figures for BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.db, cli.serve).await,
+        Some(Command::Serve(args)) => serve(cli.db, args).await,
+        Some(Command::Migrate) => {
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let pool = connect(&db.url, 4).await?;
+            migrate(&pool).await?;
+            pool.close().await;
+            println!("migrations applied");
+            db.shutdown().await
+        }
+        Some(Command::Schema) => {
+            println!("{}", crate::graphql::sdl());
+            Ok(())
+        }
+        Some(Command::Bench { which }) => {
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result = bench::run(&db.url, which).await;
+            db.shutdown().await?;
+            result
+        }
+    }
+}
+
+async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let db = Database::acquire(db_args.database_url, &db_args.data_dir).await?;
+    let jwt_secret = match args.jwt_secret.filter(|s| !s.is_empty()) {
+        Some(s) => Secret::new(s),
+        None => {
+            tracing::warn!("MARKETPLACE_JWT_SECRET is unset: using a random key; tokens will not survive a restart");
+            Secret::random()
+        }
+    };
+    let settings = Settings {
+        listen: args.listen,
+        database_url: db.url.clone(),
+        jwt_secret,
+        token_ttl: Duration::from_secs(args.token_ttl_hours.saturating_mul(3600)),
+        consistency_wait: Duration::from_millis(args.consistency_wait_ms),
+        role: args.role,
+    };
+    let result = async {
+        let app = Application::build(settings).await?;
+        match app.local_addr() {
+            Some(addr) => {
+                println!("marketplace listening on http://{addr}/graphql (open it in a browser for GraphiQL)");
+            }
+            None => println!("marketplace projector running (no API in this process)"),
+        }
+        app.run_until_stopped(shutdown_signal()).await
+    }
+    .await;
+    db.shutdown().await?;
+    result
+}

@@ -1,0 +1,82 @@
+//! Settings, layered: defaults, then environment, then command-line flags
+//! (clap reads both). Secrets are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret string: its `Debug` and `Display` are redacted.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A random secret (for development, when none is configured).
+    pub fn random() -> Self {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Which parts of the system this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    /// The GraphQL API only (stateless; scale out behind a load balancer).
+    Api,
+    /// The projectors only.
+    Projector,
+    /// Everything in one process.
+    All,
+}
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Postgres for the event store and read models.
+    pub database_url: String,
+    /// JWT signing key.
+    pub jwt_secret: Secret,
+    /// How long issued tokens stay valid.
+    pub token_ttl: Duration,
+    /// Longest wait for projections to reach a consistency token.
+    pub consistency_wait: Duration,
+    /// Which parts to run.
+    pub role: ServeRole,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: everything on, random port.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            jwt_secret: Secret::random(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            consistency_wait: Duration::from_secs(5),
+            role: ServeRole::All,
+        }
+    }
+}
+
+/// Where the embedded cluster lives by default.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from(".marketplace")
+}

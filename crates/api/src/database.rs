@@ -1,0 +1,61 @@
+//! Where the database comes from: `DATABASE_URL`, or the embedded cluster.
+
+use std::path::Path;
+
+use anyhow::Context;
+use marketplace_store::embedded::EmbeddedPostgres;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// The name of the marketplace database inside the embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "marketplace";
+
+/// A database URL, and the embedded cluster behind it if we started one.
+#[derive(Debug)]
+pub struct Database {
+    /// Connection URL.
+    pub url: String,
+    /// The embedded cluster, to stop on shutdown.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Uses `url` if given, else starts (or reuses) the embedded cluster under `data_dir`.
+    pub async fn acquire(url: Option<String>, data_dir: &Path) -> anyhow::Result<Self> {
+        if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+            return Ok(Self { url, embedded: None });
+        }
+        tracing::info!(dir = %data_dir.display(), "DATABASE_URL is unset; using the embedded PostgreSQL");
+        let pg = EmbeddedPostgres::start_or_reuse(data_dir).await?;
+        pg.ensure_database(EMBEDDED_DATABASE).await?;
+        Ok(Self {
+            url: pg.database_url(EMBEDDED_DATABASE),
+            embedded: Some(pg),
+        })
+    }
+
+    /// Stops the embedded cluster if we started it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(pg) = self.embedded {
+            pg.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A pool sized for serving.
+pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .context("could not connect to PostgreSQL")
+}
+
+/// Applies every migration: event store first, then read models.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    marketplace_store::postgres::migrate(pool).await?;
+    marketplace_projections::migrate(pool).await?;
+    Ok(())
+}

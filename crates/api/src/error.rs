@@ -1,0 +1,105 @@
+//! The API's error taxonomy and its one mapping to GraphQL `extensions.code`.
+
+use async_graphql::ErrorExtensions;
+
+/// Every error a resolver can return. [`ApiError::into_graphql`] is the only
+/// place these become GraphQL errors; internal failures are logged there,
+/// once, with a reference the client can quote, and never shown.
+///
+/// It deliberately does not implement `Display`: async-graphql converts any
+/// `Display` type into an error *without* a code, and that path must not
+/// exist for this type.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The input is malformed or breaks a rule.
+    BadUserInput(String),
+    /// No valid credentials.
+    Unauthenticated(String),
+    /// Authenticated, but not allowed.
+    Forbidden(String),
+    /// No such thing (or not visible to the caller).
+    NotFound(String),
+    /// The state changed underneath, or a uniqueness rule was hit.
+    Conflict(String),
+    /// An idempotency key was reused with different input.
+    IdempotencyKeyReused,
+    /// Too many requests.
+    RateLimited,
+    /// Anything else: logged, never shown.
+    Internal(String),
+}
+
+impl ApiError {
+    /// The contract's code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadUserInput(_) => "BAD_USER_INPUT",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::RateLimited => "RATE_LIMITED",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The message the client sees.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadUserInput(m)
+            | ApiError::Unauthenticated(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m.clone(),
+            ApiError::IdempotencyKeyReused => {
+                "this idempotency key was already used with different input".into()
+            }
+            ApiError::RateLimited => "too many requests; retry later".into(),
+            ApiError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// An internal failure with its (private) detail.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        ApiError::Internal(detail.to_string())
+    }
+
+    /// The GraphQL error the client sees.
+    pub fn into_graphql(self) -> async_graphql::Error {
+        let code = self.code();
+        match &self {
+            ApiError::Internal(detail) => {
+                let reference = uuid::Uuid::now_v7();
+                tracing::error!(%reference, detail = %detail, "internal error");
+                async_graphql::Error::new(format!("internal error (reference {reference})"))
+                    .extend_with(|_, e| {
+                        e.set("code", code);
+                        e.set("reference", reference.to_string());
+                    })
+            }
+            _ => async_graphql::Error::new(self.message()).extend_with(|_, e| e.set("code", code)),
+        }
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(e: ApiError) -> Self {
+        e.into_graphql()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<marketplace_domain::values::ValueError> for ApiError {
+    fn from(e: marketplace_domain::values::ValueError) -> Self {
+        ApiError::BadUserInput(e.to_string())
+    }
+}
+
+/// Result of a resolver.
+pub type ApiResult<T> = Result<T, async_graphql::Error>;

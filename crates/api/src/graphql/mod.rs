@@ -1,0 +1,57 @@
+//! The GraphQL schema of `../shared/api-contract.graphql`: types, queries,
+//! mutations, and the per-request context they read.
+
+mod mutation;
+mod query;
+mod types;
+
+use std::sync::Arc;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{EmptySubscription, Schema};
+
+use crate::auth::Claims;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub use mutation::MutationRoot;
+pub use query::QueryRoot;
+
+/// The served schema.
+pub type MarketplaceSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Most complex query accepted (fields, with connection sizes multiplied in).
+pub const MAX_COMPLEXITY: usize = 5_000;
+
+/// Builds the schema over the application state.
+pub fn build_schema(state: AppState) -> MarketplaceSchema {
+    let accounts = DataLoader::new(types::AccountLoader(state.pool.clone()), tokio::spawn);
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .data(state)
+        .data(accounts)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// Who is calling, per request.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer(pub Option<Arc<Claims>>);
+
+impl Viewer {
+    /// The caller's claims, or UNAUTHENTICATED.
+    pub fn require(&self) -> Result<&Claims, ApiError> {
+        self.0
+            .as_deref()
+            .ok_or_else(|| ApiError::Unauthenticated("sign in first: send Authorization: Bearer <token>".into()))
+    }
+}
+
+/// The SDL of the served schema.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .finish()
+        .sdl()
+}

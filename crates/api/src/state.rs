@@ -1,0 +1,38 @@
+//! Application state shared by every request.
+
+use std::time::Duration;
+
+use marketplace_commands::CommandHandler;
+use marketplace_projections::Progress;
+use marketplace_store::Position;
+use sqlx::PgPool;
+
+use crate::auth::Tokens;
+
+/// Everything resolvers and handlers need. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The write side.
+    pub handler: CommandHandler,
+    /// The read models.
+    pub pool: PgPool,
+    /// How far projections have come (read-your-writes).
+    pub progress: Progress,
+    /// JWT issuing and checking.
+    pub tokens: Tokens,
+    /// Longest wait for a consistency token.
+    pub consistency_wait: Duration,
+}
+
+/// Every projection the API reads from.
+pub const READ_MODELS: &[&str] = &[
+    marketplace_projections::read_models::accounts::NAME,
+    marketplace_projections::read_models::listings::NAME,
+];
+
+impl AppState {
+    /// Waits (bounded) until the named read models have passed `token`.
+    pub async fn wait_for(&self, names: &[&str], token: Position) -> bool {
+        self.progress.wait_for(names, token, self.consistency_wait).await
+    }
+}

@@ -1,1 +1,130 @@
-//! stub
+//! Test support for the black-box end-to-end tests: [`spawn_app`] starts the
+//! whole marketplace (event store, projectors, API) on a fresh database and a
+//! random port, and [`TestApp`] talks GraphQL to it over real HTTP.
+
+use anyhow::Context;
+use marketplace_api::{Application, Settings};
+use marketplace_store::testdb::TestDatabase;
+use serde_json::{json, Value};
+
+/// A running marketplace and an HTTP client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The database it runs on.
+    pub db: TestDatabase,
+    client: reqwest::Client,
+}
+
+/// Starts the marketplace on a fresh database (one per test), on port 0.
+pub async fn spawn_app() -> TestApp {
+    marketplace_api::telemetry::init_for_tests();
+    let db = TestDatabase::create().await;
+    let app = Application::build(Settings::for_database(db.url.clone()))
+        .await
+        .expect("build the application");
+    let addr = app.local_addr().expect("the API listens");
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        base: format!("http://{addr}"),
+        db,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// One GraphQL response.
+#[derive(Debug, Clone)]
+pub struct Gql {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl Gql {
+    /// `data.<path>` (dot-separated); panics with the whole body if absent.
+    pub fn data(&self, path: &str) -> &Value {
+        let mut v = &self.body["data"];
+        for key in path.split('.') {
+            v = &v[key];
+        }
+        assert!(
+            self.body.get("errors").is_none(),
+            "unexpected errors in {}",
+            self.body
+        );
+        v
+    }
+
+    /// The `extensions.code` of the first error; panics if there is none.
+    pub fn error_code(&self) -> &str {
+        self.body["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error with a code, got {}", self.body))
+    }
+}
+
+/// Options of one request.
+#[derive(Debug, Default, Clone)]
+pub struct Req<'a> {
+    /// Bearer token.
+    pub token: Option<&'a str>,
+    /// `X-Consistency-Token`.
+    pub consistency: Option<&'a str>,
+}
+
+impl TestApp {
+    /// POSTs a GraphQL operation.
+    pub async fn gql(&self, query: &str, variables: Value, opts: Req<'_>) -> Gql {
+        self.try_gql(query, variables, opts).await.expect("request")
+    }
+
+    async fn try_gql(&self, query: &str, variables: Value, opts: Req<'_>) -> anyhow::Result<Gql> {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.base))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = opts.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(c) = opts.consistency {
+            req = req.header("x-consistency-token", c);
+        }
+        let resp = req.send().await.context("send")?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.context("json body")?;
+        Ok(Gql { status, body })
+    }
+
+    /// Registers an account; returns (token, account id, consistency token).
+    pub async fn register(&self, email: &str, roles: &[&str]) -> (String, String, String) {
+        let r = self
+            .gql(
+                "mutation($input: RegisterInput!) { register(input: $input) { token consistencyToken account { id } } }",
+                json!({ "input": { "email": email, "password": "correct horse battery", "displayName": "Someone", "roles": roles } }),
+                Req::default(),
+            )
+            .await;
+        (
+            r.data("register.token").as_str().expect("token").to_owned(),
+            r.data("register.account.id").as_str().expect("id").to_owned(),
+            r.data("register.consistencyToken").as_str().expect("ct").to_owned(),
+        )
+    }
+
+    /// The number of events in the log.
+    pub async fn event_count(&self) -> i64 {
+        let pool = self.db.pool().await;
+        let n = sqlx_count(&pool).await;
+        pool.close().await;
+        n
+    }
+}
+
+async fn sqlx_count(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}

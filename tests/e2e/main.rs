@@ -1,1 +1,5 @@
+//! End-to-end tests: the whole marketplace over real HTTP against a real
+//! Postgres, one fresh database per test.
 
+mod errors;
+mod flow;

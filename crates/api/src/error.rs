@@ -9,7 +9,7 @@ use async_graphql::ErrorExtensions;
 /// It deliberately does not implement `Display`: async-graphql converts any
 /// `Display` type into an error *without* a code, and that path must not
 /// exist for this type.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     /// The input is malformed or breaks a rule.
     BadUserInput(String),
@@ -101,5 +101,14 @@ impl From<marketplace_domain::values::ValueError> for ApiError {
     }
 }
 
-/// Result of a resolver.
-pub type ApiResult<T> = Result<T, async_graphql::Error>;
+impl From<async_graphql::Error> for ApiError {
+    fn from(e: async_graphql::Error) -> Self {
+        // Only context look-ups produce these inside resolvers: a wiring bug.
+        ApiError::internal(e.message)
+    }
+}
+
+/// Result of a resolver. Resolvers return [`ApiError`], never a bare
+/// `async_graphql::Error`, so every failure passes through
+/// [`ApiError::into_graphql`] and carries a code.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -90,7 +90,7 @@ impl MutationRoot {
             return Err(ApiError::BadUserInput(format!(
                 "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
             ))
-            .into());
+            );
         }
         let roles = input.roles.unwrap_or_default().into_iter().map(Into::into).collect();
         let password = input.password;
@@ -137,7 +137,7 @@ impl MutationRoot {
         let state = ctx.data::<AppState>()?;
         let refused = || ApiError::Unauthenticated("invalid email or password".into());
         if password.chars().count() > MAX_PASSWORD_LEN {
-            return Err(refused().into());
+            return Err(refused());
         }
         let account = match Email::parse(&email) {
             Ok(email) => find_account_by_email(&state.handler, &email)
@@ -157,7 +157,7 @@ impl MutationRoot {
         })
         .await?;
         let Some(account) = account.filter(|_| ok) else {
-            return Err(refused().into());
+            return Err(refused());
         };
         let id = account.id.ok_or_else(refused)?;
         let token = state.tokens.issue(id.0, account.roles.clone()).map_err(ApiError::internal)?;
@@ -187,7 +187,7 @@ impl MutationRoot {
         let spec = match input.kind {
             ListingKind::Physical => {
                 if input.content_hash.is_some() {
-                    return Err(ApiError::BadUserInput("contentHash is only for DIGITAL listings".into()).into());
+                    return Err(ApiError::BadUserInput("contentHash is only for DIGITAL listings".into()));
                 }
                 ListingSpec::Physical {
                     quantity: Quantity::parse(i64::from(input.quantity.unwrap_or(0)))?,
@@ -198,7 +198,7 @@ impl MutationRoot {
                     return Err(ApiError::BadUserInput(
                         "quantity is only for PHYSICAL listings; digital ones are unlimited".into(),
                     )
-                    .into());
+                    );
                 }
                 let hash = input
                     .content_hash

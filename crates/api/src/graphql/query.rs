@@ -110,7 +110,7 @@ impl QueryRoot {
             status: status.as_str().to_owned(),
         };
         if query.search.as_ref().is_some_and(|s| s.len() > 200) {
-            return Err(ApiError::BadUserInput("search is limited to 200 characters".into()).into());
+            return Err(ApiError::BadUserInput("search is limited to 200 characters".into()));
         }
         let sort = match sort.unwrap_or(ListingSort::Newest) {
             ListingSort::Newest | ListingSort::Relevance | ListingSort::Rating => listings::Sort::Newest,

@@ -12,6 +12,7 @@ use marketplace_domain::email_claim::{
     claim_id, ClaimEmail, EmailClaim, EmailClaimCommand, EmailClaimError,
 };
 use marketplace_domain::values::{AccountId, DisplayName, Email, PasswordHash, Role};
+use marketplace_domain::Aggregate;
 use marketplace_store::Position;
 use uuid::Uuid;
 
@@ -85,6 +86,20 @@ pub async fn register(
 ) -> Result<Registered, RegisterError> {
     let account_id = AccountId(Uuid::now_v7());
     let claim_stream = claim_id(&registration.email);
+    let command = AccountCommand::Register(RegisterAccount {
+        account_id,
+        email: registration.email.clone(),
+        display_name: registration.display_name,
+        password_hash: registration.password_hash,
+        roles: registration.roles,
+        channel: registration.channel,
+        at: now,
+    });
+    // Decide the registration against a fresh account first (decide is pure),
+    // so a refused registration never leaves a claim behind.
+    Account::default()
+        .decide(&command)
+        .map_err(RegisterError::Rejected)?;
 
     // Look up the fact the claim decision needs: does the current claimant exist?
     let claim = handler
@@ -116,19 +131,7 @@ pub async fn register(
         })?;
 
     let opened = handler
-        .execute::<Account>(
-            account_id.0,
-            ctx,
-            &AccountCommand::Register(RegisterAccount {
-                account_id,
-                email: registration.email,
-                display_name: registration.display_name,
-                password_hash: registration.password_hash,
-                roles: registration.roles,
-                channel: registration.channel,
-                at: now,
-            }),
-        )
+        .execute::<Account>(account_id.0, ctx, &command)
         .await
         .map_err(|e| match e {
             CommandError::Rejected(r) => RegisterError::Rejected(r),
@@ -186,6 +189,18 @@ mod tests {
             .expect("registered");
         assert_eq!(found.id, Some(winners[0]));
         assert!(found.password_hash.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_registration_claims_nothing() {
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone()));
+        let mut admin = registration("root@example.com");
+        admin.roles = vec![Role::Admin];
+        let r = register(&handler, &CommandContext::default(), admin, Utc::now()).await;
+        assert!(matches!(r, Err(RegisterError::Rejected(AccountError::AdminNotSelfAssignable))));
+        use marketplace_store::EventStore;
+        assert_eq!(store.head().await.expect("head"), Position::START);
     }
 
     #[tokio::test]

@@ -108,8 +108,14 @@ impl TestApp {
             .await;
         (
             r.data("register.token").as_str().expect("token").to_owned(),
-            r.data("register.account.id").as_str().expect("id").to_owned(),
-            r.data("register.consistencyToken").as_str().expect("ct").to_owned(),
+            r.data("register.account.id")
+                .as_str()
+                .expect("id")
+                .to_owned(),
+            r.data("register.consistencyToken")
+                .as_str()
+                .expect("ct")
+                .to_owned(),
         )
     }
 

@@ -74,8 +74,10 @@ mod tests {
 
     #[test]
     fn refuses_a_version_from_the_future() {
-        let r: Result<ListingEvent, _> =
-            decode("listing.published", 99, serde_json::json!({}));
-        assert!(matches!(r, Err(CodecError::UnsupportedVersion { version: 99, .. })));
+        let r: Result<ListingEvent, _> = decode("listing.published", 99, serde_json::json!({}));
+        assert!(matches!(
+            r,
+            Err(CodecError::UnsupportedVersion { version: 99, .. })
+        ));
     }
 }

@@ -55,7 +55,10 @@ mod tests {
             .chain(EmailClaimEvent::TYPES)
             .chain(ListingEvent::TYPES)
         {
-            assert!(current_version(t).is_some(), "{t} has no entry in CURRENT_VERSIONS");
+            assert!(
+                current_version(t).is_some(),
+                "{t} has no entry in CURRENT_VERSIONS"
+            );
         }
         assert_eq!(
             CURRENT_VERSIONS.len(),

@@ -4,7 +4,8 @@ use marketplace_e2e::{spawn_app, Req};
 use serde_json::json;
 
 const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token } }";
-const CREATE: &str = "mutation($input: CreateListingInput!) { createListing(input: $input) { consistencyToken } }";
+const CREATE: &str =
+    "mutation($input: CreateListingInput!) { createListing(input: $input) { consistencyToken } }";
 const PUBLISH: &str = "mutation($id: ID!) { publishListing(id: $id) { consistencyToken } }";
 
 fn registration(email: &str, password: &str, roles: &[&str]) -> serde_json::Value {
@@ -22,19 +23,47 @@ async fn registration_refusals_have_codes_and_write_nothing() {
     app.register("taken@example.com", &[]).await;
     let before = app.event_count().await;
     for (vars, code) in [
-        (registration("taken@example.com", "long enough pw", &[]), "CONFLICT"),
-        (registration("TAKEN@example.com ", "long enough pw", &[]), "CONFLICT"),
-        (registration("not-an-email", "long enough pw", &[]), "BAD_USER_INPUT"),
-        (registration("a@example.com", "short", &[]), "BAD_USER_INPUT"),
-        (registration("b@example.com", "long enough pw", &["ADMIN"]), "FORBIDDEN"),
+        (
+            registration("taken@example.com", "long enough pw", &[]),
+            "CONFLICT",
+        ),
+        (
+            registration("TAKEN@example.com ", "long enough pw", &[]),
+            "CONFLICT",
+        ),
+        (
+            registration("not-an-email", "long enough pw", &[]),
+            "BAD_USER_INPUT",
+        ),
+        (
+            registration("a@example.com", "short", &[]),
+            "BAD_USER_INPUT",
+        ),
+        (
+            registration("b@example.com", "long enough pw", &["ADMIN"]),
+            "FORBIDDEN",
+        ),
     ] {
         let r = app.gql(REGISTER, vars.clone(), Req::default()).await;
         assert_eq!(r.error_code(), code, "{vars}: {}", r.body);
     }
-    assert_eq!(app.event_count().await, before, "refused registrations appended events");
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "refused registrations appended events"
+    );
 
-    let bad_role = app.gql(REGISTER, registration("c@example.com", "long enough pw", &["OWNER"]), Req::default()).await;
-    assert!(bad_role.body["errors"].is_array(), "an unknown enum value is refused");
+    let bad_role = app
+        .gql(
+            REGISTER,
+            registration("c@example.com", "long enough pw", &["OWNER"]),
+            Req::default(),
+        )
+        .await;
+    assert!(
+        bad_role.body["errors"].is_array(),
+        "an unknown enum value is refused"
+    );
     assert_eq!(app.event_count().await, before);
 }
 
@@ -42,9 +71,16 @@ async fn registration_refusals_have_codes_and_write_nothing() {
 async fn login_refuses_a_wrong_password_or_unknown_email_alike() {
     let app = spawn_app().await;
     app.register("known@example.com", &[]).await;
-    for (email, pw) in [("known@example.com", "wrong password!"), ("nobody@example.com", "correct horse battery")] {
+    for (email, pw) in [
+        ("known@example.com", "wrong password!"),
+        ("nobody@example.com", "correct horse battery"),
+    ] {
         let r = app
-            .gql("mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }", json!({ "e": email, "p": pw }), Req::default())
+            .gql(
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({ "e": email, "p": pw }),
+                Req::default(),
+            )
             .await;
         assert_eq!(r.error_code(), "UNAUTHENTICATED");
         assert_eq!(r.body["errors"][0]["message"], "invalid email or password");
@@ -60,10 +96,28 @@ async fn listing_mutations_check_identity_roles_ownership_and_input() {
 
     let anon = app.gql(CREATE, listing("PHYSICAL"), Req::default()).await;
     assert_eq!(anon.error_code(), "UNAUTHENTICATED");
-    let forged = app.gql(CREATE, listing("PHYSICAL"), Req { token: Some("not.a.token"), ..Req::default() }).await;
+    let forged = app
+        .gql(
+            CREATE,
+            listing("PHYSICAL"),
+            Req {
+                token: Some("not.a.token"),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(forged.error_code(), "UNAUTHENTICATED");
     assert_eq!(forged.status, 401);
-    let by_buyer = app.gql(CREATE, listing("PHYSICAL"), Req { token: Some(&buyer), ..Req::default() }).await;
+    let by_buyer = app
+        .gql(
+            CREATE,
+            listing("PHYSICAL"),
+            Req {
+                token: Some(&buyer),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(by_buyer.error_code(), "FORBIDDEN");
 
     let before = app.event_count().await;
@@ -77,36 +131,135 @@ async fn listing_mutations_check_identity_roles_ownership_and_input() {
     bad_hash["input"]["contentHash"] = json!("xyz");
     let mut huge_title = listing("PHYSICAL");
     huge_title["input"]["title"] = json!("x".repeat(201));
-    for vars in [listing("DIGITAL"), bad_price, negative, hash_on_physical, bad_hash, huge_title] {
-        let r = app.gql(CREATE, vars.clone(), Req { token: Some(&seller), ..Req::default() }).await;
+    for vars in [
+        listing("DIGITAL"),
+        bad_price,
+        negative,
+        hash_on_physical,
+        bad_hash,
+        huge_title,
+    ] {
+        let r = app
+            .gql(
+                CREATE,
+                vars.clone(),
+                Req {
+                    token: Some(&seller),
+                    ..Req::default()
+                },
+            )
+            .await;
         assert_eq!(r.error_code(), "BAD_USER_INPUT", "{vars}: {}", r.body);
     }
-    assert_eq!(app.event_count().await, before, "refused listings appended events");
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "refused listings appended events"
+    );
 
     let mut digital = listing("DIGITAL");
     digital["input"]["contentHash"] = json!("AB".repeat(32));
-    let ok = app.gql(CREATE, digital, Req { token: Some(&seller), ..Req::default() }).await;
+    let ok = app
+        .gql(
+            CREATE,
+            digital,
+            Req {
+                token: Some(&seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert!(ok.body.get("errors").is_none(), "{}", ok.body);
     let created = app
         .gql("mutation($input: CreateListingInput!) { createListing(input: $input) { listing { id } } }", listing("PHYSICAL"), Req { token: Some(&seller), ..Req::default() })
         .await;
-    let id = created.data("createListing.listing.id").as_str().expect("id").to_owned();
+    let id = created
+        .data("createListing.listing.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
 
-    let not_owner = app.gql(PUBLISH, json!({ "id": id }), Req { token: Some(&other_seller), ..Req::default() }).await;
+    let not_owner = app
+        .gql(
+            PUBLISH,
+            json!({ "id": id }),
+            Req {
+                token: Some(&other_seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(not_owner.error_code(), "FORBIDDEN");
-    let missing = app.gql(PUBLISH, json!({ "id": uuid::Uuid::now_v7().to_string() }), Req { token: Some(&seller), ..Req::default() }).await;
+    let missing = app
+        .gql(
+            PUBLISH,
+            json!({ "id": uuid::Uuid::now_v7().to_string() }),
+            Req {
+                token: Some(&seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(missing.error_code(), "NOT_FOUND");
-    let malformed = app.gql(PUBLISH, json!({ "id": "12" }), Req { token: Some(&seller), ..Req::default() }).await;
+    let malformed = app
+        .gql(
+            PUBLISH,
+            json!({ "id": "12" }),
+            Req {
+                token: Some(&seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(malformed.error_code(), "BAD_USER_INPUT");
-    let ok = app.gql(PUBLISH, json!({ "id": id }), Req { token: Some(&seller), ..Req::default() }).await;
+    let ok = app
+        .gql(
+            PUBLISH,
+            json!({ "id": id }),
+            Req {
+                token: Some(&seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert!(ok.body.get("errors").is_none(), "{}", ok.body);
-    let twice = app.gql(PUBLISH, json!({ "id": id }), Req { token: Some(&seller), ..Req::default() }).await;
+    let twice = app
+        .gql(
+            PUBLISH,
+            json!({ "id": id }),
+            Req {
+                token: Some(&seller),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(twice.error_code(), "CONFLICT");
 
-    let drafts = app.gql("{ listings(filter: { status: DRAFT }) { totalCount } }", json!({}), Req::default()).await;
+    let drafts = app
+        .gql(
+            "{ listings(filter: { status: DRAFT }) { totalCount } }",
+            json!({}),
+            Req::default(),
+        )
+        .await;
     assert_eq!(drafts.error_code(), "UNAUTHENTICATED");
-    let too_many = app.gql("{ listings(first: 101) { totalCount } }", json!({}), Req::default()).await;
+    let too_many = app
+        .gql(
+            "{ listings(first: 101) { totalCount } }",
+            json!({}),
+            Req::default(),
+        )
+        .await;
     assert!(too_many.body["errors"].is_array());
-    let bad_token = app.gql("{ me { id } }", json!({}), Req { consistency: Some("soon"), ..Req::default() }).await;
+    let bad_token = app
+        .gql(
+            "{ me { id } }",
+            json!({}),
+            Req {
+                consistency: Some("soon"),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(bad_token.error_code(), "BAD_USER_INPUT");
 }

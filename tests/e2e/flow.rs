@@ -32,22 +32,47 @@ async fn a_seller_registers_logs_in_creates_and_publishes_a_listing_that_buyers_
         )
         .await;
     assert_eq!(login.data("login.account.id"), &json!(seller_id));
-    assert_eq!(login.data("login.account.email"), &json!("seller@example.com"));
+    assert_eq!(
+        login.data("login.account.email"),
+        &json!("seller@example.com")
+    );
     assert_eq!(login.data("login.account.roles"), &json!(["SELLER"]));
-    let token = login.data("login.token").as_str().expect("token").to_owned();
+    let token = login
+        .data("login.token")
+        .as_str()
+        .expect("token")
+        .to_owned();
 
-    let created = app.gql(CREATE, json!({ "input": lamp() }), Req { token: Some(&token), ..Req::default() }).await;
+    let created = app
+        .gql(
+            CREATE,
+            json!({ "input": lamp() }),
+            Req {
+                token: Some(&token),
+                ..Req::default()
+            },
+        )
+        .await;
     let listing = created.data("createListing.listing");
     assert_eq!(listing["status"], "DRAFT");
     assert_eq!(listing["kind"], "PHYSICAL");
-    assert_eq!(listing["price"], json!({ "amount": "49.90", "currencyCode": "EUR" }));
+    assert_eq!(
+        listing["price"],
+        json!({ "amount": "49.90", "currencyCode": "EUR" })
+    );
     assert_eq!(listing["availableQuantity"], 20);
     assert_eq!(listing["tags"], json!(["lighting", "brass"]));
     assert_eq!(listing["seller"]["id"], json!(seller_id));
     let id = listing["id"].as_str().expect("id").to_owned();
 
     // A draft is invisible to everyone but its seller.
-    let anon = app.gql("query($id: ID!) { listing(id: $id) { id } }", json!({ "id": id }), Req::default()).await;
+    let anon = app
+        .gql(
+            "query($id: ID!) { listing(id: $id) { id } }",
+            json!({ "id": id }),
+            Req::default(),
+        )
+        .await;
     assert!(anon.data("listing").is_null());
 
     let published = app
@@ -57,7 +82,11 @@ async fn a_seller_registers_logs_in_creates_and_publishes_a_listing_that_buyers_
             Req { token: Some(&token), ..Req::default() },
         )
         .await;
-    let ct = published.data("publishListing.consistencyToken").as_str().expect("ct").to_owned();
+    let ct = published
+        .data("publishListing.consistencyToken")
+        .as_str()
+        .expect("ct")
+        .to_owned();
 
     // A buyer, reading with the consistency token, sees the published listing.
     let seen = app
@@ -71,10 +100,22 @@ async fn a_seller_registers_logs_in_creates_and_publishes_a_listing_that_buyers_
     assert_eq!(seen.data("listing.title"), "Brass lamp");
     assert_eq!(seen.data("listings.totalCount"), 1);
     assert_eq!(seen.data("listings.edges")[0]["node"]["id"], json!(id));
-    assert_eq!(seen.data("listings.facets.categories"), &json!([{ "value": "home", "count": 1 }]));
+    assert_eq!(
+        seen.data("listings.facets.categories"),
+        &json!([{ "value": "home", "count": 1 }])
+    );
     assert_eq!(seen.body["extensions"]["consistency"]["reached"], true);
 
-    let me = app.gql("{ me { id email balance { amount currencyCode } } }", json!({}), Req { token: Some(&token), consistency: Some(&ct) }).await;
+    let me = app
+        .gql(
+            "{ me { id email balance { amount currencyCode } } }",
+            json!({}),
+            Req {
+                token: Some(&token),
+                consistency: Some(&ct),
+            },
+        )
+        .await;
     assert_eq!(me.data("me.id"), &json!(seller_id));
     assert_eq!(me.data("me.email"), "seller@example.com");
 }
@@ -83,14 +124,41 @@ async fn a_seller_registers_logs_in_creates_and_publishes_a_listing_that_buyers_
 async fn retrying_create_listing_with_the_same_idempotency_key_returns_the_same_listing() {
     let app = spawn_app().await;
     let (token, _, _) = app.register("shop@example.com", &["SELLER"]).await;
-    let opts = Req { token: Some(&token), ..Req::default() };
-    let first = app.gql(CREATE, json!({ "input": lamp(), "key": "k-1" }), opts.clone()).await;
+    let opts = Req {
+        token: Some(&token),
+        ..Req::default()
+    };
+    let first = app
+        .gql(
+            CREATE,
+            json!({ "input": lamp(), "key": "k-1" }),
+            opts.clone(),
+        )
+        .await;
     let events = app.event_count().await;
-    let again = app.gql(CREATE, json!({ "input": lamp(), "key": "k-1" }), opts.clone()).await;
-    assert_eq!(first.data("createListing.listing.id"), again.data("createListing.listing.id"));
-    assert_eq!(app.event_count().await, events, "the retry appended nothing");
-    let other = app.gql(CREATE, json!({ "input": lamp(), "key": "k-2" }), opts).await;
-    assert_ne!(first.data("createListing.listing.id"), other.data("createListing.listing.id"));
+    let again = app
+        .gql(
+            CREATE,
+            json!({ "input": lamp(), "key": "k-1" }),
+            opts.clone(),
+        )
+        .await;
+    assert_eq!(
+        first.data("createListing.listing.id"),
+        again.data("createListing.listing.id")
+    );
+    assert_eq!(
+        app.event_count().await,
+        events,
+        "the retry appended nothing"
+    );
+    let other = app
+        .gql(CREATE, json!({ "input": lamp(), "key": "k-2" }), opts)
+        .await;
+    assert_ne!(
+        first.data("createListing.listing.id"),
+        other.data("createListing.listing.id")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("addr", &self.local_addr()).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("addr", &self.local_addr())
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +63,11 @@ impl Application {
                 });
             }
         } else {
-            tasks.spawn(follow_checkpoints(pool.clone(), progress.clone(), stop_rx.clone()));
+            tasks.spawn(follow_checkpoints(
+                pool.clone(),
+                progress.clone(),
+                stop_rx.clone(),
+            ));
         }
         let state = AppState {
             handler: CommandHandler::new(store),
@@ -98,7 +104,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops the projectors.
-    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         match self.listener.take() {
             Some(listener) => {
                 let router = app(self.state.clone(), build_schema(self.state.clone()));
@@ -119,9 +128,11 @@ impl Application {
 /// committed checkpoints so consistency tokens still work.
 async fn follow_checkpoints(pool: PgPool, progress: Progress, mut stop: watch::Receiver<bool>) {
     loop {
-        match sqlx::query_as::<_, (String, i64)>("SELECT name, position FROM projection_checkpoints")
-            .fetch_all(&pool)
-            .await
+        match sqlx::query_as::<_, (String, i64)>(
+            "SELECT name, position FROM projection_checkpoints",
+        )
+        .fetch_all(&pool)
+        .await
         {
             Ok(rows) => {
                 for (name, pos) in rows {

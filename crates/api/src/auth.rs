@@ -79,7 +79,9 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Tokens")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,12 @@ mod tests {
         let expired = Tokens::new(&Secret::new("k1"), Duration::from_secs(0));
         let old = encode(
             &Header::new(Algorithm::HS256),
-            &Claims { sub: id, roles: vec![], iat: 0, exp: 1 },
+            &Claims {
+                sub: id,
+                roles: vec![],
+                iat: 0,
+                exp: 1,
+            },
             &expired.encoding,
         )
         .expect("encode");

@@ -53,7 +53,11 @@ pub enum BenchCommand {
 /// Runs a benchmark against the server at `url`.
 pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
     let pool = scratch_database(url).await?;
-    println!("machine: {} cores; PostgreSQL at {}", num_cpus(), redact(url));
+    println!(
+        "machine: {} cores; PostgreSQL at {}",
+        num_cpus(),
+        redact(url)
+    );
     let result = match which {
         BenchCommand::Append {
             writers,
@@ -78,11 +82,17 @@ fn redact(url: &str) -> String {
 
 async fn scratch_database(url: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
-    let mut admin = options.clone().connect().await.context("could not connect")?;
+    let mut admin = options
+        .clone()
+        .connect()
+        .await
+        .context("could not connect")?;
     sqlx::query("DROP DATABASE IF EXISTS marketplace_bench WITH (FORCE)")
         .execute(&mut admin)
         .await?;
-    sqlx::query("CREATE DATABASE marketplace_bench").execute(&mut admin).await?;
+    sqlx::query("CREATE DATABASE marketplace_bench")
+        .execute(&mut admin)
+        .await?;
     admin.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(32)
@@ -208,7 +218,10 @@ async fn append(pool: &PgPool, writers: usize, streams: usize, events: u64) -> a
         "one-by-one",
     )
     .await?;
-    for (name, f) in [("group commit", &grouped), ("one append per transaction", &single)] {
+    for (name, f) in [
+        ("group commit", &grouped),
+        ("one append per transaction", &single),
+    ] {
         println!(
             "{name:>28}: {:>9.0} events/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
             f.events_per_sec,
@@ -254,7 +267,11 @@ async fn prefill(store: &PostgresEventStore, events: u64) -> anyhow::Result<()> 
                 }
                 .into();
                 store
-                    .append(&StreamId::new("account", seller)?, ExpectedRevision::NoStream, vec![event(acc)?])
+                    .append(
+                        &StreamId::new("account", seller)?,
+                        ExpectedRevision::NoStream,
+                        vec![event(acc)?],
+                    )
                     .await?;
                 let mut n = 1;
                 for i in 0..9usize {
@@ -321,10 +338,19 @@ async fn project(pool: &PgPool, events: u64) -> anyhow::Result<()> {
         let (runtime, stop_rx) = (runtime.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move { runtime.run(p, stop_rx).await }));
     }
-    let names: Vec<&str> = marketplace_projections::all().iter().map(|p| p.name()).collect();
+    let names: Vec<&str> = marketplace_projections::all()
+        .iter()
+        .map(|p| p.name())
+        .collect();
     loop {
-        let done = progress.wait_for(&names, head, Duration::from_millis(200)).await;
-        let slowest = names.iter().map(|n| progress.position(n).0).min().unwrap_or(0);
+        let done = progress
+            .wait_for(&names, head, Duration::from_millis(200))
+            .await;
+        let slowest = names
+            .iter()
+            .map(|n| progress.position(n).0)
+            .min()
+            .unwrap_or(0);
         pb.set_position(slowest);
         if done {
             break;

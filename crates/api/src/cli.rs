@@ -35,7 +35,12 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded cluster (used when DATABASE_URL is unset).
-    #[arg(long, env = "MARKETPLACE_DATA_DIR", default_value = ".marketplace", global = true)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_DATA_DIR",
+        default_value = ".marketplace",
+        global = true
+    )]
     pub data_dir: PathBuf,
 }
 

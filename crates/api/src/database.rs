@@ -23,7 +23,10 @@ impl Database {
     /// Uses `url` if given, else starts (or reuses) the embedded cluster under `data_dir`.
     pub async fn acquire(url: Option<String>, data_dir: &Path) -> anyhow::Result<Self> {
         if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
-            return Ok(Self { url, embedded: None });
+            return Ok(Self {
+                url,
+                embedded: None,
+            });
         }
         tracing::info!(dir = %data_dir.display(), "DATABASE_URL is unset; using the embedded PostgreSQL");
         let pg = EmbeddedPostgres::start_or_reuse(data_dir).await?;

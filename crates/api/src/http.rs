@@ -46,7 +46,9 @@ fn error_response(e: ApiError) -> Response {
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let resp = async_graphql::Response::from_errors(vec![e.into_graphql().into_server_error(Default::default())]);
+    let resp = async_graphql::Response::from_errors(vec![e
+        .into_graphql()
+        .into_server_error(Default::default())]);
     (status, GraphQLResponse::from(resp)).into_response()
 }
 
@@ -72,12 +74,18 @@ async fn execute(http: &Http, headers: &HeaderMap, request: async_graphql::Reque
                 "X-Consistency-Token must be a token returned by a mutation".into(),
             ));
         };
-        caught_up = Some((token, http.state.wait_for(READ_MODELS, Position(token)).await));
+        caught_up = Some((
+            token,
+            http.state.wait_for(READ_MODELS, Position(token)).await,
+        ));
     }
     let mut response = http.schema.execute(request.data(viewer)).await;
     if let Some((token, reached)) = caught_up {
         if !reached {
-            tracing::warn!(token, "read models did not reach the consistency token in time");
+            tracing::warn!(
+                token,
+                "read models did not reach the consistency token in time"
+            );
         }
         response.extensions.insert(
             "consistency".into(),
@@ -91,17 +99,33 @@ async fn execute(http: &Http, headers: &HeaderMap, request: async_graphql::Reque
     GraphQLResponse::from(response).into_response()
 }
 
-async fn graphql_post(State(http): State<Http>, headers: HeaderMap, request: GraphQLRequest) -> Response {
+async fn graphql_post(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
     execute(&http, &headers, request.into_inner()).await
 }
 
-async fn graphql_get(State(http): State<Http>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn graphql_get(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let Some(query) = query.filter(|q| q.split('&').any(|kv| kv.starts_with("query="))) else {
-        return Html(GraphiQLSource::build().endpoint("/graphql").title("Marketplace").finish()).into_response();
+        return Html(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .title("Marketplace")
+                .finish(),
+        )
+        .into_response();
     };
     match async_graphql::http::parse_query_string(&query) {
         Ok(request) => execute(&http, &headers, request).await,
-        Err(e) => error_response(ApiError::BadUserInput(format!("malformed GraphQL GET request: {e}"))),
+        Err(e) => error_response(ApiError::BadUserInput(format!(
+            "malformed GraphQL GET request: {e}"
+        ))),
     }
 }
 
@@ -110,7 +134,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(http): State<Http>) -> Response {
-    match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&http.state.pool).await {
+    match sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&http.state.pool)
+        .await
+    {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

@@ -33,6 +33,8 @@ pub const READ_MODELS: &[&str] = &[
 impl AppState {
     /// Waits (bounded) until the named read models have passed `token`.
     pub async fn wait_for(&self, names: &[&str], token: Position) -> bool {
-        self.progress.wait_for(names, token, self.consistency_wait).await
+        self.progress
+            .wait_for(names, token, self.consistency_wait)
+            .await
     }
 }

@@ -63,7 +63,9 @@ impl RetryPolicy {
             .base_backoff
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max_backoff);
-        let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = u64::try_from(ceiling.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         Duration::from_micros(rand::rng().random_range(0..micros))
     }
 }
@@ -151,7 +153,8 @@ impl std::fmt::Debug for CommandHandler {
 /// The stream of aggregate `A` with id `id`.
 pub fn stream_of<A: Aggregate>(id: Uuid) -> StreamId {
     // Categories are compile-time constants of lowercase letters.
-    StreamId::new(A::CATEGORY, id).unwrap_or_else(|e| panic!("invalid category of {}: {e}", A::CATEGORY))
+    StreamId::new(A::CATEGORY, id)
+        .unwrap_or_else(|e| panic!("invalid category of {}: {e}", A::CATEGORY))
 }
 
 impl CommandHandler {
@@ -209,7 +212,10 @@ impl CommandHandler {
         let stream = stream_of::<A>(id);
         for attempt in 1..=self.retry.max_attempts {
             let loaded = self.load::<A>(id).await?;
-            let events = loaded.state.decide(command).map_err(CommandError::Rejected)?;
+            let events = loaded
+                .state
+                .decide(command)
+                .map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(Executed {
                     state: loaded.state,
@@ -221,8 +227,13 @@ impl CommandHandler {
                 .iter()
                 .map(|e| to_new_event(e, ctx))
                 .collect::<Result<Vec<_>, CodecError>>()?;
-            let expected = loaded.revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
-            match self.append_retrying_transient(&stream, expected, new_events).await {
+            let expected = loaded
+                .revision
+                .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            match self
+                .append_retrying_transient(&stream, expected, new_events)
+                .await
+            {
                 Ok(outcome) => {
                     let appended = events.len();
                     let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
@@ -317,7 +328,9 @@ mod tests {
         ListingCommand::Create(CreateListing {
             listing_id: ListingId(id),
             actor,
-            spec: ListingSpec::Physical { quantity: Quantity(5) },
+            spec: ListingSpec::Physical {
+                quantity: Quantity(5),
+            },
             title: Title::parse("Lamp").expect("valid"),
             description: Description::parse("").expect("valid"),
             category: Category::parse("home").expect("valid"),
@@ -342,13 +355,23 @@ mod tests {
             .expect("create");
         assert_eq!(created.appended, 1);
         let published = handler
-            .execute::<Listing>(id, &ctx, &ListingCommand::Publish(PublishListing { actor, at: Utc::now() }))
+            .execute::<Listing>(
+                id,
+                &ctx,
+                &ListingCommand::Publish(PublishListing {
+                    actor,
+                    at: Utc::now(),
+                }),
+            )
             .await
             .expect("publish");
         assert_eq!(published.state.status, ListingStatus::Published);
         assert!(published.position > created.position);
 
-        let stored = store.read_stream(&stream_of::<Listing>(id), 0).await.expect("read");
+        let stored = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
         assert_eq!(stored.len(), 2);
         assert_eq!(stored[1].event_type, "listing.published");
         assert_eq!(stored[1].metadata.correlation_id, Some(ctx.correlation_id));
@@ -370,7 +393,10 @@ mod tests {
         let r = handler
             .execute::<Listing>(id, &CommandContext::default(), &create(id, buyer))
             .await;
-        assert!(matches!(r, Err(CommandError::Rejected(ListingError::NotASeller))));
+        assert!(matches!(
+            r,
+            Err(CommandError::Rejected(ListingError::NotASeller))
+        ));
         assert_eq!(store.head().await.expect("head"), Position::START);
     }
 
@@ -393,7 +419,10 @@ mod tests {
                         .execute::<Listing>(
                             id,
                             &CommandContext::default(),
-                            &ListingCommand::Publish(PublishListing { actor, at: Utc::now() }),
+                            &ListingCommand::Publish(PublishListing {
+                                actor,
+                                at: Utc::now(),
+                            }),
                         )
                         .await
                 })
@@ -408,7 +437,14 @@ mod tests {
             }
         }
         assert_eq!(ok, 1);
-        assert_eq!(store.read_stream(&stream_of::<Listing>(id), 0).await.expect("read").len(), 2);
+        assert_eq!(
+            store
+                .read_stream(&stream_of::<Listing>(id), 0)
+                .await
+                .expect("read")
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -129,13 +129,22 @@ fn bounded(field: &'static str, raw: &str, min: usize, max: usize) -> Result<Str
     let s = raw.trim();
     let n = s.chars().count();
     if n < min {
-        return Err(ValueError::new(field, format!("must have at least {min} character(s)")));
+        return Err(ValueError::new(
+            field,
+            format!("must have at least {min} character(s)"),
+        ));
     }
     if n > max {
-        return Err(ValueError::new(field, format!("must have at most {max} characters")));
+        return Err(ValueError::new(
+            field,
+            format!("must have at most {max} characters"),
+        ));
     }
     if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ValueError::new(field, "must not contain control characters"));
+        return Err(ValueError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(s.to_owned())
 }
@@ -243,7 +252,10 @@ impl PasswordHash {
         if phc.starts_with("$argon2") {
             Ok(Self(phc))
         } else {
-            Err(ValueError::new("password", "hash is not an argon2 PHC string"))
+            Err(ValueError::new(
+                "password",
+                "hash is not an argon2 PHC string",
+            ))
         }
     }
 
@@ -346,7 +358,10 @@ impl Tags {
 
     /// Validates a list of raw tags.
     pub fn parse<'a>(raw: impl IntoIterator<Item = &'a str>) -> Result<Self, ValueError> {
-        let tags = raw.into_iter().map(Tag::parse).collect::<Result<Vec<_>, _>>()?;
+        let tags = raw
+            .into_iter()
+            .map(Tag::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         Self::try_from(tags)
     }
 
@@ -366,7 +381,10 @@ impl TryFrom<Vec<Tag>> for Tags {
             }
         }
         if out.len() > Self::MAX {
-            return Err(ValueError::new("tags", format!("at most {} tags", Self::MAX)));
+            return Err(ValueError::new(
+                "tags",
+                format!("at most {} tags", Self::MAX),
+            ));
         }
         Ok(Self(out))
     }
@@ -379,7 +397,9 @@ impl From<Tags> for Vec<Tag> {
 }
 
 /// A count of physical units, never negative.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Quantity(pub u32);
 
@@ -393,7 +413,9 @@ impl Quantity {
             .ok()
             .filter(|q| *q <= Self::MAX)
             .map(Self)
-            .ok_or_else(|| ValueError::new("quantity", format!("must be between 0 and {}", Self::MAX)))
+            .ok_or_else(|| {
+                ValueError::new("quantity", format!("must be between 0 and {}", Self::MAX))
+            })
     }
 }
 
@@ -407,25 +429,64 @@ mod tests {
 
     #[test]
     fn normalises_emails_and_refuses_malformed_ones() {
-        assert_eq!(Email::parse("  Ada@Example.COM ").expect("valid").as_str(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "ada@.com"] {
+        assert_eq!(
+            Email::parse("  Ada@Example.COM ").expect("valid").as_str(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "ada@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn parses_exact_decimal_money_without_floating_point() {
-        assert_eq!(Money::parse_decimal("19.99", eur()).expect("valid").minor, 1999);
-        assert_eq!(Money::parse_decimal("19.9", eur()).expect("valid").minor, 1990);
+        assert_eq!(
+            Money::parse_decimal("19.99", eur()).expect("valid").minor,
+            1999
+        );
+        assert_eq!(
+            Money::parse_decimal("19.9", eur()).expect("valid").minor,
+            1990
+        );
         assert_eq!(Money::parse_decimal("7", eur()).expect("valid").minor, 700);
-        assert_eq!(Money::parse_decimal("0.10", eur()).expect("valid").to_decimal_string(), "0.10");
+        assert_eq!(
+            Money::parse_decimal("0.10", eur())
+                .expect("valid")
+                .to_decimal_string(),
+            "0.10"
+        );
         let yen = Currency::parse("JPY").expect("valid");
-        assert_eq!(Money::parse_decimal("500", yen.clone()).expect("valid").to_decimal_string(), "500");
+        assert_eq!(
+            Money::parse_decimal("500", yen.clone())
+                .expect("valid")
+                .to_decimal_string(),
+            "500"
+        );
         assert!(Money::parse_decimal("5.5", yen).is_err());
-        for bad in ["", "1.999", "abc", "1e3", ".5", "5.", "1,00", "99999999999999999999"] {
+        for bad in [
+            "",
+            "1.999",
+            "abc",
+            "1e3",
+            ".5",
+            "5.",
+            "1,00",
+            "99999999999999999999",
+        ] {
             assert!(Money::parse_decimal(bad, eur()).is_err(), "{bad:?}");
         }
-        assert_eq!(Money::parse_decimal("-1.50", eur()).expect("valid").minor, -150);
+        assert_eq!(
+            Money::parse_decimal("-1.50", eur()).expect("valid").minor,
+            -150
+        );
     }
 
     #[test]

@@ -64,11 +64,18 @@ mod tests {
     async fn waits_until_every_named_projection_passes_the_token() {
         let p = Progress::default();
         p.advance("a", Position(10));
-        assert!(p.wait_for(&["a"], Position(10), Duration::from_millis(1)).await);
-        assert!(!p.wait_for(&["a", "b"], Position(10), Duration::from_millis(20)).await);
+        assert!(
+            p.wait_for(&["a"], Position(10), Duration::from_millis(1))
+                .await
+        );
+        assert!(
+            !p.wait_for(&["a", "b"], Position(10), Duration::from_millis(20))
+                .await
+        );
         let p2 = p.clone();
         let waiter = tokio::spawn(async move {
-            p2.wait_for(&["a", "b"], Position(12), Duration::from_secs(30)).await
+            p2.wait_for(&["a", "b"], Position(12), Duration::from_secs(30))
+                .await
         });
         p.advance("b", Position(12));
         p.advance("a", Position(15));

@@ -55,8 +55,11 @@ pub trait Projection: Send + Sync + 'static {
     fn version(&self) -> i32;
     /// Folds a batch of events, in log order, into its tables inside `tx`.
     /// Events it does not care about must be skipped explicitly.
-    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent])
-        -> Result<(), ProjectionError>;
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
 }
 
 /// Batching knobs.
@@ -117,7 +120,10 @@ impl ProjectorRuntime {
     }
 
     /// The committed checkpoint of `name` (creating its row at 0 if new).
-    pub async fn checkpoint(&self, projection: &dyn Projection) -> Result<Position, ProjectionError> {
+    pub async fn checkpoint(
+        &self,
+        projection: &dyn Projection,
+    ) -> Result<Position, ProjectionError> {
         sqlx::query(
             "INSERT INTO projection_checkpoints (name, version) VALUES ($1, $2) \
              ON CONFLICT (name) DO NOTHING",
@@ -159,7 +165,9 @@ impl ProjectorRuntime {
                     Ok(None) | Err(_) => break,
                 }
             }
-            position = self.commit_with_retry(projection.as_ref(), position, &batch).await?;
+            position = self
+                .commit_with_retry(projection.as_ref(), position, &batch)
+                .await?;
             self.progress.advance(name, position);
         }
     }

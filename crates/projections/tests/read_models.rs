@@ -13,7 +13,9 @@ use marketplace_projections::read_models::{accounts, listings};
 use marketplace_projections::{Progress, Projection, ProjectionError, ProjectorRuntime};
 use marketplace_store::postgres::{migrate, PostgresEventStore};
 use marketplace_store::testdb::TestDatabase;
-use marketplace_store::{EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId};
+use marketplace_store::{
+    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
+};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -24,7 +26,9 @@ async fn setup() -> (PgPool, PostgresEventStore) {
     let db = TestDatabase::create().await;
     let pool = db.pool().await;
     migrate(&pool).await.expect("store migrations");
-    marketplace_projections::migrate(&pool).await.expect("read model migrations");
+    marketplace_projections::migrate(&pool)
+        .await
+        .expect("read model migrations");
     let store = PostgresEventStore::new(pool.clone()).await.expect("store");
     (pool, store)
 }
@@ -39,21 +43,35 @@ fn new_event<E: EventSet>(e: E) -> NewEvent {
     }
 }
 
-async fn append<E: EventSet>(store: &PostgresEventStore, category: &str, id: Uuid, events: Vec<E>) -> Position {
+async fn append<E: EventSet>(
+    store: &PostgresEventStore,
+    category: &str,
+    id: Uuid,
+    events: Vec<E>,
+) -> Position {
     let s = StreamId::new(category, id).expect("stream");
     store
-        .append(&s, ExpectedRevision::Any, events.into_iter().map(new_event).collect())
+        .append(
+            &s,
+            ExpectedRevision::Any,
+            events.into_iter().map(new_event).collect(),
+        )
         .await
         .expect("append")
         .position
 }
 
 fn at(min: u32) -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 27, 9, min, 0).single().expect("date")
+    Utc.with_ymd_and_hms(2026, 11, 27, 9, min, 0)
+        .single()
+        .expect("date")
 }
 
 fn eur(minor: i64) -> Money {
-    Money { minor, currency: Currency::parse("EUR").expect("valid") }
+    Money {
+        minor,
+        currency: Currency::parse("EUR").expect("valid"),
+    }
 }
 
 fn account(id: Uuid, email: &str) -> AccountEvent {
@@ -68,7 +86,15 @@ fn account(id: Uuid, email: &str) -> AccountEvent {
     .into()
 }
 
-fn listing(id: Uuid, seller: Uuid, title: &str, category: &str, tags: &[&str], price: i64, min: u32) -> ListingEvent {
+fn listing(
+    id: Uuid,
+    seller: Uuid,
+    title: &str,
+    category: &str,
+    tags: &[&str],
+    price: i64,
+    min: u32,
+) -> ListingEvent {
     ListingCreated {
         listing_id: ListingId(id),
         seller_id: AccountId(seller),
@@ -86,10 +112,18 @@ fn listing(id: Uuid, seller: Uuid, title: &str, category: &str, tags: &[&str], p
 }
 
 fn published(id: Uuid, min: u32) -> ListingEvent {
-    ListingPublished { listing_id: ListingId(id), published_at: at(min) }.into()
+    ListingPublished {
+        listing_id: ListingId(id),
+        published_at: at(min),
+    }
+    .into()
 }
 
-fn spawn_runtime(pool: &PgPool, store: &PostgresEventStore, progress: &Progress) -> watch::Sender<bool> {
+fn spawn_runtime(
+    pool: &PgPool,
+    store: &PostgresEventStore,
+    progress: &Progress,
+) -> watch::Sender<bool> {
     let (stop, stop_rx) = watch::channel(false);
     let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), progress.clone());
     for p in marketplace_projections::all() {
@@ -104,22 +138,60 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
     let (pool, store) = setup().await;
     let seller = Uuid::now_v7();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    append(&store, "account", seller, vec![account(seller, "shop@example.com")]).await;
-    append(&store, "listing", a, vec![listing(a, seller, "Red lamp", "home", &["lamp", "red"], 1500, 1), published(a, 2)]).await;
-    let head = append(&store, "listing", b, vec![listing(b, seller, "Blue lamp", "home", &["lamp"], 900, 3)]).await;
+    append(
+        &store,
+        "account",
+        seller,
+        vec![account(seller, "shop@example.com")],
+    )
+    .await;
+    append(
+        &store,
+        "listing",
+        a,
+        vec![
+            listing(a, seller, "Red lamp", "home", &["lamp", "red"], 1500, 1),
+            published(a, 2),
+        ],
+    )
+    .await;
+    let head = append(
+        &store,
+        "listing",
+        b,
+        vec![listing(b, seller, "Blue lamp", "home", &["lamp"], 900, 3)],
+    )
+    .await;
 
     let progress = Progress::default();
     let stop = spawn_runtime(&pool, &store, &progress);
-    assert!(progress.wait_for(&[accounts::NAME, listings::NAME], head, DEADLINE).await);
+    assert!(
+        progress
+            .wait_for(&[accounts::NAME, listings::NAME], head, DEADLINE)
+            .await
+    );
 
-    let acc = accounts::by_id(&pool, seller).await.expect("query").expect("row");
+    let acc = accounts::by_id(&pool, seller)
+        .await
+        .expect("query")
+        .expect("row");
     assert_eq!(acc.email, "shop@example.com");
     assert_eq!(acc.roles, vec!["SELLER".to_owned()]);
-    let row_a = listings::by_id(&pool, a).await.expect("query").expect("row");
+    let row_a = listings::by_id(&pool, a)
+        .await
+        .expect("query")
+        .expect("row");
     assert_eq!(row_a.status, "PUBLISHED");
     assert_eq!(row_a.tags, vec!["lamp".to_owned(), "red".to_owned()]);
     assert_eq!(row_a.updated_at, at(2));
-    assert_eq!(listings::by_id(&pool, b).await.expect("query").expect("row").status, "DRAFT");
+    assert_eq!(
+        listings::by_id(&pool, b)
+            .await
+            .expect("query")
+            .expect("row")
+            .status,
+        "DRAFT"
+    );
 
     // Restart: a fresh runtime resumes from the committed checkpoint; a
     // re-applied insert would violate the primary key and fail the projection.
@@ -127,14 +199,29 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
     let progress = Progress::default();
     let _stop = spawn_runtime(&pool, &store, &progress);
     let head = append(&store, "listing", b, vec![published(b, 4)]).await;
-    assert!(progress.wait_for(&[accounts::NAME, listings::NAME], head, DEADLINE).await);
-    assert_eq!(listings::by_id(&pool, b).await.expect("query").expect("row").status, "PUBLISHED");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_listings").fetch_one(&pool).await.expect("count");
-    assert_eq!(count, 2);
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM projection_checkpoints ORDER BY name")
-        .fetch_all(&pool)
+    assert!(
+        progress
+            .wait_for(&[accounts::NAME, listings::NAME], head, DEADLINE)
+            .await
+    );
+    assert_eq!(
+        listings::by_id(&pool, b)
+            .await
+            .expect("query")
+            .expect("row")
+            .status,
+        "PUBLISHED"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_listings")
+        .fetch_one(&pool)
         .await
-        .expect("states");
+        .expect("count");
+    assert_eq!(count, 2);
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM projection_checkpoints ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .expect("states");
     assert_eq!(states, vec!["RUNNING", "RUNNING"]);
 }
 
@@ -142,12 +229,21 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
 async fn a_stale_runner_cannot_commit_a_batch_twice() {
     let (pool, store) = setup().await;
     let seller = Uuid::now_v7();
-    append(&store, "account", seller, vec![account(seller, "fenced@example.com")]).await;
+    append(
+        &store,
+        "account",
+        seller,
+        vec![account(seller, "fenced@example.com")],
+    )
+    .await;
     let batch = store.read_all(Position::START, 10).await.expect("read");
     let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), Progress::default());
     let projection = accounts::AccountsProjection;
     let from = runtime.checkpoint(&projection).await.expect("checkpoint");
-    let to = runtime.commit_batch(&projection, from, &batch).await.expect("first commit");
+    let to = runtime
+        .commit_batch(&projection, from, &batch)
+        .await
+        .expect("first commit");
     assert_eq!(to, batch[0].position);
     // A second runner that read the same old checkpoint is refused.
     match runtime.commit_batch(&projection, from, &batch).await {
@@ -156,7 +252,10 @@ async fn a_stale_runner_cannot_commit_a_batch_twice() {
         Err(ProjectionError::Sql(_)) => {}
         other => panic!("expected the stale commit to fail, got {other:?}"),
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_accounts").fetch_one(&pool).await.expect("count");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_accounts")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     assert_eq!(rows, 1);
 }
 
@@ -169,19 +268,43 @@ async fn searches_the_catalogue_with_filters_keyset_pages_and_facets() {
         let id = Uuid::now_v7();
         let category = if i % 2 == 0 { "home" } else { "garden" };
         let tags: &[&str] = if i < 3 { &["sale", "eco"] } else { &["eco"] };
-        head = append(&store, "listing", id, vec![
-            listing(id, seller, &format!("Item {i}"), category, tags, 100 * i64::from(i + 1), i),
-            published(id, 30),
-        ])
+        head = append(
+            &store,
+            "listing",
+            id,
+            vec![
+                listing(
+                    id,
+                    seller,
+                    &format!("Item {i}"),
+                    category,
+                    tags,
+                    100 * i64::from(i + 1),
+                    i,
+                ),
+                published(id, 30),
+            ],
+        )
         .await;
     }
     let draft = Uuid::now_v7();
-    head = head.max(append(&store, "listing", draft, vec![listing(draft, seller, "Hidden", "home", &[], 50, 40)]).await);
+    head = head.max(
+        append(
+            &store,
+            "listing",
+            draft,
+            vec![listing(draft, seller, "Hidden", "home", &[], 50, 40)],
+        )
+        .await,
+    );
     let progress = Progress::default();
     let _stop = spawn_runtime(&pool, &store, &progress);
     assert!(progress.wait_for(&[listings::NAME], head, DEADLINE).await);
 
-    let q = listings::ListingQuery { status: "PUBLISHED".into(), ..Default::default() };
+    let q = listings::ListingQuery {
+        status: "PUBLISHED".into(),
+        ..Default::default()
+    };
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -204,20 +327,62 @@ async fn searches_the_catalogue_with_filters_keyset_pages_and_facets() {
         max_price_minor: Some(500),
         ..q.clone()
     };
-    let page = listings::search(&pool, &cheap_home, listings::Sort::PriceAsc, 10, None).await.expect("q").expect("c");
+    let page = listings::search(&pool, &cheap_home, listings::Sort::PriceAsc, 10, None)
+        .await
+        .expect("q")
+        .expect("c");
     let prices: Vec<i64> = page.rows.iter().map(|(r, _)| r.price_minor).collect();
     assert_eq!(prices, vec![100, 300, 500]);
 
-    let sale = listings::ListingQuery { tags: vec!["sale".into()], ..q.clone() };
-    let page = listings::search(&pool, &sale, listings::Sort::Newest, 10, None).await.expect("q").expect("c");
+    let sale = listings::ListingQuery {
+        tags: vec!["sale".into()],
+        ..q.clone()
+    };
+    let page = listings::search(&pool, &sale, listings::Sort::Newest, 10, None)
+        .await
+        .expect("q")
+        .expect("c");
     assert_eq!(page.total_count, 3);
-    assert_eq!(page.tags[0], listings::FacetCount { value: "eco".into(), count: 3 });
-    let all = listings::search(&pool, &q, listings::Sort::Newest, 1, None).await.expect("q").expect("c");
-    assert_eq!(all.categories, vec![
-        listings::FacetCount { value: "home".into(), count: 4 },
-        listings::FacetCount { value: "garden".into(), count: 3 },
-    ]);
-    let searched = listings::ListingQuery { search: Some("item 4".into()), ..q.clone() };
-    assert_eq!(listings::search(&pool, &searched, listings::Sort::Newest, 10, None).await.expect("q").expect("c").total_count, 1);
-    assert!(listings::search(&pool, &q, listings::Sort::Newest, 10, Some("garbage")).await.expect("q").is_err());
+    assert_eq!(
+        page.tags[0],
+        listings::FacetCount {
+            value: "eco".into(),
+            count: 3
+        }
+    );
+    let all = listings::search(&pool, &q, listings::Sort::Newest, 1, None)
+        .await
+        .expect("q")
+        .expect("c");
+    assert_eq!(
+        all.categories,
+        vec![
+            listings::FacetCount {
+                value: "home".into(),
+                count: 4
+            },
+            listings::FacetCount {
+                value: "garden".into(),
+                count: 3
+            },
+        ]
+    );
+    let searched = listings::ListingQuery {
+        search: Some("item 4".into()),
+        ..q.clone()
+    };
+    assert_eq!(
+        listings::search(&pool, &searched, listings::Sort::Newest, 10, None)
+            .await
+            .expect("q")
+            .expect("c")
+            .total_count,
+        1
+    );
+    assert!(
+        listings::search(&pool, &q, listings::Sort::Newest, 10, Some("garbage"))
+            .await
+            .expect("q")
+            .is_err()
+    );
 }

@@ -141,7 +141,11 @@ pub async fn appends_and_reads_a_stream<S: Conformance>(store: S) {
     let tail = store.read_stream(&s, 1).await.expect("read tail");
     assert_eq!(tail.len(), 1);
     assert_eq!(tail[0].revision, 1);
-    assert!(store.read_stream(&new_stream("order"), 0).await.expect("read").is_empty());
+    assert!(store
+        .read_stream(&new_stream("order"), 0)
+        .await
+        .expect("read")
+        .is_empty());
     assert_eq!(store.head().await.expect("head"), out.position);
 }
 
@@ -152,7 +156,11 @@ pub async fn refuses_a_wrong_expected_revision_with_a_typed_error<S: Conformance
         .append(&s, ExpectedRevision::Exact(0), vec![event(0)])
         .await;
     match missing {
-        Err(StoreError::WrongExpectedRevision { expected, actual, stream }) => {
+        Err(StoreError::WrongExpectedRevision {
+            expected,
+            actual,
+            stream,
+        }) => {
             assert_eq!(expected, ExpectedRevision::Exact(0));
             assert_eq!(actual, None);
             assert_eq!(stream, s);
@@ -227,7 +235,11 @@ pub async fn retrying_the_same_event_ids_appends_nothing<S: Conformance>(store: 
         Err(StoreError::DuplicateEventId(_))
     ));
     assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 2);
-    assert!(store.read_stream(&elsewhere, 0).await.expect("read").is_empty());
+    assert!(store
+        .read_stream(&elsewhere, 0)
+        .await
+        .expect("read")
+        .is_empty());
 }
 
 /// `read_all` pages through the log in position order, strictly after `from`.
@@ -243,7 +255,10 @@ pub async fn reads_all_in_position_order<S: Conformance>(store: S) {
             written.push(out.position);
         }
     }
-    let all = store.read_all(Position::START, 100).await.expect("read_all");
+    let all = store
+        .read_all(Position::START, 100)
+        .await
+        .expect("read_all");
     assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), written);
     let page1 = store.read_all(Position::START, 4).await.expect("page 1");
     let page2 = store.read_all(page1[3].position, 4).await.expect("page 2");
@@ -265,7 +280,10 @@ pub async fn reads_all_in_position_order<S: Conformance>(store: S) {
 /// and nothing read while the first was open is ever preceded by a later
 /// arrival.
 pub async fn a_delayed_commit_never_lets_a_reader_skip_an_event<S: Conformance>(store: S) {
-    let mut live = store.subscribe_all(Position::START).await.expect("subscribe");
+    let mut live = store
+        .subscribe_all(Position::START)
+        .await
+        .expect("subscribe");
     let (held_stream, other_stream) = (new_stream("delay"), new_stream("delay"));
 
     let (at_gate_tx, at_gate) = oneshot::channel();
@@ -275,23 +293,42 @@ pub async fn a_delayed_commit_never_lets_a_reader_skip_an_event<S: Conformance>(
         let s = held_stream.clone();
         tokio::spawn(async move {
             store
-                .append_held(&s, ExpectedRevision::NoStream, vec![event(1)], at_gate_tx, release_rx)
+                .append_held(
+                    &s,
+                    ExpectedRevision::NoStream,
+                    vec![event(1)],
+                    at_gate_tx,
+                    release_rx,
+                )
                 .await
         })
     };
-    at_gate.await.expect("the held append reached its commit gate");
+    at_gate
+        .await
+        .expect("the held append reached its commit gate");
 
     let mut other = {
         let store = store.clone();
         let s = other_stream.clone();
-        tokio::spawn(async move { store.append(&s, ExpectedRevision::NoStream, vec![event(2)]).await })
+        tokio::spawn(async move {
+            store
+                .append(&s, ExpectedRevision::NoStream, vec![event(2)])
+                .await
+        })
     };
     // Give the second writer every chance to commit first, as it would on a
     // store that hands out positions without ordering commits.
-    let other_early = tokio::time::timeout(Duration::from_millis(300), &mut other).await.ok();
-    let read_while_held = store.read_all(Position::START, 100).await.expect("read_all");
+    let other_early = tokio::time::timeout(Duration::from_millis(300), &mut other)
+        .await
+        .ok();
+    let read_while_held = store
+        .read_all(Position::START, 100)
+        .await
+        .expect("read_all");
     // A checkpointing reader resumes strictly after what it has seen.
-    let resume_from = read_while_held.last().map_or(Position::START, |e| e.position);
+    let resume_from = read_while_held
+        .last()
+        .map_or(Position::START, |e| e.position);
 
     release.send(()).expect("release the held append");
     let held_out = held.await.expect("join").expect("held append");
@@ -301,15 +338,24 @@ pub async fn a_delayed_commit_never_lets_a_reader_skip_an_event<S: Conformance>(
     }
     .expect("join")
     .expect("other append");
-    assert!(held_out.position < other_out.position, "positions must follow commit order");
+    assert!(
+        held_out.position < other_out.position,
+        "positions must follow commit order"
+    );
 
-    let final_log = store.read_all(Position::START, 100).await.expect("read_all");
+    let final_log = store
+        .read_all(Position::START, 100)
+        .await
+        .expect("read_all");
     assert_eq!(final_log.len(), 2);
     assert_strictly_increasing(&final_log);
     assert!(
         final_log.starts_with(&read_while_held),
         "an event appeared below one already read: {:?} then {:?}",
-        read_while_held.iter().map(|e| e.position).collect::<Vec<_>>(),
+        read_while_held
+            .iter()
+            .map(|e| e.position)
+            .collect::<Vec<_>>(),
         final_log.iter().map(|e| e.position).collect::<Vec<_>>()
     );
     let resumed = store.read_all(resume_from, 100).await.expect("read_all");
@@ -389,7 +435,11 @@ pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conforman
     const EACH: u64 = 100;
     for n in 0..BEFORE {
         store
-            .append(&new_stream("seed"), ExpectedRevision::NoStream, vec![event(n)])
+            .append(
+                &new_stream("seed"),
+                ExpectedRevision::NoStream,
+                vec![event(n)],
+            )
             .await
             .expect("seed");
     }
@@ -407,7 +457,10 @@ pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conforman
             })
         })
         .collect();
-    let mut sub = store.subscribe_all(Position::START).await.expect("subscribe");
+    let mut sub = store
+        .subscribe_all(Position::START)
+        .await
+        .expect("subscribe");
     let total = (BEFORE + WRITERS * EACH) as usize;
     let delivered = collect(&mut sub, total).await;
     for w in writers {
@@ -416,7 +469,10 @@ pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conforman
     assert_strictly_increasing(&delivered);
     let ids: HashSet<_> = delivered.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), total, "duplicates delivered");
-    let log = store.read_all(Position::START, total + 10).await.expect("read_all");
+    let log = store
+        .read_all(Position::START, total + 10)
+        .await
+        .expect("read_all");
     assert_eq!(log.len(), total);
     assert_eq!(
         log.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -435,7 +491,10 @@ pub async fn a_subscription_starts_strictly_after_its_position<S: Conformance>(s
         .append(&s, ExpectedRevision::NoStream, vec![event(1), event(2)])
         .await
         .expect("append");
-    let mut sub = store.subscribe_all(first.position).await.expect("subscribe");
+    let mut sub = store
+        .subscribe_all(first.position)
+        .await
+        .expect("subscribe");
     store
         .append(&s, ExpectedRevision::Exact(1), vec![event(3)])
         .await

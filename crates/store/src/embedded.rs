@@ -81,6 +81,10 @@ if [ -n "$cleanup" ]; then rm -rf -- "$cleanup"; fi
 exit "$status"
 "#;
 
+/// Names the one directory to take the PostgreSQL server binaries from,
+/// overriding the search.
+pub const BINDIR_ENV: &str = "MARKETPLACE_PG_BINDIR";
+
 /// Errors raised while locating, starting, using or stopping an embedded cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -184,11 +188,19 @@ pub struct PgBinaries {
 }
 
 impl PgBinaries {
-    /// Finds the server binaries: first a `PATH` entry holding both `initdb` and
+    /// Finds the server binaries: `MARKETPLACE_PG_BINDIR` when set (and then
+    /// only there), else first a `PATH` entry holding both `initdb` and
     /// `postgres`, then `pg_config --bindir`, then the highest-version
     /// `/usr/lib/postgresql/*/bin`.
     pub fn discover() -> Result<PgBinaries> {
         let mut searched = Vec::new();
+
+        if let Some(dir) = std::env::var_os(BINDIR_ENV).filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            return Self::check_dir(&dir).ok_or(EmbeddedError::BinariesNotFound {
+                searched: vec![dir],
+            });
+        }
 
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {

@@ -263,10 +263,22 @@ mod tests {
         let s = StreamId::new("order", Uuid::nil()).expect("valid");
         let data = serde_json::json!({"a": 1});
         let base = chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 1, &data);
-        assert_ne!(base, chain_hash(Some("x"), &s, 0, Uuid::nil(), "order.placed", 1, &data));
-        assert_ne!(base, chain_hash(None, &s, 1, Uuid::nil(), "order.placed", 1, &data));
-        assert_ne!(base, chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 2, &data));
+        assert_ne!(
+            base,
+            chain_hash(Some("x"), &s, 0, Uuid::nil(), "order.placed", 1, &data)
+        );
+        assert_ne!(
+            base,
+            chain_hash(None, &s, 1, Uuid::nil(), "order.placed", 1, &data)
+        );
+        assert_ne!(
+            base,
+            chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 2, &data)
+        );
         let other = serde_json::json!({"a": 2});
-        assert_ne!(base, chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 1, &other));
+        assert_ne!(
+            base,
+            chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 1, &other)
+        );
     }
 }

@@ -25,8 +25,8 @@ pub mod error;
 pub mod event;
 pub mod memory;
 pub mod port;
-mod subscription;
 pub mod postgres;
+mod subscription;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -40,8 +40,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events of the global log strictly after `from`, in
     /// position order. Never returns an event below one a later call could
     /// return first: what it returns is final.
-    async fn read_all(&self, from: Position, limit: usize)
-        -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Catch-up subscription to the whole log strictly after `from`: first
     /// everything stored, then live events as they commit, with no gap and no

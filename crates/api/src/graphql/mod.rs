@@ -43,9 +43,9 @@ pub struct Viewer(pub Option<Arc<Claims>>);
 impl Viewer {
     /// The caller's claims, or UNAUTHENTICATED.
     pub fn require(&self) -> Result<&Claims, ApiError> {
-        self.0
-            .as_deref()
-            .ok_or_else(|| ApiError::Unauthenticated("sign in first: send Authorization: Bearer <token>".into()))
+        self.0.as_deref().ok_or_else(|| {
+            ApiError::Unauthenticated("sign in first: send Authorization: Bearer <token>".into())
+        })
     }
 }
 

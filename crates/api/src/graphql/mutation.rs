@@ -43,7 +43,9 @@ fn listing_error(e: ListingError) -> ApiError {
         ListingError::NotASeller => ApiError::Forbidden(e.to_string()),
         ListingError::NotOwner => ApiError::Forbidden(e.to_string()),
         ListingError::NotFound => ApiError::NotFound(e.to_string()),
-        ListingError::AlreadyExists | ListingError::AlreadyPublished => ApiError::Conflict(e.to_string()),
+        ListingError::AlreadyExists | ListingError::AlreadyPublished => {
+            ApiError::Conflict(e.to_string())
+        }
         ListingError::NonPositivePrice => ApiError::BadUserInput(e.to_string()),
     }
 }
@@ -57,12 +59,20 @@ fn validate_idempotency_key(key: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// Reads a listing back after a write, once the catalogue has caught up.
-async fn listing_after(state: &AppState, id: Uuid, position: Position) -> Result<ListingPayload, ApiError> {
+async fn listing_after(
+    state: &AppState,
+    id: Uuid,
+    position: Position,
+) -> Result<ListingPayload, ApiError> {
     let listing = if state.wait_for(&[listings::NAME], position).await {
         listings::by_id(&state.pool, id).await?.map(Listing)
     } else {
@@ -89,10 +99,14 @@ impl MutationRoot {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
             return Err(ApiError::BadUserInput(format!(
                 "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
-            ))
-            );
+            )));
         }
-        let roles = input.roles.unwrap_or_default().into_iter().map(Into::into).collect();
+        let roles = input
+            .roles
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect();
         let password = input.password;
         let password_hash = blocking(move || hash_password(&password))
             .await?
@@ -111,7 +125,9 @@ impl MutationRoot {
         )
         .await
         .map_err(|e| match e {
-            RegisterError::EmailTaken(_) => ApiError::Conflict("an account with this email already exists".into()),
+            RegisterError::EmailTaken(_) => {
+                ApiError::Conflict("an account with this email already exists".into())
+            }
             RegisterError::Rejected(AccountError::AdminNotSelfAssignable) => {
                 ApiError::Forbidden("the ADMIN role cannot be self-assigned".into())
             }
@@ -133,7 +149,12 @@ impl MutationRoot {
     }
 
     /// Signs in with email and password.
-    async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> ApiResult<AuthPayload> {
         let state = ctx.data::<AppState>()?;
         let refused = || ApiError::Unauthenticated("invalid email or password".into());
         if password.chars().count() > MAX_PASSWORD_LEN {
@@ -160,7 +181,10 @@ impl MutationRoot {
             return Err(refused());
         };
         let id = account.id.ok_or_else(refused)?;
-        let token = state.tokens.issue(id.0, account.roles.clone()).map_err(ApiError::internal)?;
+        let token = state
+            .tokens
+            .issue(id.0, account.roles.clone())
+            .map_err(ApiError::internal)?;
         let position = state
             .handler
             .load::<marketplace_domain::account::Account>(id.0)
@@ -187,7 +211,9 @@ impl MutationRoot {
         let spec = match input.kind {
             ListingKind::Physical => {
                 if input.content_hash.is_some() {
-                    return Err(ApiError::BadUserInput("contentHash is only for DIGITAL listings".into()));
+                    return Err(ApiError::BadUserInput(
+                        "contentHash is only for DIGITAL listings".into(),
+                    ));
                 }
                 ListingSpec::Physical {
                     quantity: Quantity::parse(i64::from(input.quantity.unwrap_or(0)))?,
@@ -197,13 +223,11 @@ impl MutationRoot {
                 if input.quantity.is_some() {
                     return Err(ApiError::BadUserInput(
                         "quantity is only for PHYSICAL listings; digital ones are unlimited".into(),
-                    )
-                    );
+                    ));
                 }
-                let hash = input
-                    .content_hash
-                    .as_deref()
-                    .ok_or_else(|| ApiError::BadUserInput("contentHash is required for DIGITAL listings".into()))?;
+                let hash = input.content_hash.as_deref().ok_or_else(|| {
+                    ApiError::BadUserInput("contentHash is required for DIGITAL listings".into())
+                })?;
                 ListingSpec::Digital {
                     content_hash: ContentHash::parse(hash)?,
                 }
@@ -211,7 +235,10 @@ impl MutationRoot {
         };
         let tags = input.tags.unwrap_or_default();
         let listing_id = match &idempotency_key {
-            Some(key) => Uuid::new_v5(&IDEMPOTENT_LISTING_NS, format!("{}:{key}", claims.sub).as_bytes()),
+            Some(key) => Uuid::new_v5(
+                &IDEMPOTENT_LISTING_NS,
+                format!("{}:{key}", claims.sub).as_bytes(),
+            ),
             None => Uuid::now_v7(),
         };
         let command = ListingCommand::Create(CreateListing {
@@ -234,7 +261,9 @@ impl MutationRoot {
         {
             Ok(done) => done.position,
             // A retry with the same key finds its own listing.
-            Err(CommandError::Rejected(ListingError::AlreadyExists)) if idempotency_key.is_some() => {
+            Err(CommandError::Rejected(ListingError::AlreadyExists))
+                if idempotency_key.is_some() =>
+            {
                 state
                     .handler
                     .load::<ListingAggregate>(listing_id)
@@ -242,7 +271,7 @@ impl MutationRoot {
                     .map_err(ApiError::internal)?
                     .position
             }
-            Err(e) => return Err(command_error(e, listing_error).into()),
+            Err(e) => return Err(command_error(e, listing_error)),
         };
         Ok(listing_after(state, listing_id, position).await?)
     }
@@ -272,7 +301,11 @@ fn write_side_account(a: &marketplace_domain::account::Account) -> Account {
     use marketplace_domain::values::Role as R;
     Account {
         id: ID(a.id.map(|i| i.to_string()).unwrap_or_default()),
-        display_name: a.display_name.as_ref().map(|d| d.as_str().to_owned()).unwrap_or_default(),
+        display_name: a
+            .display_name
+            .as_ref()
+            .map(|d| d.as_str().to_owned())
+            .unwrap_or_default(),
         roles: a
             .roles
             .iter()
@@ -283,7 +316,11 @@ fn write_side_account(a: &marketplace_domain::account::Account) -> Account {
             })
             .collect(),
         created_at: a.registered_at.unwrap_or_default(),
-        email_address: a.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
+        email_address: a
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
         for_owner: true,
     }
 }

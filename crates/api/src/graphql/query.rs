@@ -18,7 +18,9 @@ pub const MAX_FIRST: i32 = 100;
 pub fn page_size(first: Option<i32>) -> Result<usize, ApiError> {
     let n = first.unwrap_or(DEFAULT_FIRST);
     if !(0..=MAX_FIRST).contains(&n) {
-        return Err(ApiError::BadUserInput(format!("first must be between 0 and {MAX_FIRST}")));
+        return Err(ApiError::BadUserInput(format!(
+            "first must be between 0 and {MAX_FIRST}"
+        )));
     }
     Ok(usize::try_from(n).unwrap_or(0))
 }
@@ -46,7 +48,10 @@ impl QueryRoot {
         let id = parse_id(&id, "id")?;
         let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?;
-        let Some(row) = listings::by_id(&state.pool, id).await.map_err(ApiError::from)? else {
+        let Some(row) = listings::by_id(&state.pool, id)
+            .await
+            .map_err(ApiError::from)?
+        else {
             return Ok(None);
         };
         let visible = row.status == "PUBLISHED"
@@ -83,8 +88,7 @@ impl QueryRoot {
                     Some(s) if s != claims.sub => {
                         return Err(ApiError::Forbidden(
                             "only the seller or an admin can list unpublished listings".into(),
-                        )
-                        .into())
+                        ))
                     }
                     _ => seller_id = Some(claims.sub),
                 }
@@ -110,10 +114,14 @@ impl QueryRoot {
             status: status.as_str().to_owned(),
         };
         if query.search.as_ref().is_some_and(|s| s.len() > 200) {
-            return Err(ApiError::BadUserInput("search is limited to 200 characters".into()));
+            return Err(ApiError::BadUserInput(
+                "search is limited to 200 characters".into(),
+            ));
         }
         let sort = match sort.unwrap_or(ListingSort::Newest) {
-            ListingSort::Newest | ListingSort::Relevance | ListingSort::Rating => listings::Sort::Newest,
+            ListingSort::Newest | ListingSort::Relevance | ListingSort::Rating => {
+                listings::Sort::Newest
+            }
             ListingSort::PriceAsc => listings::Sort::PriceAsc,
             ListingSort::PriceDesc => listings::Sort::PriceDesc,
         };

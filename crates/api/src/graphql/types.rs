@@ -26,7 +26,11 @@ impl ScalarType for Decimal {
         match value {
             Value::String(s) => {
                 let t = s.trim();
-                let (int, frac) = t.strip_prefix('-').unwrap_or(t).split_once('.').unwrap_or((t.strip_prefix('-').unwrap_or(t), "0"));
+                let (int, frac) = t
+                    .strip_prefix('-')
+                    .unwrap_or(t)
+                    .split_once('.')
+                    .unwrap_or((t.strip_prefix('-').unwrap_or(t), "0"));
                 if !int.is_empty()
                     && int.bytes().all(|b| b.is_ascii_digit())
                     && !frac.is_empty()
@@ -35,10 +39,14 @@ impl ScalarType for Decimal {
                 {
                     Ok(Decimal(t.to_owned()))
                 } else {
-                    Err(InputValueError::custom("expected an exact decimal string such as \"19.99\""))
+                    Err(InputValueError::custom(
+                        "expected an exact decimal string such as \"19.99\"",
+                    ))
                 }
             }
-            _ => Err(InputValueError::custom("a Decimal is sent as a string, e.g. \"19.99\"")),
+            _ => Err(InputValueError::custom(
+                "a Decimal is sent as a string, e.g. \"19.99\"",
+            )),
         }
     }
 
@@ -286,8 +294,13 @@ impl Listing {
         let row = loader
             .load_one(self.0.seller_id)
             .await
-            .map_err(|e| ApiError::internal(e))?
-            .ok_or_else(|| ApiError::internal(format!("seller {} of listing {} not projected", self.0.seller_id, self.0.listing_id)))?;
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "seller {} of listing {} not projected",
+                    self.0.seller_id, self.0.listing_id
+                ))
+            })?;
         Ok(row.into())
     }
 
@@ -474,5 +487,6 @@ pub struct CreateListingInput {
 
 /// Parses a GraphQL ID as a UUID.
 pub fn parse_id(id: &ID, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id.as_str()).map_err(|_| ApiError::BadUserInput(format!("{what} is not a valid id")))
+    Uuid::try_parse(id.as_str())
+        .map_err(|_| ApiError::BadUserInput(format!("{what} is not a valid id")))
 }

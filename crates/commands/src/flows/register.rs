@@ -102,9 +102,7 @@ pub async fn register(
         .map_err(RegisterError::Rejected)?;
 
     // Look up the fact the claim decision needs: does the current claimant exist?
-    let claim = handler
-        .load::<EmailClaim>(claim_stream)
-        .await?;
+    let claim = handler.load::<EmailClaim>(claim_stream).await?;
     let current_claimant_registered = match claim.state.claimant {
         Some(holder) => handler
             .load::<Account>(holder.0)
@@ -170,7 +168,13 @@ mod tests {
             .map(|_| {
                 let handler = handler.clone();
                 tokio::spawn(async move {
-                    register(&handler, &CommandContext::default(), registration("Ada@Example.com"), Utc::now()).await
+                    register(
+                        &handler,
+                        &CommandContext::default(),
+                        registration("Ada@Example.com"),
+                        Utc::now(),
+                    )
+                    .await
                 })
             })
             .collect();
@@ -183,10 +187,11 @@ mod tests {
             }
         }
         assert_eq!(winners.len(), 1);
-        let found = find_account_by_email(&handler, &Email::parse("ada@example.com").expect("valid"))
-            .await
-            .expect("find")
-            .expect("registered");
+        let found =
+            find_account_by_email(&handler, &Email::parse("ada@example.com").expect("valid"))
+                .await
+                .expect("find")
+                .expect("registered");
         assert_eq!(found.id, Some(winners[0]));
         assert!(found.password_hash.is_some());
     }
@@ -198,7 +203,12 @@ mod tests {
         let mut admin = registration("root@example.com");
         admin.roles = vec![Role::Admin];
         let r = register(&handler, &CommandContext::default(), admin, Utc::now()).await;
-        assert!(matches!(r, Err(RegisterError::Rejected(AccountError::AdminNotSelfAssignable))));
+        assert!(matches!(
+            r,
+            Err(RegisterError::Rejected(
+                AccountError::AdminNotSelfAssignable
+            ))
+        ));
         use marketplace_store::EventStore;
         assert_eq!(store.head().await.expect("head"), Position::START);
     }
@@ -207,6 +217,9 @@ mod tests {
     async fn an_unknown_email_finds_nothing() {
         let handler = CommandHandler::new(Arc::new(InMemoryEventStore::new()));
         let email = Email::parse("nobody@example.com").expect("valid");
-        assert!(find_account_by_email(&handler, &email).await.expect("find").is_none());
+        assert!(find_account_by_email(&handler, &email)
+            .await
+            .expect("find")
+            .is_none());
     }
 }

@@ -80,7 +80,10 @@ mod tests {
             password_hash: PasswordHash::from_phc("$argon2id$v=19$x".into()).expect("valid"),
             roles,
             channel,
-            at: chrono::Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).single().expect("date"),
+            at: chrono::Utc
+                .with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
+                .single()
+                .expect("date"),
         }
     }
 

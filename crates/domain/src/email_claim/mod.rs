@@ -81,7 +81,9 @@ mod tests {
     use crate::values::AccountId;
 
     fn at(minute: u32) -> chrono::DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 27, 9, minute, 0).single().expect("date")
+        Utc.with_ymd_and_hms(2026, 11, 27, 9, minute, 0)
+            .single()
+            .expect("date")
     }
 
     fn claim(account: u128, minute: u32, registered: bool) -> EmailClaimCommand {
@@ -104,7 +106,9 @@ mod tests {
 
     #[test]
     fn claims_a_free_email() {
-        given::<EmailClaim>([]).when(claim(1, 0, false)).then_events([claimed(1, 0)]);
+        given::<EmailClaim>([])
+            .when(claim(1, 0, false))
+            .then_events([claimed(1, 0)]);
     }
 
     #[test]
@@ -130,7 +134,9 @@ mod tests {
 
     #[test]
     fn claiming_again_for_the_same_account_is_a_no_op() {
-        given::<EmailClaim>([claimed(1, 0)]).when(claim(1, 0, false)).then_events([]);
+        given::<EmailClaim>([claimed(1, 0)])
+            .when(claim(1, 0, false))
+            .then_events([]);
     }
 
     #[test]
@@ -138,6 +144,9 @@ mod tests {
         let a = Email::parse("Ada@Example.com").expect("valid");
         let b = Email::parse("ada@example.com").expect("valid");
         assert_eq!(claim_id(&a), claim_id(&b));
-        assert_ne!(claim_id(&a), claim_id(&Email::parse("bob@example.com").expect("valid")));
+        assert_ne!(
+            claim_id(&a),
+            claim_id(&Email::parse("bob@example.com").expect("valid"))
+        );
     }
 }

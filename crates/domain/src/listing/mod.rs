@@ -33,9 +33,11 @@ impl Aggregate for Listing {
                 }
                 let (kind, quantity, content_hash) = match &c.spec {
                     ListingSpec::Physical { quantity } => (ListingKind::Physical, *quantity, None),
-                    ListingSpec::Digital { content_hash } => {
-                        (ListingKind::Digital, Quantity(0), Some(content_hash.clone()))
-                    }
+                    ListingSpec::Digital { content_hash } => (
+                        ListingKind::Digital,
+                        Quantity(0),
+                        Some(content_hash.clone()),
+                    ),
                 };
                 Ok(vec![ListingCreated {
                     listing_id: c.listing_id,
@@ -110,7 +112,9 @@ mod tests {
     }
 
     fn at() -> chrono::DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).single().expect("date")
+        Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
+            .single()
+            .expect("date")
     }
 
     fn eur(minor: i64) -> Money {
@@ -166,7 +170,13 @@ mod tests {
     #[test]
     fn creates_a_physical_listing_as_a_draft_with_stock() {
         let state = given::<Listing>([])
-            .when(create(seller(), ListingSpec::Physical { quantity: Quantity(20) }, eur(4999)))
+            .when(create(
+                seller(),
+                ListingSpec::Physical {
+                    quantity: Quantity(20),
+                },
+                eur(4999),
+            ))
             .then_events([created(ListingKind::Physical, 20, None)]);
         assert_eq!(state.status, ListingStatus::Draft);
         assert_eq!(state.stock, 20);
@@ -178,7 +188,9 @@ mod tests {
         given::<Listing>([])
             .when(create(
                 seller(),
-                ListingSpec::Digital { content_hash: hash.clone() },
+                ListingSpec::Digital {
+                    content_hash: hash.clone(),
+                },
                 eur(4999),
             ))
             .then_events([created(ListingKind::Digital, 0, Some(hash))]);
@@ -191,7 +203,13 @@ mod tests {
             roles: vec![Role::Buyer],
         };
         given::<Listing>([])
-            .when(create(buyer, ListingSpec::Physical { quantity: Quantity(1) }, eur(100)))
+            .when(create(
+                buyer,
+                ListingSpec::Physical {
+                    quantity: Quantity(1),
+                },
+                eur(100),
+            ))
             .then_error(ListingError::NotASeller);
     }
 
@@ -199,7 +217,13 @@ mod tests {
     fn refuses_a_free_or_negative_price() {
         for minor in [0, -1] {
             given::<Listing>([])
-                .when(create(seller(), ListingSpec::Physical { quantity: Quantity(1) }, eur(minor)))
+                .when(create(
+                    seller(),
+                    ListingSpec::Physical {
+                        quantity: Quantity(1),
+                    },
+                    eur(minor),
+                ))
                 .then_error(ListingError::NonPositivePrice);
         }
     }
@@ -207,7 +231,13 @@ mod tests {
     #[test]
     fn refuses_to_create_the_same_listing_twice() {
         given::<Listing>([created(ListingKind::Physical, 1, None)])
-            .when(create(seller(), ListingSpec::Physical { quantity: Quantity(1) }, eur(4999)))
+            .when(create(
+                seller(),
+                ListingSpec::Physical {
+                    quantity: Quantity(1),
+                },
+                eur(4999),
+            ))
             .then_error(ListingError::AlreadyExists);
     }
 
@@ -232,7 +262,9 @@ mod tests {
 
     #[test]
     fn refuses_to_publish_a_missing_or_already_published_listing() {
-        given::<Listing>([]).when(publish(seller())).then_error(ListingError::NotFound);
+        given::<Listing>([])
+            .when(publish(seller()))
+            .then_error(ListingError::NotFound);
         given::<Listing>([created(ListingKind::Physical, 1, None), published()])
             .when(publish(seller()))
             .then_error(ListingError::AlreadyPublished);
@@ -243,7 +275,10 @@ mod tests {
         use crate::event::{DomainEvent, EventSet};
         assert_eq!(ListingCreated::NAME, "listing.created");
         assert_eq!(ListingPublished::NAME, "listing.published");
-        assert_eq!(ListingEvent::TYPES, &["listing.created", "listing.published"]);
+        assert_eq!(
+            ListingEvent::TYPES,
+            &["listing.created", "listing.published"]
+        );
     }
 
     #[test]

@@ -228,10 +228,12 @@ const COLUMNS: &str = "listing_id, seller_id, kind, title, description, category
 
 /// One listing by id.
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<ListingRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM rm_listings WHERE listing_id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM rm_listings WHERE listing_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Catalogue order.
@@ -343,7 +345,9 @@ fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
     if let Some(s) = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         let pattern = format!(
             "%{}%",
-            s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
         );
         qb.push(" AND (title ILIKE ")
             .push_bind(pattern.clone())
@@ -370,7 +374,11 @@ pub async fn search(
     };
     let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM rm_listings"));
     push_filter(&mut qb, q);
-    let (cmp, dir) = if sort.descending() { ("<", "DESC") } else { (">", "ASC") };
+    let (cmp, dir) = if sort.descending() {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     if let Some((key, id)) = after {
         qb.push(format!(" AND ({}, listing_id) {cmp} (", sort.key()))
             .push_bind(key)
@@ -378,8 +386,11 @@ pub async fn search(
             .push_bind(id)
             .push(")");
     }
-    qb.push(format!(" ORDER BY {} {dir}, listing_id {dir} LIMIT ", sort.key()))
-        .push_bind(i64::try_from(first + 1).unwrap_or(i64::MAX));
+    qb.push(format!(
+        " ORDER BY {} {dir}, listing_id {dir} LIMIT ",
+        sort.key()
+    ))
+    .push_bind(i64::try_from(first + 1).unwrap_or(i64::MAX));
     let mut rows: Vec<ListingRow> = qb.build_query_as().fetch_all(pool).await?;
     let has_next_page = rows.len() > first;
     rows.truncate(first);
@@ -388,7 +399,8 @@ pub async fn search(
     push_filter(&mut count, q);
     let total_count: i64 = count.build_query_scalar().fetch_one(pool).await?;
 
-    let mut cats = QueryBuilder::new("SELECT category AS value, count(*) AS count FROM rm_listings");
+    let mut cats =
+        QueryBuilder::new("SELECT category AS value, count(*) AS count FROM rm_listings");
     push_filter(&mut cats, q);
     cats.push(" GROUP BY category ORDER BY count(*) DESC, category LIMIT 50");
     let categories = cats.build_query_as().fetch_all(pool).await?;

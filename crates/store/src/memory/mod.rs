@@ -111,11 +111,11 @@ pub(crate) fn plan_append(
     if let Some(dup) = events.iter().find(|e| !seen.insert(e.event_id)) {
         return Err(StoreError::DuplicateEventId(dup.event_id));
     }
-    let mut revision = actual.map_or(0, |r| r + 1);
+    let first_revision = actual.map_or(0, |r| r + 1);
     let mut prev_hash = current.and_then(|(_, h)| h);
     let recorded_at = Utc::now();
     let mut out = Vec::with_capacity(events.len());
-    for e in events {
+    for (revision, e) in (first_revision..).zip(events) {
         let hash = chain_hash(
             prev_hash.as_deref(),
             stream,
@@ -140,7 +140,6 @@ pub(crate) fn plan_append(
             metadata,
         });
         prev_hash = Some(hash);
-        revision += 1;
     }
     Ok(Plan::Write(out))
 }
@@ -190,10 +189,14 @@ impl InMemoryEventStore {
         let _writer = self.inner.writer.lock().await;
         let plan = {
             let log = self.read_log();
-            let current = log.streams.get(stream).and_then(|idx| idx.last()).map(|&i| {
-                let e = &log.events[i];
-                (e.revision, e.metadata.hash.clone())
-            });
+            let current = log
+                .streams
+                .get(stream)
+                .and_then(|idx| idx.last())
+                .map(|&i| {
+                    let e = &log.events[i];
+                    (e.revision, e.metadata.hash.clone())
+                });
             let existing: Vec<_> = events
                 .iter()
                 .filter_map(|e| log.by_event_id.get(&e.event_id))
@@ -227,7 +230,10 @@ impl InMemoryEventStore {
             let mut log = self.inner.log.write().unwrap_or_else(|p| p.into_inner());
             for row in rows {
                 let i = log.events.len();
-                log.streams.entry(row.stream_id.clone()).or_default().push(i);
+                log.streams
+                    .entry(row.stream_id.clone())
+                    .or_default()
+                    .push(i);
                 log.by_event_id.insert(row.event_id, i);
                 log.events.push(row);
             }
@@ -291,6 +297,10 @@ impl EventStore for InMemoryEventStore {
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
-        Ok(self.read_log().events.last().map_or(Position::START, |e| e.position))
+        Ok(self
+            .read_log()
+            .events
+            .last()
+            .map_or(Position::START, |e| e.position))
     }
 }

@@ -20,7 +20,7 @@ use crate::memory::{plan_append, Plan};
 
 /// The key of the transaction-scoped advisory lock every append takes
 /// ("mkt-log" in ASCII). All writers in all processes share it.
-const APPEND_LOCK_KEY: i64 = 0x6d6b_742d_6c6f_67;
+const APPEND_LOCK_KEY: i64 = 0x006d_6b74_2d6c_6f67;
 
 /// How much one group commit may carry.
 #[derive(Clone, Copy, Debug)]

@@ -138,7 +138,8 @@ impl PostgresEventStore {
         tx.commit().await?;
         let result = results.pop().unwrap_or(Err(StoreError::EmptyAppend));
         if let Ok(outcome) = &result {
-            self.commits.send_modify(|p| *p = (*p).max(outcome.position));
+            self.commits
+                .send_modify(|p| *p = (*p).max(outcome.position));
         }
         result
     }
@@ -193,7 +194,11 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Reads up to `limit` events after `from` (shared by `read_all` and subscriptions).
-async fn read_page(pool: &PgPool, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+async fn read_page(
+    pool: &PgPool,
+    from: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
     let rows = sqlx::query(&sql)
         .bind(to_i64(from.0))
@@ -236,7 +241,8 @@ impl EventStore for PostgresEventStore {
         stream: &StreamId,
         from_revision: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("{SELECT_EVENT} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision");
+        let sql =
+            format!("{SELECT_EVENT} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision");
         let rows = sqlx::query(&sql)
             .bind(stream.as_str())
             .bind(to_i64(from_revision))

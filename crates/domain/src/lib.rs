@@ -13,7 +13,8 @@
 //!   beside each event type) and [`EventSet`], the per-aggregate event enum.
 //! - [`values`]: validated value types (ids, [`values::Email`],
 //!   [`values::Money`], …).
-//! - One folder per aggregate — [`account`], [`email_claim`], [`listing`] —
+//! - One folder per aggregate — [`account`] (with the wallet and escrow),
+//!   [`email_claim`], [`listing`] (with stock), [`order`], [`review`] —
 //!   each with `command.rs`, `event.rs`, `state.rs`, `error.rs`, and
 //!   `mod.rs` holding `decide`, `evolve` and their tests.
 
@@ -22,6 +23,8 @@ pub mod aggregate;
 pub mod email_claim;
 pub mod event;
 pub mod listing;
+pub mod order;
+pub mod review;
 pub mod values;
 
 pub use aggregate::Aggregate;

@@ -49,6 +49,20 @@ id_type!(
     /// Identifies a listing.
     ListingId
 );
+id_type!(
+    /// Identifies an order.
+    OrderId
+);
+id_type!(
+    /// Identifies a review.
+    ReviewId
+);
+
+/// The account that collects the marketplace's fees. Its wallet is where
+/// fees go, so money is conserved: every wallet plus every escrow plus this
+/// account's balance equals every deposit.
+pub const FEE_ACCOUNT_ID: AccountId =
+    AccountId(Uuid::from_u128(0x6d6b_7466_6565_4000_8000_0000_0000_0001));
 
 /// A role an account holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -345,6 +359,131 @@ impl Money {
         self.minor > 0
     }
 }
+
+impl Money {
+    /// `self + other` in the same currency, or `None` on a currency
+    /// mismatch or overflow.
+    pub fn checked_add(&self, other: &Money) -> Option<Money> {
+        (self.currency == other.currency).then_some(())?;
+        Some(Money {
+            minor: self.minor.checked_add(other.minor)?,
+            currency: self.currency.clone(),
+        })
+    }
+
+    /// `self × n`, or `None` on overflow.
+    pub fn checked_times(&self, n: u32) -> Option<Money> {
+        Some(Money {
+            minor: self.minor.checked_mul(i64::from(n))?,
+            currency: self.currency.clone(),
+        })
+    }
+
+    /// Zero in `currency`.
+    pub fn zero(currency: Currency) -> Money {
+        Money { minor: 0, currency }
+    }
+}
+
+/// The marketplace fee, in basis points (1/100 of a percent): 500 is 5%.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FeeRate(u32);
+
+impl FeeRate {
+    /// The default fee: 5%.
+    pub const DEFAULT: FeeRate = FeeRate(500);
+
+    /// A fee of `bps` basis points, 0 to 10,000 (100%).
+    pub fn from_basis_points(bps: u32) -> Result<Self, ValueError> {
+        if bps <= 10_000 {
+            Ok(Self(bps))
+        } else {
+            Err(ValueError::new("fee", "must be 0 to 10000 basis points"))
+        }
+    }
+
+    /// The rate in basis points.
+    pub fn basis_points(self) -> u32 {
+        self.0
+    }
+
+    /// Splits `amount` into (payout, fee); the fee is rounded down to the
+    /// minor unit, so payout + fee == amount exactly.
+    pub fn split(self, amount: &Money) -> (Money, Money) {
+        let fee = (i128::from(amount.minor) * i128::from(self.0) / 10_000) as i64;
+        (
+            Money {
+                minor: amount.minor - fee,
+                currency: amount.currency.clone(),
+            },
+            Money {
+                minor: fee,
+                currency: amount.currency.clone(),
+            },
+        )
+    }
+}
+
+/// A review's star rating: 1 to 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Rating(u8);
+
+impl Rating {
+    /// Validates a raw rating.
+    pub fn parse(raw: i64) -> Result<Self, ValueError> {
+        u8::try_from(raw)
+            .ok()
+            .filter(|r| (1..=5).contains(r))
+            .map(Self)
+            .ok_or_else(|| ValueError::new("rating", "must be 1 to 5"))
+    }
+
+    /// The number of stars.
+    pub fn stars(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Rating {
+    type Error = ValueError;
+    fn try_from(raw: i64) -> Result<Self, ValueError> {
+        Self::parse(raw)
+    }
+}
+
+impl From<Rating> for i64 {
+    fn from(r: Rating) -> i64 {
+        i64::from(r.0)
+    }
+}
+
+validated_string!(
+    /// A review's text: 1 to 2,000 characters.
+    ReviewComment,
+    |raw| bounded("comment", raw, 1, 2_000)
+);
+
+validated_string!(
+    /// Why something was refused, rejected or cancelled: 1 to 500 characters.
+    Reason,
+    |raw| bounded("reason", raw, 1, 500)
+);
+
+impl Reason {
+    /// A reason the system itself gives; must be 1 to 500 characters.
+    pub fn fixed(text: &'static str) -> Self {
+        debug_assert!(Self::parse(text).is_ok(), "invalid fixed reason");
+        Self(text.to_owned())
+    }
+}
+
+validated_string!(
+    /// A carrier's tracking code: 1 to 64 characters.
+    TrackingCode,
+    |raw| bounded("trackingCode", raw, 1, 64)
+);
 
 /// Tags of a listing: at most 20, lower-cased, without duplicates, in the
 /// order first given.

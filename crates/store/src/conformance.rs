@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
-    AppendOutcome, EventMetadata, EventStore, ExpectedRevision, InMemoryEventStore, NewEvent,
-    Position, PostgresEventStore, RecordedEvent, StoreError, StreamId,
+    AppendOutcome, EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
+    InMemoryEventStore, NewEvent, Position, PostgresEventStore, RecordedEvent, StoreError,
+    StreamId,
 };
 
 /// What the suite needs beyond [`EventStore`]: a way to hold an append's
@@ -88,6 +89,28 @@ fn event(n: u64) -> NewEvent {
             correlation_id: Some(Uuid::nil()),
             ..EventMetadata::default()
         },
+    }
+}
+
+/// A fresh caller-scoped key carrying `request_hash`.
+fn idempotency_key(request_hash: &str) -> IdempotencyKey {
+    IdempotencyKey {
+        key: format!("{}:client-key", Uuid::now_v7()),
+        request_hash: request_hash.into(),
+    }
+}
+
+fn with_hash(key: &IdempotencyKey, request_hash: &str) -> IdempotencyKey {
+    IdempotencyKey {
+        key: key.key.clone(),
+        request_hash: request_hash.into(),
+    }
+}
+
+fn expect_key_used(result: Result<AppendOutcome, StoreError>) -> IdempotencyRecord {
+    match result {
+        Err(StoreError::IdempotencyKeyUsed(record)) => *record,
+        other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
     }
 }
 
@@ -504,6 +527,268 @@ pub async fn a_subscription_starts_strictly_after_its_position<S: Conformance>(s
     assert_eq!(got[0].data, json!({"n": 3}));
 }
 
+/// An idempotency key, once recorded, refuses every later append with the
+/// first append's record (same input or not) and nothing more is written.
+pub async fn a_used_idempotency_key_returns_the_first_outcome_and_appends_nothing<
+    S: Conformance,
+>(
+    store: S,
+) {
+    let s = new_stream("order");
+    let key = idempotency_key("hash-1");
+    let first_events = vec![event(1), event(2)];
+    let first = store
+        .append_idempotent(
+            &s,
+            ExpectedRevision::NoStream,
+            first_events.clone(),
+            key.clone(),
+        )
+        .await
+        .expect("first idempotent append");
+    assert_eq!(first.revision, 1);
+
+    let recorded = store
+        .idempotency_record(&key.key)
+        .await
+        .expect("lookup")
+        .expect("the key is recorded");
+    assert_eq!(recorded.key, key.key);
+    assert_eq!(recorded.request_hash, "hash-1");
+    assert_eq!(recorded.stream_id, s);
+    assert_eq!(recorded.outcome(), first);
+
+    // The same request again: fresh event ids, as a client retry through the
+    // command layer would carry.
+    let replay = expect_key_used(
+        store
+            .append_idempotent(
+                &s,
+                ExpectedRevision::NoStream,
+                vec![event(1), event(2)],
+                key.clone(),
+            )
+            .await,
+    );
+    assert_eq!(replay, recorded);
+    assert_eq!(replay.outcome(), first);
+    // A different request under the same key: the same record, for the
+    // caller to see the hash differs. The key wins over the (now wrong)
+    // expectation and over the stored event ids.
+    let misuse = expect_key_used(
+        store
+            .append_idempotent(
+                &s,
+                ExpectedRevision::Exact(1),
+                vec![event(3)],
+                with_hash(&key, "hash-2"),
+            )
+            .await,
+    );
+    assert_eq!(misuse, recorded);
+    assert_eq!(misuse.request_hash, "hash-1");
+    let retry = expect_key_used(
+        store
+            .append_idempotent(&s, ExpectedRevision::NoStream, first_events.clone(), key)
+            .await,
+    );
+    assert_eq!(retry, recorded);
+
+    let stored = store.read_stream(&s, 0).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        first_events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        "the stream holds only the first append"
+    );
+    assert_eq!(store.head().await.expect("head"), first.position);
+}
+
+/// An idempotent append that fails records nothing, so the key stays free
+/// for a correct append.
+pub async fn a_failed_append_leaves_its_idempotency_key_unrecorded<S: Conformance>(store: S) {
+    let s = new_stream("listing");
+    let seeded = store
+        .append(&s, ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .expect("seed");
+    let key = idempotency_key("hash");
+    match store
+        .append_idempotent(&s, ExpectedRevision::Exact(5), vec![event(1)], key.clone())
+        .await
+    {
+        Err(StoreError::WrongExpectedRevision { actual, .. }) => assert_eq!(actual, Some(0)),
+        other => panic!("expected WrongExpectedRevision, got {other:?}"),
+    }
+    assert_eq!(
+        store.idempotency_record(&key.key).await.expect("lookup"),
+        None
+    );
+    // Nor does a duplicate event id or an empty append.
+    let reused = store.read_stream(&s, 0).await.expect("read")[0].clone();
+    let duplicate = NewEvent {
+        event_id: reused.event_id,
+        ..event(2)
+    };
+    assert!(matches!(
+        store
+            .append_idempotent(
+                &s,
+                ExpectedRevision::Any,
+                vec![event(2), duplicate],
+                key.clone()
+            )
+            .await,
+        Err(StoreError::DuplicateEventId(_))
+    ));
+    assert!(matches!(
+        store
+            .append_idempotent(&s, ExpectedRevision::Any, vec![], key.clone())
+            .await,
+        Err(StoreError::EmptyAppend)
+    ));
+    assert_eq!(
+        store.idempotency_record(&key.key).await.expect("lookup"),
+        None
+    );
+
+    let ok = store
+        .append_idempotent(&s, ExpectedRevision::Exact(0), vec![event(3)], key.clone())
+        .await
+        .expect("a correct append with the same key");
+    assert_eq!(ok.revision, 1);
+    assert!(ok.position > seeded.position);
+    let recorded = store
+        .idempotency_record(&key.key)
+        .await
+        .expect("lookup")
+        .expect("recorded now");
+    assert_eq!(recorded.outcome(), ok);
+    assert_eq!(recorded.stream_id, s);
+    assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 2);
+}
+
+/// An idempotent append that retries event ids already stored writes nothing
+/// and records its key with the original outcome.
+pub async fn an_idempotent_retry_of_stored_events_records_its_key<S: Conformance>(store: S) {
+    let s = new_stream("wallet");
+    let batch = vec![event(1), event(2)];
+    let first = store
+        .append(&s, ExpectedRevision::NoStream, batch.clone())
+        .await
+        .expect("plain append");
+    let key = idempotency_key("hash");
+    let retry = store
+        .append_idempotent(&s, ExpectedRevision::NoStream, batch.clone(), key.clone())
+        .await
+        .expect("retry of stored event ids");
+    assert_eq!(retry, first);
+    let recorded = store
+        .idempotency_record(&key.key)
+        .await
+        .expect("lookup")
+        .expect("the key is recorded");
+    assert_eq!(recorded.outcome(), first);
+    assert_eq!(recorded.stream_id, s);
+    let again = expect_key_used(
+        store
+            .append_idempotent(&s, ExpectedRevision::NoStream, batch, key)
+            .await,
+    );
+    assert_eq!(again, recorded);
+    assert_eq!(store.read_stream(&s, 0).await.expect("read").len(), 2);
+}
+
+/// A key never used has no record.
+pub async fn an_unknown_idempotency_key_has_no_record<S: Conformance>(store: S) {
+    assert_eq!(
+        store
+            .idempotency_record("nobody:never-used")
+            .await
+            .expect("lookup"),
+        None
+    );
+    store
+        .append(
+            &new_stream("order"),
+            ExpectedRevision::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("a plain append");
+    assert_eq!(
+        store
+            .idempotency_record("nobody:never-used")
+            .await
+            .expect("lookup"),
+        None
+    );
+}
+
+/// 20 concurrent duplicates of one request (same key, fresh event ids, one
+/// stream, no expectation): exactly one appends; the 19 others get the
+/// winner's record.
+pub async fn twenty_concurrent_duplicates_append_once<S: Conformance>(store: S) {
+    const DUPLICATES: usize = 20;
+    let s = new_stream("order");
+    let key = idempotency_key("hash");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(DUPLICATES));
+    let tasks: Vec<_> = (0..DUPLICATES)
+        .map(|n| {
+            let (store, s, key, barrier) = (store.clone(), s.clone(), key.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let e = event(n as u64);
+                let id = e.event_id;
+                barrier.wait().await;
+                (
+                    id,
+                    store
+                        .append_idempotent(&s, ExpectedRevision::Any, vec![e], key)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        match t.await.expect("join") {
+            (id, Ok(out)) => won.push((id, out)),
+            (_, Err(StoreError::IdempotencyKeyUsed(record))) => refused.push(*record),
+            (_, Err(other)) => panic!("a duplicate got another error: {other}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{} duplicates appended", won.len());
+    assert_eq!(refused.len(), DUPLICATES - 1);
+    let (winner_id, winner) = won[0];
+    assert_eq!(winner.revision, 0);
+    for record in &refused {
+        assert_eq!(record.key, key.key);
+        assert_eq!(record.stream_id, s);
+        assert_eq!(record.outcome(), winner, "a duplicate got another outcome");
+    }
+    let stored = store.read_stream(&s, 0).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        vec![winner_id],
+        "the stream holds exactly the winner's event"
+    );
+    assert_eq!(stored[0].position, winner.position);
+    let recorded = store
+        .idempotency_record(&key.key)
+        .await
+        .expect("lookup")
+        .expect("recorded");
+    assert_eq!(recorded.outcome(), winner);
+    assert_eq!(
+        store
+            .read_all(Position::START, 100)
+            .await
+            .expect("read_all")
+            .len(),
+        1
+    );
+}
+
 /// Instantiates every conformance check as a `#[tokio::test]` for the backend
 /// built by the given async expression.
 #[macro_export]
@@ -517,7 +802,12 @@ macro_rules! conformance_suite {
             a_delayed_commit_never_lets_a_reader_skip_an_event,
             sixteen_concurrent_writers_get_one_winner_per_revision,
             catch_up_hands_over_to_live_without_gaps_or_duplicates,
-            a_subscription_starts_strictly_after_its_position
+            a_subscription_starts_strictly_after_its_position,
+            a_used_idempotency_key_returns_the_first_outcome_and_appends_nothing,
+            a_failed_append_leaves_its_idempotency_key_unrecorded,
+            an_idempotent_retry_of_stored_events_records_its_key,
+            an_unknown_idempotency_key_has_no_record,
+            twenty_concurrent_duplicates_append_once
         );
     };
     (@tests $fresh:expr; $($name:ident),*) => {

@@ -1,6 +1,6 @@
 //! The store's error taxonomy. Each variant says how a caller must treat it.
 
-use crate::event::{ExpectedRevision, StreamId};
+use crate::event::{ExpectedRevision, IdempotencyRecord, StreamId};
 
 /// Errors of [`crate::EventStore`] operations.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,13 @@ pub enum StoreError {
     /// append: a caller bug (user error class), never retried.
     #[error("event id {0} already exists in a different append")]
     DuplicateEventId(uuid::Uuid),
+    /// An idempotent append's key is already recorded: nothing was written.
+    /// Carries the first append's record, whatever the request hash; the
+    /// caller compares `request_hash` to tell a replay (same input: return
+    /// the recorded outcome) from a reused key (different input). Never
+    /// retried.
+    #[error("idempotency key {:?} was already used (stream {}, revision {}, position {})", .0.key, .0.stream_id, .0.revision, .0.position)]
+    IdempotencyKeyUsed(Box<IdempotencyRecord>),
     /// The append carried no events.
     #[error("an append needs at least one event")]
     EmptyAppend,

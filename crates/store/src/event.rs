@@ -198,6 +198,48 @@ pub struct AppendOutcome {
     pub position: Position,
 }
 
+/// A client's idempotency key for one mutation, as the store records it.
+///
+/// The store compares only `key`: an idempotent append whose key is already
+/// recorded writes nothing and returns the first append's
+/// [`IdempotencyRecord`], whatever its `request_hash`. Deciding whether the
+/// retry is the same request (same hash: replay the first result) or a misuse
+/// (different hash: refuse) is the caller's job.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    /// The key, already scoped by the caller (e.g. `<account uuid>:<client key>`).
+    pub key: String,
+    /// Hex digest of the request input, computed by the caller.
+    pub request_hash: String,
+}
+
+/// A recorded idempotency key: the outcome of the first append that used it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The (caller-scoped) key.
+    pub key: String,
+    /// The request hash the first append carried.
+    pub request_hash: String,
+    /// The stream the first append went to.
+    pub stream_id: StreamId,
+    /// The stream's revision after that append (its last event's revision).
+    pub revision: u64,
+    /// The global position of that append's last event.
+    pub position: Position,
+    /// When the key was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl IdempotencyRecord {
+    /// The outcome of the append that recorded the key.
+    pub fn outcome(&self) -> AppendOutcome {
+        AppendOutcome {
+            revision: self.revision,
+            position: self.position,
+        }
+    }
+}
+
 /// The sha256 hash chain link of an event: hex(sha256(prev_hash | stream |
 /// revision | event_id | type | version | canonical data)).
 ///

@@ -8,12 +8,15 @@
 //!
 //! Layout:
 //! - [`event`]: the value types of the contract — [`StreamId`], [`NewEvent`],
-//!   [`RecordedEvent`], [`Position`], [`ExpectedRevision`], [`EventMetadata`].
+//!   [`RecordedEvent`], [`Position`], [`ExpectedRevision`], [`EventMetadata`],
+//!   [`IdempotencyKey`], [`IdempotencyRecord`].
 //! - [`error`]: [`StoreError`], whose variants say how a caller must treat them.
-//! - [`port`]: the [`EventStore`] trait (append, read_stream, read_all,
-//!   subscribe_all) that every backend implements.
+//! - [`port`]: the [`EventStore`] trait (append, append_idempotent,
+//!   idempotency_record, read_stream, read_all, subscribe_all, head) that
+//!   every backend implements.
 //! - [`postgres`]: the embedded default backend (one append-only `events`
-//!   table, a serialising appender, LISTEN/NOTIFY for live delivery).
+//!   table, an `idempotency_keys` table written in the same transaction as
+//!   the append, a serialising appender, LISTEN/NOTIFY for live delivery).
 //! - [`memory`]: an in-process backend for unit tests of other crates.
 //! - [`embedded`]: starts or reuses a private PostgreSQL cluster from the
 //!   system's binaries when no `DATABASE_URL` is given.
@@ -35,8 +38,8 @@ pub mod testdb;
 
 pub use error::StoreError;
 pub use event::{
-    AppendOutcome, EventMetadata, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
-    StreamIdError,
+    AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
+    Position, RecordedEvent, StreamId, StreamIdError,
 };
 pub use memory::InMemoryEventStore;
 pub use port::{EventStore, EventStream};

@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::error::StoreError;
-use crate::event::{AppendOutcome, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId};
+use crate::event::{
+    AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
+    RecordedEvent, StreamId,
+};
 
 /// A stream of events from a subscription. It ends only on an error the
 /// backend cannot recover from; dropping it unsubscribes.
@@ -28,6 +31,33 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError>;
+
+    /// Appends like [`EventStore::append`], and records `key` with the
+    /// append's outcome atomically with it (DESIGN.md: idempotency keys).
+    ///
+    /// - If `key.key` is already recorded, nothing is written and the result
+    ///   is [`StoreError::IdempotencyKeyUsed`] carrying the first append's
+    ///   record, whatever `key.request_hash` is (the caller compares hashes).
+    ///   This is checked before the append itself, so it also wins over an
+    ///   expected-revision mismatch.
+    /// - If the append fails (wrong expected revision, duplicate event id,
+    ///   empty), the key is not recorded.
+    /// - If the append is an idempotent retry of stored event ids, the key is
+    ///   recorded with the original outcome.
+    ///
+    /// Holds across retries, crashes and concurrent duplicates: of any number
+    /// of concurrent calls with one key, exactly one appends.
+    async fn append_idempotent(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// The record of an idempotency key, `None` if it was never used by a
+    /// successful [`EventStore::append_idempotent`].
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
 
     /// Events of `stream` from `from_revision` (inclusive), oldest first.
     /// An absent stream reads as empty.

@@ -46,7 +46,16 @@ fn listing_error(e: ListingError) -> ApiError {
         ListingError::AlreadyExists | ListingError::AlreadyPublished => {
             ApiError::Conflict(e.to_string())
         }
-        ListingError::NonPositivePrice => ApiError::BadUserInput(e.to_string()),
+        ListingError::NonPositivePrice
+        | ListingError::CurrencyChange
+        | ListingError::NonPositiveQuantity
+        | ListingError::DigitalHasNoStock
+        | ListingError::TooMuchStock => ApiError::BadUserInput(e.to_string()),
+        ListingError::NotPublished
+        | ListingError::NotAvailable
+        | ListingError::OwnListing
+        | ListingError::OutOfStock { .. }
+        | ListingError::NoReservation => ApiError::Conflict(e.to_string()),
     }
 }
 
@@ -135,6 +144,7 @@ impl MutationRoot {
                 ApiError::Conflict("registration collided with another; try again".into())
             }
             RegisterError::Failed(detail, _) => ApiError::internal(detail),
+            RegisterError::Rejected(other) => ApiError::internal(other.to_string()),
         })?;
         let account = registered.account;
         let token = state

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::values::{AccountId, DisplayName, Email, PasswordHash, Role};
+use crate::values::{AccountId, DisplayName, Email, Money, OrderId, PasswordHash, Role};
 
 /// Through which door an account is being created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,4 +38,80 @@ pub struct RegisterAccount {
 pub enum AccountCommand {
     /// See [`RegisterAccount`].
     Register(RegisterAccount),
+    /// See [`DepositFunds`].
+    Deposit(DepositFunds),
+    /// See [`HoldFunds`].
+    Hold(HoldFunds),
+    /// See [`SettleEscrow`].
+    Settle(SettleEscrow),
+    /// See [`CreditSale`].
+    Credit(CreditSale),
+}
+
+/// Adds funds to the wallet (from outside the marketplace: a card, a bank).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DepositFunds {
+    /// Identifies this deposit (from the idempotency key when there is one).
+    pub deposit_id: uuid::Uuid,
+    /// How much; must be positive.
+    pub amount: Money,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Moves an order's total from the buyer's wallet into escrow.
+/// Holding again for the same order is a no-op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldFunds {
+    /// The order paid for.
+    pub order_id: OrderId,
+    /// Its total.
+    pub amount: Money,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Settles an order's escrow: released (paid out to the seller) on delivery,
+/// refunded to the buyer on cancellation. Settling twice is a no-op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SettleEscrow {
+    /// The order.
+    pub order_id: OrderId,
+    /// Paid out or refunded.
+    pub outcome: EscrowOutcome,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// How an escrow ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EscrowOutcome {
+    /// Delivered: leaves the buyer for the seller (and the fee account).
+    Released,
+    /// Cancelled or rejected: back to the buyer's wallet.
+    Refunded,
+}
+
+/// Credits a seller (or the fee account) with its share of a delivered
+/// order. Crediting twice for the same order is a no-op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreditSale {
+    /// The delivered order.
+    pub order_id: OrderId,
+    /// The share.
+    pub amount: Money,
+    /// The seller's payout or the marketplace's fee.
+    pub share: SaleShare,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Whose share of a sale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SaleShare {
+    /// The seller's payout (total less fee).
+    Payout,
+    /// The marketplace fee, to [`crate::values::FEE_ACCOUNT_ID`].
+    Fee,
 }

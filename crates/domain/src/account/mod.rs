@@ -1,18 +1,30 @@
-//! The account aggregate: registration and roles. (Wallets arrive with the
-//! marketplace domain.)
+//! The account aggregate: registration, roles, and the wallet with escrow.
+//!
+//! Money moves only in integer minor units. A deposit adds to the wallet;
+//! placing an order holds its total in escrow (never below zero); delivery
+//! releases the escrow, which is then credited to the seller and the fee
+//! account; cancellation or rejection refunds it. Every step after a hold is
+//! keyed by the order, so a process manager that repeats a step after a
+//! crash changes nothing.
 
 mod command;
 mod error;
 mod event;
 mod state;
 
-pub use command::{AccountCommand, RegisterAccount, RegistrationChannel};
+pub use command::{
+    AccountCommand, CreditSale, DepositFunds, EscrowOutcome, HoldFunds, RegisterAccount,
+    RegistrationChannel, SaleShare, SettleEscrow,
+};
 pub use error::AccountError;
-pub use event::{AccountEvent, AccountRegistered};
+pub use event::{
+    AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
+    SaleCredited,
+};
 pub use state::Account;
 
 use crate::aggregate::Aggregate;
-use crate::values::Role;
+use crate::values::{Money, Role, FEE_ACCOUNT_ID};
 
 impl Aggregate for Account {
     const CATEGORY: &'static str = "account";
@@ -45,6 +57,98 @@ impl Aggregate for Account {
                 }
                 .into()])
             }
+            AccountCommand::Deposit(c) => {
+                let id = self.id.ok_or(AccountError::NotFound)?;
+                if !c.amount.is_positive() {
+                    return Err(AccountError::NonPositiveAmount);
+                }
+                self.balance(&c.amount.currency)
+                    .checked_add(&c.amount)
+                    .ok_or(AccountError::AmountTooLarge)?;
+                Ok(vec![FundsDeposited {
+                    account_id: id,
+                    deposit_id: c.deposit_id,
+                    amount: c.amount.clone(),
+                    deposited_at: c.at,
+                }
+                .into()])
+            }
+            AccountCommand::Hold(c) => {
+                let id = self.id.ok_or(AccountError::NotFound)?;
+                if self.escrow.contains_key(&c.order_id) || self.settled.contains(&c.order_id) {
+                    return Ok(vec![]);
+                }
+                if !c.amount.is_positive() {
+                    return Err(AccountError::NonPositiveAmount);
+                }
+                let available = self.balance(&c.amount.currency);
+                if available.minor < c.amount.minor {
+                    return Err(AccountError::InsufficientFunds {
+                        available,
+                        required: c.amount.clone(),
+                    });
+                }
+                Ok(vec![FundsHeld {
+                    account_id: id,
+                    order_id: c.order_id,
+                    amount: c.amount.clone(),
+                    held_at: c.at,
+                }
+                .into()])
+            }
+            AccountCommand::Settle(c) => {
+                let id = self.id.ok_or(AccountError::NotFound)?;
+                if self.settled.contains(&c.order_id) {
+                    return Ok(vec![]);
+                }
+                let amount = self
+                    .escrow
+                    .get(&c.order_id)
+                    .cloned()
+                    .ok_or(AccountError::NoEscrow)?;
+                Ok(vec![match c.outcome {
+                    EscrowOutcome::Released => EscrowReleased {
+                        account_id: id,
+                        order_id: c.order_id,
+                        amount,
+                        released_at: c.at,
+                    }
+                    .into(),
+                    EscrowOutcome::Refunded => EscrowRefunded {
+                        account_id: id,
+                        order_id: c.order_id,
+                        amount,
+                        refunded_at: c.at,
+                    }
+                    .into(),
+                }])
+            }
+            AccountCommand::Credit(c) => {
+                // The fee account is the marketplace's own ledger: it has no
+                // registration, every other credited account must exist.
+                let id = match (self.id, c.share) {
+                    (Some(id), _) => id,
+                    (None, SaleShare::Fee) => FEE_ACCOUNT_ID,
+                    (None, SaleShare::Payout) => return Err(AccountError::NotFound),
+                };
+                if self.credited.contains(&c.order_id) {
+                    return Ok(vec![]);
+                }
+                if c.amount.minor < 0 {
+                    return Err(AccountError::NonPositiveAmount);
+                }
+                self.balance(&c.amount.currency)
+                    .checked_add(&c.amount)
+                    .ok_or(AccountError::AmountTooLarge)?;
+                Ok(vec![SaleCredited {
+                    account_id: id,
+                    order_id: c.order_id,
+                    amount: c.amount.clone(),
+                    share: c.share,
+                    credited_at: c.at,
+                }
+                .into()])
+            }
         }
     }
 
@@ -58,6 +162,27 @@ impl Aggregate for Account {
                 self.registered_at = Some(e.registered_at);
                 self.password_hash = Some(e.password_hash.clone());
             }
+            AccountEvent::FundsDeposited(e) => self.add(&e.amount),
+            AccountEvent::FundsHeld(e) => {
+                self.add(&Money {
+                    minor: -e.amount.minor,
+                    currency: e.amount.currency.clone(),
+                });
+                self.escrow.insert(e.order_id, e.amount.clone());
+            }
+            AccountEvent::EscrowReleased(e) => {
+                self.escrow.remove(&e.order_id);
+                self.settled.insert(e.order_id);
+            }
+            AccountEvent::EscrowRefunded(e) => {
+                self.escrow.remove(&e.order_id);
+                self.settled.insert(e.order_id);
+                self.add(&e.amount);
+            }
+            AccountEvent::SaleCredited(e) => {
+                self.credited.insert(e.order_id);
+                self.add(&e.amount);
+            }
         }
         self
     }
@@ -70,7 +195,7 @@ mod tests {
 
     use super::*;
     use crate::aggregate::given;
-    use crate::values::{AccountId, DisplayName, Email, PasswordHash};
+    use crate::values::{AccountId, Currency, DisplayName, Email, Money, OrderId, PasswordHash};
 
     fn register(roles: Vec<Role>, channel: RegistrationChannel) -> RegisterAccount {
         RegisterAccount {
@@ -144,6 +269,220 @@ mod tests {
         given::<Account>([registered(&c, vec![Role::Buyer])])
             .when(AccountCommand::Register(c))
             .then_error(AccountError::AlreadyRegistered);
+    }
+
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
+            .single()
+            .expect("date")
+    }
+
+    fn eur(minor: i64) -> Money {
+        Money {
+            minor,
+            currency: Currency::parse("EUR").expect("valid"),
+        }
+    }
+
+    const ORDER: OrderId = OrderId(Uuid::from_u128(900));
+
+    fn opened() -> AccountEvent {
+        registered(
+            &register(vec![], RegistrationChannel::SelfService),
+            vec![Role::Buyer],
+        )
+    }
+
+    fn me() -> AccountId {
+        AccountId(Uuid::from_u128(1))
+    }
+
+    fn deposited(minor: i64) -> AccountEvent {
+        FundsDeposited {
+            account_id: me(),
+            deposit_id: Uuid::from_u128(5),
+            amount: eur(minor),
+            deposited_at: at(),
+        }
+        .into()
+    }
+
+    fn held(minor: i64) -> AccountEvent {
+        FundsHeld {
+            account_id: me(),
+            order_id: ORDER,
+            amount: eur(minor),
+            held_at: at(),
+        }
+        .into()
+    }
+
+    fn deposit(minor: i64) -> AccountCommand {
+        AccountCommand::Deposit(DepositFunds {
+            deposit_id: Uuid::from_u128(5),
+            amount: eur(minor),
+            at: at(),
+        })
+    }
+
+    fn hold(minor: i64) -> AccountCommand {
+        AccountCommand::Hold(HoldFunds {
+            order_id: ORDER,
+            amount: eur(minor),
+            at: at(),
+        })
+    }
+
+    fn settle(outcome: EscrowOutcome) -> AccountCommand {
+        AccountCommand::Settle(SettleEscrow {
+            order_id: ORDER,
+            outcome,
+            at: at(),
+        })
+    }
+
+    fn credit(share: SaleShare, minor: i64) -> AccountCommand {
+        AccountCommand::Credit(CreditSale {
+            order_id: ORDER,
+            amount: eur(minor),
+            share,
+            at: at(),
+        })
+    }
+
+    #[test]
+    fn deposits_positive_amounts_into_the_wallet() {
+        let state = given::<Account>([opened()])
+            .when(deposit(2_500))
+            .then_events([deposited(2_500)]);
+        assert_eq!(state.balance(&eur(0).currency), eur(2_500));
+    }
+
+    #[test]
+    fn refuses_zero_and_negative_deposits() {
+        given::<Account>([opened()])
+            .when(deposit(0))
+            .then_error(AccountError::NonPositiveAmount);
+        given::<Account>([opened()])
+            .when(deposit(-1))
+            .then_error(AccountError::NonPositiveAmount);
+    }
+
+    #[test]
+    fn refuses_a_deposit_to_an_unknown_account() {
+        given::<Account>([])
+            .when(deposit(100))
+            .then_error(AccountError::NotFound);
+    }
+
+    #[test]
+    fn refuses_a_deposit_that_would_overflow_the_balance() {
+        given::<Account>([opened(), deposited(i64::MAX)])
+            .when(deposit(1))
+            .then_error(AccountError::AmountTooLarge);
+    }
+
+    #[test]
+    fn holds_an_order_total_in_escrow_and_takes_it_from_the_balance() {
+        let state = given::<Account>([opened(), deposited(5_000)])
+            .when(hold(4_990))
+            .then_events([held(4_990)]);
+        assert_eq!(state.balance(&eur(0).currency), eur(10));
+        assert_eq!(state.escrow.get(&ORDER), Some(&eur(4_990)));
+    }
+
+    #[test]
+    fn refuses_to_hold_more_than_the_balance_so_it_never_goes_negative() {
+        given::<Account>([opened(), deposited(1_000)])
+            .when(hold(1_001))
+            .then_error(AccountError::InsufficientFunds {
+                available: eur(1_000),
+                required: eur(1_001),
+            });
+    }
+
+    #[test]
+    fn holding_twice_for_one_order_is_a_no_op() {
+        given::<Account>([opened(), deposited(5_000), held(1_000)])
+            .when(hold(1_000))
+            .then_events([]);
+    }
+
+    #[test]
+    fn releases_escrow_once() {
+        let released: AccountEvent = EscrowReleased {
+            account_id: me(),
+            order_id: ORDER,
+            amount: eur(1_000),
+            released_at: at(),
+        }
+        .into();
+        let state = given::<Account>([opened(), deposited(5_000), held(1_000)])
+            .when(settle(EscrowOutcome::Released))
+            .then_events([released.clone()]);
+        assert!(state.escrow.is_empty());
+        assert_eq!(state.balance(&eur(0).currency), eur(4_000));
+        given::<Account>([opened(), deposited(5_000), held(1_000), released])
+            .when(settle(EscrowOutcome::Refunded))
+            .then_events([]);
+    }
+
+    #[test]
+    fn refunds_escrow_to_the_wallet() {
+        let state = given::<Account>([opened(), deposited(5_000), held(1_000)])
+            .when(settle(EscrowOutcome::Refunded))
+            .then_events([EscrowRefunded {
+                account_id: me(),
+                order_id: ORDER,
+                amount: eur(1_000),
+                refunded_at: at(),
+            }
+            .into()]);
+        assert_eq!(state.balance(&eur(0).currency), eur(5_000));
+    }
+
+    #[test]
+    fn refuses_to_settle_an_escrow_never_held() {
+        given::<Account>([opened()])
+            .when(settle(EscrowOutcome::Released))
+            .then_error(AccountError::NoEscrow);
+    }
+
+    #[test]
+    fn credits_a_seller_once_per_order() {
+        let credited: AccountEvent = SaleCredited {
+            account_id: me(),
+            order_id: ORDER,
+            amount: eur(950),
+            share: SaleShare::Payout,
+            credited_at: at(),
+        }
+        .into();
+        let state = given::<Account>([opened()])
+            .when(credit(SaleShare::Payout, 950))
+            .then_events([credited.clone()]);
+        assert_eq!(state.balance(&eur(0).currency), eur(950));
+        given::<Account>([opened(), credited])
+            .when(credit(SaleShare::Payout, 950))
+            .then_events([]);
+    }
+
+    #[test]
+    fn the_fee_ledger_needs_no_registration_but_a_payout_does() {
+        given::<Account>([])
+            .when(credit(SaleShare::Fee, 50))
+            .then_events([SaleCredited {
+                account_id: FEE_ACCOUNT_ID,
+                order_id: ORDER,
+                amount: eur(50),
+                share: SaleShare::Fee,
+                credited_at: at(),
+            }
+            .into()]);
+        given::<Account>([])
+            .when(credit(SaleShare::Payout, 50))
+            .then_error(AccountError::NotFound);
     }
 
     #[test]

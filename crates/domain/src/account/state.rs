@@ -1,9 +1,11 @@
 //! State of the account aggregate.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::values::{AccountId, DisplayName, Email, PasswordHash, Role};
+use crate::values::{AccountId, Currency, DisplayName, Email, Money, OrderId, PasswordHash, Role};
 
 /// An account as its events leave it. `None` fields mean "not registered".
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -21,11 +23,31 @@ pub struct Account {
     /// The argon2 hash login verifies against; never shown in audit output.
     #[serde(skip_serializing)]
     pub password_hash: Option<PasswordHash>,
+    /// Available funds per currency, in minor units; never negative.
+    pub balances: BTreeMap<Currency, i64>,
+    /// Funds held for orders not settled yet.
+    pub escrow: BTreeMap<OrderId, Money>,
+    /// Orders whose escrow was released or refunded.
+    pub settled: BTreeSet<OrderId>,
+    /// Orders this account was credited for (payouts or fees).
+    pub credited: BTreeSet<OrderId>,
 }
 
 impl Account {
     /// Whether the account exists.
     pub fn is_registered(&self) -> bool {
         self.id.is_some()
+    }
+
+    /// The available balance in `currency`.
+    pub fn balance(&self, currency: &Currency) -> Money {
+        Money {
+            minor: self.balances.get(currency).copied().unwrap_or(0),
+            currency: currency.clone(),
+        }
+    }
+
+    pub(super) fn add(&mut self, amount: &Money) {
+        *self.balances.entry(amount.currency.clone()).or_insert(0) += amount.minor;
     }
 }

@@ -21,4 +21,36 @@ pub enum ListingError {
     /// Prices must be above zero.
     #[error("the price must be positive")]
     NonPositivePrice,
+    /// A price change may not switch currency.
+    #[error("the price must stay in the listing's currency")]
+    CurrencyChange,
+    /// Restocks and reservations must be above zero.
+    #[error("the quantity must be positive")]
+    NonPositiveQuantity,
+    /// Digital listings have no stock.
+    #[error("digital listings have unlimited quantity and no stock")]
+    DigitalHasNoStock,
+    /// Stock would exceed what the system counts.
+    #[error("stock cannot exceed {max} units", max = crate::values::Quantity::MAX)]
+    TooMuchStock,
+    /// Delisting what is not published.
+    #[error("only a published listing can be delisted")]
+    NotPublished,
+    /// Buying what is not PUBLISHED.
+    #[error("listing not available")]
+    NotAvailable,
+    /// A seller buying their own listing.
+    #[error("sellers cannot buy their own listings")]
+    OwnListing,
+    /// Fewer units available than asked for.
+    #[error("out of stock: {available} available, {requested} requested")]
+    OutOfStock {
+        /// Units available.
+        available: u32,
+        /// Units asked for.
+        requested: u32,
+    },
+    /// Committing a reservation that does not exist.
+    #[error("no stock is reserved for this order")]
+    NoReservation,
 }

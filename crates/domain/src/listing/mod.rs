@@ -1,13 +1,25 @@
 //! The listing aggregate: what a seller offers, its price, stock and status.
+//!
+//! Stock is counted as `stock` (units ever stocked), `reserved` per order
+//! and `sold`; available = stock − reserved − sold and never goes negative.
+//! Reservations are keyed by order, so the checkout saga can repeat a step
+//! after a crash without reserving twice. Digital listings have no stock:
+//! reserving them only checks that they can be bought.
 
 mod command;
 mod error;
 mod event;
 mod state;
 
-pub use command::{CreateListing, ListingCommand, ListingSpec, PublishListing};
+pub use command::{
+    Change, CreateListing, EndReservation, ListingCommand, ListingSpec, PublishListing,
+    ReservationOutcome, ReserveStock, SellerChange,
+};
 pub use error::ListingError;
-pub use event::{ListingCreated, ListingEvent, ListingKind, ListingPublished};
+pub use event::{
+    ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
+    ListingPublished, ListingRestocked, ReservationCommitted, ReservationReleased, StockReserved,
+};
 pub use state::{Listing, ListingStatus};
 
 use crate::aggregate::Aggregate;
@@ -69,6 +81,124 @@ impl Aggregate for Listing {
                     .into()]),
                 }
             }
+            ListingCommand::Change(c) => {
+                let id = self.id.ok_or(ListingError::NotFound)?;
+                if self.seller_id != Some(c.actor.account_id) {
+                    return Err(ListingError::NotOwner);
+                }
+                match &c.change {
+                    Change::Price(price) => {
+                        if !price.is_positive() {
+                            return Err(ListingError::NonPositivePrice);
+                        }
+                        if self.price.as_ref().map(|p| &p.currency) != Some(&price.currency) {
+                            return Err(ListingError::CurrencyChange);
+                        }
+                        Ok(vec![ListingPriceChanged {
+                            listing_id: id,
+                            price: price.clone(),
+                            changed_at: c.at,
+                        }
+                        .into()])
+                    }
+                    Change::Restock(quantity) => {
+                        if self.kind == Some(ListingKind::Digital) {
+                            return Err(ListingError::DigitalHasNoStock);
+                        }
+                        if quantity.0 == 0 {
+                            return Err(ListingError::NonPositiveQuantity);
+                        }
+                        let unsold = self.stock.saturating_sub(self.sold);
+                        if unsold
+                            .checked_add(quantity.0)
+                            .is_none_or(|n| n > Quantity::MAX)
+                        {
+                            return Err(ListingError::TooMuchStock);
+                        }
+                        Ok(vec![ListingRestocked {
+                            listing_id: id,
+                            quantity: *quantity,
+                            restocked_at: c.at,
+                        }
+                        .into()])
+                    }
+                    Change::Delist => {
+                        if self.status != ListingStatus::Published {
+                            return Err(ListingError::NotPublished);
+                        }
+                        Ok(vec![ListingDelisted {
+                            listing_id: id,
+                            delisted_at: c.at,
+                        }
+                        .into()])
+                    }
+                }
+            }
+            ListingCommand::Reserve(c) => {
+                let id = self.id.ok_or(ListingError::NotFound)?;
+                if self.reserved.contains_key(&c.order_id) || self.committed.contains(&c.order_id) {
+                    return Ok(vec![]);
+                }
+                if self.status != ListingStatus::Published {
+                    return Err(ListingError::NotAvailable);
+                }
+                if self.seller_id == Some(c.buyer_id) {
+                    return Err(ListingError::OwnListing);
+                }
+                if c.quantity.0 == 0 {
+                    return Err(ListingError::NonPositiveQuantity);
+                }
+                if self.kind == Some(ListingKind::Digital) {
+                    return Ok(vec![]);
+                }
+                let available = self.available();
+                if available < c.quantity.0 {
+                    return Err(ListingError::OutOfStock {
+                        available,
+                        requested: c.quantity.0,
+                    });
+                }
+                Ok(vec![StockReserved {
+                    listing_id: id,
+                    order_id: c.order_id,
+                    quantity: c.quantity,
+                    reserved_at: c.at,
+                }
+                .into()])
+            }
+            ListingCommand::EndReservation(c) => {
+                let id = self.id.ok_or(ListingError::NotFound)?;
+                let Some(&units) = self.reserved.get(&c.order_id) else {
+                    return match c.outcome {
+                        // Nothing reserved (digital, or already released): done.
+                        ReservationOutcome::Released => Ok(vec![]),
+                        ReservationOutcome::Committed
+                            if self.committed.contains(&c.order_id)
+                                || self.kind == Some(ListingKind::Digital) =>
+                        {
+                            Ok(vec![])
+                        }
+                        ReservationOutcome::Committed => Err(ListingError::NoReservation),
+                    };
+                };
+                let quantity = Quantity(units);
+                Ok(vec![match c.outcome {
+                    ReservationOutcome::Released => ReservationReleased {
+                        listing_id: id,
+                        order_id: c.order_id,
+                        quantity,
+                        released_at: c.at,
+                    }
+                    .into(),
+                    ReservationOutcome::Committed => ReservationCommitted {
+                        listing_id: id,
+                        order_id: c.order_id,
+                        quantity,
+                        committed_at: c.at,
+                    }
+                    .into(),
+                }])
+            }
         }
     }
 
@@ -87,6 +217,29 @@ impl Aggregate for Listing {
                 self.status = ListingStatus::Published;
                 self.updated_at = Some(e.published_at);
             }
+            ListingEvent::PriceChanged(e) => {
+                self.price = Some(e.price.clone());
+                self.updated_at = Some(e.changed_at);
+            }
+            ListingEvent::Restocked(e) => {
+                self.stock = self.stock.saturating_add(e.quantity.0);
+                self.updated_at = Some(e.restocked_at);
+            }
+            ListingEvent::Delisted(e) => {
+                self.status = ListingStatus::Delisted;
+                self.updated_at = Some(e.delisted_at);
+            }
+            ListingEvent::StockReserved(e) => {
+                self.reserved.insert(e.order_id, e.quantity.0);
+            }
+            ListingEvent::ReservationReleased(e) => {
+                self.reserved.remove(&e.order_id);
+            }
+            ListingEvent::ReservationCommitted(e) => {
+                self.reserved.remove(&e.order_id);
+                self.committed.insert(e.order_id);
+                self.sold = self.sold.saturating_add(e.quantity.0);
+            }
         }
         self
     }
@@ -100,8 +253,8 @@ mod tests {
     use super::*;
     use crate::aggregate::given;
     use crate::values::{
-        AccountId, Actor, Category, ContentHash, Currency, Description, ListingId, Money, Tags,
-        Title,
+        AccountId, Actor, Category, ContentHash, Currency, Description, ListingId, Money, OrderId,
+        Tags, Title,
     };
 
     fn seller() -> Actor {
@@ -275,10 +428,8 @@ mod tests {
         use crate::event::{DomainEvent, EventSet};
         assert_eq!(ListingCreated::NAME, "listing.created");
         assert_eq!(ListingPublished::NAME, "listing.published");
-        assert_eq!(
-            ListingEvent::TYPES,
-            &["listing.created", "listing.published"]
-        );
+        assert_eq!(ListingEvent::TYPES.len(), 8);
+        assert_eq!(StockReserved::NAME, "listing.stock_reserved");
     }
 
     #[test]
@@ -288,5 +439,230 @@ mod tests {
         let back = ListingEvent::from_data(e.event_type(), e.to_data().expect("encode"));
         assert_eq!(back, Ok(e));
         assert!(ListingEvent::from_data("listing.exploded", serde_json::json!({})).is_err());
+    }
+
+    fn buyer() -> AccountId {
+        AccountId(Uuid::from_u128(8))
+    }
+
+    const ORDER: OrderId = OrderId(Uuid::from_u128(900));
+
+    fn change(actor: Actor, change: Change) -> ListingCommand {
+        ListingCommand::Change(SellerChange {
+            actor,
+            change,
+            at: at(),
+        })
+    }
+
+    fn reserve(order: OrderId, buyer_id: AccountId, quantity: u32) -> ListingCommand {
+        ListingCommand::Reserve(ReserveStock {
+            order_id: order,
+            buyer_id,
+            quantity: Quantity(quantity),
+            at: at(),
+        })
+    }
+
+    fn reserved(order: OrderId, quantity: u32) -> ListingEvent {
+        StockReserved {
+            listing_id: ListingId(Uuid::from_u128(42)),
+            order_id: order,
+            quantity: Quantity(quantity),
+            reserved_at: at(),
+        }
+        .into()
+    }
+
+    fn end(order: OrderId, outcome: ReservationOutcome) -> ListingCommand {
+        ListingCommand::EndReservation(EndReservation {
+            order_id: order,
+            outcome,
+            at: at(),
+        })
+    }
+
+    fn on_sale(stock: u32) -> Vec<ListingEvent> {
+        vec![created(ListingKind::Physical, stock, None), published()]
+    }
+
+    fn stranger() -> Actor {
+        Actor {
+            account_id: buyer(),
+            roles: vec![Role::Seller],
+        }
+    }
+
+    #[test]
+    fn only_the_owner_changes_price_stock_or_status() {
+        for c in [
+            Change::Price(eur(100)),
+            Change::Restock(Quantity(1)),
+            Change::Delist,
+        ] {
+            given::<Listing>(on_sale(1))
+                .when(change(stranger(), c))
+                .then_error(ListingError::NotOwner);
+        }
+    }
+
+    #[test]
+    fn changes_the_price_in_the_same_currency_only() {
+        let state = given::<Listing>(on_sale(1))
+            .when(change(seller(), Change::Price(eur(3999))))
+            .then_events([ListingPriceChanged {
+                listing_id: ListingId(Uuid::from_u128(42)),
+                price: eur(3999),
+                changed_at: at(),
+            }
+            .into()]);
+        assert_eq!(state.price, Some(eur(3999)));
+        given::<Listing>(on_sale(1))
+            .when(change(seller(), Change::Price(eur(0))))
+            .then_error(ListingError::NonPositivePrice);
+        let usd = Money {
+            minor: 100,
+            currency: Currency::parse("USD").expect("valid"),
+        };
+        given::<Listing>(on_sale(1))
+            .when(change(seller(), Change::Price(usd)))
+            .then_error(ListingError::CurrencyChange);
+    }
+
+    #[test]
+    fn restocks_physical_listings_by_positive_amounts() {
+        let state = given::<Listing>(on_sale(2))
+            .when(change(seller(), Change::Restock(Quantity(5))))
+            .then_events([ListingRestocked {
+                listing_id: ListingId(Uuid::from_u128(42)),
+                quantity: Quantity(5),
+                restocked_at: at(),
+            }
+            .into()]);
+        assert_eq!(state.available(), 7);
+        given::<Listing>(on_sale(2))
+            .when(change(seller(), Change::Restock(Quantity(0))))
+            .then_error(ListingError::NonPositiveQuantity);
+        given::<Listing>(on_sale(2))
+            .when(change(seller(), Change::Restock(Quantity(Quantity::MAX))))
+            .then_error(ListingError::TooMuchStock);
+        let hash = ContentHash::parse(&"ab".repeat(32)).expect("valid");
+        given::<Listing>([created(ListingKind::Digital, 0, Some(hash))])
+            .when(change(seller(), Change::Restock(Quantity(1))))
+            .then_error(ListingError::DigitalHasNoStock);
+    }
+
+    #[test]
+    fn delists_only_a_published_listing() {
+        let state = given::<Listing>(on_sale(1))
+            .when(change(seller(), Change::Delist))
+            .then_events([ListingDelisted {
+                listing_id: ListingId(Uuid::from_u128(42)),
+                delisted_at: at(),
+            }
+            .into()]);
+        assert_eq!(state.status, ListingStatus::Delisted);
+        given::<Listing>([created(ListingKind::Physical, 1, None)])
+            .when(change(seller(), Change::Delist))
+            .then_error(ListingError::NotPublished);
+    }
+
+    #[test]
+    fn reserves_available_stock_for_an_order() {
+        let state = given::<Listing>(on_sale(3))
+            .when(reserve(ORDER, buyer(), 2))
+            .then_events([reserved(ORDER, 2)]);
+        assert_eq!(state.available(), 1);
+    }
+
+    #[test]
+    fn never_reserves_more_than_is_available() {
+        let mut history = on_sale(3);
+        history.push(reserved(OrderId(Uuid::from_u128(1)), 2));
+        given::<Listing>(history)
+            .when(reserve(ORDER, buyer(), 2))
+            .then_error(ListingError::OutOfStock {
+                available: 1,
+                requested: 2,
+            });
+    }
+
+    #[test]
+    fn reserving_twice_for_one_order_is_a_no_op() {
+        let mut history = on_sale(3);
+        history.push(reserved(ORDER, 2));
+        given::<Listing>(history)
+            .when(reserve(ORDER, buyer(), 2))
+            .then_events([]);
+    }
+
+    #[test]
+    fn only_published_listings_can_be_bought_and_not_by_their_seller() {
+        given::<Listing>([created(ListingKind::Physical, 3, None)])
+            .when(reserve(ORDER, buyer(), 1))
+            .then_error(ListingError::NotAvailable);
+        given::<Listing>(on_sale(3))
+            .when(reserve(ORDER, seller().account_id, 1))
+            .then_error(ListingError::OwnListing);
+        given::<Listing>([])
+            .when(reserve(ORDER, buyer(), 1))
+            .then_error(ListingError::NotFound);
+    }
+
+    #[test]
+    fn digital_listings_are_unlimited() {
+        let hash = ContentHash::parse(&"ab".repeat(32)).expect("valid");
+        let state = given::<Listing>([created(ListingKind::Digital, 0, Some(hash)), published()])
+            .when(reserve(ORDER, buyer(), 1_000))
+            .then_events([]);
+        assert_eq!(state.available(), u32::MAX);
+    }
+
+    #[test]
+    fn releases_a_reservation_back_to_stock_once() {
+        let mut history = on_sale(3);
+        history.push(reserved(ORDER, 2));
+        let released: ListingEvent = ReservationReleased {
+            listing_id: ListingId(Uuid::from_u128(42)),
+            order_id: ORDER,
+            quantity: Quantity(2),
+            released_at: at(),
+        }
+        .into();
+        let state = given::<Listing>(history.clone())
+            .when(end(ORDER, ReservationOutcome::Released))
+            .then_events([released.clone()]);
+        assert_eq!(state.available(), 3);
+        history.push(released);
+        given::<Listing>(history)
+            .when(end(ORDER, ReservationOutcome::Released))
+            .then_events([]);
+    }
+
+    #[test]
+    fn commits_a_reservation_as_sold_once() {
+        let mut history = on_sale(3);
+        history.push(reserved(ORDER, 2));
+        let committed: ListingEvent = ReservationCommitted {
+            listing_id: ListingId(Uuid::from_u128(42)),
+            order_id: ORDER,
+            quantity: Quantity(2),
+            committed_at: at(),
+        }
+        .into();
+        let state = given::<Listing>(history.clone())
+            .when(end(ORDER, ReservationOutcome::Committed))
+            .then_events([committed.clone()]);
+        assert_eq!(
+            (state.sold, state.reserved_total(), state.available()),
+            (2, 0, 1)
+        );
+        history.push(committed);
+        given::<Listing>(history)
+            .when(end(ORDER, ReservationOutcome::Committed))
+            .then_events([]);
+        given::<Listing>(on_sale(3))
+            .when(end(ORDER, ReservationOutcome::Committed))
+            .then_error(ListingError::NoReservation);
     }
 }

@@ -1,10 +1,12 @@
 //! State of the listing aggregate.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::event::ListingKind;
-use crate::values::{AccountId, ListingId, Money};
+use crate::values::{AccountId, ListingId, Money, OrderId};
 
 /// Where a listing is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,10 +34,34 @@ pub struct Listing {
     pub kind: Option<ListingKind>,
     /// Unit price.
     pub price: Option<Money>,
-    /// Units in stock (physical).
+    /// Units ever stocked (initial plus restocks; physical).
     pub stock: u32,
+    /// Units reserved per pending or confirmed order.
+    pub reserved: BTreeMap<OrderId, u32>,
+    /// Units sold.
+    pub sold: u32,
+    /// Orders whose reservation was committed as sold.
+    pub committed: BTreeSet<OrderId>,
     /// Status.
     pub status: ListingStatus,
     /// Last change.
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Listing {
+    /// Units reserved across all orders.
+    pub fn reserved_total(&self) -> u32 {
+        self.reserved.values().sum()
+    }
+
+    /// Units that can still be bought: stock − reserved − sold, never
+    /// negative. Digital listings are unlimited (`u32::MAX`).
+    pub fn available(&self) -> u32 {
+        if self.kind == Some(ListingKind::Digital) {
+            return u32::MAX;
+        }
+        self.stock
+            .saturating_sub(self.reserved_total())
+            .saturating_sub(self.sold)
+    }
 }

@@ -55,6 +55,7 @@ impl Projection for AccountsProjection {
                         );
                         created.push(r.registered_at);
                     }
+                    _ => {}
                 },
                 // Categories this read model does not show.
                 "email" | "listing" => {}

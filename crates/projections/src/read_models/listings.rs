@@ -101,6 +101,7 @@ impl Projection for ListingsProjection {
                             status_updates.insert(p.listing_id.0, ("PUBLISHED", p.published_at));
                         }
                     },
+                    _ => {}
                 },
                 // Categories this read model does not show.
                 "account" | "email" => {}

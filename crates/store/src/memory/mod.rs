@@ -1,10 +1,12 @@
 //! The in-memory backend, for unit tests of the crates above the store.
 //!
 //! It keeps the same guarantees as the Postgres backend (atomic appends,
-//! typed conflicts, idempotent retries, commit-ordered positions, live
-//! subscriptions) and passes the same conformance suite. Writers are
-//! serialised by one async mutex, which is also what keeps positions in
-//! commit order, exactly like the Postgres backend's appender lock.
+//! typed conflicts, idempotent retries, idempotency keys recorded atomically
+//! with their append, commit-ordered positions, live subscriptions) and
+//! passes the same conformance suite. Writers are serialised by one async
+//! mutex, which is also what keeps positions in commit order, exactly like
+//! the Postgres backend's appender lock; an idempotency key is checked and
+//! recorded under that same mutex, in the same log update as the events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,7 +18,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{
-    chain_hash, AppendOutcome, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+    chain_hash, AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
+    Position, RecordedEvent, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::catch_up_then_live;
@@ -26,6 +29,7 @@ struct Log {
     events: Vec<RecordedEvent>,
     streams: HashMap<StreamId, Vec<usize>>,
     by_event_id: HashMap<Uuid, usize>,
+    idempotency: HashMap<String, IdempotencyRecord>,
 }
 
 struct Inner {
@@ -164,6 +168,10 @@ impl InMemoryEventStore {
         self.inner.log.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn write_log(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
+        self.inner.log.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends like [`EventStore::append`], but after taking its positions it
     /// signals `at_gate` and waits for `release` before committing. Test
     /// support for the delayed-commit conformance test.
@@ -175,7 +183,7 @@ impl InMemoryEventStore {
         at_gate: oneshot::Sender<()>,
         release: oneshot::Receiver<()>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.append_inner(stream, expected, events, Some((at_gate, release)))
+        self.append_inner(stream, expected, events, None, Some((at_gate, release)))
             .await
     }
 
@@ -184,11 +192,18 @@ impl InMemoryEventStore {
         stream: &StreamId,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
+        key: Option<IdempotencyKey>,
         gate: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
     ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
         let _writer = self.inner.writer.lock().await;
         let plan = {
             let log = self.read_log();
+            if let Some(record) = key.as_ref().and_then(|k| log.idempotency.get(&k.key)) {
+                return Err(StoreError::IdempotencyKeyUsed(Box::new(record.clone())));
+            }
             let current = log
                 .streams
                 .get(stream)
@@ -211,8 +226,25 @@ impl InMemoryEventStore {
                 Position(next)
             })?
         };
+        let record = |outcome: AppendOutcome| {
+            key.map(|k| IdempotencyRecord {
+                key: k.key,
+                request_hash: k.request_hash,
+                stream_id: stream.clone(),
+                revision: outcome.revision,
+                position: outcome.position,
+                recorded_at: Utc::now(),
+            })
+        };
         let rows = match plan {
-            Plan::AlreadyStored(outcome) => return Ok(outcome),
+            Plan::AlreadyStored(outcome) => {
+                if let Some(record) = record(outcome) {
+                    self.write_log()
+                        .idempotency
+                        .insert(record.key.clone(), record);
+                }
+                return Ok(outcome);
+            }
             Plan::Write(rows) => rows,
         };
         if let Some((at_gate, release)) = gate {
@@ -226,8 +258,12 @@ impl InMemoryEventStore {
             },
             None => return Err(StoreError::EmptyAppend),
         };
+        let record = record(outcome);
         {
-            let mut log = self.inner.log.write().unwrap_or_else(|p| p.into_inner());
+            let mut log = self.write_log();
+            if let Some(record) = record {
+                log.idempotency.insert(record.key.clone(), record);
+            }
             for row in rows {
                 let i = log.events.len();
                 log.streams
@@ -251,7 +287,23 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.append_inner(stream, expected, events, None).await
+        self.append_inner(stream, expected, events, None, None)
+            .await
+    }
+
+    async fn append_idempotent(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_inner(stream, expected, events, Some(key), None)
+            .await
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self.read_log().idempotency.get(key).cloned())
     }
 
     async fn read_stream(

@@ -3,9 +3,13 @@
 //! One task per process owns the write path. It takes the first queued
 //! request, drains whatever else is already waiting (up to the limits), and
 //! writes the lot in one transaction under the global append lock. Each
-//! request is planned on its own — expected revision, idempotent retry,
-//! hash chain — against the stored state plus the requests planned before it
-//! in the same batch, so a conflict refuses only its own request.
+//! request is planned on its own — idempotency key, expected revision,
+//! idempotent retry, hash chain — against the stored state plus the requests
+//! planned before it in the same batch, so a conflict refuses only its own
+//! request. The idempotency keys of the requests that succeed are inserted in
+//! the same transaction as the events: a key is recorded exactly when its
+//! append commits, and a second request with a key claimed earlier in the same
+//! batch is refused with the first one's record.
 
 use std::collections::HashMap;
 
@@ -15,7 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::event::{AppendOutcome, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId};
+use crate::event::{
+    AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
+    RecordedEvent, StreamId,
+};
 use crate::memory::{plan_append, Plan};
 
 /// The key of the transaction-scoped advisory lock every append takes
@@ -45,6 +52,8 @@ pub(crate) struct Batched {
     pub stream: StreamId,
     pub expected: ExpectedRevision,
     pub events: Vec<NewEvent>,
+    /// The idempotency key to record with the append's outcome, if any.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// One append waiting for the appender, with where to send its outcome.
@@ -177,9 +186,36 @@ pub(crate) async fn write_batch(
         .await?;
     let mut next = head.map_or(0, |h| u64::try_from(h).unwrap_or(0));
 
+    // Keys recorded before this batch, then also those claimed by the
+    // requests planned earlier in it.
+    let keys: Vec<&str> = work
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
+        .collect();
+    let mut claimed: HashMap<String, IdempotencyRecord> = HashMap::new();
+    if !keys.is_empty() {
+        let sql = format!("{} WHERE key = ANY($1)", super::SELECT_IDEMPOTENCY);
+        for row in sqlx::query(&sql).bind(&keys).fetch_all(&mut *conn).await? {
+            let record = super::decode_idempotency_row(&row)?;
+            claimed.insert(record.key.clone(), record);
+        }
+    }
+    // Postgres keeps microseconds: truncate so a record handed out from this
+    // batch equals the one read back later.
+    let now = Utc::now();
+    let recorded_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+
     let mut results = Vec::with_capacity(work.len());
     let mut rows: Vec<RecordedEvent> = Vec::new();
+    let mut new_keys: Vec<IdempotencyRecord> = Vec::new();
     for w in work {
+        let key = w.idempotency;
+        if let Some(record) = key.as_ref().and_then(|k| claimed.get(&k.key)) {
+            results.push(Err(StoreError::IdempotencyKeyUsed(Box::new(
+                record.clone(),
+            ))));
+            continue;
+        }
         let mine: Vec<_> = w
             .events
             .iter()
@@ -200,30 +236,50 @@ pub(crate) async fn write_batch(
                 Position(next)
             },
         );
-        match plan {
-            Ok(Plan::AlreadyStored(outcome)) => results.push(Ok(outcome)),
+        let outcome = match plan {
+            Ok(Plan::AlreadyStored(outcome)) => outcome,
             Ok(Plan::Write(new_rows)) => {
                 let Some(last) = new_rows.last() else {
                     results.push(Err(StoreError::EmptyAppend));
                     continue;
                 };
+                let outcome = AppendOutcome {
+                    revision: last.revision,
+                    position: last.position,
+                };
                 current.insert(
                     w.stream.clone(),
                     (last.revision, last.metadata.hash.clone()),
                 );
-                results.push(Ok(AppendOutcome {
-                    revision: last.revision,
-                    position: last.position,
-                }));
                 for r in &new_rows {
                     existing.insert(r.event_id, (r.stream_id.clone(), r.revision, r.position));
                 }
                 rows.extend(new_rows);
+                outcome
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        if let Some(key) = key {
+            let record = IdempotencyRecord {
+                key: key.key,
+                request_hash: key.request_hash,
+                stream_id: w.stream,
+                revision: outcome.revision,
+                position: outcome.position,
+                recorded_at,
+            };
+            claimed.insert(record.key.clone(), record.clone());
+            new_keys.push(record);
         }
+        results.push(Ok(outcome));
     }
 
+    if !new_keys.is_empty() {
+        insert_keys(conn, new_keys).await?;
+    }
     if let Some(last) = rows.last().map(|r| r.position) {
         insert_rows(conn, rows).await?;
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -233,6 +289,42 @@ pub(crate) async fn write_batch(
             .await?;
     }
     Ok(results)
+}
+
+async fn insert_keys(
+    conn: &mut PgConnection,
+    records: Vec<IdempotencyRecord>,
+) -> Result<(), StoreError> {
+    let n = records.len();
+    let mut key = Vec::with_capacity(n);
+    let mut request_hash = Vec::with_capacity(n);
+    let mut stream_id = Vec::with_capacity(n);
+    let mut revision = Vec::with_capacity(n);
+    let mut position = Vec::with_capacity(n);
+    let mut recorded_at: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    for r in records {
+        key.push(r.key);
+        request_hash.push(r.request_hash);
+        stream_id.push(String::from(r.stream_id));
+        revision.push(i64::try_from(r.revision).unwrap_or(i64::MAX));
+        position.push(i64::try_from(r.position.0).unwrap_or(i64::MAX));
+        recorded_at.push(r.recorded_at);
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, stream_id, revision, position, \
+                                       recorded_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                              $6::timestamptz[])",
+    )
+    .bind(key)
+    .bind(request_hash)
+    .bind(stream_id)
+    .bind(revision)
+    .bind(position)
+    .bind(recorded_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Result<(), StoreError> {
@@ -277,4 +369,80 @@ async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Resul
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::EventMetadata;
+    use crate::testdb::TestDatabase;
+
+    fn batched(stream: &StreamId, key: &IdempotencyKey) -> Batched {
+        Batched {
+            stream: stream.clone(),
+            expected: ExpectedRevision::Any,
+            events: vec![NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "test.happened".into(),
+                schema_version: 1,
+                data: json!({}),
+                metadata: EventMetadata::default(),
+            }],
+            idempotency: Some(key.clone()),
+        }
+    }
+
+    /// Two requests with one key in the same group commit: the first appends
+    /// and records the key, the second is refused with the first's record.
+    #[tokio::test]
+    async fn a_key_claimed_earlier_in_the_same_batch_is_used() {
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        super::super::migrate(&pool).await.expect("migrate");
+        let s = StreamId::new("order", Uuid::now_v7()).expect("stream");
+        let key = IdempotencyKey {
+            key: "account:key".into(),
+            request_hash: "h1".into(),
+        };
+        let second_key = IdempotencyKey {
+            request_hash: "h2".into(),
+            ..key.clone()
+        };
+        let mut tx = pool.begin().await.expect("begin");
+        let results = write_batch(&mut tx, vec![batched(&s, &key), batched(&s, &second_key)])
+            .await
+            .expect("batch");
+        tx.commit().await.expect("commit");
+
+        let [first, second]: [_; 2] = results.try_into().expect("two results");
+        let first = first.expect("the first appends");
+        let record = match second {
+            Err(StoreError::IdempotencyKeyUsed(record)) => *record,
+            other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
+        };
+        assert_eq!(record.outcome(), first);
+        assert_eq!(record.request_hash, "h1");
+        assert_eq!(record.stream_id, s);
+
+        let stored = sqlx::query(&format!(
+            "{} WHERE key = $1",
+            super::super::SELECT_IDEMPOTENCY
+        ))
+        .bind(&key.key)
+        .fetch_one(&pool)
+        .await
+        .expect("stored key");
+        assert_eq!(
+            super::super::decode_idempotency_row(&stored).expect("decode"),
+            record,
+            "the record handed out in the batch is the one stored"
+        );
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(events, 1);
+    }
 }

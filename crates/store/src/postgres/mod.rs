@@ -15,6 +15,12 @@
 //!   that takes every request queued while the previous transaction was
 //!   committing and writes them in one transaction (one lock, one fsync),
 //!   while each request still gets its own optimistic-concurrency outcome.
+//! - **Idempotency keys** live in the `idempotency_keys` table (primary key
+//!   `key`). The appender checks a request's key under the append lock and
+//!   inserts it, with the append's outcome, in the same transaction as the
+//!   events; keys claimed earlier in the same group commit count as recorded.
+//!   So a key is recorded if and only if its append committed, across
+//!   retries, crashes, concurrent duplicates and processes.
 //! - **Live delivery** through `LISTEN/NOTIFY` on channel
 //!   `marketplace_events`; appends in this process also wake local
 //!   subscribers directly.
@@ -31,7 +37,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::StoreError;
 use crate::event::{
-    AppendOutcome, EventMetadata, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+    AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
+    Position, RecordedEvent, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::{catch_up_then_live, PAGE};
@@ -130,6 +137,7 @@ impl PostgresEventStore {
                 stream: stream.clone(),
                 expected,
                 events,
+                idempotency: None,
             }],
         )
         .await?;
@@ -142,6 +150,21 @@ impl PostgresEventStore {
                 .send_modify(|p| *p = (*p).max(outcome.position));
         }
         result
+    }
+
+    /// Hands one append to the appender task and waits for its outcome.
+    async fn submit(&self, batched: appender::Batched) -> Result<AppendOutcome, StoreError> {
+        if batched.events.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.appender
+            .send(appender::Request { batched, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the appender has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Unavailable("the appender dropped the request".into()))?
     }
 }
 
@@ -189,6 +212,26 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+const SELECT_IDEMPOTENCY: &str =
+    "SELECT key, request_hash, stream_id, revision, position, recorded_at FROM idempotency_keys";
+
+fn decode_idempotency_row(row: &PgRow) -> Result<IdempotencyRecord, StoreError> {
+    let key: String = row.try_get("key")?;
+    let stream: String = row.try_get("stream_id")?;
+    let revision: i64 = row.try_get("revision")?;
+    let position: i64 = row.try_get("position")?;
+    let decode =
+        |e: &dyn std::fmt::Display| StoreError::Decode(format!("idempotency key {key:?}: {e}"));
+    Ok(IdempotencyRecord {
+        request_hash: row.try_get("request_hash")?,
+        stream_id: StreamId::parse(&stream).map_err(|e| decode(&e))?,
+        revision: u64::try_from(revision).map_err(|e| decode(&e))?,
+        position: Position(u64::try_from(position).map_err(|e| decode(&e))?),
+        recorded_at: row.try_get("recorded_at")?,
+        key,
+    })
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -216,24 +259,38 @@ impl EventStore for PostgresEventStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::EmptyAppend);
-        }
-        let (reply, outcome) = oneshot::channel();
-        self.appender
-            .send(appender::Request {
-                batched: appender::Batched {
-                    stream: stream.clone(),
-                    expected,
-                    events,
-                },
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("the appender has stopped".into()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Unavailable("the appender dropped the request".into()))?
+        self.submit(appender::Batched {
+            stream: stream.clone(),
+            expected,
+            events,
+            idempotency: None,
+        })
+        .await
+    }
+
+    async fn append_idempotent(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.submit(appender::Batched {
+            stream: stream.clone(),
+            expected,
+            events,
+            idempotency: Some(key),
+        })
+        .await
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let sql = format!("{SELECT_IDEMPOTENCY} WHERE key = $1");
+        let row = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_idempotency_row).transpose()
     }
 
     async fn read_stream(

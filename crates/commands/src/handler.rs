@@ -6,7 +6,8 @@ use std::time::Duration;
 use marketplace_domain::Aggregate;
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
-    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StoreError, StreamId,
+    EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
+    Position, RecordedEvent, StoreError, StreamId,
 };
 use rand::Rng;
 use uuid::Uuid;
@@ -22,6 +23,10 @@ pub struct CommandContext {
     pub actor: Option<String>,
     /// The client's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// Makes event ids deterministic: the same decision from the same
+    /// stream revision gets the same ids, so a process manager that repeats
+    /// a step after a crash is deduplicated by the store. Unset: fresh ids.
+    pub event_id_seed: Option<Uuid>,
 }
 
 impl CommandContext {
@@ -33,6 +38,43 @@ impl CommandContext {
             ..Self::default()
         }
     }
+
+    /// A context for a step a process manager takes because of `trigger`:
+    /// same correlation, caused by the trigger, with event ids derived from
+    /// the trigger and `step`.
+    pub fn caused_by(trigger: &RecordedEvent, actor: &str, step: &str) -> Self {
+        Self {
+            correlation_id: trigger.metadata.correlation_id.unwrap_or(trigger.event_id),
+            causation_id: Some(trigger.event_id),
+            actor: Some(actor.to_owned()),
+            idempotency_key: None,
+            event_id_seed: Some(Uuid::new_v5(&trigger.event_id, step.as_bytes())),
+        }
+    }
+
+    fn event_id(&self, stream: &StreamId, expected: ExpectedRevision, index: usize) -> Uuid {
+        match self.event_id_seed {
+            Some(seed) => {
+                let at = match expected {
+                    ExpectedRevision::Exact(r) => r.to_string(),
+                    ExpectedRevision::NoStream => "new".to_owned(),
+                    ExpectedRevision::Any => "any".to_owned(),
+                };
+                Uuid::new_v5(&seed, format!("{stream}@{at}#{index}").as_bytes())
+            }
+            None => Uuid::now_v7(),
+        }
+    }
+}
+
+/// The outcome of [`CommandHandler::execute_idempotent`].
+#[derive(Debug, Clone)]
+pub enum Idempotent<T> {
+    /// First use of the key: the command ran.
+    Fresh(T),
+    /// The key was used before with the same input: nothing ran; this is
+    /// what the first use appended.
+    Replayed(IdempotencyRecord),
 }
 
 /// How conflicts are retried.
@@ -91,6 +133,9 @@ pub enum CommandError<E> {
     /// A stored event could not be decoded (data or version problem).
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The idempotency key was used before with different input.
+    #[error("idempotency key reused with different input")]
+    IdempotencyKeyReused,
 }
 
 /// Why an aggregate could not be loaded.
@@ -209,45 +254,109 @@ impl CommandHandler {
         ctx: &CommandContext,
         command: &A::Command,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
+        match self.run::<A>(id, ctx, command, None).await? {
+            Idempotent::Fresh(done) => Ok(done),
+            // Unreachable without a key; kept total rather than panicking.
+            Idempotent::Replayed(_) => Err(CommandError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Like [`execute`](Self::execute), but once per idempotency key: the
+    /// key is recorded with the append, in the same transaction. The same
+    /// key with the same `request_hash` returns what the first use
+    /// appended and appends nothing; with another hash it fails with
+    /// [`CommandError::IdempotencyKeyReused`]. Holds for concurrent
+    /// duplicates: the losers see the winner's record.
+    pub async fn execute_idempotent<A: Aggregate>(
+        &self,
+        id: Uuid,
+        ctx: &CommandContext,
+        command: &A::Command,
+        key: IdempotencyKey,
+    ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
+        self.run::<A>(id, ctx, command, Some(key)).await
+    }
+
+    /// The first record of `key`, if it was used.
+    pub async fn idempotency_record(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.store.idempotency_record(&key.key).await
+    }
+
+    async fn run<A: Aggregate>(
+        &self,
+        id: Uuid,
+        ctx: &CommandContext,
+        command: &A::Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
+        let replay = |record: IdempotencyRecord, key: &IdempotencyKey| {
+            if record.request_hash == key.request_hash {
+                Ok(Idempotent::Replayed(record))
+            } else {
+                Err(CommandError::IdempotencyKeyReused)
+            }
+        };
         for attempt in 1..=self.retry.max_attempts {
+            // Checked on every attempt: a concurrent duplicate that won the
+            // race has recorded its key by the time we see the conflict.
+            if let Some(key) = &key {
+                if let Some(record) = self
+                    .store
+                    .idempotency_record(&key.key)
+                    .await
+                    .map_err(CommandError::Store)?
+                {
+                    return replay(record, key);
+                }
+            }
             let loaded = self.load::<A>(id).await?;
             let events = loaded
                 .state
                 .decide(command)
                 .map_err(CommandError::Rejected)?;
             if events.is_empty() {
-                return Ok(Executed {
+                return Ok(Idempotent::Fresh(Executed {
                     state: loaded.state,
                     appended: 0,
                     position: loaded.position,
-                });
+                }));
             }
-            let new_events = events
-                .iter()
-                .map(|e| to_new_event(e, ctx))
-                .collect::<Result<Vec<_>, CodecError>>()?;
             let expected = loaded
                 .revision
                 .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            let new_events = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| to_new_event(e, ctx, ctx.event_id(&stream, expected, i)))
+                .collect::<Result<Vec<_>, CodecError>>()?;
             match self
-                .append_retrying_transient(&stream, expected, new_events)
+                .append_retrying_transient(&stream, expected, new_events, key.as_ref())
                 .await
             {
                 Ok(outcome) => {
                     let appended = events.len();
                     let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
-                    return Ok(Executed {
+                    return Ok(Idempotent::Fresh(Executed {
                         state,
                         appended,
                         position: outcome.position,
-                    });
+                    }));
                 }
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict; reloading");
                     if attempt < self.retry.max_attempts {
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
+                }
+                Err(StoreError::IdempotencyKeyUsed(record)) => {
+                    if let Some(key) = &key {
+                        return replay(*record, key);
+                    }
+                    return Err(CommandError::Store(StoreError::IdempotencyKeyUsed(record)));
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
@@ -265,11 +374,20 @@ impl CommandHandler {
         stream: &StreamId,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<marketplace_store::AppendOutcome, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.store.append(stream, expected, events.clone()).await {
+            let result = match key {
+                Some(key) => {
+                    self.store
+                        .append_idempotent(stream, expected, events.clone(), key.clone())
+                        .await
+                }
+                None => self.store.append(stream, expected, events.clone()).await,
+            };
+            match result {
                 Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
                     tracing::warn!(%stream, error = %e, "transient append failure; retrying");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -283,10 +401,11 @@ impl CommandHandler {
 fn to_new_event<E: marketplace_domain::EventSet>(
     event: &E,
     ctx: &CommandContext,
+    event_id: Uuid,
 ) -> Result<NewEvent, CodecError> {
     let encoded = encode(event)?;
     Ok(NewEvent {
-        event_id: Uuid::now_v7(),
+        event_id,
         event_type: encoded.event_type.to_owned(),
         schema_version: encoded.schema_version,
         data: encoded.data,

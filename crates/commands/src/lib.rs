@@ -9,13 +9,20 @@
 //! - [`handler`]: [`CommandHandler::execute`], the one generic path every
 //!   command takes, with [`CommandContext`] (correlation, causation, actor)
 //!   and the [`CommandError`] taxonomy.
+//!   [`CommandHandler::execute_idempotent`] runs a command once per client
+//!   idempotency key (recorded by the store in the append's transaction).
 //! - [`flows`]: one file per multi-step use case — registering an account
 //!   (claim the email, then open the account) and finding an account to log
 //!   in.
+//! - [`process`]: process managers (sagas) with their own checkpoints: the
+//!   checkout saga and the payout process, and the runner that feeds them
+//!   the log.
 
 pub mod flows;
 pub mod handler;
+pub mod process;
 
 pub use handler::{
-    CommandContext, CommandError, CommandHandler, Executed, LoadError, Loaded, RetryPolicy,
+    CommandContext, CommandError, CommandHandler, Executed, Idempotent, LoadError, Loaded,
+    RetryPolicy,
 };

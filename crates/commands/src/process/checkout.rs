@@ -1,0 +1,197 @@
+//! The checkout saga: `order.placed` → reserve stock for every line, hold
+//! the buyer's funds, confirm; on any refusal release what was reserved and
+//! reject the order with the reason.
+//!
+//! Every step is idempotent: reserving or holding again for the same order
+//! is a no-op, releasing what is not reserved is a no-op, and the verdict is
+//! recorded once. So after a crash at any point, handling the same
+//! `order.placed` again finishes the job without doing anything twice, and
+//! a rejected order never leaves stock reserved.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use marketplace_domain::account::{Account, AccountCommand, AccountError, HoldFunds};
+use marketplace_domain::listing::{
+    EndReservation, Listing, ListingCommand, ListingError, ReservationOutcome, ReserveStock,
+};
+use marketplace_domain::order::{
+    CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderEvent, OrderPlaced, OrderStatus,
+};
+use marketplace_domain::values::{FeeRate, Quantity, Reason};
+use marketplace_domain::DomainEvent;
+use marketplace_store::RecordedEvent;
+
+use super::{check_fault, FaultHook, ProcessError, ProcessManager};
+use crate::handler::{CommandContext, CommandError, CommandHandler};
+
+/// Name of the saga (its checkpoint key and the actor of its commands).
+pub const NAME: &str = "checkout";
+
+/// The checkout saga.
+pub struct CheckoutSaga {
+    handler: CommandHandler,
+    fee: FeeRate,
+    fault: Option<FaultHook>,
+}
+
+impl std::fmt::Debug for CheckoutSaga {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckoutSaga")
+            .field("fee", &self.fee)
+            .finish()
+    }
+}
+
+impl CheckoutSaga {
+    /// A saga issuing commands through `handler`; digital-only orders are
+    /// delivered on confirmation with `fee`.
+    pub fn new(handler: CommandHandler, fee: FeeRate) -> Self {
+        Self {
+            handler,
+            fee,
+            fault: None,
+        }
+    }
+
+    /// Adds a fault hook (tests of crash recovery).
+    pub fn with_fault(mut self, fault: FaultHook) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    async fn checkout(
+        &self,
+        trigger: &RecordedEvent,
+        placed: &OrderPlaced,
+    ) -> Result<(), ProcessError> {
+        let order_id = placed.order_id;
+        let order = self.handler.load::<Order>(order_id.0).await?;
+        if order.state.status != OrderStatus::Pending {
+            return Ok(()); // decided already: a repeated delivery of the event
+        }
+        let now = Utc::now();
+        let mut refusal: Option<Reason> = None;
+        for line in &placed.lines {
+            let ctx =
+                CommandContext::caused_by(trigger, NAME, &format!("reserve:{}", line.listing_id));
+            let reserve = ListingCommand::Reserve(ReserveStock {
+                order_id,
+                buyer_id: placed.buyer_id,
+                quantity: Quantity(line.quantity),
+                at: now,
+            });
+            match self
+                .handler
+                .execute::<Listing>(line.listing_id.0, &ctx, &reserve)
+                .await
+            {
+                Ok(_) => check_fault(&self.fault, "after-reserve")?,
+                Err(CommandError::Rejected(e)) => {
+                    refusal = Some(listing_reason(&e));
+                    break;
+                }
+                Err(e) => return Err(ProcessError::command(e)),
+            }
+        }
+        if refusal.is_none() {
+            let ctx = CommandContext::caused_by(trigger, NAME, "hold");
+            let hold = AccountCommand::Hold(HoldFunds {
+                order_id,
+                amount: placed.total.clone(),
+                at: now,
+            });
+            match self
+                .handler
+                .execute::<Account>(placed.buyer_id.0, &ctx, &hold)
+                .await
+            {
+                Ok(_) => check_fault(&self.fault, "after-hold")?,
+                Err(CommandError::Rejected(e)) => refusal = Some(account_reason(&e)),
+                Err(e) => return Err(ProcessError::command(e)),
+            }
+        }
+        let outcome = match refusal {
+            None => CheckoutOutcome::Confirmed { fee: self.fee },
+            Some(reason) => {
+                // Compensate: give back every reservation this order holds.
+                for line in &placed.lines {
+                    let ctx = CommandContext::caused_by(
+                        trigger,
+                        NAME,
+                        &format!("release:{}", line.listing_id),
+                    );
+                    let release = ListingCommand::EndReservation(EndReservation {
+                        order_id,
+                        outcome: ReservationOutcome::Released,
+                        at: now,
+                    });
+                    match self
+                        .handler
+                        .execute::<Listing>(line.listing_id.0, &ctx, &release)
+                        .await
+                    {
+                        Ok(_) | Err(CommandError::Rejected(ListingError::NotFound)) => {}
+                        Err(e) => return Err(ProcessError::command(e)),
+                    }
+                }
+                check_fault(&self.fault, "after-release")?;
+                CheckoutOutcome::Rejected(reason)
+            }
+        };
+        let ctx = CommandContext::caused_by(trigger, NAME, "verdict");
+        let verdict = OrderCommand::CompleteCheckout(CompleteCheckout { outcome, at: now });
+        match self
+            .handler
+            .execute::<Order>(order_id.0, &ctx, &verdict)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CommandError::Rejected(e)) => {
+                // Cannot happen while only this saga moves PENDING orders;
+                // logged rather than retried forever.
+                tracing::error!(order = %order_id, error = %e, "checkout verdict refused");
+                Ok(())
+            }
+            Err(e) => Err(ProcessError::command(e)),
+        }
+    }
+}
+
+fn listing_reason(e: &ListingError) -> Reason {
+    match e {
+        ListingError::OutOfStock { .. } => Reason::fixed("out of stock"),
+        ListingError::OwnListing => Reason::fixed("sellers cannot buy their own listings"),
+        _ => Reason::fixed("listing not available"),
+    }
+}
+
+fn account_reason(e: &AccountError) -> Reason {
+    match e {
+        AccountError::InsufficientFunds { .. } => Reason::fixed("insufficient funds"),
+        _ => Reason::fixed("payment failed"),
+    }
+}
+
+#[async_trait]
+impl ProcessManager for CheckoutSaga {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        event.event_type == OrderPlaced::NAME
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
+        let decoded: OrderEvent = marketplace_event_schemas::decode(
+            &event.event_type,
+            event.schema_version,
+            event.data.clone(),
+        )
+        .map_err(|e| ProcessError::Command(e.to_string()))?;
+        match decoded {
+            OrderEvent::Placed(placed) => self.checkout(event, &placed).await,
+            _ => Ok(()),
+        }
+    }
+}

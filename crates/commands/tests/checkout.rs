@@ -1,0 +1,304 @@
+//! The checkout saga and the payout process against a real Postgres: a
+//! flash sale with concurrent buyers, and crashes between saga steps.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::*;
+use marketplace_commands::process::payout::PayoutProcess;
+use marketplace_commands::process::ProcessError;
+use marketplace_domain::listing::{Listing, ListingSpec};
+use marketplace_domain::order::{Fulfil, Order, OrderCommand, OrderStatus, Step};
+use marketplace_domain::values::*;
+
+const STOCK: u32 = 20;
+const BUYERS: usize = 50;
+const PRICE: i64 = 12_999;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flash_sale_sells_exactly_the_stock_and_conserves_money_to_the_cent() {
+    let m = market().await;
+    let checkout = m.start_checkout(m.saga());
+    let payout = m.start_payout(PayoutProcess::new(m.handler.clone()));
+
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let listing = m
+        .listing(
+            &seller,
+            ListingSpec::Physical {
+                quantity: Quantity(STOCK),
+            },
+            PRICE,
+        )
+        .await;
+    let mut buyers = Vec::new();
+    for _ in 0..BUYERS {
+        buyers.push(m.account(vec![Role::Buyer], 50_000).await);
+    }
+    let deposits = 50_000 * BUYERS as i64;
+
+    // 50 buyers, each on their own task, all at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(BUYERS));
+    let tasks: Vec<_> = buyers
+        .iter()
+        .cloned()
+        .map(|buyer| {
+            let handler = m.handler.clone();
+            let barrier = barrier.clone();
+            let m2 = common::Market {
+                pool: m.pool.clone(),
+                store: m.store.clone(),
+                handler,
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                m2.place(&buyer, listing, 1).await
+            })
+        })
+        .collect();
+    let mut orders = Vec::new();
+    for t in tasks {
+        orders.push(t.await.expect("buyer task"));
+    }
+
+    let settled_orders = m.wait_orders(&orders, settled).await;
+    let confirmed: Vec<&Order> = settled_orders
+        .iter()
+        .filter(|o| o.status == OrderStatus::Confirmed)
+        .collect();
+    let rejected: Vec<&Order> = settled_orders
+        .iter()
+        .filter(|o| o.status == OrderStatus::Rejected)
+        .collect();
+    assert_eq!(confirmed.len(), STOCK as usize, "exactly the stock is sold");
+    assert_eq!(rejected.len(), BUYERS - STOCK as usize);
+    for o in &rejected {
+        assert_eq!(
+            o.status_reason.as_ref().map(|r| r.as_str()),
+            Some("out of stock")
+        );
+    }
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    assert_eq!(l.reserved_total(), STOCK, "confirmed orders hold the stock");
+    assert_eq!(
+        l.reserved.len(),
+        STOCK as usize,
+        "no reservation for a rejected order"
+    );
+    assert_eq!(l.available(), 0);
+
+    let mut everyone: Vec<AccountId> = buyers.iter().map(|b| b.account_id).collect();
+    everyone.push(seller.account_id);
+    everyone.push(FEE_ACCOUNT_ID);
+    assert_eq!(
+        m.money_in(&everyone).await,
+        deposits,
+        "money conserved after checkout"
+    );
+    let escrowed: i64 = {
+        let mut sum = 0;
+        for b in &buyers {
+            sum += m
+                .wallet(b.account_id)
+                .await
+                .escrow
+                .values()
+                .map(|v| v.minor)
+                .sum::<i64>();
+        }
+        sum
+    };
+    assert_eq!(escrowed, PRICE * i64::from(STOCK));
+
+    // Ship and deliver every confirmed order: stock becomes sold, escrow
+    // becomes payout and fee.
+    for o in &confirmed {
+        let id = o.id.expect("id");
+        let buyer = buyers
+            .iter()
+            .find(|b| Some(b.account_id) == o.buyer_id)
+            .expect("buyer");
+        m.handler
+            .execute::<Order>(
+                id.0,
+                &m.ctx(),
+                &OrderCommand::Fulfil(Fulfil {
+                    actor: seller.clone(),
+                    step: Step::Ship(None),
+                    at: Utc::now(),
+                }),
+            )
+            .await
+            .expect("ship");
+        m.handler
+            .execute::<Order>(
+                id.0,
+                &m.ctx(),
+                &OrderCommand::Fulfil(Fulfil {
+                    actor: buyer.clone(),
+                    step: Step::ConfirmDelivery(FeeRate::DEFAULT),
+                    at: Utc::now(),
+                }),
+            )
+            .await
+            .expect("deliver");
+    }
+    let (payout_each, fee_each) = FeeRate::DEFAULT.split(&eur(PRICE));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let seller_wallet = m.wallet(seller.account_id).await;
+        let l = m
+            .handler
+            .load::<Listing>(listing.0)
+            .await
+            .expect("listing")
+            .state;
+        if seller_wallet.credited.len() == STOCK as usize && l.sold == STOCK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "payouts did not arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let fees = loop {
+        let f = m.wallet(FEE_ACCOUNT_ID).await;
+        if f.credited.len() == STOCK as usize {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "fees did not arrive");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    assert_eq!((l.sold, l.reserved_total(), l.available()), (STOCK, 0, 0));
+    assert_eq!(
+        m.wallet(seller.account_id).await.balance(&eur(0).currency),
+        eur(payout_each.minor * i64::from(STOCK))
+    );
+    assert_eq!(
+        fees.balance(&eur(0).currency),
+        eur(fee_each.minor * i64::from(STOCK))
+    );
+    assert_eq!(
+        m.money_in(&everyone).await,
+        deposits,
+        "money conserved after payout"
+    );
+
+    checkout.abort();
+    payout.abort();
+}
+
+/// Runs the saga with a fault at `step` on its `nth` call, shows the runner
+/// stops there (as a crash would), restarts it without the fault, and
+/// checks that every order ends decided with stock and funds consistent.
+async fn crash_and_recover(step: &'static str, buyer_funds: i64) -> (Vec<Order>, Listing) {
+    let m = market().await;
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let listing = m
+        .listing(
+            &seller,
+            ListingSpec::Physical {
+                quantity: Quantity(3),
+            },
+            1_000,
+        )
+        .await;
+    let mut buyers = Vec::new();
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        let b = m.account(vec![Role::Buyer], buyer_funds).await;
+        orders.push(m.place(&b, listing, 1).await);
+        buyers.push(b);
+    }
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hook_calls = calls.clone();
+    let faulty = m.saga().with_fault(Arc::new(move |at| {
+        at == step && hook_calls.fetch_add(1, Ordering::SeqCst) == 1
+    }));
+    let crashed = m.start_checkout(faulty).await.expect("runner task");
+    assert!(
+        matches!(crashed, Err(ProcessError::Injected(s)) if s == step),
+        "the saga stopped at the fault: {crashed:?}"
+    );
+    assert!(
+        m.order(orders[1]).await.status == OrderStatus::Pending,
+        "the order being handled at the crash is still pending"
+    );
+
+    let restarted = m.start_checkout(m.saga());
+    let decided = m.wait_orders(&orders, settled).await;
+    restarted.abort();
+
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    let confirmed: u32 = decided
+        .iter()
+        .filter(|o| o.status == OrderStatus::Confirmed)
+        .count() as u32;
+    assert_eq!(
+        l.reserved_total(),
+        confirmed,
+        "reserved stock equals confirmed orders"
+    );
+    for (o, b) in decided.iter().zip(&buyers) {
+        let w = m.wallet(b.account_id).await;
+        let held = w.escrow.get(&o.id.expect("id")).map(|x| x.minor);
+        match o.status {
+            OrderStatus::Confirmed => assert_eq!(held, Some(1_000)),
+            OrderStatus::Rejected => assert_eq!(held, None),
+            s => panic!("undecided order {s:?}"),
+        }
+        assert_eq!(
+            w.balance(&eur(0).currency).minor + held.unwrap_or(0),
+            buyer_funds
+        );
+    }
+    (decided, l)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_holding_funds_is_finished_on_restart_without_holding_twice() {
+    let (orders, listing) = crash_and_recover("after-hold", 5_000).await;
+    let statuses: Vec<_> = orders.iter().map(|o| o.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            OrderStatus::Confirmed,
+            OrderStatus::Confirmed,
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected
+        ]
+    );
+    assert_eq!(listing.available(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_reserving_for_a_buyer_who_cannot_pay_leaves_no_stock_reserved() {
+    let (orders, listing) = crash_and_recover("after-reserve", 500).await;
+    assert!(orders.iter().all(|o| o.status == OrderStatus::Rejected));
+    assert!(orders
+        .iter()
+        .all(|o| o.status_reason.as_ref().map(|r| r.as_str()) == Some("insufficient funds")));
+    assert_eq!(listing.reserved_total(), 0);
+    assert_eq!(listing.available(), 3);
+}

@@ -29,6 +29,16 @@ pub enum CodecError {
         /// The version this build writes.
         current: u32,
     },
+    /// A stored old version does not have the shape its upcaster expects.
+    #[error("{event_type} v{from} cannot be upcast to v{}: {reason}", from + 1)]
+    Upcast {
+        /// Stored name.
+        event_type: String,
+        /// The version the failing step reads.
+        from: u32,
+        /// What was wrong with the document.
+        reason: String,
+    },
 }
 
 /// Encodes a domain event at its current schema version.

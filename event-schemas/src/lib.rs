@@ -8,11 +8,14 @@
 //! Layout:
 //! - `schemas/<event.type>/v<N>.json`: one JSON Schema per event type and
 //!   version (the files are the contract; tests keep them honest).
-//! - `fixtures/<event.type>/v<N>.json`: stored documents of each version.
+//! - `fixtures/<event.type>/v<N>[-<name>].json`: stored documents of each
+//!   version (at least one per version).
 //! - [`codec`]: [`encode`] a domain event to (type, version, data) and
 //!   [`decode`] stored data back, upcasting old versions first.
 //! - [`upcast`]: the registry of upcasters (old version → current), written
 //!   as typed `v1` structs with `From<v1> for v2`.
+//!
+//! `README.md` explains how to add a version and its upcaster.
 
 pub mod codec;
 pub mod upcast;

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use marketplace_commands::process::checkout::CheckoutSaga;
+use marketplace_commands::process::payout::PayoutProcess;
+use marketplace_commands::process::{self, PgCheckpoints, ProcessManager, RunnerPolicy};
 use marketplace_commands::CommandHandler;
 use marketplace_projections::{Progress, ProjectorRuntime};
 use marketplace_store::{EventStore, Position, PostgresEventStore};
@@ -69,8 +72,37 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
+        let handler = CommandHandler::new(store.clone());
+        if settings.role != ServeRole::Api {
+            // The process managers run beside the projectors: one per
+            // deployment's projector role.
+            let managers: Vec<Arc<dyn ProcessManager>> = vec![
+                Arc::new(CheckoutSaga::new(handler.clone(), settings.fee)),
+                Arc::new(PayoutProcess::new(handler.clone())),
+            ];
+            for pm in managers {
+                let (store, pool, mut stop_rx) = (store.clone(), pool.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    let name = pm.name();
+                    let run = process::run(
+                        pm,
+                        store,
+                        Arc::new(PgCheckpoints(pool)),
+                        RunnerPolicy::default(),
+                        None,
+                    );
+                    tokio::select! {
+                        result = run => if let Err(e) = result {
+                            tracing::error!(process = name, error = %e, "process manager stopped");
+                        },
+                        _ = stop_rx.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        }
         let state = AppState {
-            handler: CommandHandler::new(store),
+            fee: settings.fee,
+            handler,
             pool,
             progress,
             tokens: Tokens::new(&settings.jwt_secret, settings.token_ttl),

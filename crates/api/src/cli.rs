@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// X-Consistency-Token.
     #[arg(long, default_value_t = 5_000)]
     consistency_wait_ms: u64,
+    /// Marketplace fee taken from each delivered order, in basis points
+    /// (500 = 5%), paid to the marketplace's fee account.
+    #[arg(long, env = "MARKETPLACE_FEE_BPS", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    fee_bps: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +83,29 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+    /// Manage accounts from the operator's side.
+    Accounts {
+        #[command(subcommand)]
+        which: AccountsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an ADMIN account (the only way ADMIN is granted).
+    CreateAdmin {
+        /// The admin's email (must not belong to another account).
+        #[arg(long)]
+        email: String,
+        /// The admin's password, 8 to 128 characters. Prefer the
+        /// MARKETPLACE_ADMIN_PASSWORD environment variable, which keeps it
+        /// out of shell history and process lists.
+        #[arg(long, env = "MARKETPLACE_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Public name.
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
     },
 }
 
@@ -96,6 +124,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Schema) => {
             println!("{}", crate::graphql::sdl());
+            Ok(())
+        }
+        Some(Command::Accounts {
+            which:
+                AccountsCommand::CreateAdmin {
+                    email,
+                    password,
+                    display_name,
+                },
+        }) => {
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result =
+                crate::admin::create_admin(&db.url, &email, &password, &display_name).await;
+            db.shutdown().await?;
+            let id = result?;
+            println!(
+                "admin account {id} created for {}",
+                email.trim().to_lowercase()
+            );
             Ok(())
         }
         Some(Command::Bench { which }) => {
@@ -123,6 +170,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(args.token_ttl_hours.saturating_mul(3600)),
         consistency_wait: Duration::from_millis(args.consistency_wait_ms),
         role: args.role,
+        fee: marketplace_domain::values::FeeRate::from_basis_points(args.fee_bps)?,
     };
     let result = async {
         let app = Application::build(settings).await?;

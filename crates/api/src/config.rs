@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use marketplace_domain::values::FeeRate;
 use std::time::Duration;
 
 /// A secret string: its `Debug` and `Display` are redacted.
@@ -60,6 +62,8 @@ pub struct Settings {
     pub consistency_wait: Duration,
     /// Which parts to run.
     pub role: ServeRole,
+    /// The marketplace fee taken on delivery.
+    pub fee: FeeRate,
 }
 
 impl Settings {
@@ -72,6 +76,7 @@ impl Settings {
             token_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_secs(5),
             role: ServeRole::All,
+            fee: FeeRate::DEFAULT,
         }
     }
 }

@@ -60,5 +60,6 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     marketplace_store::postgres::migrate(pool).await?;
     marketplace_projections::migrate(pool).await?;
+    marketplace_commands::process::migrate(pool).await?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! - [`auth`]: argon2 password hashing and JWT tokens.
 //! - [`config`], [`database`], [`state`], [`telemetry`], [`bench`].
 
+pub mod admin;
 pub mod application;
 pub mod auth;
 pub mod bench;

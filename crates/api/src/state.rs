@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use marketplace_commands::CommandHandler;
+use marketplace_domain::values::FeeRate;
 use marketplace_projections::Progress;
 use marketplace_store::Position;
 use sqlx::PgPool;
@@ -22,12 +23,16 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Longest wait for a consistency token.
     pub consistency_wait: Duration,
+    /// The marketplace fee taken on delivery.
+    pub fee: FeeRate,
 }
 
 /// Every projection the API reads from.
 pub const READ_MODELS: &[&str] = &[
     marketplace_projections::read_models::accounts::NAME,
     marketplace_projections::read_models::listings::NAME,
+    marketplace_projections::read_models::orders::NAME,
+    marketplace_projections::read_models::reviews::NAME,
 ];
 
 impl AppState {

@@ -12,8 +12,12 @@
 //!   and the new checkpoint in one transaction (exactly once, fenced).
 //! - [`progress`]: [`Progress`], how far each projection has come, so a
 //!   query carrying a consistency token can wait for its own writes.
-//! - [`read_models`]: one module per read model ([`read_models::accounts`],
-//!   [`read_models::listings`]) with its batch fold and its queries.
+//! - [`read_models`]: one module per read model with its batch fold and its
+//!   queries: [`read_models::accounts`] (profiles and wallet balances),
+//!   [`read_models::listings`] (the catalogue, with stock and rating),
+//!   [`read_models::orders`] (orders and their lines, per buyer and seller)
+//!   and [`read_models::reviews`] (reviews per listing and the moderation
+//!   queue). [`all`] lists them.
 //! - `migrations/`: the read models' SQL.
 
 pub mod progress;
@@ -36,5 +40,7 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
     vec![
         std::sync::Arc::new(read_models::accounts::AccountsProjection),
         std::sync::Arc::new(read_models::listings::ListingsProjection),
+        std::sync::Arc::new(read_models::orders::OrdersProjection),
+        std::sync::Arc::new(read_models::reviews::ReviewsProjection),
     ]
 }

@@ -1,14 +1,16 @@
 //! The GraphQL schema of `../shared/api-contract.graphql`: types, queries,
 //! mutations, and the per-request context they read.
 
+mod commerce;
 mod mutation;
 mod query;
+mod read;
 mod types;
 
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptySubscription, Schema};
+use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 use crate::auth::Claims;
 use crate::error::ApiError;
@@ -17,8 +19,16 @@ use crate::state::AppState;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
+/// Every query: accounts and the catalogue, orders and reviews.
+#[derive(MergedObject, Default, Debug)]
+pub struct Query(QueryRoot, read::CommerceQuery);
+
+/// Every mutation: accounts and listings, money, orders and reviews.
+#[derive(MergedObject, Default, Debug)]
+pub struct Mutation(MutationRoot, commerce::CommerceMutation);
+
 /// The served schema.
-pub type MarketplaceSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type MarketplaceSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -28,7 +38,7 @@ pub const MAX_COMPLEXITY: usize = 5_000;
 /// Builds the schema over the application state.
 pub fn build_schema(state: AppState) -> MarketplaceSchema {
     let accounts = DataLoader::new(types::AccountLoader(state.pool.clone()), tokio::spawn);
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(state)
         .data(accounts)
         .limit_depth(MAX_DEPTH)
@@ -51,7 +61,7 @@ impl Viewer {
 
 /// The SDL of the served schema.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .finish()
         .sdl()
 }

@@ -14,7 +14,9 @@ use marketplace_domain::values::{
     Category, ContentHash, Description, DisplayName, Email, ListingId, Quantity, Tags, Title,
 };
 use marketplace_projections::read_models::listings;
+use marketplace_store::IdempotencyKey;
 use marketplace_store::Position;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::types::*;
@@ -27,7 +29,10 @@ use crate::state::AppState;
 const IDEMPOTENT_LISTING_NS: Uuid = Uuid::from_u128(0x1d3a_7c55_4f0b_4a3e_8e61_6c69_7374_0001);
 
 /// Maps a command failure; `rejected` maps the domain's refusals.
-fn command_error<E>(e: CommandError<E>, rejected: impl FnOnce(E) -> ApiError) -> ApiError {
+pub(crate) fn command_error<E>(
+    e: CommandError<E>,
+    rejected: impl FnOnce(E) -> ApiError,
+) -> ApiError {
     match e {
         CommandError::Rejected(r) => rejected(r),
         CommandError::Conflict { .. } => {
@@ -35,10 +40,11 @@ fn command_error<E>(e: CommandError<E>, rejected: impl FnOnce(E) -> ApiError) ->
         }
         CommandError::Store(s) => ApiError::internal(s),
         CommandError::Codec(c) => ApiError::internal(c),
+        CommandError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
     }
 }
 
-fn listing_error(e: ListingError) -> ApiError {
+pub(crate) fn listing_error(e: ListingError) -> ApiError {
     match e {
         ListingError::NotASeller => ApiError::Forbidden(e.to_string()),
         ListingError::NotOwner => ApiError::Forbidden(e.to_string()),
@@ -59,7 +65,7 @@ fn listing_error(e: ListingError) -> ApiError {
     }
 }
 
-fn validate_idempotency_key(key: &Option<String>) -> Result<(), ApiError> {
+pub(crate) fn validate_idempotency_key(key: &Option<String>) -> Result<(), ApiError> {
     match key {
         Some(k) if k.is_empty() || k.len() > 128 => Err(ApiError::BadUserInput(
             "idempotencyKey must be 1 to 128 characters".into(),
@@ -77,7 +83,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Reads a listing back after a write, once the catalogue has caught up.
-async fn listing_after(
+pub(crate) async fn listing_after(
     state: &AppState,
     id: Uuid,
     position: Position,
@@ -244,45 +250,59 @@ impl MutationRoot {
             }
         };
         let tags = input.tags.unwrap_or_default();
-        let listing_id = match &idempotency_key {
-            Some(key) => Uuid::new_v5(
-                &IDEMPOTENT_LISTING_NS,
-                format!("{}:{key}", claims.sub).as_bytes(),
+        let price = input.price.to_domain()?;
+        let title = Title::parse(&input.title)?;
+        let description = Description::parse(&input.description)?;
+        let category = Category::parse(&input.category)?;
+        let tags = Tags::parse(tags.iter().map(String::as_str))?;
+        let key = idempotency_key.as_deref().map(|k| IdempotencyKey {
+            key: format!("createListing:{}:{k}", claims.sub),
+            request_hash: format!(
+                "{:x}",
+                Sha256::digest(
+                    serde_json::json!([
+                        format!("{spec:?}"),
+                        title.as_str(),
+                        description.as_str(),
+                        category.as_str(),
+                        tags.as_slice()
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>(),
+                        price.minor,
+                        price.currency.as_str(),
+                    ])
+                    .to_string()
+                    .as_bytes()
+                )
             ),
+        });
+        let listing_id = match &key {
+            Some(k) => Uuid::new_v5(&IDEMPOTENT_LISTING_NS, k.key.as_bytes()),
             None => Uuid::now_v7(),
         };
         let command = ListingCommand::Create(CreateListing {
             listing_id: ListingId(listing_id),
             actor: claims.actor(),
             spec,
-            title: Title::parse(&input.title)?,
-            description: Description::parse(&input.description)?,
-            category: Category::parse(&input.category)?,
-            tags: Tags::parse(tags.iter().map(String::as_str))?,
-            price: input.price.to_domain()?,
+            title,
+            description,
+            category,
+            tags,
+            price,
             at: Utc::now(),
         });
         let mut cctx = CommandContext::new(claims.sub.to_string());
         cctx.idempotency_key = idempotency_key.clone();
-        let position = match state
-            .handler
-            .execute::<ListingAggregate>(listing_id, &cctx, &command)
-            .await
-        {
-            Ok(done) => done.position,
-            // A retry with the same key finds its own listing.
-            Err(CommandError::Rejected(ListingError::AlreadyExists))
-                if idempotency_key.is_some() =>
-            {
-                state
-                    .handler
-                    .load::<ListingAggregate>(listing_id)
-                    .await
-                    .map_err(ApiError::internal)?
-                    .position
-            }
-            Err(e) => return Err(command_error(e, listing_error)),
-        };
+        let (listing_id, position) = super::commerce::run_keyed::<ListingAggregate>(
+            state,
+            listing_id,
+            &cctx,
+            &command,
+            key,
+            listing_error,
+        )
+        .await?;
         Ok(listing_after(state, listing_id, position).await?)
     }
 

@@ -233,10 +233,42 @@ impl Account {
         }
     }
 
-    /// Wallet: available funds (wallets arrive with the marketplace domain;
-    /// until then every account holds nothing).
-    async fn balance(&self) -> Money {
-        Money::from_minor(0, "EUR")
+    /// Wallet: available funds in EUR (see `balances` for every currency).
+    /// Only the owner and ADMINs may read it.
+    async fn balance(&self, ctx: &Context<'_>) -> ApiResult<Money> {
+        let all = wallet(self, ctx).await?;
+        Ok(all
+            .into_iter()
+            .find(|m| m.currency_code == "EUR")
+            .unwrap_or_else(|| Money::from_minor(0, "EUR")))
+    }
+
+    /// Wallet: available funds in every currency held (owner and ADMINs).
+    async fn balances(&self, ctx: &Context<'_>) -> ApiResult<Vec<Money>> {
+        wallet(self, ctx).await
+    }
+}
+
+async fn wallet(account: &Account, ctx: &Context<'_>) -> ApiResult<Vec<Money>> {
+    {
+        let this = account;
+        let viewer = ctx.data_opt::<Viewer>().and_then(|v| v.0.as_deref());
+        let own = viewer.is_some_and(|c| c.sub.to_string() == this.id.as_str());
+        let admin = viewer.is_some_and(|c| c.has(DomainRole::Admin));
+        if !(own || admin) {
+            return Err(ApiError::Forbidden(
+                "only the account's owner can see its balance".into(),
+            ));
+        }
+        let id = Uuid::try_parse(this.id.as_str()).map_err(ApiError::internal)?;
+        let state = ctx.data::<crate::state::AppState>()?;
+        Ok(
+            marketplace_projections::read_models::accounts::balances(&state.pool, id)
+                .await?
+                .into_iter()
+                .map(|(currency, minor)| Money::from_minor(minor, &currency))
+                .collect(),
+        )
     }
 }
 
@@ -350,15 +382,14 @@ impl Listing {
         self.0.content_hash.as_deref()
     }
 
-    /// Mean approved rating; null without approved reviews (reviews arrive
-    /// with the marketplace domain).
+    /// Mean of approved reviews' ratings; null without approved reviews.
     async fn average_rating(&self) -> Option<f64> {
-        None
+        self.0.average_rating
     }
 
     /// Approved reviews.
     async fn review_count(&self) -> i32 {
-        0
+        self.0.rating_count
     }
 
     async fn created_at(&self) -> DateTime<Utc> {

@@ -1,8 +1,21 @@
-//! The `accounts` read model: profiles and roles, by id.
+//! The `accounts` read model: profiles and roles, by id, and wallet
+//! balances per currency.
+//!
+//! Balances are folded as deltas: a deposit adds, a hold (funds moving into
+//! an order's escrow) subtracts, a refund of escrow adds back, and a sale
+//! credit (a seller's payout or the marketplace fee) adds. Releasing escrow
+//! changes no wallet: the buyer's wallet was already debited by the hold,
+//! and the seller and fee account are paid by their own credits. The fee
+//! account ([`marketplace_domain::values::FEE_ACCOUNT_ID`]) has a balance
+//! but no profile row. Deltas are summed per (account, currency) in memory
+//! and written with one multi-row upsert per batch.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::AccountEvent;
+use marketplace_domain::values::{AccountId, Money};
 use marketplace_store::RecordedEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -10,7 +23,7 @@ use uuid::Uuid;
 use super::decode;
 use crate::runtime::{Projection, ProjectionError};
 
-/// Folds account events into `rm_accounts`.
+/// Folds account events into `rm_accounts` and `rm_account_balances`.
 #[derive(Debug, Clone, Copy)]
 pub struct AccountsProjection;
 
@@ -24,7 +37,7 @@ impl Projection for AccountsProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     async fn apply(
@@ -37,6 +50,8 @@ impl Projection for AccountsProjection {
         let mut names = Vec::new();
         let mut roles = Vec::new();
         let mut created = Vec::new();
+        // (account, currency) -> net change in minor units over the batch.
+        let mut balances: BTreeMap<(Uuid, String), i64> = BTreeMap::new();
         for e in events {
             match e.stream_id.category() {
                 "account" => match decode::<AccountEvent>(e)? {
@@ -55,10 +70,19 @@ impl Projection for AccountsProjection {
                         );
                         created.push(r.registered_at);
                     }
-                    _ => {}
+                    AccountEvent::FundsDeposited(d) => {
+                        add(&mut balances, d.account_id, &d.amount, 1);
+                    }
+                    AccountEvent::FundsHeld(h) => add(&mut balances, h.account_id, &h.amount, -1),
+                    AccountEvent::EscrowRefunded(r) => {
+                        add(&mut balances, r.account_id, &r.amount, 1);
+                    }
+                    AccountEvent::SaleCredited(c) => add(&mut balances, c.account_id, &c.amount, 1),
+                    // The hold already left the wallet; the credits pay out.
+                    AccountEvent::EscrowReleased(_) => {}
                 },
                 // Categories this read model does not show.
-                "email" | "listing" => {}
+                "email" | "listing" | "order" | "review" => {}
                 other => tracing::trace!(category = other, "accounts: category not projected"),
             }
         }
@@ -77,8 +101,44 @@ impl Projection for AccountsProjection {
             .execute(&mut *tx)
             .await?;
         }
+        if !balances.is_empty() {
+            let mut ids = Vec::with_capacity(balances.len());
+            let mut currencies = Vec::with_capacity(balances.len());
+            let mut minors = Vec::with_capacity(balances.len());
+            for ((id, currency), minor) in balances {
+                ids.push(id);
+                currencies.push(currency);
+                minors.push(minor);
+            }
+            // Keys are unique within the batch, so each row is upserted once.
+            sqlx::query(
+                "INSERT INTO rm_account_balances (account_id, currency, minor) \
+                 SELECT id, currency, minor \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS t(id, currency, minor) \
+                 ON CONFLICT (account_id, currency) \
+                 DO UPDATE SET minor = rm_account_balances.minor + EXCLUDED.minor",
+            )
+            .bind(ids)
+            .bind(currencies)
+            .bind(minors)
+            .execute(&mut *tx)
+            .await?;
+        }
         Ok(())
     }
+}
+
+/// Adds `sign × amount` to the batch's net change of `account`'s wallet.
+fn add(
+    balances: &mut BTreeMap<(Uuid, String), i64>,
+    account: AccountId,
+    amount: &Money,
+    sign: i64,
+) {
+    let delta = balances
+        .entry((account.0, amount.currency.as_str().to_owned()))
+        .or_insert(0);
+    *delta = delta.saturating_add(sign.saturating_mul(amount.minor));
 }
 
 fn role_name(r: marketplace_domain::values::Role) -> &'static str {
@@ -119,4 +179,31 @@ pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<AccountRow>, sqlx
 /// One account by id.
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<AccountRow>, sqlx::Error> {
     Ok(by_ids(pool, &[id]).await?.pop())
+}
+
+/// One account's wallet balances as (currency, minor units), by currency.
+/// Empty if it never received money.
+pub async fn balances(pool: &PgPool, account_id: Uuid) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT currency, minor FROM rm_account_balances WHERE account_id = $1 ORDER BY currency",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Wallet balances of several accounts in one statement (for batching
+/// nested lookups), as (account, currency, minor units), ordered by account
+/// then currency. Accounts without money have no rows.
+pub async fn balances_of(
+    pool: &PgPool,
+    account_ids: &[Uuid],
+) -> Result<Vec<(Uuid, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, currency, minor FROM rm_account_balances \
+         WHERE account_id = ANY($1) ORDER BY account_id, currency",
+    )
+    .bind(account_ids)
+    .fetch_all(pool)
+    .await
 }

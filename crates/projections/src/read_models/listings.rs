@@ -1,22 +1,34 @@
 //! The `listings` read model: the catalogue, with filters, sorts, keyset
-//! pagination, totals and facets.
+//! pagination, totals and facets; stock and rating per listing.
+//!
+//! Fed by the `listing` events and by `review.approved` (the rating: sum and
+//! count of approved reviews' stars). Stock is kept as the listing
+//! aggregate counts it: `quantity` is units ever stocked, `reserved` are set
+//! aside for pending orders, `sold` are gone; queries show `quantity` as
+//! what is available. A batch is folded in memory first: counters are
+//! summed per listing (their changes commute), price, status and
+//! `updated_at` take the last value in log order, listings created in the
+//! batch are inserted with everything that followed folded in, and the
+//! others get one multi-row `UPDATE`.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marketplace_domain::listing::{ListingEvent, ListingKind};
+use marketplace_domain::review::ReviewEvent;
 use marketplace_store::RecordedEvent;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+pub use super::InvalidCursor;
 use super::{cursor, decode};
 use crate::runtime::{Projection, ProjectionError};
 
 /// Stable name.
 pub const NAME: &str = "listings";
 
-/// Folds listing events into `rm_listings`.
+/// Folds listing events and approved reviews into `rm_listings`.
 #[derive(Debug, Clone, Copy)]
 pub struct ListingsProjection;
 
@@ -30,11 +42,44 @@ struct NewRow {
     tags: String,
     price_minor: i64,
     currency: String,
-    quantity: i32,
     status: &'static str,
     content_hash: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    counters: Counters,
+}
+
+/// Counter changes; they commute, so a batch's are summed.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    /// Units stocked (the `quantity` column).
+    stocked: i64,
+    reserved: i64,
+    sold: i64,
+    rating_sum: i64,
+    rating_count: i64,
+}
+
+impl Counters {
+    fn add(&mut self, other: Counters) {
+        self.stocked += other.stocked;
+        self.reserved += other.reserved;
+        self.sold += other.sold;
+        self.rating_sum += other.rating_sum;
+        self.rating_count += other.rating_count;
+    }
+}
+
+/// What a batch changes in one listing.
+#[derive(Default)]
+struct Change {
+    /// Last price in log order: (minor units, currency).
+    price: Option<(i64, String)>,
+    /// Last status in log order.
+    status: Option<&'static str>,
+    /// Last seller-visible change in log order.
+    updated_at: Option<DateTime<Utc>>,
+    counters: Counters,
 }
 
 fn kind_name(k: ListingKind) -> &'static str {
@@ -44,6 +89,10 @@ fn kind_name(k: ListingKind) -> &'static str {
     }
 }
 
+fn units(q: marketplace_domain::values::Quantity) -> i64 {
+    i64::from(q.0)
+}
+
 #[async_trait]
 impl Projection for ListingsProjection {
     fn name(&self) -> &'static str {
@@ -51,7 +100,7 @@ impl Projection for ListingsProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     async fn apply(
@@ -62,13 +111,11 @@ impl Projection for ListingsProjection {
         // Fold the batch in memory first: a listing created and published in
         // the same batch becomes one insert, not an insert and an update.
         let mut created: Vec<NewRow> = Vec::new();
-        let mut index: HashMap<Uuid, usize> = HashMap::new();
-        let mut status_updates: HashMap<Uuid, (&'static str, DateTime<Utc>)> = HashMap::new();
+        let mut changes: HashMap<Uuid, Change> = HashMap::new();
         for e in events {
             match e.stream_id.category() {
                 "listing" => match decode::<ListingEvent>(e)? {
                     ListingEvent::Created(c) => {
-                        index.insert(c.listing_id.0, created.len());
                         created.push(NewRow {
                             id: c.listing_id.0,
                             seller: c.seller_id.0,
@@ -85,48 +132,151 @@ impl Projection for ListingsProjection {
                                 .join(","),
                             price_minor: c.price.minor,
                             currency: c.price.currency.as_str().to_owned(),
-                            quantity: i32::try_from(c.quantity.0).unwrap_or(i32::MAX),
                             status: "DRAFT",
                             content_hash: c.content_hash.map(|h| h.as_str().to_owned()),
                             created_at: c.created_at,
                             updated_at: c.created_at,
+                            counters: Counters {
+                                stocked: units(c.quantity),
+                                ..Counters::default()
+                            },
                         });
                     }
-                    ListingEvent::Published(p) => match index.get(&p.listing_id.0) {
-                        Some(&i) => {
-                            created[i].status = "PUBLISHED";
-                            created[i].updated_at = p.published_at;
-                        }
-                        None => {
-                            status_updates.insert(p.listing_id.0, ("PUBLISHED", p.published_at));
-                        }
-                    },
-                    _ => {}
+                    ListingEvent::Published(p) => {
+                        let ch = changes.entry(p.listing_id.0).or_default();
+                        ch.status = Some("PUBLISHED");
+                        ch.updated_at = Some(p.published_at);
+                    }
+                    ListingEvent::PriceChanged(p) => {
+                        let ch = changes.entry(p.listing_id.0).or_default();
+                        ch.price = Some((p.price.minor, p.price.currency.as_str().to_owned()));
+                        ch.updated_at = Some(p.changed_at);
+                    }
+                    ListingEvent::Restocked(r) => {
+                        let ch = changes.entry(r.listing_id.0).or_default();
+                        ch.counters.stocked += units(r.quantity);
+                        ch.updated_at = Some(r.restocked_at);
+                    }
+                    ListingEvent::Delisted(d) => {
+                        let ch = changes.entry(d.listing_id.0).or_default();
+                        ch.status = Some("DELISTED");
+                        ch.updated_at = Some(d.delisted_at);
+                    }
+                    // Reservations move stock between counters; they are the
+                    // checkout's doing, not the seller's, so `updated_at` stays.
+                    ListingEvent::StockReserved(r) => {
+                        changes.entry(r.listing_id.0).or_default().counters.reserved +=
+                            units(r.quantity);
+                    }
+                    ListingEvent::ReservationReleased(r) => {
+                        changes.entry(r.listing_id.0).or_default().counters.reserved -=
+                            units(r.quantity);
+                    }
+                    ListingEvent::ReservationCommitted(r) => {
+                        let counters = &mut changes.entry(r.listing_id.0).or_default().counters;
+                        counters.reserved -= units(r.quantity);
+                        counters.sold += units(r.quantity);
+                    }
+                },
+                "review" => match decode::<ReviewEvent>(e)? {
+                    ReviewEvent::Approved(a) => {
+                        let counters = &mut changes.entry(a.listing_id.0).or_default().counters;
+                        counters.rating_sum += i64::from(a.rating.stars());
+                        counters.rating_count += 1;
+                    }
+                    // Only approved reviews count toward the rating.
+                    ReviewEvent::Submitted(_) | ReviewEvent::Rejected(_) => {}
                 },
                 // Categories this read model does not show.
-                "account" | "email" => {}
+                "account" | "email" | "order" => {}
                 other => tracing::trace!(category = other, "listings: category not projected"),
+            }
+        }
+        // Listings created in this batch take everything that followed into
+        // their insert (in a valid log nothing precedes a listing's creation).
+        for row in &mut created {
+            if let Some(ch) = changes.remove(&row.id) {
+                if let Some((minor, currency)) = ch.price {
+                    row.price_minor = minor;
+                    row.currency = currency;
+                }
+                if let Some(status) = ch.status {
+                    row.status = status;
+                }
+                if let Some(at) = ch.updated_at {
+                    row.updated_at = at;
+                }
+                row.counters.add(ch.counters);
             }
         }
         if !created.is_empty() {
             insert_rows(tx, created).await?;
         }
-        if !status_updates.is_empty() {
-            let (ids, rest): (Vec<Uuid>, Vec<_>) = status_updates.into_iter().unzip();
-            let (statuses, times): (Vec<&str>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
-            sqlx::query(
-                "UPDATE rm_listings l SET status = u.status, updated_at = u.at \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, status, at) \
-                 WHERE l.listing_id = u.id",
-            )
-            .bind(ids)
-            .bind(statuses)
-            .bind(times)
-            .execute(&mut *tx)
-            .await?;
+        if !changes.is_empty() {
+            update_rows(tx, changes).await?;
         }
         Ok(())
     }
+}
+
+async fn update_rows(
+    tx: &mut PgConnection,
+    changes: HashMap<Uuid, Change>,
+) -> Result<(), sqlx::Error> {
+    let n = changes.len();
+    let mut id = Vec::with_capacity(n);
+    let mut price = Vec::with_capacity(n);
+    let mut currency = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut at = Vec::with_capacity(n);
+    let mut stocked = Vec::with_capacity(n);
+    let mut reserved = Vec::with_capacity(n);
+    let mut sold = Vec::with_capacity(n);
+    let mut rating_sum = Vec::with_capacity(n);
+    let mut rating_count = Vec::with_capacity(n);
+    for (listing, ch) in changes {
+        id.push(listing);
+        let (p, c) = ch.price.unzip();
+        price.push(p);
+        currency.push(c);
+        status.push(ch.status);
+        at.push(ch.updated_at);
+        stocked.push(ch.counters.stocked);
+        reserved.push(ch.counters.reserved);
+        sold.push(ch.counters.sold);
+        rating_sum.push(ch.counters.rating_sum);
+        rating_count.push(ch.counters.rating_count);
+    }
+    sqlx::query(
+        "UPDATE rm_listings l SET \
+             price_minor = COALESCE(u.price, l.price_minor), \
+             currency = COALESCE(u.currency, l.currency), \
+             status = COALESCE(u.status, l.status), \
+             updated_at = COALESCE(u.at, l.updated_at), \
+             quantity = l.quantity + u.stocked, \
+             reserved = l.reserved + u.reserved, \
+             sold = l.sold + u.sold, \
+             rating_sum = l.rating_sum + u.rating_sum, \
+             rating_count = l.rating_count + u.rating_count \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], \
+                     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) \
+              AS u(id, price, currency, status, at, stocked, reserved, sold, rating_sum, \
+                   rating_count) \
+         WHERE l.listing_id = u.id",
+    )
+    .bind(id)
+    .bind(price)
+    .bind(currency)
+    .bind(status)
+    .bind(at)
+    .bind(stocked)
+    .bind(reserved)
+    .bind(sold)
+    .bind(rating_sum)
+    .bind(rating_count)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sqlx::Error> {
@@ -144,6 +294,10 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     let mut hash = Vec::new();
     let mut created = Vec::new();
     let mut updated = Vec::new();
+    let mut reserved = Vec::new();
+    let mut sold = Vec::new();
+    let mut rating_sum = Vec::new();
+    let mut rating_count = Vec::new();
     for r in rows {
         id.push(r.id);
         seller.push(r.seller);
@@ -154,23 +308,31 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
         tags.push(r.tags);
         price.push(r.price_minor);
         currency.push(r.currency);
-        quantity.push(r.quantity);
+        quantity.push(r.counters.stocked);
         status.push(r.status);
         hash.push(r.content_hash);
         created.push(r.created_at);
         updated.push(r.updated_at);
+        reserved.push(r.counters.reserved);
+        sold.push(r.counters.sold);
+        rating_sum.push(r.counters.rating_sum);
+        rating_count.push(r.counters.rating_count);
     }
     sqlx::query(
         "INSERT INTO rm_listings (listing_id, seller_id, kind, title, description, category, \
-             tags, price_minor, currency, quantity, status, content_hash, created_at, updated_at) \
+             tags, price_minor, currency, quantity, status, content_hash, created_at, updated_at, \
+             reserved, sold, rating_sum, rating_count) \
          SELECT id, seller, kind, title, description, category, \
                 CASE WHEN tags = '' THEN '{}'::text[] ELSE string_to_array(tags, ',') END, \
-                price, currency, quantity, status, hash, created, updated \
+                price, currency, quantity, status, hash, created, updated, \
+                reserved, sold, rating_sum, rating_count \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[], \
-                     $13::timestamptz[], $14::timestamptz[]) \
+                     $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::text[], \
+                     $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[], \
+                     $16::bigint[], $17::bigint[], $18::bigint[]) \
               AS t(id, seller, kind, title, description, category, tags, price, currency, \
-                   quantity, status, hash, created, updated)",
+                   quantity, status, hash, created, updated, reserved, sold, rating_sum, \
+                   rating_count)",
     )
     .bind(id)
     .bind(seller)
@@ -186,6 +348,10 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     .bind(hash)
     .bind(created)
     .bind(updated)
+    .bind(reserved)
+    .bind(sold)
+    .bind(rating_sum)
+    .bind(rating_count)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -212,7 +378,8 @@ pub struct ListingRow {
     pub price_minor: i64,
     /// Currency code.
     pub currency: String,
-    /// Units available.
+    /// Units available: PHYSICAL, stocked − reserved − sold (never below
+    /// zero); DIGITAL, the stored figure (0: digital listings have no stock).
     pub quantity: i32,
     /// DRAFT, PUBLISHED or DELISTED.
     pub status: String,
@@ -220,12 +387,25 @@ pub struct ListingRow {
     pub content_hash: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
-    /// Last change.
+    /// Last change by the seller (created, published, price, restock, delisted).
     pub updated_at: DateTime<Utc>,
+    /// Units set aside for pending orders.
+    pub reserved: i32,
+    /// Units sold.
+    pub sold: i32,
+    /// Approved reviews.
+    pub rating_count: i32,
+    /// Mean stars of the approved reviews; `None` without any.
+    pub average_rating: Option<f64>,
 }
 
 const COLUMNS: &str = "listing_id, seller_id, kind, title, description, category, tags, \
-    price_minor, currency, quantity, status, content_hash, created_at, updated_at";
+    price_minor, currency, \
+    CASE WHEN kind = 'PHYSICAL' THEN GREATEST(quantity - reserved - sold, 0) ELSE quantity END \
+        AS quantity, \
+    status, content_hash, created_at, updated_at, reserved, sold, rating_count, \
+    CASE WHEN rating_count = 0 THEN NULL ELSE rating_sum::float8 / rating_count END \
+        AS average_rating";
 
 /// One listing by id.
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<ListingRow>, sqlx::Error> {
@@ -316,11 +496,6 @@ pub struct ListingPage {
     /// Tags of the matching rows.
     pub tags: Vec<FacetCount>,
 }
-
-/// The cursor could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid cursor")]
-pub struct InvalidCursor;
 
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
     qb.push(" WHERE status = ").push_bind(q.status.clone());

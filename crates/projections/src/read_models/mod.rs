@@ -1,13 +1,57 @@
 //! One module per read model: its batch fold (a [`crate::Projection`]) and
 //! the queries the API runs against it.
+//!
+//! Shared here: decoding a recorded event, the opaque keyset cursor, and the
+//! [`Page`] and [`InvalidCursor`] types of the paginated queries.
 
 pub mod accounts;
 pub mod listings;
+pub mod orders;
+pub mod reviews;
 
+use chrono::{DateTime, Utc};
 use marketplace_domain::EventSet;
 use marketplace_store::RecordedEvent;
+use uuid::Uuid;
 
 use crate::runtime::ProjectionError;
+
+/// The cursor could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor")]
+pub struct InvalidCursor;
+
+/// One keyset page of rows.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// Rows with their cursors.
+    pub rows: Vec<(T, String)>,
+    /// Whether more rows follow.
+    pub has_next_page: bool,
+    /// Rows matching the query in all (ignoring the cursor).
+    pub total_count: i64,
+}
+
+/// Reads an `after` cursor whose sort key is a timestamp in microseconds.
+pub(crate) fn time_cursor(
+    after: Option<&str>,
+) -> Result<Option<(DateTime<Utc>, Uuid)>, InvalidCursor> {
+    let Some(raw) = after else { return Ok(None) };
+    let (micros, id) = cursor::decode(raw).ok_or(InvalidCursor)?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or(InvalidCursor)?;
+    Ok(Some((at, id)))
+}
+
+/// The cursor of a row sorted by (`at`, `id`).
+pub(crate) fn time_cursor_of(at: DateTime<Utc>, id: Uuid) -> String {
+    cursor::encode(at.timestamp_micros(), id)
+}
+
+/// The `LIMIT` that fetches one row past a page of `first`, to tell whether
+/// another page follows.
+pub(crate) fn limit_for(first: usize) -> i64 {
+    i64::try_from(first.saturating_add(1)).unwrap_or(i64::MAX)
+}
 
 /// Decodes a recorded event as one aggregate's event set (upcasting old versions).
 pub(crate) fn decode<E: EventSet>(e: &RecordedEvent) -> Result<E, ProjectionError> {

@@ -1,0 +1,56 @@
+//! Operator actions that never go through the public API.
+
+use anyhow::Context;
+use chrono::Utc;
+use marketplace_commands::flows::register::{register, RegisterError, Registration};
+use marketplace_commands::{CommandContext, CommandHandler};
+use marketplace_domain::account::RegistrationChannel;
+use marketplace_domain::values::{DisplayName, Email, Role};
+use std::sync::Arc;
+
+use crate::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::database::{connect, migrate};
+
+/// Creates an ADMIN account through the registration flow (unique email),
+/// as the operator. Returns its id.
+pub async fn create_admin(
+    database_url: &str,
+    email: &str,
+    password: &str,
+    display_name: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let display_name = DisplayName::parse(display_name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = password.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
+        anyhow::bail!("the password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters");
+    }
+    let password_hash = hash_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = connect(database_url, 4).await?;
+    migrate(&pool).await?;
+    let store = marketplace_store::PostgresEventStore::new(pool.clone())
+        .await
+        .context("could not start the event store")?;
+    let handler = CommandHandler::new(Arc::new(store));
+    let registered = register(
+        &handler,
+        &CommandContext::new("operator"),
+        Registration {
+            email,
+            display_name,
+            password_hash,
+            roles: vec![Role::Admin],
+            channel: RegistrationChannel::Operator,
+        },
+        Utc::now(),
+    )
+    .await
+    .map_err(|e| match e {
+        RegisterError::EmailTaken(_) => {
+            anyhow::anyhow!("an account with this email already exists")
+        }
+        other => anyhow::anyhow!("could not create the admin: {other}"),
+    })?;
+    pool.close().await;
+    Ok(registered.account_id.0)
+}

@@ -1,0 +1,424 @@
+//! Orders and reviews as the API shows them, read from their read models,
+//! with the visibility rules of the contract: an order is visible to its
+//! buyer, its seller and ADMINs; a review is public once APPROVED, and
+//! visible to its author and ADMINs before.
+
+use async_graphql::{Context, Enum, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use marketplace_domain::values::Role as DomainRole;
+use marketplace_projections::read_models::orders::{self, OrderLineRow, OrderRow};
+use marketplace_projections::read_models::reviews::{self, ReviewRow};
+use marketplace_projections::read_models::{listings, Page};
+use marketplace_store::Position;
+use uuid::Uuid;
+
+use super::types::{Account, AccountLoader, Listing, Money, PageInfo};
+use super::Viewer;
+use crate::auth::Claims;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Order status.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Checkout in progress.
+    Pending,
+    /// Stock reserved, funds in escrow.
+    Confirmed,
+    /// On its way.
+    Shipped,
+    /// Received; seller paid.
+    Delivered,
+    /// Cancelled by the buyer; refunded.
+    Cancelled,
+    /// Refused at checkout.
+    Rejected,
+}
+
+impl OrderStatus {
+    fn from_name(s: &str) -> ApiResult<Self> {
+        Ok(match s {
+            "PENDING" => Self::Pending,
+            "CONFIRMED" => Self::Confirmed,
+            "SHIPPED" => Self::Shipped,
+            "DELIVERED" => Self::Delivered,
+            "CANCELLED" => Self::Cancelled,
+            "REJECTED" => Self::Rejected,
+            other => return Err(ApiError::internal(format!("unknown order status {other}"))),
+        })
+    }
+}
+
+/// Review status.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReviewStatus {
+    /// Waiting for moderation.
+    Pending,
+    /// Shown.
+    Approved,
+    /// Hidden.
+    Rejected,
+}
+
+/// An order.
+#[derive(Debug, Clone)]
+pub struct Order(pub OrderRow);
+
+/// One line of an order.
+#[derive(Debug, Clone)]
+pub struct OrderLine(pub OrderLineRow);
+
+#[Object]
+impl OrderLine {
+    /// The listing bought (as it is now; the price paid is `unitPrice`).
+    async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
+        let state = ctx.data::<AppState>()?;
+        listings::by_id(&state.pool, self.0.listing_id)
+            .await?
+            .map(Listing)
+            .ok_or_else(|| {
+                ApiError::internal(format!("listing {} not projected", self.0.listing_id))
+            })
+    }
+
+    async fn quantity(&self) -> i32 {
+        self.0.quantity
+    }
+
+    /// The unit price when the order was placed.
+    async fn unit_price(&self) -> Money {
+        Money::from_minor(self.0.unit_price_minor, &self.0.currency)
+    }
+}
+
+async fn account(ctx: &Context<'_>, id: Uuid) -> ApiResult<Account> {
+    let loader = ctx.data_unchecked::<async_graphql::dataloader::DataLoader<AccountLoader>>();
+    loader
+        .load_one(id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Account::from)
+        .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
+}
+
+#[Object]
+impl Order {
+    async fn id(&self) -> ID {
+        ID(self.0.order_id.to_string())
+    }
+
+    async fn buyer(&self, ctx: &Context<'_>) -> ApiResult<Account> {
+        account(ctx, self.0.buyer_id).await
+    }
+
+    /// The seller of every line.
+    async fn seller(&self, ctx: &Context<'_>) -> ApiResult<Account> {
+        account(ctx, self.0.seller_id).await
+    }
+
+    async fn lines(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderLine>> {
+        let state = ctx.data::<AppState>()?;
+        Ok(orders::lines_of(&state.pool, &[self.0.order_id])
+            .await?
+            .into_iter()
+            .map(OrderLine)
+            .collect())
+    }
+
+    async fn total(&self) -> Money {
+        Money::from_minor(self.0.total_minor, &self.0.currency)
+    }
+
+    async fn status(&self) -> ApiResult<OrderStatus> {
+        OrderStatus::from_name(&self.0.status)
+    }
+
+    /// Why REJECTED or CANCELLED.
+    async fn status_reason(&self) -> Option<String> {
+        self.0.status_reason.clone()
+    }
+
+    async fn tracking_code(&self) -> Option<String> {
+        self.0.tracking_code.clone()
+    }
+
+    async fn placed_at(&self) -> DateTime<Utc> {
+        self.0.placed_at
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+/// A review.
+#[derive(Debug, Clone)]
+pub struct Review(pub ReviewRow);
+
+#[Object]
+impl Review {
+    async fn id(&self) -> ID {
+        ID(self.0.review_id.to_string())
+    }
+
+    async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
+        let state = ctx.data::<AppState>()?;
+        listings::by_id(&state.pool, self.0.listing_id)
+            .await?
+            .map(Listing)
+            .ok_or_else(|| {
+                ApiError::internal(format!("listing {} not projected", self.0.listing_id))
+            })
+    }
+
+    async fn author(&self, ctx: &Context<'_>) -> ApiResult<Account> {
+        account(ctx, self.0.author_id).await
+    }
+
+    async fn rating(&self) -> i32 {
+        self.0.rating
+    }
+
+    async fn comment(&self) -> String {
+        self.0.comment.clone()
+    }
+
+    async fn status(&self) -> ApiResult<ReviewStatus> {
+        Ok(match self.0.status.as_str() {
+            "PENDING" => ReviewStatus::Pending,
+            "APPROVED" => ReviewStatus::Approved,
+            "REJECTED" => ReviewStatus::Rejected,
+            other => return Err(ApiError::internal(format!("unknown review status {other}"))),
+        })
+    }
+
+    /// Why an ADMIN rejected it (author and ADMINs only).
+    async fn rejection_reason(&self, ctx: &Context<'_>) -> Option<String> {
+        let viewer = ctx.data_opt::<Viewer>().and_then(|v| v.0.as_deref());
+        viewer
+            .filter(|c| c.sub == self.0.author_id || c.has(DomainRole::Admin))
+            .and(self.0.rejection_reason.clone())
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+/// An order mutation's result.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct OrderPayload {
+    /// The order, once the orders read model shows it (null if it did not
+    /// catch up in time).
+    pub order: Option<Order>,
+    /// Send as `X-Consistency-Token` to read this write.
+    pub consistency_token: String,
+}
+
+/// A review mutation's result.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ReviewPayload {
+    /// The review, once the reviews read model shows it.
+    pub review: Option<Review>,
+    /// Send as `X-Consistency-Token` to read this write.
+    pub consistency_token: String,
+}
+
+macro_rules! connection {
+    ($conn:ident, $edge:ident, $node:ty) => {
+        /// A page.
+        #[derive(SimpleObject, Debug, Clone)]
+        pub struct $conn {
+            /// The rows.
+            pub edges: Vec<$edge>,
+            /// Paging.
+            pub page_info: PageInfo,
+            /// Rows in all.
+            pub total_count: i32,
+        }
+
+        /// A row with its cursor.
+        #[derive(SimpleObject, Debug, Clone)]
+        pub struct $edge {
+            /// The row.
+            pub node: $node,
+            /// Opaque cursor.
+            pub cursor: String,
+        }
+    };
+}
+
+connection!(OrderConnection, OrderEdge, Order);
+connection!(ReviewConnection, ReviewEdge, Review);
+
+/// Builds a connection from a read-model page.
+pub fn order_connection(page: Page<OrderRow>) -> OrderConnection {
+    let end_cursor = page.rows.last().map(|(_, c)| c.clone());
+    OrderConnection {
+        edges: page
+            .rows
+            .into_iter()
+            .map(|(r, cursor)| OrderEdge {
+                node: Order(r),
+                cursor,
+            })
+            .collect(),
+        page_info: PageInfo {
+            has_next_page: page.has_next_page,
+            end_cursor,
+        },
+        total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
+    }
+}
+
+/// Builds a connection from a read-model page.
+pub fn review_connection(page: Page<ReviewRow>) -> ReviewConnection {
+    let end_cursor = page.rows.last().map(|(_, c)| c.clone());
+    ReviewConnection {
+        edges: page
+            .rows
+            .into_iter()
+            .map(|(r, cursor)| ReviewEdge {
+                node: Review(r),
+                cursor,
+            })
+            .collect(),
+        page_info: PageInfo {
+            has_next_page: page.has_next_page,
+            end_cursor,
+        },
+        total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
+    }
+}
+
+/// Whether `viewer` may see `order`.
+pub fn may_see_order(viewer: &Claims, order: &OrderRow) -> bool {
+    viewer.sub == order.buyer_id || viewer.sub == order.seller_id || viewer.has(DomainRole::Admin)
+}
+
+/// Reads an order back after a write, once the orders read model has it.
+pub async fn order_after(
+    state: &AppState,
+    id: Uuid,
+    position: Position,
+) -> ApiResult<OrderPayload> {
+    let order = if state.wait_for(&[orders::NAME], position).await {
+        orders::by_id(&state.pool, id).await?.map(Order)
+    } else {
+        None
+    };
+    Ok(OrderPayload {
+        order,
+        consistency_token: position.to_string(),
+    })
+}
+
+/// Reads a review back after a write, once the reviews read model has it.
+pub async fn review_after(
+    state: &AppState,
+    id: Uuid,
+    position: Position,
+) -> ApiResult<ReviewPayload> {
+    let review = if state.wait_for(&[reviews::NAME], position).await {
+        reviews::by_id(&state.pool, id).await?.map(Review)
+    } else {
+        None
+    };
+    Ok(ReviewPayload {
+        review,
+        consistency_token: position.to_string(),
+    })
+}
+
+/// Queries over orders and reviews.
+#[derive(Debug, Default)]
+pub struct CommerceQuery;
+
+#[Object]
+impl CommerceQuery {
+    /// One order: for its buyer, its seller, or an ADMIN.
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Order>> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        let Ok(id) = Uuid::try_parse(id.as_str()) else {
+            return Err(ApiError::BadUserInput("id is not a valid id".into()));
+        };
+        Ok(orders::by_id(&state.pool, id)
+            .await?
+            .filter(|o| may_see_order(viewer, o))
+            .map(Order))
+    }
+
+    /// The signed-in buyer's orders, newest first.
+    async fn my_orders(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(maximum = 100, minimum = 0))] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<OrderConnection> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        let first = super::query::page_size(first)?;
+        let page = orders::for_buyer(&state.pool, viewer.sub, first, after.as_deref())
+            .await?
+            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        Ok(order_connection(page))
+    }
+
+    /// Orders containing the signed-in seller's listings, newest first.
+    async fn seller_orders(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(maximum = 100, minimum = 0))] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<OrderConnection> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        let first = super::query::page_size(first)?;
+        let page = orders::for_seller(&state.pool, viewer.sub, first, after.as_deref())
+            .await?
+            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        Ok(order_connection(page))
+    }
+
+    /// A listing's reviews: APPROVED ones, or all of them for an ADMIN.
+    async fn reviews(
+        &self,
+        ctx: &Context<'_>,
+        listing_id: ID,
+        #[graphql(validator(maximum = 100, minimum = 0))] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<ReviewConnection> {
+        let state = ctx.data::<AppState>()?;
+        let admin = ctx
+            .data::<Viewer>()?
+            .0
+            .as_deref()
+            .is_some_and(|c| c.has(DomainRole::Admin));
+        let listing_id = super::types::parse_id(&listing_id, "listingId")?;
+        let first = super::query::page_size(first)?;
+        let page = reviews::for_listing(&state.pool, listing_id, admin, first, after.as_deref())
+            .await?
+            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        Ok(review_connection(page))
+    }
+
+    /// PENDING reviews, oldest first: the moderation queue (ADMIN only).
+    async fn moderation_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(maximum = 100, minimum = 0))] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<ReviewConnection> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        if !viewer.has(DomainRole::Admin) {
+            return Err(ApiError::Forbidden("only admins moderate reviews".into()));
+        }
+        let first = super::query::page_size(first)?;
+        let page = reviews::pending(&state.pool, first, after.as_deref())
+            .await?
+            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        Ok(review_connection(page))
+    }
+}

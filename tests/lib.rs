@@ -119,6 +119,42 @@ impl TestApp {
         )
     }
 
+    /// Logs in; returns the token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .gql(
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({ "e": email, "p": password }),
+                Req::default(),
+            )
+            .await;
+        r.data("login.token").as_str().expect("token").to_owned()
+    }
+
+    /// Polls `order(id)` as `token` until its status satisfies `done`, with a
+    /// deadline; returns the order's JSON.
+    pub async fn wait_order(&self, token: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let r = self
+                .gql(
+                    "query($id: ID!) { order(id: $id) { id status statusReason trackingCode total { amount currencyCode } lines { quantity unitPrice { amount } listing { id } } } }",
+                    json!({ "id": id }),
+                    Req { token: Some(token), ..Req::default() },
+                )
+                .await;
+            let order = r.data("order").clone();
+            if order["status"].as_str().is_some_and(&done) {
+                return order;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "order {id} did not reach the expected status: {order}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// The number of events in the log.
     pub async fn event_count(&self) -> i64 {
         let pool = self.db.pool().await;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the whole marketplace over real HTTP against a real
 //! Postgres, one fresh database per test.
 
+mod commerce;
 mod errors;
 mod flow;

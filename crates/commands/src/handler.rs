@@ -314,10 +314,25 @@ impl CommandHandler {
                 }
             }
             let loaded = self.load::<A>(id).await?;
-            let events = loaded
-                .state
-                .decide(command)
-                .map_err(CommandError::Rejected)?;
+            let events = match loaded.state.decide(command) {
+                Ok(events) => events,
+                Err(refusal) => {
+                    // A duplicate may have committed between the key check and
+                    // the load; its effect (e.g. the order now exists) is what
+                    // refused us. Its record is visible now.
+                    if let Some(key) = &key {
+                        if let Some(record) = self
+                            .store
+                            .idempotency_record(&key.key)
+                            .await
+                            .map_err(CommandError::Store)?
+                        {
+                            return replay(record, key);
+                        }
+                    }
+                    return Err(CommandError::Rejected(refusal));
+                }
+            };
             if events.is_empty() {
                 return Ok(Idempotent::Fresh(Executed {
                     state: loaded.state,

@@ -1,0 +1,501 @@
+//! A purchase from deposit to payout and review, over GraphQL, with the
+//! refusals of the contract and idempotency keys under concurrency.
+
+use marketplace_e2e::{spawn_app, Req, TestApp};
+use serde_json::{json, Value};
+
+const CREATE: &str = "mutation($input: CreateListingInput!, $key: String) {
+    createListing(input: $input, idempotencyKey: $key) { consistencyToken listing { id } }
+}";
+const PUBLISH: &str =
+    "mutation($id: ID!) { publishListing(id: $id) { consistencyToken listing { status } } }";
+const DEPOSIT: &str = "mutation($amount: MoneyInput!, $key: String) {
+    depositFunds(amount: $amount, idempotencyKey: $key) { consistencyToken }
+}";
+const PLACE: &str = "mutation($input: PlaceOrderInput!, $key: String) {
+    placeOrder(input: $input, idempotencyKey: $key) { consistencyToken order { id status total { amount currencyCode } } }
+}";
+const ME: &str = "{ me { balance { amount currencyCode } } }";
+
+fn auth(token: &str) -> Req<'_> {
+    Req {
+        token: Some(token),
+        ..Req::default()
+    }
+}
+
+fn lamp(quantity: i64) -> Value {
+    json!({
+        "kind": "PHYSICAL", "title": "Brass lamp", "description": "Warm light",
+        "category": "home", "tags": ["lighting"],
+        "price": { "amount": "40.00", "currencyCode": "EUR" }, "quantity": quantity
+    })
+}
+
+/// A seller with one published listing; returns (seller token, listing id).
+async fn seller_with_listing(app: &TestApp, email: &str, input: Value) -> (String, String) {
+    let (token, _, _) = app.register(email, &["SELLER"]).await;
+    let created = app
+        .gql(CREATE, json!({ "input": input }), auth(&token))
+        .await;
+    let id = created
+        .data("createListing.listing.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.gql(PUBLISH, json!({ "id": id }), auth(&token))
+        .await
+        .data("publishListing.listing.status");
+    (token, id)
+}
+
+async fn buyer_with(app: &TestApp, email: &str, euros: &str) -> String {
+    let (token, _, _) = app.register(email, &["BUYER"]).await;
+    app.gql(
+        DEPOSIT,
+        json!({ "amount": { "amount": euros, "currencyCode": "EUR" } }),
+        auth(&token),
+    )
+    .await
+    .data("depositFunds.consistencyToken");
+    token
+}
+
+async fn balance(app: &TestApp, token: &str, consistency: Option<&str>) -> String {
+    app.gql(
+        ME,
+        json!({}),
+        Req {
+            token: Some(token),
+            consistency,
+        },
+    )
+    .await
+    .data("me.balance.amount")
+    .as_str()
+    .expect("amount")
+    .to_owned()
+}
+
+fn place_input(listing: &str, quantity: i64) -> Value {
+    json!({ "lines": [{ "listingId": listing, "quantity": quantity }] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_goes_from_deposit_through_escrow_to_payout_and_an_approved_review() {
+    let app = spawn_app().await;
+    let (seller, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
+
+    let placed = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 2) }),
+            auth(&buyer),
+        )
+        .await;
+    let order_id = placed
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        placed.data("placeOrder.order.total"),
+        &json!({ "amount": "80.00", "currencyCode": "EUR" })
+    );
+    let confirmed = app.wait_order(&buyer, &order_id, |s| s != "PENDING").await;
+    assert_eq!(confirmed["status"], "CONFIRMED");
+    // The price changes afterwards; the order keeps the price it was placed at.
+    app.gql(
+        "mutation($id: ID!) { updateListingPrice(id: $id, price: { amount: \"55.00\", currencyCode: \"EUR\" }) { listing { price { amount } } } }",
+        json!({ "id": listing }),
+        auth(&seller),
+    )
+    .await
+    .data("updateListingPrice");
+    let confirmed = app
+        .wait_order(&buyer, &order_id, |s| s == "CONFIRMED")
+        .await;
+    assert_eq!(confirmed["lines"][0]["unitPrice"]["amount"], "40.00");
+    assert_eq!(
+        balance(&app, &buyer, None).await,
+        "20.00",
+        "80.00 held in escrow"
+    );
+
+    // The seller sees it; another buyer does not.
+    let seller_view = app
+        .gql(
+            "{ sellerOrders { totalCount edges { node { id } } } }",
+            json!({}),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(seller_view.data("sellerOrders.totalCount"), 1);
+    let (stranger, _, _) = app.register("stranger@example.com", &["BUYER"]).await;
+    let hidden = app
+        .gql(
+            "query($id: ID!) { order(id: $id) { id } }",
+            json!({ "id": order_id }),
+            auth(&stranger),
+        )
+        .await;
+    assert!(hidden.data("order").is_null());
+
+    // Only the seller ships; only the buyer confirms delivery.
+    let wrong = app
+        .gql(
+            "mutation($id: ID!) { shipOrder(id: $id) { consistencyToken } }",
+            json!({ "id": order_id }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(wrong.error_code(), "FORBIDDEN");
+    let shipped = app
+        .gql(
+            "mutation($id: ID!) { shipOrder(id: $id, trackingCode: \"TRK-1\") { order { status trackingCode } } }",
+            json!({ "id": order_id }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(shipped.data("shipOrder.order.status"), "SHIPPED");
+    assert_eq!(shipped.data("shipOrder.order.trackingCode"), "TRK-1");
+    let wrong = app
+        .gql(
+            "mutation($id: ID!) { confirmDelivery(id: $id) { consistencyToken } }",
+            json!({ "id": order_id }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(wrong.error_code(), "FORBIDDEN");
+    let delivered = app
+        .gql(
+            "mutation($id: ID!) { confirmDelivery(id: $id) { consistencyToken order { status } } }",
+            json!({ "id": order_id }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(delivered.data("confirmDelivery.order.status"), "DELIVERED");
+
+    // The payout arrives: 80.00 less the 5% fee.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while balance(&app, &seller, None).await != "76.00" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "payout did not arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(balance(&app, &buyer, None).await, "20.00");
+
+    // The buyer reviews; it counts once an admin approves it.
+    let review = app
+        .gql(
+            "mutation($input: SubmitReviewInput!) { submitReview(input: $input) { consistencyToken review { id status rating } } }",
+            json!({ "input": { "listingId": listing, "orderId": order_id, "rating": 4, "comment": "Lovely lamp" } }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(review.data("submitReview.review.status"), "PENDING");
+    let review_id = review
+        .data("submitReview.review.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let again = app
+        .gql(
+            "mutation($input: SubmitReviewInput!) { submitReview(input: $input) { consistencyToken } }",
+            json!({ "input": { "listingId": listing, "orderId": order_id, "rating": 5, "comment": "Twice" } }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(again.error_code(), "CONFLICT");
+    let not_admin = app
+        .gql(
+            "mutation($id: ID!) { moderateReview(id: $id, decision: APPROVE) { consistencyToken } }",
+            json!({ "id": review_id }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(not_admin.error_code(), "FORBIDDEN");
+    marketplace_api::admin::create_admin(
+        &app.db.url,
+        "admin@example.com",
+        "admin password 1",
+        "Admin",
+    )
+    .await
+    .expect("create admin");
+    let admin = app.login("admin@example.com", "admin password 1").await;
+    let approved = app
+        .gql(
+            "mutation($id: ID!) { moderateReview(id: $id, decision: APPROVE) { consistencyToken review { status } } }",
+            json!({ "id": review_id }),
+            auth(&admin),
+        )
+        .await;
+    assert_eq!(approved.data("moderateReview.review.status"), "APPROVED");
+    let token = approved
+        .data("moderateReview.consistencyToken")
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let rated = app
+        .gql(
+            "query($id: ID!) { listing(id: $id) { averageRating reviewCount availableQuantity } reviews(listingId: $id) { totalCount edges { node { rating author { displayName } } } } }",
+            json!({ "id": listing }),
+            Req { consistency: Some(&token), ..Req::default() },
+        )
+        .await;
+    assert_eq!(rated.data("listing.averageRating"), 4.0);
+    assert_eq!(rated.data("listing.reviewCount"), 1);
+    assert_eq!(rated.data("listing.availableQuantity"), 3);
+    assert_eq!(rated.data("reviews.totalCount"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_rejects_with_a_reason_and_cancellation_refunds() {
+    let app = spawn_app().await;
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(1)).await;
+    let poor = buyer_with(&app, "poor@example.com", "10.00").await;
+    let rich = buyer_with(&app, "rich@example.com", "500.00").await;
+
+    let poor_order = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&poor),
+        )
+        .await
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rejected = app.wait_order(&poor, &poor_order, |s| s != "PENDING").await;
+    assert_eq!(rejected["status"], "REJECTED");
+    assert_eq!(rejected["statusReason"], "insufficient funds");
+
+    let too_many = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 2) }),
+            auth(&rich),
+        )
+        .await
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rejected = app.wait_order(&rich, &too_many, |s| s != "PENDING").await;
+    assert_eq!(rejected["statusReason"], "out of stock");
+
+    let order = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&rich),
+        )
+        .await
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.wait_order(&rich, &order, |s| s == "CONFIRMED").await;
+    assert_eq!(balance(&app, &rich, None).await, "460.00");
+    let cancelled = app
+        .gql(
+            "mutation($id: ID!) { cancelOrder(id: $id) { consistencyToken order { status statusReason } } }",
+            json!({ "id": order }),
+            auth(&rich),
+        )
+        .await;
+    assert_eq!(cancelled.data("cancelOrder.order.status"), "CANCELLED");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while balance(&app, &rich, None).await != "500.00" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refund did not arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let stock = loop {
+        let l = app
+            .gql(
+                "query($id: ID!) { listing(id: $id) { availableQuantity } }",
+                json!({ "id": listing }),
+                Req::default(),
+            )
+            .await;
+        let n = l.data("listing.availableQuantity").as_i64().expect("n");
+        if n == 1 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(stock, 1, "the cancelled order's unit is back in stock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_foreign_listings_are_refused_with_codes_and_write_nothing() {
+    let app = spawn_app().await;
+    let (seller, listing) = seller_with_listing(&app, "seller@example.com", lamp(3)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
+    let before = app.event_count().await;
+
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            DEPOSIT,
+            json!({ "amount": { "amount": "-5.00", "currencyCode": "EUR" } }),
+            "BAD_USER_INPUT",
+            "negative deposit",
+        ),
+        (
+            DEPOSIT,
+            json!({ "amount": { "amount": "0.001", "currencyCode": "EUR" } }),
+            "BAD_USER_INPUT",
+            "sub-cent deposit",
+        ),
+        (
+            PLACE,
+            json!({ "input": place_input(&listing, 0) }),
+            "BAD_USER_INPUT",
+            "zero quantity",
+        ),
+        (
+            PLACE,
+            json!({ "input": place_input(&listing, -1) }),
+            "BAD_USER_INPUT",
+            "negative quantity",
+        ),
+        (
+            PLACE,
+            json!({ "input": place_input("not-a-uuid", 1) }),
+            "BAD_USER_INPUT",
+            "malformed id",
+        ),
+        (
+            PLACE,
+            json!({ "input": place_input(&uuid::Uuid::now_v7().to_string(), 1) }),
+            "NOT_FOUND",
+            "unknown listing",
+        ),
+        (
+            PLACE,
+            json!({ "input": { "lines": [] } }),
+            "BAD_USER_INPUT",
+            "no lines",
+        ),
+    ];
+    for (query, vars, code, what) in cases {
+        let r = app.gql(query, vars, auth(&buyer)).await;
+        assert_eq!(r.error_code(), code, "{what}: {}", r.body);
+    }
+    let r = app
+        .gql(
+            "mutation($id: ID!) { restockListing(id: $id, quantity: 5) { consistencyToken } }",
+            json!({ "id": listing }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(
+        r.error_code(),
+        "FORBIDDEN",
+        "a buyer restocking another's listing"
+    );
+    let r = app
+        .gql(
+            DEPOSIT,
+            json!({ "amount": { "amount": "5.00", "currencyCode": "EUR" } }),
+            Req::default(),
+        )
+        .await;
+    assert_eq!(r.error_code(), "UNAUTHENTICATED");
+    let own = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(
+        own.error_code(),
+        "FORBIDDEN",
+        "an account without BUYER cannot order: {}",
+        own.body
+    );
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "refused input wrote nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_duplicates_of_an_idempotent_order_place_it_once() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(10)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "1000.00").await;
+    let before = app.event_count().await;
+
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (app, buyer, listing) = (app.clone(), buyer.clone(), listing.clone());
+            tokio::spawn(async move {
+                app.gql(
+                    PLACE,
+                    json!({ "input": place_input(&listing, 1), "key": "checkout-42" }),
+                    auth(&buyer),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        ids.insert(
+            r.data("placeOrder.order.id")
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 1, "every duplicate got the first order");
+    let order = ids.into_iter().next().expect("one");
+    app.wait_order(&buyer, &order, |s| s == "CONFIRMED").await;
+    let pool = app.db.pool().await;
+    let placed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'order.placed' AND position > $1",
+    )
+    .bind(before)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(placed, 1, "one order.placed for twenty requests");
+
+    let reused = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 2), "key": "checkout-42" }),
+            auth(&buyer),
+        )
+        .await;
+    assert_eq!(reused.error_code(), "IDEMPOTENCY_KEY_REUSED");
+
+    // The same for deposits: a retried deposit counts once.
+    for _ in 0..3 {
+        app.gql(
+            DEPOSIT,
+            json!({ "amount": { "amount": "5.00", "currencyCode": "EUR" }, "key": "topup-1" }),
+            auth(&buyer),
+        )
+        .await
+        .data("depositFunds");
+    }
+    let deposits: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'account.funds_deposited' AND position > $1")
+        .bind(before)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(deposits, 1);
+}

@@ -499,3 +499,79 @@ async fn twenty_concurrent_duplicates_of_an_idempotent_order_place_it_once() {
         .expect("count");
     assert_eq!(deposits, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sellers_restock_and_delist_and_a_delisted_listing_cannot_be_bought() {
+    let app = spawn_app().await;
+    let (seller, listing) = seller_with_listing(&app, "seller@example.com", lamp(2)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "500.00").await;
+
+    let restocked = app
+        .gql(
+            "mutation($id: ID!) { restockListing(id: $id, quantity: 3) { listing { availableQuantity } } }",
+            json!({ "id": listing }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(
+        restocked.data("restockListing.listing.availableQuantity"),
+        5
+    );
+    let zero = app
+        .gql(
+            "mutation($id: ID!) { restockListing(id: $id, quantity: 0) { consistencyToken } }",
+            json!({ "id": listing }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(zero.error_code(), "BAD_USER_INPUT");
+
+    let delisted = app
+        .gql(
+            "mutation($id: ID!) { delistListing(id: $id) { consistencyToken listing { status } } }",
+            json!({ "id": listing }),
+            auth(&seller),
+        )
+        .await;
+    assert_eq!(delisted.data("delistListing.listing.status"), "DELISTED");
+    let token = delisted
+        .data("delistListing.consistencyToken")
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let catalogue = app
+        .gql(
+            "{ listings { totalCount } }",
+            json!({}),
+            Req {
+                consistency: Some(&token),
+                ..Req::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        catalogue.data("listings.totalCount"),
+        0,
+        "delisted listings leave the catalogue"
+    );
+
+    let order = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&buyer),
+        )
+        .await
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rejected = app.wait_order(&buyer, &order, |s| s != "PENDING").await;
+    assert_eq!(rejected["status"], "REJECTED");
+    assert_eq!(rejected["statusReason"], "listing not available");
+    assert_eq!(
+        balance(&app, &buyer, None).await,
+        "500.00",
+        "nothing was held"
+    );
+}

@@ -152,6 +152,17 @@ async fn retrying_create_listing_with_the_same_idempotency_key_returns_the_same_
         events,
         "the retry appended nothing"
     );
+    let mut changed = lamp();
+    changed["title"] = json!("Copper lamp");
+    let reused = app
+        .gql(
+            CREATE,
+            json!({ "input": changed, "key": "k-1" }),
+            opts.clone(),
+        )
+        .await;
+    assert_eq!(reused.error_code(), "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(app.event_count().await, events, "the reuse appended nothing");
     let other = app
         .gql(CREATE, json!({ "input": lamp(), "key": "k-2" }), opts)
         .await;

@@ -1,8 +1,15 @@
-//! How far each projection has come, for read-your-writes.
+//! What the projections of this process are doing, for read-your-writes and
+//! for status surfaces.
 //!
-//! The runtime publishes a projection's position after each committed batch;
-//! a query carrying a consistency token waits (bounded) until every
-//! projection it reads has passed it.
+//! - **Positions.** The runtime publishes a projection's position after each
+//!   committed batch (and, while it stands by, the position the leader in
+//!   another process has committed); a query carrying a consistency token
+//!   waits (bounded) until every projection it reads has passed it.
+//! - **Runner states.** Each runner publishes its local [`RunnerStatus`]:
+//!   `STANDBY` while another runner holds the projection's leadership lock,
+//!   `RUNNING` while it leads, `FAILED` after it gave up on an event, and
+//!   `STOPPED` when it is not running. Cluster-wide status (lag, the leader's
+//!   state) is [`crate::status::status`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,10 +18,92 @@ use std::time::Duration;
 use marketplace_store::Position;
 use tokio::sync::watch;
 
-/// Shared, cheap-to-clone registry of projection positions in this process.
+/// The state of a projection runner, as stored in `projection_checkpoints`
+/// (`state`) and published per process in [`Progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProjectionState {
+    /// Leading: folding events into the read model.
+    Running,
+    /// Waiting for the leadership lock another runner holds (per process only;
+    /// never written to the table, whose row reflects the leader).
+    Standby,
+    /// Gave up on an event after retries; waits for a reset or a restart.
+    Failed,
+    /// Not running (never started, shut down, or its leader is gone).
+    Stopped,
+}
+
+impl ProjectionState {
+    /// The stored name: `RUNNING`, `STANDBY`, `FAILED` or `STOPPED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectionState::Running => "RUNNING",
+            ProjectionState::Standby => "STANDBY",
+            ProjectionState::Failed => "FAILED",
+            ProjectionState::Stopped => "STOPPED",
+        }
+    }
+
+    /// Parses a stored name; anything unknown reads as `STOPPED`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "RUNNING" => ProjectionState::Running,
+            "STANDBY" => ProjectionState::Standby,
+            "FAILED" => ProjectionState::Failed,
+            _ => ProjectionState::Stopped,
+        }
+    }
+}
+
+impl std::fmt::Display for ProjectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What this process's runner of one projection is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerStatus {
+    /// The runner's state.
+    pub state: ProjectionState,
+    /// The leadership generation while `RUNNING`.
+    pub generation: Option<i64>,
+    /// The event it could not fold, while `FAILED`.
+    pub failed_position: Option<Position>,
+    /// Why, while `FAILED`.
+    pub last_error: Option<String>,
+}
+
+impl RunnerStatus {
+    /// A runner in `state` with no further detail.
+    pub fn new(state: ProjectionState) -> Self {
+        Self {
+            state,
+            generation: None,
+            failed_position: None,
+            last_error: None,
+        }
+    }
+}
+
+impl Default for RunnerStatus {
+    fn default() -> Self {
+        Self::new(ProjectionState::Stopped)
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    position: watch::Sender<Position>,
+    runner: watch::Sender<RunnerStatus>,
+}
+
+/// Shared, cheap-to-clone registry of projection positions and runner states
+/// in this process.
 #[derive(Clone, Default)]
 pub struct Progress {
-    inner: Arc<Mutex<HashMap<String, watch::Sender<Position>>>>,
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -24,21 +113,26 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
-    fn sender(&self, name: &str) -> watch::Sender<Position> {
+    fn entry(&self, name: &str) -> Entry {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(name.to_owned())
-            .or_insert_with(|| watch::channel(Position::START).0)
+            .or_insert_with(|| Entry {
+                position: watch::channel(Position::START).0,
+                runner: watch::channel(RunnerStatus::default()).0,
+            })
             .clone()
     }
 
     /// Records that `name` has committed everything up to `position`.
     pub fn advance(&self, name: &str, position: Position) {
-        self.sender(name).send_modify(|p| *p = (*p).max(position));
+        self.entry(name)
+            .position
+            .send_modify(|p| *p = (*p).max(position));
     }
 
     /// Where `name` is.
     pub fn position(&self, name: &str) -> Position {
-        *self.sender(name).borrow()
+        *self.entry(name).position.borrow()
     }
 
     /// Waits until every projection in `names` has reached `token`, or
@@ -46,13 +140,47 @@ impl Progress {
     pub async fn wait_for(&self, names: &[&str], token: Position, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         for name in names {
-            let mut rx = self.sender(name).subscribe();
+            let mut rx = self.entry(name).position.subscribe();
             let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= token)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 return false;
             }
         }
         true
+    }
+
+    /// Publishes what this process's runner of `name` is doing.
+    pub fn set_runner(&self, name: &str, status: RunnerStatus) {
+        self.entry(name).runner.send_replace(status);
+    }
+
+    /// What this process's runner of `name` is doing (`STOPPED` if none).
+    pub fn runner(&self, name: &str) -> RunnerStatus {
+        self.entry(name).runner.borrow().clone()
+    }
+
+    /// Every runner this process knows of, by name.
+    pub fn runners(&self) -> Vec<(String, RunnerStatus)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(name, e)| (name.clone(), e.runner.borrow().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Waits until this process's runner of `name` is in `state`, or
+    /// `timeout` passes. Returns whether it got there.
+    pub async fn wait_for_state(
+        &self,
+        name: &str,
+        state: ProjectionState,
+        timeout: Duration,
+    ) -> bool {
+        let mut rx = self.entry(name).runner.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|s| s.state == state)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 }
 
@@ -82,5 +210,30 @@ mod tests {
         assert!(waiter.await.expect("join"));
         p.advance("a", Position(3));
         assert_eq!(p.position("a"), Position(15), "positions never go back");
+    }
+
+    #[tokio::test]
+    async fn publishes_runner_states() {
+        let p = Progress::default();
+        assert_eq!(p.runner("a").state, ProjectionState::Stopped);
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move {
+            p2.wait_for_state("a", ProjectionState::Running, Duration::from_secs(30))
+                .await
+        });
+        p.set_runner("a", RunnerStatus::new(ProjectionState::Standby));
+        p.set_runner(
+            "a",
+            RunnerStatus {
+                generation: Some(3),
+                ..RunnerStatus::new(ProjectionState::Running)
+            },
+        );
+        assert!(waiter.await.expect("join"));
+        assert_eq!(p.runner("a").generation, Some(3));
+        assert_eq!(p.runners().len(), 1);
+        for s in ["RUNNING", "STANDBY", "FAILED", "STOPPED"] {
+            assert_eq!(ProjectionState::parse(s).as_str(), s);
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! then assert rows.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use marketplace_domain::account::{
@@ -21,9 +20,10 @@ use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, Re
 use marketplace_domain::values::*;
 use marketplace_domain::EventSet;
 use marketplace_projections::read_models::{accounts, listings, orders, reviews};
-use marketplace_projections::{Progress, Projection, ProjectionError, ProjectorRuntime};
-use marketplace_store::postgres::{migrate, PostgresEventStore};
-use marketplace_store::testdb::TestDatabase;
+use marketplace_projections::{
+    Progress, Projection, ProjectionError, ProjectionState, ProjectorRuntime,
+};
+use marketplace_store::postgres::PostgresEventStore;
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
 };
@@ -31,18 +31,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn setup() -> (PgPool, PostgresEventStore) {
-    let db = TestDatabase::create().await;
-    let pool = db.pool().await;
-    migrate(&pool).await.expect("store migrations");
-    marketplace_projections::migrate(&pool)
-        .await
-        .expect("read model migrations");
-    let store = PostgresEventStore::new(pool.clone()).await.expect("store");
-    (pool, store)
-}
+mod common;
+use common::{setup, DEADLINE};
 
 fn new_event<E: EventSet>(e: E) -> NewEvent {
     NewEvent {
@@ -228,6 +218,14 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
         .await
         .expect("count");
     assert_eq!(count, 2);
+    // The new runners take over as the old ones hand over their locks.
+    for name in ALL {
+        assert!(
+            progress
+                .wait_for_state(name, ProjectionState::Running, DEADLINE)
+                .await
+        );
+    }
     let states: Vec<String> =
         sqlx::query_scalar("SELECT state FROM projection_checkpoints ORDER BY name")
             .fetch_all(&pool)
@@ -250,14 +248,17 @@ async fn a_stale_runner_cannot_commit_a_batch_twice() {
     let batch = store.read_all(Position::START, 10).await.expect("read");
     let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), Progress::default());
     let projection = accounts::AccountsProjection;
-    let from = runtime.checkpoint(&projection).await.expect("checkpoint");
+    let (generation, from) = runtime.take_over(&projection).await.expect("take over");
     let to = runtime
-        .commit_batch(&projection, from, &batch)
+        .commit_batch(&projection, generation, from, &batch)
         .await
         .expect("first commit");
     assert_eq!(to, batch[0].position);
     // A second runner that read the same old checkpoint is refused.
-    match runtime.commit_batch(&projection, from, &batch).await {
+    match runtime
+        .commit_batch(&projection, generation, from, &batch)
+        .await
+    {
         Err(ProjectionError::Fenced { name }) => assert_eq!(name, projection.name()),
         // The duplicate insert may fail first; either way nothing is applied twice.
         Err(ProjectionError::Sql(_)) => {}
@@ -466,9 +467,9 @@ async fn fold_as_one_batch(pool: &PgPool, store: &PostgresEventStore) -> Positio
     let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), Progress::default());
     let mut head = Position::START;
     for p in marketplace_projections::all() {
-        let from = runtime.checkpoint(p.as_ref()).await.expect("checkpoint");
+        let (generation, from) = runtime.take_over(p.as_ref()).await.expect("take over");
         head = runtime
-            .commit_batch(p.as_ref(), from, &batch)
+            .commit_batch(p.as_ref(), generation, from, &batch)
             .await
             .expect("commit");
     }

@@ -116,7 +116,8 @@ fn event<E: EventSet>(e: E) -> anyhow::Result<NewEvent> {
     })
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+/// A progress bar labelled `what` (also used by `marketplace seed`).
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(&format!(
@@ -236,7 +237,8 @@ async fn append(pool: &PgPool, writers: usize, streams: usize, events: u64) -> a
     Ok(())
 }
 
-fn eur(minor: i64) -> anyhow::Result<Money> {
+/// `minor` euro cents (also used by `marketplace seed`).
+pub(crate) fn eur(minor: i64) -> anyhow::Result<Money> {
     Ok(Money {
         minor,
         currency: Currency::parse("EUR")?,

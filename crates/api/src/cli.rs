@@ -10,6 +10,7 @@ use crate::application::{shutdown_signal, Application};
 use crate::bench::{self, BenchCommand};
 use crate::config::{Secret, ServeRole, Settings};
 use crate::database::{connect, migrate, Database};
+use crate::seed::SeedArgs;
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
 ///
@@ -84,6 +85,10 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Fill the database with a realistic marketplace through the real
+    /// command path: sellers, listings, funded buyers, orders in every state,
+    /// reviews. Refuses a database that was seeded before.
+    Seed(SeedArgs),
     /// Manage accounts from the operator's side.
     Accounts {
         #[command(subcommand)]
@@ -143,6 +148,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "admin account {id} created for {}",
                 email.trim().to_lowercase()
             );
+            Ok(())
+        }
+        Some(Command::Seed(args)) => {
+            let external = cli
+                .db
+                .database_url
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty());
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result = tokio::select! {
+                r = crate::seed::run(&db.url, &args) => r,
+                () = shutdown_signal() => Err(anyhow::anyhow!("interrupted: the database is partly seeded")),
+            };
+            db.shutdown().await?;
+            let report = result?;
+            println!("{report}");
+            if external {
+                println!("serve it: marketplace (same DATABASE_URL), then open http://127.0.0.1:8080/graphql");
+            } else {
+                println!(
+                    "serve it: marketplace --data-dir {}, then open http://127.0.0.1:8080/graphql",
+                    cli.db.data_dir.display()
+                );
+            }
             Ok(())
         }
         Some(Command::Bench { which }) => {

@@ -6,7 +6,8 @@
 //!
 //! Layout:
 //! - [`cli`]: argument parsing and the one dispatch of subcommands
-//!   (`serve` by default, `migrate`, `schema`, `bench`).
+//!   (`serve` by default, `migrate`, `schema`, `bench`, `seed`,
+//!   `accounts create-admin`).
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
@@ -16,6 +17,8 @@
 //! - [`error`]: the error taxonomy and its single mapping to
 //!   `extensions.code`.
 //! - [`auth`]: argon2 password hashing and JWT tokens.
+//! - [`seed`]: `marketplace seed`, a realistic marketplace written through
+//!   the command path, with the checkout saga and payout process in-process.
 //! - [`config`], [`database`], [`state`], [`telemetry`], [`bench`].
 
 pub mod admin;
@@ -28,6 +31,7 @@ pub mod database;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod seed;
 pub mod state;
 pub mod telemetry;
 

@@ -1,0 +1,130 @@
+//! `marketplace seed` against a real PostgreSQL: orders end in every state,
+//! reviews are moderated both ways, the processes have settled, and a second
+//! run is refused without writing anything. Results are read from the event
+//! store and the aggregates (no projector runs here).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use marketplace_api::seed::{self, AlreadySeeded, SeedArgs};
+use marketplace_commands::CommandHandler;
+use marketplace_domain::account::Account;
+use marketplace_domain::order::{Order, OrderStatus};
+use marketplace_domain::review::{Review, ReviewStatus};
+use marketplace_store::testdb::TestDatabase;
+use marketplace_store::{EventStore, Position, PostgresEventStore};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn small() -> SeedArgs {
+    SeedArgs {
+        sellers: 3,
+        listings_per_seller: 6,
+        buyers: 12,
+        orders: 40,
+        seed: 7,
+        concurrency: 4,
+        ..SeedArgs::default()
+    }
+}
+
+async fn events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+/// Ids of the streams of `category` in the whole log.
+async fn streams(store: &dyn EventStore, category: &str) -> BTreeSet<Uuid> {
+    let mut ids = BTreeSet::new();
+    let mut from = Position::START;
+    loop {
+        let page = store.read_all(from, 1_000).await.expect("read log");
+        let Some(last) = page.last() else {
+            return ids;
+        };
+        from = last.position;
+        ids.extend(
+            page.iter()
+                .filter(|e| e.stream_id.category() == category)
+                .map(|e| e.stream_id.id()),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seeds_orders_in_every_state_and_refuses_a_second_run() {
+    marketplace_api::telemetry::init_for_tests();
+    let db = TestDatabase::create().await;
+    let report = seed::run(&db.url, &small()).await.expect("seed");
+
+    let pool = db.pool().await;
+    let store: Arc<dyn EventStore> =
+        Arc::new(PostgresEventStore::new(pool.clone()).await.expect("store"));
+    let handler = CommandHandler::new(store.clone());
+
+    let mut orders = Vec::new();
+    for id in streams(store.as_ref(), "order").await {
+        orders.push(handler.load::<Order>(id).await.expect("order").state);
+    }
+    assert_eq!(orders.len(), 40);
+    for status in [
+        OrderStatus::Confirmed,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+        OrderStatus::Rejected,
+    ] {
+        let n = orders.iter().filter(|o| o.status == status).count();
+        assert!(n >= 1, "no {status:?} order: {report}");
+        assert_eq!(n, report.orders_in(status), "{status:?}");
+    }
+    assert!(orders.iter().all(|o| o.status != OrderStatus::Pending));
+    let reasons: BTreeSet<&str> = orders
+        .iter()
+        .filter(|o| o.status == OrderStatus::Rejected)
+        .filter_map(|o| o.status_reason.as_ref().map(|r| r.as_str()))
+        .collect();
+    assert!(reasons.contains("insufficient funds"), "{reasons:?}");
+    assert!(reasons.contains("out of stock"), "{reasons:?}");
+
+    // The payout process has settled every escrow the seed ended.
+    for o in orders.iter().filter(|o| {
+        matches!(
+            o.status,
+            OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Rejected
+        )
+    }) {
+        let buyer = o.buyer_id.expect("buyer");
+        let wallet = handler.load::<Account>(buyer.0).await.expect("account");
+        let id = o.id.expect("id");
+        assert!(
+            !wallet.state.escrow.contains_key(&id),
+            "escrow left for {id}"
+        );
+    }
+
+    let mut reviews = Vec::new();
+    for id in streams(store.as_ref(), "review").await {
+        reviews.push(handler.load::<Review>(id).await.expect("review").state);
+    }
+    for status in [ReviewStatus::Approved, ReviewStatus::Rejected] {
+        let n = reviews.iter().filter(|r| r.status == status).count();
+        assert!(n >= 1, "no {status:?} review: {report}");
+        assert_eq!(n, report.reviews_in(status), "{status:?}");
+    }
+    assert!(reviews
+        .iter()
+        .filter(|r| r.status == ReviewStatus::Rejected)
+        .all(|r| r.rejection_reason.is_some()));
+
+    let before = events(&pool).await;
+    assert_eq!(u64::try_from(before).expect("count"), report.events_total);
+    let err = seed::run(&db.url, &small())
+        .await
+        .expect_err("a second run is refused");
+    assert!(err.downcast_ref::<AlreadySeeded>().is_some(), "{err:#}");
+    assert!(err.to_string().contains("--data-dir"), "{err}");
+    assert_eq!(events(&pool).await, before, "the refused run wrote events");
+}

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use marketplace_domain::Aggregate;
+
+use crate::cache::AggregateCache;
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
@@ -185,12 +187,17 @@ pub struct Loaded<A> {
 pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     retry: RetryPolicy,
+    cache: Arc<AggregateCache>,
 }
+
+/// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
+pub const DEFAULT_CACHE_CAPACITY: usize = 50_000;
 
 impl std::fmt::Debug for CommandHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandHandler")
             .field("retry", &self.retry)
+            .field("cached", &self.cache.len())
             .finish_non_exhaustive()
     }
 }
@@ -208,7 +215,15 @@ impl CommandHandler {
         Self {
             store,
             retry: RetryPolicy::default(),
+            cache: Arc::new(AggregateCache::new(DEFAULT_CACHE_CAPACITY)),
         }
+    }
+
+    /// Replaces the aggregate cache with one of `capacity` entries (0: no
+    /// cache, every load reads the whole stream).
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache = Arc::new(AggregateCache::new(capacity));
+        self
     }
 
     /// Replaces the retry policy.
@@ -225,22 +240,36 @@ impl CommandHandler {
     /// Rebuilds aggregate `A` with id `id` from its stream.
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, LoadError> {
         let stream = stream_of::<A>(id);
+        // Start from the cached state, if any, and read only the tail.
+        let mut loaded = match self.cache.get::<A>(&stream) {
+            Some((state, revision, position)) => Loaded {
+                state,
+                revision: Some(revision),
+                position,
+            },
+            None => Loaded {
+                state: A::default(),
+                revision: None,
+                position: Position::START,
+            },
+        };
+        let from = loaded.revision.map_or(0, |r| r + 1);
         let events = self
             .store
-            .read_stream(&stream, 0)
+            .read_stream(&stream, from)
             .await
             .map_err(LoadError::Store)?;
-        let mut loaded = Loaded {
-            state: A::default(),
-            revision: None,
-            position: Position::START,
-        };
+        let read = events.len();
         for recorded in events {
             let event: A::Event =
                 decode(&recorded.event_type, recorded.schema_version, recorded.data)?;
             loaded.state = loaded.state.evolve(&event);
             loaded.revision = Some(recorded.revision);
             loaded.position = recorded.position;
+        }
+        if let (Some(revision), true) = (loaded.revision, read > 0) {
+            self.cache
+                .put(&stream, loaded.state.clone(), revision, loaded.position);
         }
         Ok(loaded)
     }
@@ -355,6 +384,13 @@ impl CommandHandler {
                 Ok(outcome) => {
                     let appended = events.len();
                     let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
+                    let expected_revision = loaded
+                        .revision
+                        .map_or(appended as u64 - 1, |r| r + appended as u64);
+                    if outcome.revision == expected_revision {
+                        self.cache
+                            .put(&stream, state.clone(), outcome.revision, outcome.position);
+                    }
                     return Ok(Idempotent::Fresh(Executed {
                         state,
                         appended,
@@ -513,6 +549,71 @@ mod tests {
         let loaded = handler.load::<Listing>(id).await.expect("load");
         assert_eq!(loaded.revision, Some(1));
         assert_eq!(loaded.state, published.state);
+    }
+
+    #[tokio::test]
+    async fn a_cached_aggregate_catches_up_with_writes_from_another_process() {
+        use marketplace_domain::listing::{Change, SellerChange};
+        let store = Arc::new(InMemoryEventStore::new());
+        // Two handlers with separate caches stand for two processes.
+        let here = CommandHandler::new(store.clone());
+        let there = CommandHandler::new(store.clone());
+        let (id, actor) = (Uuid::now_v7(), seller());
+        let ctx = CommandContext::default();
+        here.execute::<Listing>(id, &ctx, &create(id, actor.clone()))
+            .await
+            .expect("create");
+        assert_eq!(here.cache.len(), 1, "the state is cached after the append");
+        // The other process restocks twice; this one's cache is now stale.
+        for _ in 0..2 {
+            there
+                .execute::<Listing>(
+                    id,
+                    &ctx,
+                    &ListingCommand::Change(SellerChange {
+                        actor: actor.clone(),
+                        change: Change::Restock(Quantity(5)),
+                        at: Utc::now(),
+                    }),
+                )
+                .await
+                .expect("restock");
+        }
+        // Loading reads the tail past the cached revision.
+        let loaded = here.load::<Listing>(id).await.expect("load");
+        assert_eq!((loaded.revision, loaded.state.stock), (Some(2), 15));
+        // A decision on a stale cache is refused by the expected revision
+        // and retried on the caught-up state.
+        there
+            .execute::<Listing>(
+                id,
+                &ctx,
+                &ListingCommand::Publish(PublishListing {
+                    actor: actor.clone(),
+                    at: Utc::now(),
+                }),
+            )
+            .await
+            .expect("publish there");
+        let again = here
+            .execute::<Listing>(
+                id,
+                &ctx,
+                &ListingCommand::Publish(PublishListing {
+                    actor,
+                    at: Utc::now(),
+                }),
+            )
+            .await;
+        assert!(matches!(
+            again,
+            Err(CommandError::Rejected(ListingError::AlreadyPublished))
+        ));
+        let uncached = CommandHandler::new(store.clone()).with_cache_capacity(0);
+        assert_eq!(
+            uncached.load::<Listing>(id).await.expect("load").state,
+            here.load::<Listing>(id).await.expect("load").state
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@
 //!   and the [`CommandError`] taxonomy.
 //!   [`CommandHandler::execute_idempotent`] runs a command once per client
 //!   idempotency key (recorded by the store in the append's transaction).
+//! - `cache`: the aggregate cache — recent states with their revision, so
+//!   a command reads only its stream's tail.
 //! - [`flows`]: one file per multi-step use case — registering an account
 //!   (claim the email, then open the account) and finding an account to log
 //!   in.
@@ -18,6 +20,7 @@
 //!   checkout saga and the payout process, and the runner that feeds them
 //!   the log.
 
+mod cache;
 pub mod flows;
 pub mod handler;
 pub mod process;

@@ -302,3 +302,137 @@ async fn a_crash_after_reserving_for_a_buyer_who_cannot_pay_leaves_no_stock_rese
     assert_eq!(listing.reserved_total(), 0);
     assert_eq!(listing.available(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_restart() {
+    let m = market().await;
+    let checkout = m.start_checkout(m.saga());
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let buyer = m.account(vec![Role::Buyer], 10_000).await;
+    let listing = m
+        .listing(
+            &seller,
+            ListingSpec::Physical {
+                quantity: Quantity(2),
+            },
+            2_000,
+        )
+        .await;
+    let order = m.place(&buyer, listing, 2).await;
+    m.wait_orders(&[order], |o| o.status == OrderStatus::Confirmed)
+        .await;
+    for (actor, step) in [
+        (seller.clone(), Step::Ship(None)),
+        (buyer.clone(), Step::ConfirmDelivery(FeeRate::DEFAULT)),
+    ] {
+        m.handler
+            .execute::<Order>(
+                order.0,
+                &m.ctx(),
+                &OrderCommand::Fulfil(Fulfil {
+                    actor,
+                    step,
+                    at: Utc::now(),
+                }),
+            )
+            .await
+            .expect("fulfil");
+    }
+
+    // The payout process stops right after releasing the escrow, before
+    // crediting anyone: the money is in flight.
+    let crashed = m
+        .start_payout(
+            PayoutProcess::new(m.handler.clone()).with_fault(Arc::new(|at| at == "after-release")),
+        )
+        .await
+        .expect("task");
+    assert!(matches!(
+        crashed,
+        Err(ProcessError::Injected("after-release"))
+    ));
+    assert!(m.wallet(seller.account_id).await.credited.is_empty());
+
+    let restarted = m.start_payout(PayoutProcess::new(m.handler.clone()));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while m.wallet(FEE_ACCOUNT_ID).await.credited.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payout did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (payout, fee) = FeeRate::DEFAULT.split(&eur(4_000));
+    assert_eq!(
+        m.wallet(seller.account_id).await.balance(&eur(0).currency),
+        payout
+    );
+    assert_eq!(
+        m.wallet(FEE_ACCOUNT_ID).await.balance(&eur(0).currency),
+        fee
+    );
+    let everyone = [buyer.account_id, seller.account_id, FEE_ACCOUNT_ID];
+    assert_eq!(m.money_in(&everyone).await, 10_000, "money conserved");
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    assert_eq!((l.sold, l.reserved_total()), (2, 0));
+    // Handling the delivery again (a second restart from an old checkpoint)
+    // credits nothing twice.
+    let seller_events = m
+        .store
+        .read_stream(
+            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            0,
+        )
+        .await
+        .expect("read")
+        .len();
+    sqlx::query("UPDATE process_checkpoints SET position = 0 WHERE name = 'payout'")
+        .execute(&m.pool)
+        .await
+        .expect("rewind");
+    restarted.abort();
+    let replay = m.start_payout(PayoutProcess::new(m.handler.clone()));
+    // Its last event of interest is the delivery.
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT max(position) FROM events WHERE event_type = 'order.delivered'")
+            .fetch_one(&m.pool)
+            .await
+            .expect("delivery");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let p: i64 =
+            sqlx::query_scalar("SELECT position FROM process_checkpoints WHERE name = 'payout'")
+                .fetch_one(&m.pool)
+                .await
+                .expect("checkpoint");
+        if p >= delivered {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    replay.abort();
+    checkout.abort();
+    let after = m
+        .store
+        .read_stream(
+            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            0,
+        )
+        .await
+        .expect("read")
+        .len();
+    assert_eq!(
+        after, seller_events,
+        "a replayed delivery credits nothing twice"
+    );
+    assert_eq!(m.money_in(&everyone).await, 10_000);
+}

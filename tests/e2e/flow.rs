@@ -162,7 +162,11 @@ async fn retrying_create_listing_with_the_same_idempotency_key_returns_the_same_
         )
         .await;
     assert_eq!(reused.error_code(), "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(app.event_count().await, events, "the reuse appended nothing");
+    assert_eq!(
+        app.event_count().await,
+        events,
+        "the reuse appended nothing"
+    );
     let other = app
         .gql(CREATE, json!({ "input": lamp(), "key": "k-2" }), opts)
         .await;

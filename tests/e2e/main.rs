@@ -4,3 +4,4 @@
 mod commerce;
 mod errors;
 mod flow;
+mod ops;

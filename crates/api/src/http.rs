@@ -164,5 +164,43 @@ async fn metrics(State(http): State<Http>) -> Response {
         );
         out.push_str(&format!("marketplace_log_head {head}\n"));
     }
+    match marketplace_projections::status::status(&http.state.pool, &**http.state.handler.store())
+        .await
+    {
+        Ok(all) => {
+            out.push_str(
+                "# HELP marketplace_projection_lag_events Events not yet folded by each projection.\n\
+                 # TYPE marketplace_projection_lag_events gauge\n",
+            );
+            for p in &all {
+                out.push_str(&format!(
+                    "marketplace_projection_lag_events{{projection=\"{}\"}} {}\n",
+                    p.name, p.lag_events
+                ));
+            }
+            out.push_str(
+                "# HELP marketplace_projection_lag_seconds Age of the oldest event not yet folded.\n\
+                 # TYPE marketplace_projection_lag_seconds gauge\n",
+            );
+            for p in &all {
+                out.push_str(&format!(
+                    "marketplace_projection_lag_seconds{{projection=\"{}\"}} {:.3}\n",
+                    p.name, p.lag_seconds
+                ));
+            }
+            out.push_str(
+                "# HELP marketplace_projection_failed 1 when the projection is FAILED.\n\
+                 # TYPE marketplace_projection_failed gauge\n",
+            );
+            for p in &all {
+                out.push_str(&format!(
+                    "marketplace_projection_failed{{projection=\"{}\"}} {}\n",
+                    p.name,
+                    u8::from(p.state == marketplace_projections::ProjectionState::Failed)
+                ));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: projection status unavailable"),
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

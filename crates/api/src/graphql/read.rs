@@ -422,3 +422,59 @@ impl CommerceQuery {
         Ok(review_connection(page))
     }
 }
+
+/// A projection's health, as the contract's `ProjectionStatus`.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ProjectionStatus {
+    /// Stable name.
+    pub name: String,
+    /// Version of its checkpoint.
+    pub version: i32,
+    /// Its checkpoint (a log position).
+    pub position: String,
+    /// Events not yet folded.
+    pub lag_events: i32,
+    /// Age in seconds of the oldest event not yet folded.
+    pub lag_seconds: f64,
+    /// RUNNING, STANDBY, FAILED or STOPPED.
+    pub state: String,
+    /// 0..1 while a rebuild runs.
+    pub rebuild_progress: Option<f64>,
+    /// The last failure (FAILED), with its position.
+    pub last_error: Option<String>,
+    /// The event it failed on.
+    pub failed_position: Option<String>,
+}
+
+/// Operations queries (ADMIN only).
+#[derive(Debug, Default)]
+pub struct OpsQuery;
+
+#[Object]
+impl OpsQuery {
+    /// Every projection's version, position, lag and state.
+    async fn projections(&self, ctx: &Context<'_>) -> ApiResult<Vec<ProjectionStatus>> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        if !viewer.has(DomainRole::Admin) {
+            return Err(ApiError::Forbidden("projections are for admins".into()));
+        }
+        let all = marketplace_projections::status::status(&state.pool, &**state.handler.store())
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(all
+            .into_iter()
+            .map(|p| ProjectionStatus {
+                name: p.name,
+                version: p.version,
+                position: p.position.to_string(),
+                lag_events: i32::try_from(p.lag_events).unwrap_or(i32::MAX),
+                lag_seconds: p.lag_seconds,
+                state: p.state.as_str().to_owned(),
+                rebuild_progress: None,
+                last_error: p.last_error,
+                failed_position: p.failed_position.map(|f| f.to_string()),
+            })
+            .collect())
+    }
+}

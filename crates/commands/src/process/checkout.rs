@@ -182,6 +182,19 @@ impl ProcessManager for CheckoutSaga {
         event.event_type == OrderPlaced::NAME
     }
 
+    /// Orders for the same (first) listing are checked out one after
+    /// another, first placed first served; other listings run beside them.
+    fn lane(&self, event: &RecordedEvent) -> u64 {
+        let first = event
+            .data
+            .get("lines")
+            .and_then(|l| l.get(0))
+            .and_then(|l| l.get("listing_id"))
+            .and_then(|id| id.as_str())
+            .unwrap_or_else(|| event.stream_id.as_str());
+        super::hash(first.as_bytes())
+    }
+
     async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
         let decoded: OrderEvent = marketplace_event_schemas::decode(
             &event.event_type,

@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use marketplace_store::{EventStore, Position, RecordedEvent, StoreError};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use std::collections::BTreeSet;
+
+use tokio::sync::{mpsc, watch};
 
 use crate::handler::{CommandError, LoadError};
 
@@ -67,6 +69,20 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// Takes every step `event` calls for. Must be safe to call again for
     /// the same event.
     async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError>;
+
+    /// Which lane handles `event` when the runner runs several: events of
+    /// one lane are handled one after another, in log order; lanes run
+    /// concurrently. By default, the event's stream.
+    fn lane(&self, event: &RecordedEvent) -> u64 {
+        hash(event.stream_id.as_str().as_bytes())
+    }
+}
+
+/// A stable hash for lane selection (FNV-1a).
+pub(crate) fn hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Where process managers keep their checkpoints.
@@ -154,6 +170,9 @@ pub struct RunnerPolicy {
     pub max_backoff: Duration,
     /// Skipped (unwanted) events between checkpoint writes.
     pub checkpoint_every: u32,
+    /// Lanes handling events concurrently (see [`ProcessManager::lane`]);
+    /// 1 handles every event in log order.
+    pub lanes: usize,
 }
 
 impl Default for RunnerPolicy {
@@ -163,13 +182,18 @@ impl Default for RunnerPolicy {
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             checkpoint_every: 500,
+            lanes: 8,
         }
     }
 }
 
 /// Runs `pm` from its checkpoint until the subscription ends or an event
 /// fails `policy.max_attempts` times. `progress` receives each position
-/// handled, for tests and status.
+/// whose handling (and everything's before it) is done, for tests and status.
+///
+/// With several lanes, events are handed to lanes by [`ProcessManager::lane`]
+/// and handled concurrently; the checkpoint only moves to a position below
+/// which every wanted event is done, so a restart never skips one.
 pub async fn run(
     pm: Arc<dyn ProcessManager>,
     store: Arc<dyn EventStore>,
@@ -179,47 +203,111 @@ pub async fn run(
 ) -> Result<(), ProcessError> {
     let name = pm.name();
     let from = checkpoints.load(name).await?;
-    tracing::info!(process = name, %from, "process manager starting");
+    tracing::info!(process = name, %from, lanes = policy.lanes, "process manager starting");
     let mut events = store.subscribe_all(from).await?;
-    let mut unsaved = 0u32;
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if pm.wants(&event) {
-            let mut attempt = 0u32;
-            loop {
-                attempt += 1;
-                match pm.handle(&event).await {
-                    Ok(()) => break,
-                    Err(e) if attempt >= policy.max_attempts => {
-                        tracing::error!(process = name, position = %event.position, error = %e,
-                            "process manager stopped on an event it could not handle");
-                        return Err(e);
-                    }
-                    Err(e) => {
-                        let backoff = policy
-                            .base_backoff
-                            .saturating_mul(1u32 << attempt.min(16))
-                            .min(policy.max_backoff);
-                        tracing::warn!(process = name, position = %event.position, attempt,
-                            error = %e, "retrying event");
-                        tokio::time::sleep(backoff).await;
-                    }
+    let lanes = policy.lanes.max(1);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Position, Result<(), ProcessError>)>();
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..lanes {
+        let (tx, mut rx) = mpsc::channel::<RecordedEvent>(256);
+        senders.push(tx);
+        let (pm, done_tx) = (pm.clone(), done_tx.clone());
+        workers.spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let result = handle_with_retries(&*pm, &event, policy).await;
+                let failed = result.is_err();
+                if done_tx.send((event.position, result)).is_err() || failed {
+                    break;
                 }
             }
-            checkpoints.save(name, event.position).await?;
+        });
+    }
+    drop(done_tx);
+    // Wanted events handed to a lane and not finished yet.
+    let mut in_flight: BTreeSet<Position> = BTreeSet::new();
+    // The highest position read from the log.
+    let mut seen = from;
+    let mut saved = from;
+    let mut unsaved = 0u32;
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            next = events.next(), if open && in_flight.len() < lanes * 256 => match next {
+                Some(event) => {
+                    let event = event?;
+                    seen = event.position;
+                    if pm.wants(&event) {
+                        in_flight.insert(event.position);
+                        let lane = (pm.lane(&event) % lanes as u64) as usize;
+                        if senders[lane].send(event).await.is_err() {
+                            return Err(ProcessError::Command(format!("{name}: a lane stopped")));
+                        }
+                    } else {
+                        unsaved += 1;
+                    }
+                }
+                None => open = false,
+            },
+            done = done_rx.recv() => match done {
+                Some((position, Ok(()))) => {
+                    in_flight.remove(&position);
+                    unsaved = unsaved.saturating_add(policy.checkpoint_every);
+                }
+                Some((position, Err(e))) => {
+                    tracing::error!(process = name, %position, error = %e,
+                        "process manager stopped on an event it could not handle");
+                    return Err(e);
+                }
+                None => return Err(ProcessError::Command(format!("{name}: every lane stopped"))),
+            },
+        }
+        // Everything below the oldest unfinished event is done.
+        let done_upto = match in_flight.first() {
+            Some(p) => Position(p.0.saturating_sub(1)),
+            None => seen,
+        };
+        if done_upto > saved && unsaved >= policy.checkpoint_every {
+            checkpoints.save(name, done_upto).await?;
+            saved = done_upto;
             unsaved = 0;
-        } else {
-            unsaved += 1;
-            if unsaved >= policy.checkpoint_every {
-                checkpoints.save(name, event.position).await?;
-                unsaved = 0;
-            }
         }
         if let Some(p) = &progress {
-            p.send_replace(event.position);
+            p.send_if_modified(|old| {
+                let moved = *old < done_upto;
+                *old = (*old).max(done_upto);
+                moved
+            });
         }
     }
+    if seen > saved {
+        checkpoints.save(name, seen).await?;
+    }
     Ok(())
+}
+
+async fn handle_with_retries(
+    pm: &dyn ProcessManager,
+    event: &RecordedEvent,
+    policy: RunnerPolicy,
+) -> Result<(), ProcessError> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match pm.handle(event).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= policy.max_attempts => return Err(e),
+            Err(e) => {
+                let backoff = policy
+                    .base_backoff
+                    .saturating_mul(1u32 << attempt.min(16))
+                    .min(policy.max_backoff);
+                tracing::warn!(process = pm.name(), position = %event.position, attempt,
+                    error = %e, "retrying event");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
 }
 
 /// A test hook: called at each step boundary with the step's name; `true`
@@ -233,5 +321,104 @@ pub(crate) fn check_fault(
     match fault {
         Some(f) if f(step) => Err(ProcessError::Injected(step)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use marketplace_store::{
+        EventMetadata, EventStore, ExpectedRevision, InMemoryEventStore, NewEvent, StreamId,
+    };
+    use tokio::sync::Notify;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// Wants every event; the one of stream `slow` waits for `release`.
+    struct Gate {
+        slow: StreamId,
+        release: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl ProcessManager for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn wants(&self, _: &RecordedEvent) -> bool {
+            true
+        }
+        async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
+            if event.stream_id == self.slow {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+    }
+
+    fn new_event() -> NewEvent {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+            metadata: EventMetadata::default(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpoint_never_passes_an_event_a_lane_has_not_finished() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let slow = StreamId::new("slow", Uuid::now_v7()).expect("stream");
+        store
+            .append(&slow, ExpectedRevision::Any, vec![new_event()])
+            .await
+            .expect("append");
+        for _ in 0..20 {
+            let s = StreamId::new("fast", Uuid::now_v7()).expect("stream");
+            store
+                .append(&s, ExpectedRevision::Any, vec![new_event()])
+                .await
+                .expect("append");
+        }
+        let release = Arc::new(Notify::new());
+        let checkpoints = Arc::new(MemoryCheckpoints::default());
+        let (tx, mut rx) = watch::channel(Position::START);
+        let runner = tokio::spawn(run(
+            Arc::new(Gate {
+                slow: slow.clone(),
+                release: release.clone(),
+            }),
+            store.clone(),
+            checkpoints.clone(),
+            RunnerPolicy {
+                lanes: 4,
+                checkpoint_every: 1,
+                ..RunnerPolicy::default()
+            },
+            Some(tx),
+        ));
+        // The other lanes finish the 20 later events; the checkpoint stays
+        // below the first event, which is still being handled.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            assert_eq!(
+                checkpoints.load("gate").await.expect("load"),
+                Position::START
+            );
+            assert_eq!(*rx.borrow(), Position::START);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if deadline - tokio::time::Instant::now() < Duration::from_secs(4) {
+                break;
+            }
+        }
+        release.notify_one();
+        let done = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|p| p.0 == 21)).await;
+        assert!(done.is_ok(), "everything is done once the slow event is");
+        assert_eq!(checkpoints.load("gate").await.expect("load"), Position(21));
+        runner.abort();
     }
 }

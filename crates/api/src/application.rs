@@ -43,7 +43,10 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Connects, migrates, starts the projectors (roles `all`, `projector`)
-    /// and binds the listener (roles `all`, `api`).
+    /// and binds the listener (roles `all`, `api`). A projector whose code
+    /// version is newer than its live build rebuilds it in the background
+    /// while the old build keeps serving, and switches it in once it has
+    /// caught up (see `marketplace_projections::runtime`).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect(&settings.database_url, 32).await?;
         migrate(&pool).await?;
@@ -157,11 +160,12 @@ impl Application {
 }
 
 /// In an API-only process the projectors run elsewhere: follow their
-/// committed checkpoints so consistency tokens still work.
+/// committed checkpoints so consistency tokens still work. Only the live
+/// builds count: a rebuild in progress is not what the queries read.
 async fn follow_checkpoints(pool: PgPool, progress: Progress, mut stop: watch::Receiver<bool>) {
     loop {
         match sqlx::query_as::<_, (String, i64)>(
-            "SELECT name, position FROM projection_checkpoints",
+            "SELECT name, position FROM projection_checkpoints WHERE live",
         )
         .fetch_all(&pool)
         .await

@@ -10,6 +10,7 @@ use crate::application::{shutdown_signal, Application};
 use crate::bench::{self, BenchCommand};
 use crate::config::{Secret, ServeRole, Settings};
 use crate::database::{connect, migrate, Database};
+use crate::projections_cli::{self, ProjectionsCommand};
 use crate::seed::SeedArgs;
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
@@ -94,6 +95,13 @@ enum Command {
         #[command(subcommand)]
         which: AccountsCommand,
     },
+    /// Inspect, rebuild and verify the read models (projections). `serve`
+    /// rebuilds a projection whose version changed on start-up by itself,
+    /// without downtime.
+    Projections {
+        #[command(subcommand)]
+        which: ProjectionsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +181,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Some(Command::Projections { which }) => {
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result = projections_cli::run(&db.url, which).await;
+            db.shutdown().await?;
+            result
         }
         Some(Command::Bench { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;

@@ -7,7 +7,11 @@
 //! Layout:
 //! - [`cli`]: argument parsing and the one dispatch of subcommands
 //!   (`serve` by default, `migrate`, `schema`, `bench`, `seed`,
-//!   `accounts create-admin`).
+//!   `accounts create-admin`, `projections status|rebuild|verify`).
+//! - [`projections_cli`]: `marketplace projections …`: the read models'
+//!   status (version, position, lag, state, rebuild progress), a rebuild
+//!   without downtime with a progress bar, and verification against a
+//!   rebuild from the log, table by table.
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
@@ -31,6 +35,7 @@ pub mod database;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod projections_cli;
 pub mod seed;
 pub mod state;
 pub mod telemetry;

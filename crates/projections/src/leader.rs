@@ -1,12 +1,14 @@
 //! Leadership: one active runner per projection across all processes.
 //!
-//! A runner leads a projection while it holds a session-level Postgres
-//! advisory lock, `pg_try_advisory_lock(LOCK_NAMESPACE, key)`, on a
-//! dedicated connection kept open for as long as it leads (not a pooled
-//! one, so the lock can never leak back into the pool). The key is a stable
-//! hash of the projection's name ([`lock_key`]); the two-`int4` form keeps
-//! these locks apart from the event store's `bigint` append lock, and
-//! Postgres scopes advisory locks to the database.
+//! A runner leads a build of a projection (see [`crate::builds`]) while it
+//! holds a session-level Postgres advisory lock,
+//! `pg_try_advisory_lock(LOCK_NAMESPACE, key)`, on a dedicated connection
+//! kept open for as long as it leads (not a pooled one, so the lock can
+//! never leak back into the pool). The key is a stable hash of the build's
+//! schema name ([`lock_key`]), so the live build and a rebuild of the same
+//! projection have a leader each; the two-`int4` form keeps these locks
+//! apart from the event store's `bigint` append lock, and Postgres scopes
+//! advisory locks to the database.
 //!
 //! When the leader's process dies, its connection closes and Postgres
 //! releases the lock; a standby's next attempt takes it. Holding the lock is
@@ -19,9 +21,11 @@ use sqlx::{Connection, PgConnection};
 /// First half of every projection lock key (`"mktp"` in ASCII).
 pub const LOCK_NAMESPACE: i32 = 0x6d6b_7470;
 
-/// Second half of the advisory lock key of projection `name`: FNV-1a (32 bit)
-/// of its UTF-8 bytes, with the sign bit cleared so that it reads the same
-/// as `objid` in `pg_locks`. Stable across processes, builds and versions.
+/// Second half of an advisory lock key: FNV-1a (32 bit) of `name`'s UTF-8
+/// bytes (a build's schema for leadership, a projection's name for
+/// [`crate::builds::BUILD_LOCK_NAMESPACE`]), with the sign bit cleared so
+/// that it reads the same as `objid` in `pg_locks`. Stable across processes
+/// and builds of the binary.
 pub fn lock_key(name: &str) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.as_bytes() {
@@ -31,8 +35,8 @@ pub fn lock_key(name: &str) -> i32 {
     i32::try_from(h & 0x7fff_ffff).unwrap_or(0)
 }
 
-/// The dedicated connection of one runner: it tries the lock while standing
-/// by and holds it while leading.
+/// The dedicated connection of one runner: it tries the lock of its target
+/// build while standing by and holds it while leading.
 pub(crate) struct LockConnection {
     options: PgConnectOptions,
     key: i32,
@@ -41,12 +45,23 @@ pub(crate) struct LockConnection {
 }
 
 impl LockConnection {
-    pub(crate) fn new(options: PgConnectOptions, name: &str) -> Self {
+    /// A connection for the lock of the build in `schema` (not yet opened).
+    pub(crate) fn new(options: PgConnectOptions, schema: &str) -> Self {
         Self {
             options,
-            key: lock_key(name),
+            key: lock_key(schema),
             conn: None,
             held: false,
+        }
+    }
+
+    /// Aims at the lock of the build in `schema` (releasing the one held,
+    /// if it is another).
+    pub(crate) async fn target(&mut self, schema: &str) {
+        let key = lock_key(schema);
+        if key != self.key {
+            self.release().await;
+            self.key = key;
         }
     }
 
@@ -58,7 +73,7 @@ impl LockConnection {
     }
 
     /// Tries to take the lock once; also returns the checkpoint position of
-    /// `name` (if its row exists), so a standby can follow the leader.
+    /// `name`'s live build (if any), so a standby can follow it.
     /// A broken connection is dropped and reopened on the next call.
     pub(crate) async fn try_acquire(
         &mut self,
@@ -68,7 +83,7 @@ impl LockConnection {
         let result = async {
             sqlx::query_as::<_, (bool, Option<i64>)>(
                 "SELECT pg_try_advisory_lock($1, $2), \
-                 (SELECT position FROM projection_checkpoints WHERE name = $3)",
+                 (SELECT position FROM projection_checkpoints WHERE name = $3 AND live)",
             )
             .bind(LOCK_NAMESPACE)
             .bind(key)
@@ -90,14 +105,15 @@ impl LockConnection {
         }
     }
 
-    /// The checkpoint position of `name`, read on this connection if it is
-    /// open (reconnecting is left to [`LockConnection::try_acquire`]).
+    /// The checkpoint position of `name`'s live build, read on this
+    /// connection if it is open (reconnecting is left to
+    /// [`LockConnection::try_acquire`]).
     pub(crate) async fn follow(&mut self, name: &str) -> Result<Option<i64>, sqlx::Error> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
         let result = sqlx::query_scalar::<_, i64>(
-            "SELECT position FROM projection_checkpoints WHERE name = $1",
+            "SELECT position FROM projection_checkpoints WHERE name = $1 AND live",
         )
         .bind(name)
         .fetch_optional(conn)
@@ -123,6 +139,29 @@ impl LockConnection {
             self.held = false;
         }
         alive
+    }
+
+    /// Whether the lock is still held and the build in `schema` still has
+    /// leadership `generation` and is not retired (a switch retires the
+    /// build it replaces; a takeover bumps the generation). `None` if that
+    /// could not be read.
+    pub(crate) async fn still_leading(&mut self, schema: &str, generation: i64) -> Option<bool> {
+        if !self.still_held().await {
+            return Some(false);
+        }
+        let conn = self.conn.as_mut()?;
+        let row: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT generation = $2 AND NOT retired FROM projection_checkpoints \
+             WHERE schema_name = $1",
+        )
+        .bind(schema)
+        .bind(generation)
+        .fetch_optional(conn)
+        .await;
+        match row {
+            Ok(leading) => Some(leading.unwrap_or(false)),
+            Err(_) => None,
+        }
     }
 
     /// Gives the lock up (keeping the connection for later attempts); a

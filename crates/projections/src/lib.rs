@@ -8,12 +8,22 @@
 //!
 //! Layout:
 //! - [`runtime`]: [`ProjectorRuntime`] runs each projection: one leader per
-//!   projection across processes (the others stand by), subscribing from
-//!   its checkpoint, batching by count or time, and committing the
-//!   read-model rows and the new checkpoint in one fenced transaction
-//!   (exactly once). A handler that keeps failing marks the projection
-//!   FAILED at that event instead of skipping it.
-//! - [`leader`]: the per-projection advisory lock that elects the leader.
+//!   build across processes (the others stand by), subscribing from its
+//!   checkpoint, batching by count or time, and committing the read-model
+//!   rows and the new checkpoint in one fenced transaction (exactly once).
+//!   A handler that keeps failing marks the projection FAILED at that event
+//!   instead of skipping it. When a projection's `VERSION` is newer than its
+//!   live build, its runners rebuild it beside the live one (bulk load,
+//!   then indexes, then live batching) and switch it in once it has caught
+//!   up, without downtime; [`ProjectorRuntime::rebuild`] forces such a
+//!   rebuild (`marketplace projections rebuild NAME`).
+//! - [`builds`]: each version of a projection in its own schema
+//!   (`rm_<name>_v<N>`), the stable views in `public` that the queries read
+//!   (`rm_listings`, …), installing, creating, switching and dropping
+//!   builds.
+//! - [`verify`]: [`verify::verify`] rebuilds every read model into scratch
+//!   schemas and compares checksums with the live builds, table by table.
+//! - [`leader`]: the per-build advisory lock that elects the leader.
 //! - [`progress`]: [`Progress`], how far each projection has come in this
 //!   process (so a query carrying a consistency token can wait for its own
 //!   writes) and what each local runner is doing (RUNNING, STANDBY, FAILED,
@@ -25,26 +35,42 @@
 //!   [`read_models::listings`] (the catalogue, with stock and rating),
 //!   [`read_models::orders`] (orders and their lines, per buyer and seller)
 //!   and [`read_models::reviews`] (reviews per listing and the moderation
-//!   queue). [`all`] lists them.
-//! - `migrations/`: the read models' SQL and the `projection_checkpoints`
-//!   table (position, generation, state, failure).
+//!   queue). [`all`] lists them. Each owns its `VERSION` and the DDL of
+//!   that version's tables ([`builds::Table`]: tables, and secondary
+//!   indexes apart so that a bulk load creates them last); its queries read
+//!   the stable views and never change for a rebuild.
+//! - `migrations/`: the `projection_checkpoints` table (one row per build:
+//!   schema, live, position, generation, state, failure) and the history of
+//!   the read models' tables, which the builds' schemas took over.
 
+pub mod builds;
 pub mod leader;
 pub mod progress;
 pub mod read_models;
 pub mod runtime;
 pub mod status;
+pub mod verify;
 
-pub use progress::{Progress, ProjectionState, RunnerStatus};
-pub use runtime::{Generation, Projection, ProjectionError, ProjectorRuntime, RuntimeConfig};
-pub use status::ProjectionStatus;
+pub use builds::{Build, Table};
+pub use progress::{Progress, ProjectionState, RebuildProgress, RunnerStatus};
+pub use runtime::{
+    Generation, Projection, ProjectionError, ProjectorRuntime, RebuildReport, RuntimeConfig,
+};
+pub use status::{ProjectionStatus, RebuildStatus};
+pub use verify::{ProjectionCheck, TableCheck};
 
-/// Applies the read-model migrations (idempotent; safe from several processes).
+/// Applies the read-model migrations, then gives every projection of
+/// [`all`] without a live build its first one (schema, tables, indexes and
+/// views) and drops retired builds (idempotent; safe from several
+/// processes). A projection whose live build is older than its code is
+/// left to its runners, which rebuild it without downtime.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let mut migrator = sqlx::migrate!("./migrations");
     // The event store keeps its own migrations in the same database.
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    migrator.run(pool).await?;
+    builds::install(pool, &all()).await?;
+    Ok(())
 }
 
 /// Every projection the marketplace runs.

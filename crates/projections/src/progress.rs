@@ -5,11 +5,16 @@
 //!   committed batch (and, while it stands by, the position the leader in
 //!   another process has committed); a query carrying a consistency token
 //!   waits (bounded) until every projection it reads has passed it.
+//!   The position is always the *live* build's (the one the queries read): a
+//!   runner building a new version does not move it, it follows the live
+//!   build's checkpoint until its own build is switched in.
 //! - **Runner states.** Each runner publishes its local [`RunnerStatus`]:
-//!   `STANDBY` while another runner holds the projection's leadership lock,
-//!   `RUNNING` while it leads, `FAILED` after it gave up on an event, and
-//!   `STOPPED` when it is not running. Cluster-wide status (lag, the leader's
-//!   state) is [`crate::status::status`].
+//!   `STANDBY` while another runner holds the projection's leadership lock
+//!   (or while its code is older than the live build), `RUNNING` while it
+//!   leads, `FAILED` after it gave up on an event, and `STOPPED` when it is
+//!   not running; while it leads a build that is not live yet, its
+//!   [`RebuildProgress`] too. Cluster-wide status (lag, the leader's state,
+//!   rebuilds) is [`crate::status::status`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,6 +78,8 @@ pub struct RunnerStatus {
     pub failed_position: Option<Position>,
     /// Why, while `FAILED`.
     pub last_error: Option<String>,
+    /// While it builds a version that does not serve yet: how far.
+    pub rebuild: Option<RebuildProgress>,
 }
 
 impl RunnerStatus {
@@ -83,7 +90,39 @@ impl RunnerStatus {
             generation: None,
             failed_position: None,
             last_error: None,
+            rebuild: None,
         }
+    }
+}
+
+/// How far a build that does not serve yet has come.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RebuildProgress {
+    /// The version being built.
+    pub version: i32,
+    /// Its schema.
+    pub schema: String,
+    /// Its committed checkpoint.
+    pub position: Position,
+    /// The log head when it last looked.
+    pub head: Position,
+    /// Still loading in bulk (secondary indexes not built yet).
+    pub bulk: bool,
+}
+
+impl RebuildProgress {
+    /// `position / head`, from 0 to 1 (1 for an empty log).
+    pub fn fraction(&self) -> f64 {
+        fraction(self.position, self.head)
+    }
+}
+
+/// `position / head` clamped to 0..=1 (1 when the head is 0).
+pub fn fraction(position: Position, head: Position) -> f64 {
+    if head.0 == 0 {
+        1.0
+    } else {
+        (position.0 as f64 / head.0 as f64).clamp(0.0, 1.0)
     }
 }
 
@@ -152,6 +191,11 @@ impl Progress {
     /// Publishes what this process's runner of `name` is doing.
     pub fn set_runner(&self, name: &str, status: RunnerStatus) {
         self.entry(name).runner.send_replace(status);
+    }
+
+    /// Updates this process's runner of `name` in place.
+    pub fn update_runner(&self, name: &str, f: impl FnOnce(&mut RunnerStatus)) {
+        self.entry(name).runner.send_modify(f);
     }
 
     /// What this process's runner of `name` is doing (`STOPPED` if none).

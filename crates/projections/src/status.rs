@@ -1,9 +1,10 @@
 //! Cluster-wide status of the projections, from any process: what the
 //! `projections status` command, GraphQL `projections` and `/metrics` show.
 //!
-//! It reads the `projection_checkpoints` table, the advisory locks held in
-//! the database (`pg_locks`, to tell whether a leader is alive) and the log
-//! head through the [`EventStore`] port.
+//! It reads the `projection_checkpoints` table (one row per build, see
+//! [`crate::builds`]), the advisory locks held in the database (`pg_locks`,
+//! to tell whether a build's leader is alive) and the log head through the
+//! [`EventStore`] port.
 //!
 //! Lag is measured two ways:
 //! - `lag_events`: the log head's position minus the checkpoint (positions
@@ -12,6 +13,11 @@
 //! - `lag_seconds`: the age of the oldest event not yet folded (now minus its
 //!   `recorded_at`), or 0 when the projection has caught up. Unlike "time
 //!   since the last commit" it does not grow while the log is idle.
+//!
+//! A projection's figures are its live build's (the one the queries read);
+//! a rebuild in progress shows in [`ProjectionStatus::rebuild`] (and, for
+//! convenience, [`ProjectionStatus::building_version`] and
+//! [`ProjectionStatus::rebuild_progress`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,7 +27,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::leader::{lock_key, LOCK_NAMESPACE};
-use crate::progress::ProjectionState;
+use crate::progress::{fraction, ProjectionState};
 use crate::runtime::{to_position, ProjectionError};
 
 /// One projection as the cluster sees it.
@@ -29,8 +35,10 @@ use crate::runtime::{to_position, ProjectionError};
 pub struct ProjectionStatus {
     /// Stable name.
     pub name: String,
-    /// The version its checkpoint row was created with.
+    /// The live build's version (this binary's version if it has none).
     pub version: i32,
+    /// The live build's schema (`None` if it has none yet).
+    pub schema: Option<String>,
     /// Its committed checkpoint.
     pub position: Position,
     /// The log head when the status was taken.
@@ -46,7 +54,7 @@ pub struct ProjectionStatus {
     pub state: ProjectionState,
     /// Whether a runner holds its leadership lock right now.
     pub has_leader: bool,
-    /// Leadership generation (bumped by each takeover).
+    /// Leadership generation (a new one for each takeover).
     pub generation: i64,
     /// The last failure, kept until a batch commits after it.
     pub last_error: Option<String>,
@@ -54,28 +62,68 @@ pub struct ProjectionStatus {
     pub failed_position: Option<Position>,
     /// When its row last changed (`None` if it has no row yet).
     pub updated_at: Option<DateTime<Utc>>,
+    /// The version being rebuilt beside the live build, if any.
+    pub building_version: Option<i32>,
+    /// How far that rebuild has come, from 0 to 1.
+    pub rebuild_progress: Option<f64>,
+    /// That rebuild in detail.
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// A build that does not serve yet.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RebuildStatus {
+    /// The version it builds.
+    pub version: i32,
+    /// Its schema.
+    pub schema: String,
+    /// Its checkpoint.
+    pub position: Position,
+    /// Events it has still to fold (`head − position`).
+    pub lag_events: u64,
+    /// `position / head`, from 0 to 1.
+    pub progress: f64,
+    /// Still loading in bulk (its secondary indexes are not built yet).
+    pub bulk: bool,
+    /// Its leader's state, as for the live build.
+    pub state: ProjectionState,
+    /// Whether a runner leads it right now.
+    pub has_leader: bool,
+    /// Its leadership generation.
+    pub generation: i64,
+    /// The last failure (a failing rebuild never goes live).
+    pub last_error: Option<String>,
+    /// The event it failed on.
+    pub failed_position: Option<Position>,
+    /// When it was started.
+    pub started_at: DateTime<Utc>,
 }
 
 type Row = (
     String,
     i32,
+    String,
+    bool,
+    bool,
     i64,
     String,
     i64,
     Option<String>,
     Option<i64>,
     DateTime<Utc>,
+    DateTime<Utc>,
 );
 
-/// Every projection of [`crate::all`] plus any other with a checkpoint row,
-/// by name.
+/// Every projection of [`crate::all`] plus any other with a build, by name.
 pub async fn status(
     pool: &PgPool,
     store: &dyn EventStore,
 ) -> Result<Vec<ProjectionStatus>, ProjectionError> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, version, position, state, generation, last_error, failed_position, \
-         updated_at FROM projection_checkpoints",
+        "SELECT name, version, schema_name, live, indexed, position, state, generation, \
+         last_error, failed_position, updated_at, started_at \
+         FROM projection_checkpoints WHERE NOT retired \
+         ORDER BY name, live DESC, version, started_at",
     )
     .fetch_all(pool)
     .await?;
@@ -88,6 +136,7 @@ pub async fn status(
     .fetch_all(pool)
     .await?;
     let held: HashSet<i64> = held.into_iter().collect();
+    let leads = |schema: &str| held.contains(&i64::from(lock_key(schema)));
     let head = store.head().await?;
     let now = Utc::now();
 
@@ -98,6 +147,7 @@ pub async fn status(
             ProjectionStatus {
                 name: p.name().to_owned(),
                 version: p.version(),
+                schema: None,
                 position: Position::START,
                 head,
                 lag_events: 0,
@@ -108,34 +158,93 @@ pub async fn status(
                 last_error: None,
                 failed_position: None,
                 updated_at: None,
+                building_version: None,
+                rebuild_progress: None,
+                rebuild: None,
             },
         );
     }
-    for (name, version, position, state, generation, last_error, failed, updated_at) in rows {
-        all.insert(
-            name.clone(),
-            ProjectionStatus {
-                name,
-                version,
-                position: to_position(position),
-                head,
-                lag_events: 0,
-                lag_seconds: 0.0,
-                state: ProjectionState::parse(&state),
-                has_leader: false,
-                generation,
-                last_error,
-                failed_position: failed.map(to_position),
-                updated_at: Some(updated_at),
-            },
-        );
+    // Live builds first (the query's order), then rebuilds.
+    for row in rows {
+        let (name, version, schema, live, indexed, position, state, generation) =
+            (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
+        let (last_error, failed, updated_at, started_at) = (row.8, row.9, row.10, row.11);
+        let position = to_position(position);
+        let has_leader = leads(&schema);
+        let mut state = ProjectionState::parse(&state);
+        if state == ProjectionState::Running && !has_leader {
+            state = ProjectionState::Stopped;
+        }
+        if live {
+            all.insert(
+                name.clone(),
+                ProjectionStatus {
+                    name,
+                    version,
+                    schema: Some(schema),
+                    position,
+                    head,
+                    lag_events: 0,
+                    lag_seconds: 0.0,
+                    state,
+                    has_leader,
+                    generation,
+                    last_error,
+                    failed_position: failed.map(to_position),
+                    updated_at: Some(updated_at),
+                    building_version: None,
+                    rebuild_progress: None,
+                    rebuild: None,
+                },
+            );
+            continue;
+        }
+        let rebuild = RebuildStatus {
+            version,
+            schema,
+            position,
+            lag_events: head.0.saturating_sub(position.0),
+            progress: fraction(position, head),
+            bulk: !indexed,
+            state,
+            has_leader,
+            generation,
+            last_error,
+            failed_position: failed.map(to_position),
+            started_at,
+        };
+        let entry = all.entry(name.clone()).or_insert_with(|| ProjectionStatus {
+            name,
+            version,
+            schema: None,
+            position: Position::START,
+            head,
+            lag_events: 0,
+            lag_seconds: 0.0,
+            state: ProjectionState::Stopped,
+            has_leader: false,
+            generation: 0,
+            last_error: None,
+            failed_position: None,
+            updated_at: None,
+            building_version: None,
+            rebuild_progress: None,
+            rebuild: None,
+        });
+        // Several pending rebuilds (left over): the newest version, then the
+        // latest started, is the one shown.
+        let newer = entry
+            .rebuild
+            .as_ref()
+            .is_none_or(|r| (rebuild.version, rebuild.started_at) >= (r.version, r.started_at));
+        if newer {
+            entry.building_version = Some(rebuild.version);
+            entry.rebuild_progress = Some(rebuild.progress);
+            entry.rebuild = Some(rebuild);
+        }
     }
     let mut out = Vec::with_capacity(all.len());
     for (_, mut s) in all {
-        s.has_leader = held.contains(&i64::from(lock_key(&s.name)));
-        if s.state == ProjectionState::Running && !s.has_leader {
-            s.state = ProjectionState::Stopped;
-        }
         s.lag_events = head.0.saturating_sub(s.position.0);
         if s.lag_events > 0 {
             if let Some(oldest) = store.read_all(s.position, 1).await?.first() {
@@ -148,16 +257,17 @@ pub async fn status(
     Ok(out)
 }
 
-/// Clears the FAILED state of `name` (to `STOPPED`), so that a runner in any
-/// process retries from its checkpoint; `last_error` and `failed_position`
-/// stay until a batch commits. Returns whether it was FAILED.
+/// Clears the FAILED state of `name`'s builds (to `STOPPED`), so that a
+/// runner in any process retries from its checkpoint; `last_error` and
+/// `failed_position` stay until a batch commits. Returns whether one was
+/// FAILED.
 pub async fn reset_failed(pool: &PgPool, name: &str) -> Result<bool, ProjectionError> {
     let done = sqlx::query(
         "UPDATE projection_checkpoints SET state = 'STOPPED', updated_at = now() \
-         WHERE name = $1 AND state = 'FAILED'",
+         WHERE name = $1 AND state = 'FAILED' AND NOT retired",
     )
     .bind(name)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.rows_affected() >= 1)
 }

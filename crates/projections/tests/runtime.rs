@@ -28,6 +28,7 @@ fn fast() -> RuntimeConfig {
         max_attempts: 3,
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
+        bulk_batch: 100,
     }
 }
 

@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::decode;
+use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
 /// Folds account events into `rm_accounts` and `rm_account_balances`.
@@ -30,6 +31,35 @@ pub struct AccountsProjection;
 /// Stable name.
 pub const NAME: &str = "accounts";
 
+/// The version of the tables and the fold below; bump it when either
+/// changes, and the runtime rebuilds the read model without downtime.
+pub const VERSION: i32 = 2;
+
+/// The tables of [`VERSION`], created in each build's schema.
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "rm_accounts",
+        create: "CREATE TABLE rm_accounts (
+            account_id    UUID        PRIMARY KEY,
+            email         TEXT        NOT NULL UNIQUE,
+            display_name  TEXT        NOT NULL,
+            roles         TEXT[]      NOT NULL,
+            created_at    TIMESTAMPTZ NOT NULL
+        )",
+        indexes: &[],
+    },
+    Table {
+        name: "rm_account_balances",
+        create: "CREATE TABLE rm_account_balances (
+            account_id  UUID    NOT NULL,
+            currency    TEXT    NOT NULL,
+            minor       BIGINT  NOT NULL,
+            PRIMARY KEY (account_id, currency)
+        )",
+        indexes: &[],
+    },
+];
+
 #[async_trait]
 impl Projection for AccountsProjection {
     fn name(&self) -> &'static str {
@@ -37,7 +67,11 @@ impl Projection for AccountsProjection {
     }
 
     fn version(&self) -> i32 {
-        2
+        VERSION
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        TABLES
     }
 
     async fn apply(

@@ -23,10 +23,47 @@ use uuid::Uuid;
 
 pub use super::InvalidCursor;
 use super::{cursor, decode};
+use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
 /// Stable name.
 pub const NAME: &str = "listings";
+
+/// The version of the tables and the fold below; bump it when either
+/// changes, and the runtime rebuilds the read model without downtime.
+pub const VERSION: i32 = 2;
+
+/// The tables of [`VERSION`], created in each build's schema (columns in the
+/// order of the first layout, so that builds moved from it compare equal).
+pub const TABLES: &[Table] = &[Table {
+    name: "rm_listings",
+    create: "CREATE TABLE rm_listings (
+        listing_id    UUID        PRIMARY KEY,
+        seller_id     UUID        NOT NULL,
+        kind          TEXT        NOT NULL,
+        title         TEXT        NOT NULL,
+        description   TEXT        NOT NULL,
+        category      TEXT        NOT NULL,
+        tags          TEXT[]      NOT NULL,
+        price_minor   BIGINT      NOT NULL,
+        currency      TEXT        NOT NULL,
+        quantity      INT         NOT NULL,
+        status        TEXT        NOT NULL,
+        content_hash  TEXT,
+        created_at    TIMESTAMPTZ NOT NULL,
+        updated_at    TIMESTAMPTZ NOT NULL,
+        reserved      INT         NOT NULL DEFAULT 0,
+        sold          INT         NOT NULL DEFAULT 0,
+        rating_sum    BIGINT      NOT NULL DEFAULT 0,
+        rating_count  INT         NOT NULL DEFAULT 0
+    )",
+    indexes: &[
+        "CREATE INDEX IF NOT EXISTS rm_listings_status_created_idx \
+         ON rm_listings (status, created_at DESC, listing_id DESC)",
+        "CREATE INDEX IF NOT EXISTS rm_listings_seller_idx ON rm_listings (seller_id)",
+        "CREATE INDEX IF NOT EXISTS rm_listings_category_idx ON rm_listings (category)",
+    ],
+}];
 
 /// Folds listing events and approved reviews into `rm_listings`.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +137,11 @@ impl Projection for ListingsProjection {
     }
 
     fn version(&self) -> i32 {
-        2
+        VERSION
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        TABLES
     }
 
     async fn apply(

@@ -18,10 +18,54 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
+use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
 /// Stable name.
 pub const NAME: &str = "orders";
+
+/// The version of the tables and the fold below; bump it when either
+/// changes, and the runtime rebuilds the read model without downtime.
+pub const VERSION: i32 = 1;
+
+/// The tables of [`VERSION`], created in each build's schema.
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "rm_orders",
+        create: "CREATE TABLE rm_orders (
+            order_id       UUID        PRIMARY KEY,
+            buyer_id       UUID        NOT NULL,
+            seller_id      UUID        NOT NULL,
+            status         TEXT        NOT NULL,
+            status_reason  TEXT,
+            tracking_code  TEXT,
+            total_minor    BIGINT      NOT NULL,
+            currency       TEXT        NOT NULL,
+            placed_at      TIMESTAMPTZ NOT NULL,
+            updated_at     TIMESTAMPTZ NOT NULL
+        )",
+        // Keyset pages of one buyer's and one seller's orders, newest first.
+        indexes: &[
+            "CREATE INDEX IF NOT EXISTS rm_orders_buyer_idx \
+             ON rm_orders (buyer_id, placed_at DESC, order_id DESC)",
+            "CREATE INDEX IF NOT EXISTS rm_orders_seller_idx \
+             ON rm_orders (seller_id, placed_at DESC, order_id DESC)",
+        ],
+    },
+    Table {
+        name: "rm_order_lines",
+        create: "CREATE TABLE rm_order_lines (
+            order_id          UUID    NOT NULL,
+            line_no           INT     NOT NULL,
+            listing_id        UUID    NOT NULL,
+            quantity          INT     NOT NULL,
+            unit_price_minor  BIGINT  NOT NULL,
+            currency          TEXT    NOT NULL,
+            PRIMARY KEY (order_id, line_no)
+        )",
+        indexes: &[],
+    },
+];
 
 /// Folds order events into `rm_orders` and `rm_order_lines`.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +135,11 @@ impl Projection for OrdersProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        VERSION
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        TABLES
     }
 
     async fn apply(

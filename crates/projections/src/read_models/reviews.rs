@@ -19,10 +19,40 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
+use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
 /// Stable name.
 pub const NAME: &str = "reviews";
+
+/// The version of the tables and the fold below; bump it when either
+/// changes, and the runtime rebuilds the read model without downtime.
+pub const VERSION: i32 = 1;
+
+/// The tables of [`VERSION`], created in each build's schema.
+pub const TABLES: &[Table] = &[Table {
+    name: "rm_reviews",
+    create: "CREATE TABLE rm_reviews (
+        review_id         UUID        PRIMARY KEY,
+        listing_id        UUID        NOT NULL,
+        order_id          UUID        NOT NULL,
+        author_id         UUID        NOT NULL,
+        rating            INT         NOT NULL,
+        comment           TEXT        NOT NULL,
+        status            TEXT        NOT NULL,
+        rejection_reason  TEXT,
+        created_at        TIMESTAMPTZ NOT NULL,
+        updated_at        TIMESTAMPTZ NOT NULL
+    )",
+    indexes: &[
+        // A listing's reviews (approved only, or all), newest first.
+        "CREATE INDEX IF NOT EXISTS rm_reviews_listing_idx \
+         ON rm_reviews (listing_id, status, created_at DESC, review_id DESC)",
+        // The moderation queue, oldest first.
+        "CREATE INDEX IF NOT EXISTS rm_reviews_pending_idx \
+         ON rm_reviews (created_at, review_id) WHERE status = 'PENDING'",
+    ],
+}];
 
 /// Folds review events into `rm_reviews`.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +85,11 @@ impl Projection for ReviewsProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        VERSION
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        TABLES
     }
 
     async fn apply(

@@ -251,6 +251,53 @@ async fn a_purchase_goes_from_deposit_through_escrow_to_payout_and_an_approved_r
     assert_eq!(rated.data("listing.reviewCount"), 1);
     assert_eq!(rated.data("listing.availableQuantity"), 3);
     assert_eq!(rated.data("reviews.totalCount"), 1);
+
+    // Everyone was told, newest first.
+    let kinds = |r: &marketplace_e2e::Gql| -> Vec<String> {
+        r.data("notifications.edges")
+            .as_array()
+            .expect("edges")
+            .iter()
+            .filter_map(|e| e["node"]["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let q = "{ notifications { totalCount edges { node { kind message read } } } }";
+    let told = app
+        .gql(
+            q,
+            json!({}),
+            Req {
+                token: Some(&buyer),
+                consistency: Some(&token),
+            },
+        )
+        .await;
+    assert_eq!(
+        kinds(&told),
+        [
+            "REVIEW_APPROVED",
+            "ORDER_DELIVERED",
+            "ORDER_SHIPPED",
+            "ORDER_CONFIRMED"
+        ]
+    );
+    assert!(told.data("notifications.edges")[2]["node"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("TRK-1")));
+    let told = app
+        .gql(
+            q,
+            json!({}),
+            Req {
+                token: Some(&seller),
+                consistency: Some(&token),
+            },
+        )
+        .await;
+    assert_eq!(kinds(&told), ["PAYOUT_RECEIVED", "ITEM_SOLD"]);
+    assert!(told.data("notifications.edges")[0]["node"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("76.00 EUR")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +321,26 @@ async fn checkout_rejects_with_a_reason_and_cancellation_refunds() {
     let rejected = app.wait_order(&poor, &poor_order, |s| s != "PENDING").await;
     assert_eq!(rejected["status"], "REJECTED");
     assert_eq!(rejected["statusReason"], "insufficient funds");
+    // The notifications read model follows on its own; poll with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let told = loop {
+        let r = app
+            .gql(
+                "{ notifications { edges { node { kind message } } } }",
+                json!({}),
+                auth(&poor),
+            )
+            .await;
+        let first = r.data("notifications.edges")[0]["node"].clone();
+        if !first.is_null() || std::time::Instant::now() > deadline {
+            break first;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(told["kind"], "ORDER_REJECTED");
+    assert!(told["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("insufficient funds")));
 
     let too_many = app
         .gql(

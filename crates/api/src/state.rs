@@ -33,6 +33,7 @@ pub const READ_MODELS: &[&str] = &[
     marketplace_projections::read_models::listings::NAME,
     marketplace_projections::read_models::orders::NAME,
     marketplace_projections::read_models::reviews::NAME,
+    marketplace_projections::read_models::notifications::NAME,
 ];
 
 impl AppState {

@@ -34,7 +34,8 @@
 //!   queries: [`read_models::accounts`] (profiles and wallet balances),
 //!   [`read_models::listings`] (the catalogue, with stock and rating),
 //!   [`read_models::orders`] (orders and their lines, per buyer and seller)
-//!   and [`read_models::reviews`] (reviews per listing and the moderation
+//!   [`read_models::notifications`] (what buyers, sellers and authors are
+//!   told), and [`read_models::reviews`] (reviews per listing and the moderation
 //!   queue). [`all`] lists them. Each owns its `VERSION` and the DDL of
 //!   that version's tables ([`builds::Table`]: tables, and secondary
 //!   indexes apart so that a bulk load creates them last); its queries read
@@ -80,5 +81,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(read_models::listings::ListingsProjection),
         std::sync::Arc::new(read_models::orders::OrdersProjection),
         std::sync::Arc::new(read_models::reviews::ReviewsProjection),
+        std::sync::Arc::new(read_models::notifications::NotificationsProjection),
     ]
 }

@@ -149,6 +149,10 @@ pub enum ProjectionError {
     /// The handler panicked; its transaction was rolled back.
     #[error("handler panicked: {0}")]
     Panicked(String),
+    /// The log contradicts itself (e.g. an event about an order that was
+    /// never placed); the projection fails rather than skip it.
+    #[error("inconsistent log: {0}")]
+    Inconsistent(String),
     /// The projection is FAILED: its handler kept failing on one event.
     #[error("projection {name} failed at position {position}: {error}")]
     Failed {

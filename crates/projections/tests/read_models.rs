@@ -19,7 +19,7 @@ use marketplace_domain::order::{
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::*;
 use marketplace_domain::EventSet;
-use marketplace_projections::read_models::{accounts, listings, orders, reviews};
+use marketplace_projections::read_models::{accounts, listings, notifications, orders, reviews};
 use marketplace_projections::{
     Progress, Projection, ProjectionError, ProjectionState, ProjectorRuntime,
 };
@@ -231,7 +231,7 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
             .fetch_all(&pool)
             .await
             .expect("states");
-    assert_eq!(states, vec!["RUNNING"; 4]);
+    assert_eq!(states, vec!["RUNNING"; ALL.len()]);
 }
 
 #[tokio::test]
@@ -399,7 +399,13 @@ async fn searches_the_catalogue_with_filters_keyset_pages_and_facets() {
     );
 }
 
-const ALL: [&str; 4] = [accounts::NAME, listings::NAME, orders::NAME, reviews::NAME];
+const ALL: [&str; 5] = [
+    accounts::NAME,
+    listings::NAME,
+    notifications::NAME,
+    orders::NAME,
+    reviews::NAME,
+];
 
 fn money(minor: i64, currency: &str) -> Money {
     Money {

@@ -6,6 +6,7 @@
 use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use marketplace_domain::values::Role as DomainRole;
+use marketplace_projections::read_models::notifications;
 use marketplace_projections::read_models::orders::{self, OrderLineRow, OrderRow};
 use marketplace_projections::read_models::reviews::{self, ReviewRow};
 use marketplace_projections::read_models::{listings, Page};
@@ -249,6 +250,23 @@ macro_rules! connection {
 }
 
 connection!(OrderConnection, OrderEdge, Order);
+connection!(NotificationConnection, NotificationEdge, Notification);
+
+/// Something an account was told.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Notification {
+    /// Id.
+    pub id: ID,
+    /// ORDER_CONFIRMED, ORDER_REJECTED, ORDER_SHIPPED, ORDER_DELIVERED,
+    /// ITEM_SOLD, PAYOUT_RECEIVED, REVIEW_APPROVED or REVIEW_REJECTED.
+    pub kind: String,
+    /// Text for people.
+    pub message: String,
+    /// Whether it was read.
+    pub read: bool,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
 connection!(ReviewConnection, ReviewEdge, Review);
 
 /// Builds a connection from a read-model page.
@@ -403,6 +421,43 @@ impl CommerceQuery {
         Ok(review_connection(page))
     }
 
+    /// The signed-in account's notifications, newest first.
+    async fn notifications(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(maximum = 100, minimum = 0))] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<NotificationConnection> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        let first = super::query::page_size(first)?;
+        let page = notifications::for_account(&state.pool, viewer.sub, first, after.as_deref())
+            .await?
+            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let end_cursor = page.rows.last().map(|(_, c)| c.clone());
+        Ok(NotificationConnection {
+            edges: page
+                .rows
+                .into_iter()
+                .map(|(r, cursor)| NotificationEdge {
+                    node: Notification {
+                        id: ID(r.notification_id.to_string()),
+                        kind: r.kind,
+                        message: r.message,
+                        read: r.read,
+                        created_at: r.created_at,
+                    },
+                    cursor,
+                })
+                .collect(),
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                end_cursor,
+            },
+            total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
+        })
+    }
+
     /// PENDING reviews, oldest first: the moderation queue (ADMIN only).
     async fn moderation_queue(
         &self,
@@ -471,7 +526,7 @@ impl OpsQuery {
                 lag_events: i32::try_from(p.lag_events).unwrap_or(i32::MAX),
                 lag_seconds: p.lag_seconds,
                 state: p.state.as_str().to_owned(),
-                rebuild_progress: None,
+                rebuild_progress: p.rebuild_progress,
                 last_error: p.last_error,
                 failed_position: p.failed_position.map(|f| f.to_string()),
             })

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod listings;
+pub mod notifications;
 pub mod orders;
 pub mod reviews;
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole marketplace over real HTTP against a real
 //! Postgres, one fresh database per test.
 
+mod catalog;
 mod commerce;
 mod errors;
 mod flow;

@@ -1133,3 +1133,75 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
         .expect("q")
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_sorts_by_approved_rating_with_unrated_listings_last() {
+    let (pool, store) = setup().await;
+    let seller = Uuid::now_v7();
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        append(
+            &store,
+            "listing",
+            *id,
+            vec![
+                listing(
+                    *id,
+                    seller,
+                    &format!("Item {i}"),
+                    "home",
+                    &[],
+                    1_000,
+                    i as u32,
+                ),
+                published(*id, 10),
+            ],
+        )
+        .await;
+    }
+    // Item 0: 3 stars; item 1: 5 and 4 (4.5); item 2: unrated (its only
+    // review is rejected).
+    for (listing_id, stars, approve) in [
+        (ids[0], 3, true),
+        (ids[1], 5, true),
+        (ids[1], 4, true),
+        (ids[2], 5, false),
+    ] {
+        let review = Uuid::now_v7();
+        let mut events = vec![submitted(review, listing_id, Uuid::now_v7(), stars, 20)];
+        events.push(if approve {
+            approved(review, listing_id, stars)
+        } else {
+            rejected(review, listing_id)
+        });
+        append(&store, "review", review, events).await;
+    }
+    fold_as_one_batch(&pool, &store).await;
+    let q = listings::ListingQuery {
+        status: "PUBLISHED".into(),
+        ..listings::ListingQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = listings::search(&pool, &q, listings::Sort::Rating, 1, after.as_deref())
+            .await
+            .expect("search")
+            .expect("cursor");
+        for (row, cursor) in page.rows {
+            seen.push((row.title.clone(), row.average_rating, row.rating_count));
+            after = Some(cursor);
+        }
+        if !page.has_next_page {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("Item 1".to_owned(), Some(4.5), 2),
+            ("Item 0".to_owned(), Some(3.0), 1),
+            ("Item 2".to_owned(), None, 0),
+        ]
+    );
+}

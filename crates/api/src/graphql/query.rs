@@ -118,10 +118,16 @@ impl QueryRoot {
                 "search is limited to 200 characters".into(),
             ));
         }
-        let sort = match sort.unwrap_or(ListingSort::Newest) {
-            ListingSort::Newest | ListingSort::Relevance | ListingSort::Rating => {
-                listings::Sort::Newest
-            }
+        // Searching sorts by relevance unless asked otherwise.
+        let default_sort = if query.search.is_some() {
+            ListingSort::Relevance
+        } else {
+            ListingSort::Newest
+        };
+        let sort = match sort.unwrap_or(default_sort) {
+            ListingSort::Newest => listings::Sort::Newest,
+            ListingSort::Relevance => listings::Sort::Relevance,
+            ListingSort::Rating => listings::Sort::Rating,
             ListingSort::PriceAsc => listings::Sort::PriceAsc,
             ListingSort::PriceDesc => listings::Sort::PriceDesc,
         };

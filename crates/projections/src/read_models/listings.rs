@@ -31,7 +31,7 @@ pub const NAME: &str = "listings";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// The tables of [`VERSION`], created in each build's schema (columns in the
 /// order of the first layout, so that builds moved from it compare equal).
@@ -55,13 +55,17 @@ pub const TABLES: &[Table] = &[Table {
         reserved      INT         NOT NULL DEFAULT 0,
         sold          INT         NOT NULL DEFAULT 0,
         rating_sum    BIGINT      NOT NULL DEFAULT 0,
-        rating_count  INT         NOT NULL DEFAULT 0
+        rating_count  INT         NOT NULL DEFAULT 0,
+        search_doc    TSVECTOR    NOT NULL DEFAULT ''
     )",
     indexes: &[
         "CREATE INDEX IF NOT EXISTS rm_listings_status_created_idx \
          ON rm_listings (status, created_at DESC, listing_id DESC)",
         "CREATE INDEX IF NOT EXISTS rm_listings_seller_idx ON rm_listings (seller_id)",
         "CREATE INDEX IF NOT EXISTS rm_listings_category_idx ON rm_listings (category)",
+        // Full-text search over title (weight A), tags (B) and description (C).
+        "CREATE INDEX IF NOT EXISTS rm_listings_search_idx ON rm_listings USING GIN (search_doc)",
+        "CREATE INDEX IF NOT EXISTS rm_listings_tags_idx ON rm_listings USING GIN (tags)",
     ],
 }];
 
@@ -362,11 +366,14 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     sqlx::query(
         "INSERT INTO rm_listings (listing_id, seller_id, kind, title, description, category, \
              tags, price_minor, currency, quantity, status, content_hash, created_at, updated_at, \
-             reserved, sold, rating_sum, rating_count) \
+             reserved, sold, rating_sum, rating_count, search_doc) \
          SELECT id, seller, kind, title, description, category, \
                 CASE WHEN tags = '' THEN '{}'::text[] ELSE string_to_array(tags, ',') END, \
                 price, currency, quantity, status, hash, created, updated, \
-                reserved, sold, rating_sum, rating_count \
+                reserved, sold, rating_sum, rating_count, \
+                setweight(to_tsvector('english', title), 'A') \
+                || setweight(to_tsvector('english', replace(tags, ',', ' ')), 'B') \
+                || setweight(to_tsvector('english', description), 'C') \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
                      $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::text[], \
                      $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[], \
@@ -468,35 +475,54 @@ pub enum Sort {
     PriceAsc,
     /// Dearest first.
     PriceDesc,
+    /// Best full-text match first (newest first without a search).
+    Relevance,
+    /// Best average approved rating first; unrated listings last.
+    Rating,
 }
 
 impl Sort {
-    fn key(self) -> &'static str {
-        match self {
-            Sort::Newest => "(extract(epoch from created_at) * 1000000)::bigint",
-            Sort::PriceAsc | Sort::PriceDesc => "price_minor",
+    /// Pushes the integer sort key of a row (the cursor's key).
+    fn push_key(self, qb: &mut QueryBuilder<'_, Postgres>, search: Option<&str>) {
+        match (self, search) {
+            (Sort::Relevance, Some(q)) => {
+                qb.push("(ts_rank(search_doc, websearch_to_tsquery('english', ")
+                    .push_bind(q.to_owned())
+                    .push(")) * 1000000)::bigint");
+            }
+            (Sort::Newest | Sort::Relevance, _) => {
+                qb.push("(extract(epoch from created_at) * 1000000)::bigint");
+            }
+            (Sort::PriceAsc | Sort::PriceDesc, _) => {
+                qb.push("price_minor");
+            }
+            (Sort::Rating, _) => {
+                qb.push(
+                    "(CASE WHEN rating_count = 0 THEN -1 \
+                     ELSE rating_sum * 1000000 / rating_count END)",
+                );
+            }
         }
     }
 
     fn descending(self) -> bool {
-        match self {
-            Sort::Newest | Sort::PriceDesc => true,
-            Sort::PriceAsc => false,
-        }
+        !matches!(self, Sort::PriceAsc)
     }
+}
 
-    fn key_of(self, row: &ListingRow) -> i64 {
-        match self {
-            Sort::Newest => row.created_at.timestamp_micros(),
-            Sort::PriceAsc | Sort::PriceDesc => row.price_minor,
-        }
-    }
+/// A row with the key it is sorted by.
+#[derive(sqlx::FromRow)]
+struct Keyed {
+    #[sqlx(flatten)]
+    row: ListingRow,
+    sort_key: i64,
 }
 
 /// What to select from the catalogue. Every field narrows the result.
 #[derive(Debug, Clone, Default)]
 pub struct ListingQuery {
-    /// Substring of title, description or a tag (case-insensitive).
+    /// Full-text search over title, tags and description (web-search
+    /// syntax: words, "phrases", -exclusions, or).
     pub search: Option<String>,
     /// Exact category.
     pub category: Option<String>,
@@ -559,21 +585,15 @@ fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
     if let Some(p) = q.max_price_minor {
         qb.push(" AND price_minor <= ").push_bind(p);
     }
-    if let Some(s) = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        let pattern = format!(
-            "%{}%",
-            s.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        qb.push(" AND (title ILIKE ")
-            .push_bind(pattern.clone())
-            .push(" OR description ILIKE ")
-            .push_bind(pattern.clone())
-            .push(" OR array_to_string(tags, ' ') ILIKE ")
-            .push_bind(pattern)
+    if let Some(s) = search_term(q) {
+        qb.push(" AND search_doc @@ websearch_to_tsquery('english', ")
+            .push_bind(s.to_owned())
             .push(")");
     }
+}
+
+fn search_term(q: &ListingQuery) -> Option<&str> {
+    q.search.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// A page of the catalogue: `first` rows after `after`, with totals and facets.
@@ -589,7 +609,10 @@ pub async fn search(
         Some(Some(c)) => Some(c),
         None => None,
     };
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM rm_listings"));
+    let term = search_term(q);
+    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS}, "));
+    sort.push_key(&mut qb, term);
+    qb.push(" AS sort_key FROM rm_listings");
     push_filter(&mut qb, q);
     let (cmp, dir) = if sort.descending() {
         ("<", "DESC")
@@ -597,18 +620,19 @@ pub async fn search(
         (">", "ASC")
     };
     if let Some((key, id)) = after {
-        qb.push(format!(" AND ({}, listing_id) {cmp} (", sort.key()))
+        qb.push(" AND (");
+        sort.push_key(&mut qb, term);
+        qb.push(format!(", listing_id) {cmp} ("))
             .push_bind(key)
             .push(", ")
             .push_bind(id)
             .push(")");
     }
-    qb.push(format!(
-        " ORDER BY {} {dir}, listing_id {dir} LIMIT ",
-        sort.key()
-    ))
-    .push_bind(i64::try_from(first + 1).unwrap_or(i64::MAX));
-    let mut rows: Vec<ListingRow> = qb.build_query_as().fetch_all(pool).await?;
+    qb.push(" ORDER BY ");
+    sort.push_key(&mut qb, term);
+    qb.push(format!(" {dir}, listing_id {dir} LIMIT "))
+        .push_bind(i64::try_from(first + 1).unwrap_or(i64::MAX));
+    let mut rows: Vec<Keyed> = qb.build_query_as().fetch_all(pool).await?;
     let has_next_page = rows.len() > first;
     rows.truncate(first);
 
@@ -632,9 +656,9 @@ pub async fn search(
     Ok(Ok(ListingPage {
         rows: rows
             .into_iter()
-            .map(|r| {
-                let c = cursor::encode(sort.key_of(&r), r.listing_id);
-                (r, c)
+            .map(|k| {
+                let c = cursor::encode(k.sort_key, k.row.listing_id);
+                (k.row, c)
             })
             .collect(),
         has_next_page,

@@ -6,3 +6,4 @@ mod commerce;
 mod errors;
 mod flow;
 mod ops;
+mod rebuild;

@@ -246,6 +246,28 @@ macro_rules! connection {
             /// Opaque cursor.
             pub cursor: String,
         }
+
+        impl $conn {
+            /// A connection of a read-model page, each row made a node.
+            pub fn from_page<R>(page: Page<R>, node: impl Fn(R) -> $node) -> Self {
+                let end_cursor = page.rows.last().map(|(_, c)| c.clone());
+                Self {
+                    edges: page
+                        .rows
+                        .into_iter()
+                        .map(|(r, cursor)| $edge {
+                            node: node(r),
+                            cursor,
+                        })
+                        .collect(),
+                    page_info: PageInfo {
+                        has_next_page: page.has_next_page,
+                        end_cursor,
+                    },
+                    total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
+                }
+            }
+        }
     };
 }
 
@@ -271,42 +293,12 @@ connection!(ReviewConnection, ReviewEdge, Review);
 
 /// Builds a connection from a read-model page.
 pub fn order_connection(page: Page<OrderRow>) -> OrderConnection {
-    let end_cursor = page.rows.last().map(|(_, c)| c.clone());
-    OrderConnection {
-        edges: page
-            .rows
-            .into_iter()
-            .map(|(r, cursor)| OrderEdge {
-                node: Order(r),
-                cursor,
-            })
-            .collect(),
-        page_info: PageInfo {
-            has_next_page: page.has_next_page,
-            end_cursor,
-        },
-        total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
-    }
+    OrderConnection::from_page(page, Order)
 }
 
 /// Builds a connection from a read-model page.
 pub fn review_connection(page: Page<ReviewRow>) -> ReviewConnection {
-    let end_cursor = page.rows.last().map(|(_, c)| c.clone());
-    ReviewConnection {
-        edges: page
-            .rows
-            .into_iter()
-            .map(|(r, cursor)| ReviewEdge {
-                node: Review(r),
-                cursor,
-            })
-            .collect(),
-        page_info: PageInfo {
-            has_next_page: page.has_next_page,
-            end_cursor,
-        },
-        total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
-    }
+    ReviewConnection::from_page(page, Review)
 }
 
 /// Whether `viewer` may see `order`.
@@ -434,28 +426,13 @@ impl CommerceQuery {
         let page = notifications::for_account(&state.pool, viewer.sub, first, after.as_deref())
             .await?
             .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
-        let end_cursor = page.rows.last().map(|(_, c)| c.clone());
-        Ok(NotificationConnection {
-            edges: page
-                .rows
-                .into_iter()
-                .map(|(r, cursor)| NotificationEdge {
-                    node: Notification {
-                        id: ID(r.notification_id.to_string()),
-                        kind: r.kind,
-                        message: r.message,
-                        read: r.read,
-                        created_at: r.created_at,
-                    },
-                    cursor,
-                })
-                .collect(),
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                end_cursor,
-            },
-            total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
-        })
+        Ok(NotificationConnection::from_page(page, |r| Notification {
+            id: ID(r.notification_id.to_string()),
+            kind: r.kind,
+            message: r.message,
+            read: r.read,
+            created_at: r.created_at,
+        }))
     }
 
     /// PENDING reviews, oldest first: the moderation queue (ADMIN only).

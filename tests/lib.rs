@@ -19,9 +19,16 @@ pub struct TestApp {
 
 /// Starts the marketplace on a fresh database (one per test), on port 0.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with settings adjusted by `tweak` (limits, say).
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     marketplace_api::telemetry::init_for_tests();
     let db = TestDatabase::create().await;
-    let app = Application::build(Settings::for_database(db.url.clone()))
+    let mut settings = Settings::for_database(db.url.clone());
+    tweak(&mut settings);
+    let app = Application::build(settings)
         .await
         .expect("build the application");
     let addr = app.local_addr().expect("the API listens");

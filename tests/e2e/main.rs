@@ -1,9 +1,11 @@
 //! End-to-end tests: the whole marketplace over real HTTP against a real
 //! Postgres, one fresh database per test.
 
+mod audit;
 mod catalog;
 mod commerce;
 mod errors;
 mod flow;
+mod limits;
 mod ops;
 mod rebuild;

@@ -22,7 +22,8 @@ use crate::auth::Tokens;
 use crate::config::{ServeRole, Settings};
 use crate::database::{connect, migrate};
 use crate::graphql::build_schema;
-use crate::http::app;
+use crate::http::app_with_limits;
+use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
 /// A built, not yet running, marketplace.
@@ -31,6 +32,7 @@ pub struct Application {
     state: AppState,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for Application {
@@ -125,6 +127,7 @@ impl Application {
             state,
             stop,
             tasks,
+            rate_limits: settings.rate_limits,
         })
     }
 
@@ -145,11 +148,20 @@ impl Application {
     ) -> anyhow::Result<()> {
         match self.listener.take() {
             Some(listener) => {
-                let router = app(self.state.clone(), build_schema(self.state.clone()));
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .context("server error")?;
+                let router = app_with_limits(
+                    self.state.clone(),
+                    build_schema(self.state.clone()),
+                    self.rate_limits,
+                );
+                // Connect info gives the handlers the peer address, which
+                // keys the anonymous rate limit.
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("server error")?;
             }
             None => shutdown.await,
         }

@@ -11,6 +11,7 @@ use crate::bench::{self, BenchCommand};
 use crate::config::{Secret, ServeRole, Settings};
 use crate::database::{connect, migrate, Database};
 use crate::projections_cli::{self, ProjectionsCommand};
+use crate::ratelimit::{Limit, RateLimits};
 use crate::seed::SeedArgs;
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
@@ -71,6 +72,37 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_FEE_BPS", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     fee_bps: u32,
+    /// Rate limit per signed-in account: requests to /graphql allowed in a
+    /// burst (the token bucket's capacity).
+    #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ACCOUNT_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_account_burst: u32,
+    /// Rate limit per signed-in account: sustained requests per second (the
+    /// bucket's refill rate). 0 disables the per-account limit. Over the
+    /// limit, requests get HTTP 429, RATE_LIMITED and a Retry-After header.
+    #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ACCOUNT_PER_SEC", default_value_t = 50.0,
+          value_parser = non_negative_rate)]
+    rate_limit_account_per_sec: f64,
+    /// Rate limit per client IP for anonymous calls (no or an invalid bearer
+    /// token): requests allowed in a burst.
+    #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ANON_BURST", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_anon_burst: u32,
+    /// Rate limit per client IP for anonymous calls: sustained requests per
+    /// second. 0 disables the anonymous limit. The IP is the TCP peer, so
+    /// behind a proxy all anonymous callers share one bucket.
+    #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ANON_PER_SEC", default_value_t = 10.0,
+          value_parser = non_negative_rate)]
+    rate_limit_anon_per_sec: f64,
+}
+
+fn non_negative_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a non-negative number of requests per second"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +246,16 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         consistency_wait: Duration::from_millis(args.consistency_wait_ms),
         role: args.role,
         fee: marketplace_domain::values::FeeRate::from_basis_points(args.fee_bps)?,
+        rate_limits: RateLimits {
+            account: Limit {
+                burst: args.rate_limit_account_burst,
+                per_sec: args.rate_limit_account_per_sec,
+            },
+            anonymous: Limit {
+                burst: args.rate_limit_anon_burst,
+                per_sec: args.rate_limit_anon_per_sec,
+            },
+        },
     };
     let result = async {
         let app = Application::build(settings).await?;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marketplace_domain::values::FeeRate;
+
+use crate::ratelimit::RateLimits;
 use std::time::Duration;
 
 /// A secret string: its `Debug` and `Display` are redacted.
@@ -64,10 +66,15 @@ pub struct Settings {
     pub role: ServeRole,
     /// The marketplace fee taken on delivery.
     pub fee: FeeRate,
+    /// Per-client rate limits on `/graphql` (per account, and per IP for
+    /// anonymous calls); a `per_sec` of 0 disables a limit.
+    pub rate_limits: RateLimits,
 }
 
 impl Settings {
-    /// Settings for tests and embedding: everything on, random port.
+    /// Settings for tests and embedding: everything on, random port, no rate
+    /// limits (load tests from one address would trip them; `serve` uses
+    /// [`RateLimits::default`], and a test can set its own).
     pub fn for_database(database_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -77,6 +84,7 @@ impl Settings {
             consistency_wait: Duration::from_secs(5),
             role: ServeRole::All,
             fee: FeeRate::DEFAULT,
+            rate_limits: RateLimits::DISABLED,
         }
     }
 }

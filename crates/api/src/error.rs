@@ -23,8 +23,11 @@ pub enum ApiError {
     Conflict(String),
     /// An idempotency key was reused with different input.
     IdempotencyKeyReused,
-    /// Too many requests.
-    RateLimited,
+    /// Too many requests; retry after this many seconds.
+    RateLimited {
+        /// Seconds until the client's next request can pass (at least 1).
+        retry_after_seconds: u64,
+    },
     /// Anything else: logged, never shown.
     Internal(String),
 }
@@ -39,7 +42,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            ApiError::RateLimited => "RATE_LIMITED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -55,7 +58,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => {
                 "this idempotency key was already used with different input".into()
             }
-            ApiError::RateLimited => "too many requests; retry later".into(),
+            ApiError::RateLimited { .. } => "too many requests; retry later".into(),
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -78,7 +81,30 @@ impl ApiError {
                         e.set("reference", reference.to_string());
                     })
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => {
+                let retry = *retry_after_seconds;
+                async_graphql::Error::new(self.message()).extend_with(|_, e| {
+                    e.set("code", code);
+                    e.set("retryAfterSeconds", retry);
+                })
+            }
             _ => async_graphql::Error::new(self.message()).extend_with(|_, e| e.set("code", code)),
+        }
+    }
+
+    /// Gives every error of `response` that has no code one: errors raised by
+    /// async-graphql itself (parse and validation errors, such as a query
+    /// nested too deep or too complex, or a variable of the wrong type) are
+    /// the client's fault, so they become `BAD_USER_INPUT`. Resolvers'
+    /// errors already carry their code.
+    pub fn code_request_errors(response: &mut async_graphql::Response) {
+        for error in &mut response.errors {
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            if extensions.get("code").is_none() {
+                extensions.set("code", ApiError::BadUserInput(String::new()).code());
+            }
         }
     }
 }

@@ -1,11 +1,15 @@
 //! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`, `/metrics`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_graphql::http::GraphiQLSource;
+use async_graphql::ParseRequestError;
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -14,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::graphql::{MarketplaceSchema, Viewer};
+use crate::ratelimit::{retry_after_seconds, ClientKey, RateLimiter, RateLimits};
 use crate::state::{AppState, READ_MODELS};
 
 /// Largest request body accepted.
@@ -26,10 +31,20 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
 struct Http {
     state: AppState,
     schema: MarketplaceSchema,
+    limiter: Arc<RateLimiter>,
 }
 
-/// The whole HTTP surface, for the server and for tests.
+/// The whole HTTP surface with the default rate limits.
 pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
+    app_with_limits(state, schema, RateLimits::default())
+}
+
+/// The whole HTTP surface, for the server and for tests. `/graphql` is rate
+/// limited per client (see [`crate::ratelimit`]); anonymous calls are keyed
+/// by the peer address, so serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` (without it,
+/// anonymous calls are not limited).
+pub fn app_with_limits(state: AppState, schema: MarketplaceSchema, limits: RateLimits) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
@@ -37,35 +52,93 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(Http { state, schema })
+        .with_state(Http {
+            state,
+            schema,
+            limiter: Arc::new(RateLimiter::new(limits)),
+        })
 }
 
 fn error_response(e: ApiError) -> Response {
     let status = match e {
         ApiError::BadUserInput(_) => StatusCode::BAD_REQUEST,
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response_with(status, e)
+}
+
+fn error_response_with(status: StatusCode, e: ApiError) -> Response {
+    let retry_after = match e {
+        ApiError::RateLimited {
+            retry_after_seconds,
+        } => Some(retry_after_seconds),
+        _ => None,
     };
     let resp = async_graphql::Response::from_errors(vec![e
         .into_graphql()
         .into_server_error(Default::default())]);
-    (status, GraphQLResponse::from(resp)).into_response()
+    let mut response = (status, GraphQLResponse::from(resp)).into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
-async fn execute(http: &Http, headers: &HeaderMap, request: async_graphql::Request) -> Response {
-    let viewer = match headers.get(axum::http::header::AUTHORIZATION) {
-        None => Viewer(None),
+fn too_large() -> Response {
+    error_response_with(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::BadUserInput(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes"
+        )),
+    )
+}
+
+/// The TCP peer, when the server was built with connect info.
+fn peer(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+async fn execute(
+    http: &Http,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+) -> Response {
+    let viewer = match headers.get(header::AUTHORIZATION) {
+        None => Ok(Viewer(None)),
         Some(value) => {
             let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
             match token.and_then(|t| http.state.tokens.verify(t.trim())) {
-                Some(claims) => Viewer(Some(Arc::new(claims))),
-                None => {
-                    return error_response(ApiError::Unauthenticated(
-                        "the bearer token is invalid or expired; sign in again".into(),
-                    ))
-                }
+                Some(claims) => Ok(Viewer(Some(Arc::new(claims)))),
+                None => Err(ApiError::Unauthenticated(
+                    "the bearer token is invalid or expired; sign in again".into(),
+                )),
             }
         }
+    };
+    // An account is limited as itself; everyone else (anonymous, or with a
+    // bad token) by address.
+    let client = match &viewer {
+        Ok(Viewer(Some(claims))) => Some(ClientKey::Account(claims.sub)),
+        _ => peer.map(|p| ClientKey::ip(p.ip())),
+    };
+    if let Some(client) = client {
+        if let Err(wait) = http.limiter.check(client) {
+            return error_response(ApiError::RateLimited {
+                retry_after_seconds: retry_after_seconds(wait),
+            });
+        }
+    }
+    let viewer = match viewer {
+        Ok(viewer) => viewer,
+        Err(e) => return error_response(e),
     };
     let mut caught_up = None;
     if let Some(raw) = headers.get(CONSISTENCY_HEADER) {
@@ -80,6 +153,7 @@ async fn execute(http: &Http, headers: &HeaderMap, request: async_graphql::Reque
         ));
     }
     let mut response = http.schema.execute(request.data(viewer)).await;
+    ApiError::code_request_errors(&mut response);
     if let Some((token, reached)) = caught_up {
         if !reached {
             tracing::warn!(
@@ -99,20 +173,42 @@ async fn execute(http: &Http, headers: &HeaderMap, request: async_graphql::Reque
     GraphQLResponse::from(response).into_response()
 }
 
-async fn graphql_post(
-    State(http): State<Http>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> Response {
-    execute(&http, &headers, request.into_inner()).await
+async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
+    let peer = peer(&request);
+    let headers = request.headers().clone();
+    // `GraphQLRequest` streams the body without a limit; buffer it under
+    // `DefaultBodyLimit` first.
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large()
+        }
+        Err(rejection) => {
+            return error_response(ApiError::BadUserInput(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            )))
+        }
+    };
+    let mut buffered = Request::new(Body::from(body));
+    *buffered.method_mut() = Method::POST;
+    *buffered.headers_mut() = headers.clone();
+    match GraphQLRequest::<GraphQLRejection>::from_request(buffered, &()).await {
+        Ok(request) => execute(&http, &headers, peer, request.into_inner()).await,
+        Err(GraphQLRejection(ParseRequestError::PayloadTooLarge)) => too_large(),
+        Err(GraphQLRejection(e)) => error_response(ApiError::BadUserInput(format!(
+            "malformed GraphQL request: {e}"
+        ))),
+    }
 }
 
-async fn graphql_get(
-    State(http): State<Http>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let Some(query) = query.filter(|q| q.split('&').any(|kv| kv.starts_with("query="))) else {
+async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
+    let peer = peer(&request);
+    let Some(query) = request
+        .uri()
+        .query()
+        .filter(|q| q.split('&').any(|kv| kv.starts_with("query=")))
+    else {
         return Html(
             GraphiQLSource::build()
                 .endpoint("/graphql")
@@ -121,8 +217,8 @@ async fn graphql_get(
         )
         .into_response();
     };
-    match async_graphql::http::parse_query_string(&query) {
-        Ok(request) => execute(&http, &headers, request).await,
+    match async_graphql::http::parse_query_string(query) {
+        Ok(graphql) => execute(&http, request.headers(), peer, graphql).await,
         Err(e) => error_response(ApiError::BadUserInput(format!(
             "malformed GraphQL GET request: {e}"
         ))),

@@ -15,7 +15,10 @@
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
-//!   `/metrics`), auth header and consistency-token handling.
+//!   `/metrics`), auth header and consistency-token handling, the body
+//!   size limit.
+//! - [`ratelimit`]: per-client token buckets (per account, per IP for
+//!   anonymous calls) behind `RATE_LIMITED`.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
 //!   mutations.
 //! - [`error`]: the error taxonomy and its single mapping to
@@ -36,6 +39,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod projections_cli;
+pub mod ratelimit;
 pub mod seed;
 pub mod state;
 pub mod telemetry;

@@ -11,6 +11,8 @@
 //!   and the [`CommandError`] taxonomy.
 //!   [`CommandHandler::execute_idempotent`] runs a command once per client
 //!   idempotency key (recorded by the store in the append's transaction).
+//! - [`audit`]: a stream's history with the state after each event, and an
+//!   aggregate as of a moment (events decoded as the live system does).
 //! - `cache`: the aggregate cache — recent states with their revision, so
 //!   a command reads only its stream's tail.
 //! - [`flows`]: one file per multi-step use case — registering an account
@@ -20,6 +22,7 @@
 //!   checkout saga and the payout process, and the runner that feeds them
 //!   the log.
 
+pub mod audit;
 mod cache;
 pub mod flows;
 pub mod handler;

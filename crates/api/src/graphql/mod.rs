@@ -21,7 +21,12 @@ pub use query::QueryRoot;
 
 /// Every query: accounts and the catalogue, orders and reviews.
 #[derive(MergedObject, Default, Debug)]
-pub struct Query(QueryRoot, read::CommerceQuery, read::OpsQuery);
+pub struct Query(
+    QueryRoot,
+    read::CommerceQuery,
+    read::OpsQuery,
+    read::AuditQuery,
+);
 
 /// Every mutation: accounts and listings, money, orders and reviews.
 #[derive(MergedObject, Default, Debug)]

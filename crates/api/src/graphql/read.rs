@@ -510,3 +510,124 @@ impl OpsQuery {
             .collect())
     }
 }
+
+/// One stored event, for audits.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct RecordedEvent {
+    /// Its stream, `<category>-<uuid>`.
+    pub stream_id: String,
+    /// Its place in the stream.
+    pub revision: i32,
+    /// Its place in the global log (opaque, ordered).
+    pub position: String,
+    /// Unique id.
+    pub event_id: ID,
+    /// Stored name, e.g. `order.placed`.
+    pub event_type: String,
+    /// Version of its JSON Schema.
+    pub schema_version: i32,
+    /// The payload as JSON text (secrets redacted).
+    pub data: String,
+    /// Metadata as JSON text: actor, correlation, causation, hash chain.
+    pub metadata: String,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// The aggregate's state after it, as JSON text (when asked for).
+    pub state_after: Option<String>,
+}
+
+/// Audit queries over the event log itself (ADMIN only).
+#[derive(Debug, Default)]
+pub struct AuditQuery;
+
+fn require_admin<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Claims> {
+    let viewer = ctx.data::<Viewer>()?.require()?;
+    if viewer.has(DomainRole::Admin) {
+        Ok(viewer)
+    } else {
+        Err(ApiError::Forbidden("audit queries are for admins".into()))
+    }
+}
+
+#[Object]
+impl AuditQuery {
+    /// Every event of a stream, oldest first, optionally with the
+    /// aggregate's state after each.
+    async fn stream_history(
+        &self,
+        ctx: &Context<'_>,
+        stream_id: String,
+        with_state: Option<bool>,
+    ) -> ApiResult<Vec<RecordedEvent>> {
+        let state = ctx.data::<AppState>()?;
+        require_admin(ctx)?;
+        let stream = marketplace_store::StreamId::parse(&stream_id).map_err(|_| {
+            ApiError::BadUserInput("streamId must look like <category>-<uuid>".into())
+        })?;
+        let entries = marketplace_commands::audit::history(
+            &**state.handler.store(),
+            &stream,
+            with_state.unwrap_or(false),
+        )
+        .await
+        .map_err(|e| match e {
+            marketplace_commands::audit::AuditError::UnknownCategory(c) => {
+                ApiError::BadUserInput(format!("no aggregate keeps streams of category {c:?}"))
+            }
+            other => ApiError::internal(other),
+        })?;
+        Ok(entries
+            .into_iter()
+            .map(|h| RecordedEvent {
+                stream_id: h.event.stream_id.as_str().to_owned(),
+                revision: i32::try_from(h.event.revision).unwrap_or(i32::MAX),
+                position: h.event.position.to_string(),
+                event_id: ID(h.event.event_id.to_string()),
+                recorded_at: h.event.recorded_at(),
+                event_type: h.event.event_type,
+                schema_version: i32::try_from(h.event.schema_version).unwrap_or(i32::MAX),
+                data: h.event.data.to_string(),
+                metadata: serde_json::to_string(&h.event.metadata).unwrap_or_default(),
+                state_after: h.state_after.map(|s| s.to_string()),
+            })
+            .collect())
+    }
+
+    /// An order as it stood at `at` (null if it was not placed yet).
+    async fn order_as_of(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        at: DateTime<Utc>,
+    ) -> ApiResult<Option<Order>> {
+        let state = ctx.data::<AppState>()?;
+        require_admin(ctx)?;
+        let id = super::types::parse_id(&id, "id")?;
+        let order = marketplace_commands::audit::as_of::<marketplace_domain::order::Order>(
+            &**state.handler.store(),
+            id,
+            at,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(order.and_then(|o| {
+            let status = match o.status {
+                marketplace_domain::order::OrderStatus::Absent => return None,
+                s => serde_json::to_value(s).ok()?.as_str()?.to_owned(),
+            };
+            let total = o.total.clone()?;
+            Some(Order(OrderRow {
+                order_id: o.id?.0,
+                buyer_id: o.buyer_id?.0,
+                seller_id: o.seller_id?.0,
+                status,
+                status_reason: o.status_reason.map(|r| r.as_str().to_owned()),
+                tracking_code: o.tracking_code.map(|t| t.as_str().to_owned()),
+                total_minor: total.minor,
+                currency: total.currency.as_str().to_owned(),
+                placed_at: o.placed_at?,
+                updated_at: o.updated_at?,
+            }))
+        }))
+    }
+}

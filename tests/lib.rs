@@ -162,6 +162,18 @@ impl TestApp {
         }
     }
 
+    /// The position of the last event in the log (a consistency token that
+    /// covers everything written so far).
+    pub async fn head(&self) -> i64 {
+        let pool = self.db.pool().await;
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("head");
+        pool.close().await;
+        head
+    }
+
     /// The number of events in the log.
     pub async fn event_count(&self) -> i64 {
         let pool = self.db.pool().await;

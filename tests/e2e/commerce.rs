@@ -61,13 +61,16 @@ async fn buyer_with(app: &TestApp, email: &str, euros: &str) -> String {
     token
 }
 
+/// The wallet balance as the read models show it once they have caught up
+/// with everything in the log so far (or with `consistency`).
 async fn balance(app: &TestApp, token: &str, consistency: Option<&str>) -> String {
+    let head = app.head().await.to_string();
     app.gql(
         ME,
         json!({}),
         Req {
             token: Some(token),
-            consistency,
+            consistency: Some(consistency.unwrap_or(&head)),
         },
     )
     .await

@@ -47,7 +47,7 @@ async fn rate_limits_are_per_client_and_answer_rate_limited_with_a_retry_hint() 
     .await;
     // Two anonymous calls: the registrations.
     let (alice, _, _) = app.register("alice@example.com", &[]).await;
-    let (bob, _, _) = app.register("bob@example.com", &[]).await;
+    let (bob, _, bob_registered) = app.register("bob@example.com", &[]).await;
     let ping = json!({ "query": "{ __typename }" });
 
     for _ in 0..2 {
@@ -90,7 +90,7 @@ async fn rate_limits_are_per_client_and_answer_rate_limited_with_a_retry_hint() 
             json!({}),
             Req {
                 token: Some(&bob),
-                ..Req::default()
+                consistency: Some(&bob_registered),
             },
         )
         .await;

@@ -127,6 +127,12 @@ enum Command {
         #[command(subcommand)]
         which: AccountsCommand,
     },
+    /// Read the event log itself: verify its hash chains, show a stream's
+    /// history.
+    Audit {
+        #[command(subcommand)]
+        which: crate::audit_cli::AuditCommand,
+    },
     /// Inspect, rebuild and verify the read models (projections). `serve`
     /// rebuilds a projection whose version changed on start-up by itself,
     /// without downtime.
@@ -213,6 +219,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Some(Command::Audit { which }) => {
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result = crate::audit_cli::run(&db.url, which).await;
+            db.shutdown().await?;
+            result
         }
         Some(Command::Projections { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;

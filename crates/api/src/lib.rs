@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod application;
+pub mod audit_cli;
 pub mod auth;
 pub mod bench;
 pub mod cli;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
-use marketplace_commands::audit::{history, verify_chains};
+use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, AsOf};
 use marketplace_store::{EventStore, PostgresEventStore, StreamId};
 
 use crate::bench::bar;
@@ -20,6 +20,28 @@ pub enum AuditCommand {
         /// Only this stream (`<category>-<uuid>`).
         #[arg(long)]
         stream: Option<String>,
+    },
+    /// An aggregate (any type) as it stood at a moment or a log position,
+    /// as JSON.
+    AsOf {
+        /// The stream (`<category>-<uuid>`).
+        stream: String,
+        /// RFC 3339 time, e.g. 2026-11-27T09:00:00Z.
+        #[arg(
+            long,
+            conflicts_with = "position",
+            required_unless_present = "position"
+        )]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Global log position.
+        #[arg(long)]
+        position: Option<u64>,
+    },
+    /// Every event one request caused, across streams, in log order (the
+    /// checkout saga's steps included), as JSON lines.
+    Trace {
+        /// The correlation id (from any event's metadata).
+        correlation_id: uuid::Uuid,
     },
     /// Every event of a stream, oldest first, as JSON lines, optionally with
     /// the aggregate's state after each (secrets redacted).
@@ -80,6 +102,66 @@ pub async fn run(url: &str, which: AuditCommand) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} break(s) in the hash chains", verified.len())
             }
+        }
+        AuditCommand::AsOf {
+            stream,
+            at,
+            position,
+        } => {
+            let stream = parse(&stream)?;
+            let as_of = match (at, position) {
+                (Some(t), _) => AsOf::Time(t),
+                (None, Some(p)) => AsOf::Position(marketplace_store::Position(p)),
+                (None, None) => anyhow::bail!("give --at TIME or --position P"),
+            };
+            match state_as_of(&*store, &stream, as_of).await? {
+                Some((revision, state)) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "revision": revision, "state": state })
+                    );
+                    Ok(())
+                }
+                None => anyhow::bail!("{stream} did not exist then"),
+            }
+        }
+        AuditCommand::Trace { correlation_id } => {
+            let head = store.head().await?;
+            let pb = bar(head.0, "trace");
+            let progress = {
+                let pb = pb.clone();
+                move |done: marketplace_store::Position, head: marketplace_store::Position| {
+                    pb.set_length(head.0);
+                    pb.set_position(done.0);
+                }
+            };
+            let events = tokio::select! {
+                t = trace(&*store, correlation_id, &progress) => t?,
+                _ = tokio::signal::ctrl_c() => {
+                    pb.abandon();
+                    anyhow::bail!("interrupted");
+                }
+            };
+            pb.finish_and_clear();
+            for e in &events {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "position": e.position.0,
+                        "stream": e.stream_id.as_str(),
+                        "revision": e.revision,
+                        "eventType": e.event_type,
+                        "actor": e.metadata.actor,
+                        "causationId": e.metadata.causation_id,
+                        "recordedAt": e.recorded_at(),
+                        "data": e.data,
+                    })
+                );
+            }
+            if events.is_empty() {
+                anyhow::bail!("no event carries correlation id {correlation_id}");
+            }
+            Ok(())
         }
         AuditCommand::History { stream, with_state } => {
             let stream = parse(&stream)?;

@@ -273,3 +273,65 @@ pub async fn verify_chains(
     }
     Ok(breaks)
 }
+
+/// Where to stop when showing an aggregate as it stood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Events recorded at or before this moment.
+    Time(DateTime<Utc>),
+    /// Events at or below this global position.
+    Position(Position),
+}
+
+/// The state of the aggregate of `stream` as it stood at `as_of`, as JSON,
+/// with the revision it had then; `None` if it did not exist yet. Works
+/// for every aggregate type.
+pub async fn state_as_of(
+    store: &dyn EventStore,
+    stream: &StreamId,
+    as_of: AsOf,
+) -> Result<Option<(u64, serde_json::Value)>, AuditError> {
+    let events: Vec<RecordedEvent> = store
+        .read_stream(stream, 0)
+        .await?
+        .into_iter()
+        .take_while(|e| match as_of {
+            AsOf::Time(t) => e.recorded_at() <= t,
+            AsOf::Position(p) => e.position <= p,
+        })
+        .collect();
+    let revision = events.last().map(|e| e.revision);
+    let states = states_after(stream.category(), &events)?;
+    Ok(revision.zip(states.into_iter().last()))
+}
+
+/// Every event that one request caused, across streams, in log order: the
+/// events whose metadata carries `correlation_id` (process managers keep
+/// the correlation of the event they react to). Scans the log;
+/// `on_progress(done, head)` is called after each page.
+pub async fn trace(
+    store: &dyn EventStore,
+    correlation_id: uuid::Uuid,
+    on_progress: &(dyn Fn(Position, Position) + Send + Sync),
+) -> Result<Vec<RecordedEvent>, AuditError> {
+    let head = store.head().await?;
+    let mut from = Position::START;
+    let mut found = Vec::new();
+    loop {
+        let page = store.read_all(from, 10_000).await?;
+        let Some(end) = page.last().map(|e| e.position) else {
+            break;
+        };
+        found.extend(
+            page.into_iter()
+                .filter(|e| e.metadata.correlation_id == Some(correlation_id))
+                .map(|mut e| {
+                    e.data = redact(&e.event_type, e.data);
+                    e
+                }),
+        );
+        from = end;
+        on_progress(end, head.max(end));
+    }
+    Ok(found)
+}

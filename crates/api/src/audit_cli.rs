@@ -43,6 +43,14 @@ pub enum AuditCommand {
         /// The correlation id (from any event's metadata).
         correlation_id: uuid::Uuid,
     },
+    /// Replay the whole log into scratch read models and compare each table
+    /// with the live one (the same check as `projections verify`). Fails on
+    /// any difference.
+    ReplayCheck {
+        /// Events per transaction of the scratch builds.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
     /// Every event of a stream, oldest first, as JSON lines, optionally with
     /// the aggregate's state after each (secrets redacted).
     History {
@@ -162,6 +170,17 @@ pub async fn run(url: &str, which: AuditCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no event carries correlation id {correlation_id}");
             }
             Ok(())
+        }
+        AuditCommand::ReplayCheck { batch } => {
+            pool.close().await;
+            crate::projections_cli::run(
+                url,
+                crate::projections_cli::ProjectionsCommand::Verify {
+                    names: Vec::new(),
+                    batch,
+                },
+            )
+            .await
         }
         AuditCommand::History { stream, with_state } => {
             let stream = parse(&stream)?;

@@ -47,7 +47,7 @@ pub enum ProjectionsCommand {
     /// build is dropped. Interrupted (Ctrl-C), it resumes where it stopped
     /// when run again.
     Rebuild {
-        /// The projection: accounts, listings, orders or reviews.
+        /// The projection: accounts, listings, notifications, orders or reviews.
         name: String,
         /// Events per transaction while loading in bulk.
         #[arg(long, default_value_t = 10_000)]

@@ -263,3 +263,33 @@ async fn listing_mutations_check_identity_roles_ownership_and_input() {
         .await;
     assert_eq!(bad_token.error_code(), "BAD_USER_INPUT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_sent_with_get_is_refused_and_writes_nothing() {
+    let app = spawn_app().await;
+    let before = app.event_count().await;
+    let mutation = "mutation { register(input: { email: \"get@example.com\", password: \"correct horse battery\", displayName: \"G\" }) { token } }";
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("{}/graphql", app.base))
+        .query(&[("query", mutation)])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(
+        resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(app.event_count().await, before, "nothing was written");
+    // Queries still work over GET.
+    let resp = client
+        .get(format!("{}/graphql", app.base))
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+}

@@ -218,11 +218,40 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
         .into_response();
     };
     match async_graphql::http::parse_query_string(query) {
+        Ok(graphql) if is_mutation(&graphql) => {
+            // GET must be safe: a link or a prefetch must never change state.
+            let mut response = error_response_with(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ApiError::BadUserInput("mutations must be sent with POST".into()),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            response
+        }
         Ok(graphql) => execute(&http, request.headers(), peer, graphql).await,
         Err(e) => error_response(ApiError::BadUserInput(format!(
             "malformed GraphQL GET request: {e}"
         ))),
     }
+}
+
+/// Whether the operation a request would run is a mutation (the named one,
+/// or the only one). Unparseable queries are left to the executor's errors.
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let ty = match (&doc.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| op.node.ty)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    ty == Some(OperationType::Mutation)
 }
 
 async fn healthz() -> &'static str {

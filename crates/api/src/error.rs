@@ -121,6 +121,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<marketplace_projections::read_models::InvalidCursor> for ApiError {
+    fn from(_: marketplace_projections::read_models::InvalidCursor) -> Self {
+        ApiError::BadUserInput("after is not a valid cursor".into())
+    }
+}
+
 impl From<marketplace_domain::values::ValueError> for ApiError {
     fn from(e: marketplace_domain::values::ValueError) -> Self {
         ApiError::BadUserInput(e.to_string())

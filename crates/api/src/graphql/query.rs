@@ -131,10 +131,7 @@ impl QueryRoot {
             ListingSort::PriceAsc => listings::Sort::PriceAsc,
             ListingSort::PriceDesc => listings::Sort::PriceDesc,
         };
-        let page = listings::search(&state.pool, &query, sort, first, after.as_deref())
-            .await
-            .map_err(ApiError::from)?
-            .map_err(|_| ApiError::BadUserInput("after is not a cursor from this query".into()))?;
+        let page = listings::search(&state.pool, &query, sort, first, after.as_deref()).await??;
         let facet = |f: Vec<listings::FacetCount>| {
             f.into_iter()
                 .map(|c| FacetCount {

@@ -369,9 +369,7 @@ impl CommerceQuery {
         let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?.require()?;
         let first = super::query::page_size(first)?;
-        let page = orders::for_buyer(&state.pool, viewer.sub, first, after.as_deref())
-            .await?
-            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let page = orders::for_buyer(&state.pool, viewer.sub, first, after.as_deref()).await??;
         Ok(order_connection(page))
     }
 
@@ -385,9 +383,7 @@ impl CommerceQuery {
         let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?.require()?;
         let first = super::query::page_size(first)?;
-        let page = orders::for_seller(&state.pool, viewer.sub, first, after.as_deref())
-            .await?
-            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let page = orders::for_seller(&state.pool, viewer.sub, first, after.as_deref()).await??;
         Ok(order_connection(page))
     }
 
@@ -407,9 +403,8 @@ impl CommerceQuery {
             .is_some_and(|c| c.has(DomainRole::Admin));
         let listing_id = super::types::parse_id(&listing_id, "listingId")?;
         let first = super::query::page_size(first)?;
-        let page = reviews::for_listing(&state.pool, listing_id, admin, first, after.as_deref())
-            .await?
-            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let page =
+            reviews::for_listing(&state.pool, listing_id, admin, first, after.as_deref()).await??;
         Ok(review_connection(page))
     }
 
@@ -423,9 +418,8 @@ impl CommerceQuery {
         let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?.require()?;
         let first = super::query::page_size(first)?;
-        let page = notifications::for_account(&state.pool, viewer.sub, first, after.as_deref())
-            .await?
-            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let page =
+            notifications::for_account(&state.pool, viewer.sub, first, after.as_deref()).await??;
         Ok(NotificationConnection::from_page(page, |r| Notification {
             id: ID(r.notification_id.to_string()),
             kind: r.kind,
@@ -448,9 +442,7 @@ impl CommerceQuery {
             return Err(ApiError::Forbidden("only admins moderate reviews".into()));
         }
         let first = super::query::page_size(first)?;
-        let page = reviews::pending(&state.pool, first, after.as_deref())
-            .await?
-            .map_err(|_| ApiError::BadUserInput("after is not a valid cursor".into()))?;
+        let page = reviews::pending(&state.pool, first, after.as_deref()).await??;
         Ok(review_connection(page))
     }
 }

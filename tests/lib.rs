@@ -2,6 +2,8 @@
 //! whole marketplace (event store, projectors, API) on a fresh database and a
 //! random port, and [`TestApp`] talks GraphQL to it over real HTTP.
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use marketplace_api::{Application, Settings};
 use marketplace_store::testdb::TestDatabase;
@@ -37,6 +39,25 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         base: format!("http://{addr}"),
         db,
         client: reqwest::Client::new(),
+    }
+}
+
+/// A GraphQL operation for the WebSocket client, answered as raw JSON
+/// (`{"data": …}` or `{"errors": …}`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Operation {
+    /// The document.
+    pub query: String,
+    /// Its variables.
+    pub variables: Value,
+}
+
+impl graphql_ws_client::graphql::GraphqlOperation for Operation {
+    type Response = Value;
+    type Error = serde_json::Error;
+
+    fn decode(&self, data: Value) -> Result<Value, serde_json::Error> {
+        Ok(data)
     }
 }
 
@@ -160,6 +181,40 @@ impl TestApp {
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// Opens a `graphql-transport-ws` connection to `/graphql` with the
+    /// real `graphql-ws-client`, sending `token` in `ConnectionInit`'s
+    /// payload as browsers do. The connection lives as long as the client.
+    pub async fn ws(
+        &self,
+        token: Option<&str>,
+    ) -> Result<graphql_ws_client::Client, graphql_ws_client::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/graphql", self.base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().expect("a WebSocket request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| graphql_ws_client::Error::Unknown(e.to_string()))?;
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("graphql-transport-ws"),
+            "the server must select the graphql-transport-ws subprotocol"
+        );
+        let mut builder = graphql_ws_client::Client::build(socket);
+        if let Some(token) = token {
+            builder = builder.payload(json!({ "Authorization": format!("Bearer {token}") }))?;
+        }
+        let (client, actor) = builder.build().await?;
+        tokio::spawn(actor.into_future());
+        Ok(client)
     }
 
     /// The position of the last event in the log (a consistency token that

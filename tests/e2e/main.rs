@@ -9,3 +9,4 @@ mod flow;
 mod limits;
 mod ops;
 mod rebuild;
+mod subscriptions;

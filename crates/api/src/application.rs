@@ -23,6 +23,7 @@ use crate::config::{ServeRole, Settings};
 use crate::database::{connect, migrate};
 use crate::graphql::build_schema;
 use crate::http::app_with_limits;
+use crate::live::Live;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
@@ -105,7 +106,22 @@ impl Application {
                 });
             }
         }
+        // The live feeds serve subscriptions: only where the API runs.
+        let live = if settings.role == ServeRole::Projector {
+            Live::default()
+        } else {
+            Live::start(
+                store.clone(),
+                pool.clone(),
+                progress.clone(),
+                stop_rx.clone(),
+                &mut tasks,
+            )
+            .await
+            .context("could not start the live feeds")?
+        };
         let state = AppState {
+            live,
             fee: settings.fee,
             handler,
             pool,

@@ -8,7 +8,8 @@ use async_graphql::ParseRequestError;
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -105,13 +106,9 @@ fn peer(request: &Request) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-async fn execute(
-    http: &Http,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    request: async_graphql::Request,
-) -> Response {
-    let viewer = match headers.get(header::AUTHORIZATION) {
+/// The caller of a request, from its `Authorization` header.
+fn viewer_from(http: &Http, authorization: Option<&HeaderValue>) -> Result<Viewer, ApiError> {
+    match authorization {
         None => Ok(Viewer(None)),
         Some(value) => {
             let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
@@ -122,7 +119,13 @@ async fn execute(
                 )),
             }
         }
-    };
+    }
+}
+
+/// Authenticates and rate-limits a request: the caller, or why it is
+/// refused.
+fn admit(http: &Http, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Viewer, ApiError> {
+    let viewer = viewer_from(http, headers.get(header::AUTHORIZATION));
     // An account is limited as itself; everyone else (anonymous, or with a
     // bad token) by address.
     let client = match &viewer {
@@ -131,14 +134,23 @@ async fn execute(
     };
     if let Some(client) = client {
         if let Err(wait) = http.limiter.check(client) {
-            return error_response(ApiError::RateLimited {
+            return Err(ApiError::RateLimited {
                 retry_after_seconds: retry_after_seconds(wait),
             });
         }
     }
-    let viewer = match viewer {
+    viewer
+}
+
+async fn execute(
+    http: &Http,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+) -> Response {
+    let viewer = match admit(http, headers, peer) {
         Ok(viewer) => viewer,
-        Err(e) => return error_response(e),
+        Err(refused) => return error_response(refused),
     };
     let mut caught_up = None;
     if let Some(raw) = headers.get(CONSISTENCY_HEADER) {
@@ -204,6 +216,14 @@ async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
 
 async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
     let peer = peer(&request);
+    if request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        return graphql_ws(http, peer, request).await;
+    }
     let Some(query) = request
         .uri()
         .query()
@@ -212,6 +232,7 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
         return Html(
             GraphiQLSource::build()
                 .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
                 .title("Marketplace")
                 .finish(),
         )
@@ -233,6 +254,110 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
         Err(e) => error_response(ApiError::BadUserInput(format!(
             "malformed GraphQL GET request: {e}"
         ))),
+    }
+}
+
+/// The WebSocket subprotocol served (graphql-ws's `graphql-transport-ws`).
+pub const WS_PROTOCOL: &str = "graphql-transport-ws";
+
+/// Subscriptions: a WebSocket upgrade of `GET /graphql` speaking
+/// `graphql-transport-ws`. The token comes from the upgrade request's
+/// `Authorization` header or from `ConnectionInit`'s payload
+/// (`{"Authorization": "Bearer …"}`, as browsers cannot set headers); a bad
+/// token in the payload closes the socket with 4403.
+async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let offered = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim() == WS_PROTOCOL));
+    if !offered {
+        return error_response(ApiError::BadUserInput(format!(
+            "WebSocket clients must offer the {WS_PROTOCOL} subprotocol"
+        )));
+    }
+    let viewer = match admit(&http, &parts.headers, peer) {
+        Ok(viewer) => viewer,
+        Err(refused) => return error_response(refused),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return error_response(ApiError::BadUserInput(format!(
+                "not a valid WebSocket upgrade: {}",
+                rejection.body_text()
+            )))
+        }
+    };
+    let schema = http.schema.clone();
+    upgrade
+        .protocols([WS_PROTOCOL])
+        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer))
+        .into_response()
+}
+
+/// Runs one `graphql-transport-ws` connection. Like async-graphql-axum's
+/// `GraphQLWebSocket::serve`, except that a refused `ConnectionInit` closes
+/// with the protocol's `4403: Forbidden` rather than a generic 1002.
+async fn serve_ws(
+    socket: axum::extract::ws::WebSocket,
+    http: Http,
+    schema: MarketplaceSchema,
+    header_viewer: Viewer,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let forbidden = Arc::new(AtomicBool::new(false));
+    let refused = forbidden.clone();
+    let on_init = move |payload: serde_json::Value| async move {
+        let token = ["Authorization", "authorization"]
+            .iter()
+            .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        let viewer = match token {
+            Some(token) => viewer_from(&http, Some(&token)).map_err(|e| {
+                refused.store(true, Ordering::SeqCst);
+                async_graphql::Error::new(e.message())
+            })?,
+            None => header_viewer,
+        };
+        let mut data = async_graphql::Data::default();
+        data.insert(viewer);
+        Ok(data)
+    };
+    let (mut sink, stream) = socket.split();
+    let input = stream
+        .take_while(|m| futures::future::ready(m.is_ok()))
+        .filter_map(|m| {
+            futures::future::ready(match m {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
+                _ => None,
+            })
+        });
+    let protocol = async_graphql::http::WebSocketProtocols::GraphQLWS;
+    let mut output = async_graphql::http::WebSocket::new(schema, input, protocol)
+        .on_connection_init(on_init)
+        .map(|m| match m {
+            async_graphql::http::WsMessage::Text(text) => Message::Text(text.into()),
+            async_graphql::http::WsMessage::Close(code, reason) => {
+                let code = if forbidden.load(Ordering::SeqCst) {
+                    4403
+                } else {
+                    code
+                };
+                Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+            }
+        });
+    while let Some(message) = output.next().await {
+        if sink.send(message).await.is_err() {
+            break;
+        }
     }
 }
 

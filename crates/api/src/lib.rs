@@ -20,7 +20,9 @@
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls) behind `RATE_LIMITED`.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
-//!   mutations.
+//!   mutations, subscriptions.
+//! - [`live`]: the feeds behind subscriptions (one log subscription per
+//!   process, fanned out to WebSocket clients from committed events).
 //! - [`error`]: the error taxonomy and its single mapping to
 //!   `extensions.code`.
 //! - [`auth`]: argon2 password hashing and JWT tokens.
@@ -39,6 +41,7 @@ pub mod database;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod live;
 pub mod projections_cli;
 pub mod ratelimit;
 pub mod seed;

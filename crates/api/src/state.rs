@@ -9,6 +9,7 @@ use marketplace_store::Position;
 use sqlx::PgPool;
 
 use crate::auth::Tokens;
+use crate::live::Live;
 
 /// Everything resolvers and handlers need. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub struct AppState {
     pub consistency_wait: Duration,
     /// The marketplace fee taken on delivery.
     pub fee: FeeRate,
+    /// Live feeds for subscriptions.
+    pub live: Live,
 }
 
 /// Every projection the API reads from.

@@ -1,16 +1,17 @@
 //! The GraphQL schema of `../shared/api-contract.graphql`: types, queries,
-//! mutations, and the per-request context they read.
+//! mutations, subscriptions, and the per-request context they read.
 
 mod commerce;
 mod mutation;
 mod query;
 mod read;
+mod subscription;
 mod types;
 
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptySubscription, MergedObject, Schema};
+use async_graphql::{MergedObject, Schema};
 
 use crate::auth::Claims;
 use crate::error::ApiError;
@@ -18,6 +19,7 @@ use crate::state::AppState;
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::SubscriptionRoot;
 
 /// Every query: accounts and the catalogue, orders and reviews.
 #[derive(MergedObject, Default, Debug)]
@@ -33,7 +35,7 @@ pub struct Query(
 pub struct Mutation(MutationRoot, commerce::CommerceMutation);
 
 /// The served schema.
-pub type MarketplaceSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type MarketplaceSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -43,7 +45,7 @@ pub const MAX_COMPLEXITY: usize = 5_000;
 /// Builds the schema over the application state.
 pub fn build_schema(state: AppState) -> MarketplaceSchema {
     let accounts = DataLoader::new(types::AccountLoader(state.pool.clone()), tokio::spawn);
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .data(state)
         .data(accounts)
         .limit_depth(MAX_DEPTH)
@@ -66,7 +68,7 @@ impl Viewer {
 
 /// The SDL of the served schema.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .finish()
         .sdl()
 }

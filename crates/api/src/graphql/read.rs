@@ -37,7 +37,7 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    fn from_name(s: &str) -> ApiResult<Self> {
+    pub(crate) fn from_name(s: &str) -> ApiResult<Self> {
         Ok(match s {
             "PENDING" => Self::Pending,
             "CONFIRMED" => Self::Confirmed,
@@ -289,6 +289,18 @@ pub struct Notification {
     /// When.
     pub created_at: DateTime<Utc>,
 }
+
+impl From<notifications::NotificationRow> for Notification {
+    fn from(r: notifications::NotificationRow) -> Self {
+        Notification {
+            id: ID(r.notification_id.to_string()),
+            kind: r.kind,
+            message: r.message,
+            read: r.read,
+            created_at: r.created_at,
+        }
+    }
+}
 connection!(ReviewConnection, ReviewEdge, Review);
 
 /// Builds a connection from a read-model page.
@@ -420,13 +432,7 @@ impl CommerceQuery {
         let first = super::query::page_size(first)?;
         let page =
             notifications::for_account(&state.pool, viewer.sub, first, after.as_deref()).await??;
-        Ok(NotificationConnection::from_page(page, |r| Notification {
-            id: ID(r.notification_id.to_string()),
-            kind: r.kind,
-            message: r.message,
-            read: r.read,
-            created_at: r.created_at,
-        }))
+        Ok(NotificationConnection::from_page(page, Notification::from))
     }
 
     /// PENDING reviews, oldest first: the moderation queue (ADMIN only).

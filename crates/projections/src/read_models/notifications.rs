@@ -333,10 +333,7 @@ impl Projection for NotificationsProjection {
                     p.kind, p.event_id
                 )));
             };
-            let mut name = [0u8; 32];
-            name[..16].copy_from_slice(p.event_id.as_bytes());
-            name[16..].copy_from_slice(account.as_bytes());
-            ids.push(Uuid::new_v5(&NOTIFICATION_NS, &name));
+            ids.push(notification_id(p.event_id, account));
             accounts.push(account);
             kinds.push(p.kind);
             messages.push(message);
@@ -356,6 +353,30 @@ impl Projection for NotificationsProjection {
         .await?;
         Ok(())
     }
+}
+
+/// The categories whose events can notify someone.
+pub const SOURCE_CATEGORIES: &[&str] = &["order", "account", "review"];
+
+/// The id of the notification the event `event_id` gives `account`, if it
+/// gives it one: deterministic, so a replay writes the same rows and a live
+/// feed can look up what one committed event produced.
+pub fn notification_id(event_id: Uuid, account: Uuid) -> Uuid {
+    let mut name = [0u8; 32];
+    name[..16].copy_from_slice(event_id.as_bytes());
+    name[16..].copy_from_slice(account.as_bytes());
+    Uuid::new_v5(&NOTIFICATION_NS, &name)
+}
+
+/// The notifications among `ids` that exist (in no particular order).
+pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT notification_id, account_id, kind, message, read, created_at \
+         FROM rm_notifications WHERE notification_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// One notification.

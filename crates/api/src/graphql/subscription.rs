@@ -1,0 +1,133 @@
+//! Subscriptions over WebSocket (`graphql-transport-ws`), fed by
+//! [`crate::live`] from committed events.
+
+use std::time::Duration;
+
+use async_graphql::{Context, Subscription, ID};
+use marketplace_projections::read_models::orders::{self, OrderRow};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::read::{may_see_order, Notification, Order, OrderStatus};
+use super::types::parse_id;
+use super::Viewer;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Every subscription.
+#[derive(Debug, Default)]
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// One order as it stands now, then every change of it as the orders
+    /// read model folds it (a burst of changes may arrive as its latest
+    /// state). For its buyer, its seller, or an ADMIN. The subscription
+    /// completes after a final status (DELIVERED, CANCELLED, REJECTED).
+    async fn order_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<ReceiverStream<ApiResult<Order>>, ApiError> {
+        let state = ctx.data::<AppState>()?.clone();
+        let live = state.live.clone();
+        let viewer = ctx.data::<Viewer>()?.require()?.clone();
+        let id = parse_id(&id, "id")?;
+        // Watch before reading, so no change falls between the two.
+        let mut changes = live.watch_order(id);
+        let current = orders::by_id(&state.pool, id)
+            .await?
+            .filter(|o| may_see_order(&viewer, o))
+            .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = current;
+            if tx.send(Ok(Order(last.clone()))).await.is_err() || is_final(&last) {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let position = *changes.borrow_and_update();
+                // Wait (in bounded steps, so a closed client is noticed)
+                // until the read model has folded the change.
+                while !state
+                    .progress
+                    .wait_for(&[orders::NAME], position, Duration::from_secs(5))
+                    .await
+                {
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+                let row = match orders::by_id(&state.pool, id).await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::internal(e))).await;
+                        return;
+                    }
+                };
+                if same_state(&row, &last) {
+                    continue;
+                }
+                last = row;
+                if tx.send(Ok(Order(last.clone()))).await.is_err() || is_final(&last) {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// The signed-in account's notifications as they are added.
+    async fn notification_added(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<ReceiverStream<ApiResult<Notification>>, ApiError> {
+        let live = ctx.data::<AppState>()?.live.clone();
+        let viewer = ctx.data::<Viewer>()?.require()?;
+        let mut added = live.listen(viewer.sub);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = added.recv() => next,
+                };
+                match next {
+                    Ok(row) => {
+                        if tx
+                            .send(Ok(Notification::from((*row).clone())))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "a notification subscriber fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+fn is_final(order: &OrderRow) -> bool {
+    matches!(
+        OrderStatus::from_name(&order.status),
+        Ok(OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Rejected)
+    )
+}
+
+fn same_state(a: &OrderRow, b: &OrderRow) -> bool {
+    a.status == b.status
+        && a.updated_at == b.updated_at
+        && a.tracking_code == b.tracking_code
+        && a.status_reason == b.status_reason
+}

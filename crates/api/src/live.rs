@@ -1,0 +1,263 @@
+//! Live updates for GraphQL subscriptions, fed from committed events.
+//!
+//! Two feeds per API process, each one catch-up subscription to the log
+//! (whatever the number of WebSocket clients):
+//!
+//! - **Orders.** Every committed event of an `order-…` stream that someone
+//!   watches bumps that order's [`watch`] channel with the event's position.
+//!   A subscriber waits until the orders read model has passed it, reads the
+//!   order, and sends it if it changed. Watch channels coalesce: a burst of
+//!   changes is seen as its latest state, never out of order.
+//! - **Notifications.** For each batch of committed events that can notify
+//!   (orders, accounts, reviews) while someone listens, the feed waits until
+//!   the notifications read model has passed the batch, looks up the rows
+//!   those events gave the listening accounts (notification ids are derived
+//!   from the event id and the recipient), and sends each to its account's
+//!   channel, in log order.
+//!
+//! Nothing is sent from uncommitted state: the feeds see only what the store
+//! delivers after commit, and what they send is read from the read models
+//! once those have folded it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use marketplace_projections::read_models::notifications;
+use marketplace_projections::Progress;
+use marketplace_store::{EventStore, Position, RecordedEvent};
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// Events taken from the log in one notification batch at most.
+const BATCH: usize = 512;
+/// Notifications buffered per account before a slow client misses some.
+const PER_ACCOUNT_BUFFER: usize = 256;
+
+/// Handles to the live feeds. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Live {
+    orders: Arc<Mutex<HashMap<Uuid, watch::Sender<Position>>>>,
+    accounts: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Arc<notifications::NotificationRow>>>>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Starts both feeds from the current head of the log; they stop when
+    /// `stop` turns true.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        pool: PgPool,
+        progress: Progress,
+        stop: watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Self, marketplace_store::StoreError> {
+        let live = Live::default();
+        let head = store.head().await?;
+        tasks.spawn(feed(
+            "orders",
+            store.clone(),
+            head,
+            stop.clone(),
+            OrdersFeed(live.clone()),
+        ));
+        tasks.spawn(feed(
+            "notifications",
+            store,
+            head,
+            stop.clone(),
+            NotificationsFeed {
+                live: live.clone(),
+                pool,
+                progress,
+                stop,
+            },
+        ));
+        Ok(live)
+    }
+
+    /// Watches one order: the receiver sees the position of each committed
+    /// event of its stream from now on.
+    pub fn watch_order(&self, id: Uuid) -> watch::Receiver<Position> {
+        let mut map = lock(&self.orders);
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(id)
+            .or_insert_with(|| watch::channel(Position::START).0)
+            .subscribe()
+    }
+
+    /// Listens to one account's new notifications.
+    pub fn listen(
+        &self,
+        account: Uuid,
+    ) -> broadcast::Receiver<Arc<notifications::NotificationRow>> {
+        let mut map = lock(&self.accounts);
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(account)
+            .or_insert_with(|| broadcast::channel(PER_ACCOUNT_BUFFER).0)
+            .subscribe()
+    }
+
+    fn listening(&self) -> Vec<Uuid> {
+        lock(&self.accounts)
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a feed does with each batch of committed events.
+trait Sink: Send + 'static {
+    fn deliver(
+        &mut self,
+        batch: Vec<RecordedEvent>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Follows the log from `from`, batch by batch, resubscribing after the
+/// last delivered position if the subscription fails.
+async fn feed(
+    name: &'static str,
+    store: Arc<dyn EventStore>,
+    mut from: Position,
+    mut stop: watch::Receiver<bool>,
+    mut sink: impl Sink,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut events = match store.subscribe_all(from).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(feed = name, error = %e, "live feed: could not subscribe; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                next = events.next() => next,
+            };
+            let mut batch = Vec::new();
+            let mut failed = None;
+            let mut next = first;
+            loop {
+                match next {
+                    Some(Ok(event)) => batch.push(event),
+                    Some(Err(e)) => failed = Some(e.to_string()),
+                    None => failed = Some("the subscription ended".into()),
+                }
+                if failed.is_some() || batch.len() >= BATCH {
+                    break;
+                }
+                // Take what is already there without waiting.
+                match events.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
+            if let Some(last) = batch.last() {
+                from = last.position;
+                backoff = Duration::from_millis(100);
+                sink.deliver(batch).await;
+            }
+            if let Some(e) = failed {
+                tracing::warn!(feed = name, error = %e, "live feed: subscription failed; resubscribing");
+                break;
+            }
+        }
+    }
+}
+
+struct OrdersFeed(Live);
+
+impl Sink for OrdersFeed {
+    async fn deliver(&mut self, batch: Vec<RecordedEvent>) {
+        let map = lock(&self.0.orders);
+        if map.is_empty() {
+            return;
+        }
+        for event in batch {
+            if event.stream_id.category() != "order" {
+                continue;
+            }
+            if let Some(tx) = map.get(&event.stream_id.id()) {
+                tx.send_replace(event.position);
+            }
+        }
+    }
+}
+
+struct NotificationsFeed {
+    live: Live,
+    pool: PgPool,
+    progress: Progress,
+    stop: watch::Receiver<bool>,
+}
+
+impl Sink for NotificationsFeed {
+    async fn deliver(&mut self, batch: Vec<RecordedEvent>) {
+        let listening = self.live.listening();
+        if listening.is_empty() {
+            return;
+        }
+        let sources: Vec<&RecordedEvent> = batch
+            .iter()
+            .filter(|e| notifications::SOURCE_CATEGORIES.contains(&e.stream_id.category()))
+            .collect();
+        let Some(last) = sources.last().map(|e| e.position) else {
+            return;
+        };
+        // Only what the read model has folded is sent.
+        loop {
+            let reached = self
+                .progress
+                .wait_for(&[notifications::NAME], last, Duration::from_secs(5))
+                .await;
+            if reached || *self.stop.borrow() {
+                break;
+            }
+            tracing::warn!(position = %last, "live notifications: waiting for the read model");
+        }
+        let mut order = HashMap::new();
+        let mut ids = Vec::with_capacity(sources.len() * listening.len());
+        for (i, event) in sources.iter().enumerate() {
+            for account in &listening {
+                let id = notifications::notification_id(event.event_id, *account);
+                order.insert(id, i);
+                ids.push(id);
+            }
+        }
+        let mut rows = match notifications::by_ids(&self.pool, &ids).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "live notifications: read failed; this batch is not sent");
+                return;
+            }
+        };
+        rows.sort_by_key(|r| order.get(&r.notification_id).copied());
+        let accounts = lock(&self.live.accounts);
+        for row in rows {
+            if let Some(tx) = accounts.get(&row.account_id) {
+                let _ = tx.send(Arc::new(row));
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod catalog;
 mod commerce;
 mod errors;
 mod flow;
+mod http;
 mod limits;
 mod ops;
 mod rebuild;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::ParseRequestError;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLRequest;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
@@ -60,27 +60,116 @@ pub fn app_with_limits(state: AppState, schema: MarketplaceSchema, limits: RateL
         })
 }
 
-fn error_response(e: ApiError) -> Response {
+/// The media type of a GraphQL response, negotiated from `Accept`
+/// (GraphQL over HTTP): `application/graphql-response+json` when the client
+/// lists it, else `application/json` (also for `*/*` or no `Accept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json`: GraphQL errors travel with HTTP 200.
+    Json,
+    /// `application/graphql-response+json`: a request that fails before
+    /// execution (parse, validation, variables) is a 400 without `data`.
+    GraphqlResponseJson,
+}
+
+/// `application/graphql-response+json`.
+pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+impl Media {
+    /// The media type for `headers`, or `None` when the client accepts none
+    /// that a GraphQL response can be sent as.
+    pub fn negotiate(headers: &HeaderMap) -> Option<Media> {
+        let accept: Vec<String> = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next()?.trim().to_ascii_lowercase();
+                // `q=0` means "not acceptable".
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                (!media.is_empty() && !refused).then_some(media)
+            })
+            .collect();
+        if accept.is_empty() {
+            return Some(Media::Json);
+        }
+        if accept.iter().any(|m| m == GRAPHQL_RESPONSE_JSON) {
+            return Some(Media::GraphqlResponseJson);
+        }
+        accept
+            .iter()
+            .any(|m| m == "application/json" || m == "application/*" || m == "*/*")
+            .then_some(Media::Json)
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Media::Json => "application/json; charset=utf-8",
+            Media::GraphqlResponseJson => "application/graphql-response+json; charset=utf-8",
+        })
+    }
+}
+
+/// A GraphQL response as `media`, with the status GraphQL over HTTP asks
+/// for: with `application/graphql-response+json`, a request error (no data,
+/// only errors without a path: the document did not parse, validate, or
+/// take its variables) is a 400 and carries no `data` entry.
+fn graphql_response(response: async_graphql::Response, media: Media) -> Response {
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let mut body = serde_json::to_value(&response).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "could not serialise a GraphQL response");
+        serde_json::json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL" } }] })
+    });
+    let status = if request_error && media == Media::GraphqlResponseJson {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("data");
+        }
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut http = (status, body.to_string()).into_response();
+    http.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
+    http
+}
+
+fn error_response(e: ApiError, media: Media) -> Response {
     let status = match e {
         ApiError::BadUserInput(_) => StatusCode::BAD_REQUEST,
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error_response_with(status, e)
+    error_response_with(status, e, media)
 }
 
-fn error_response_with(status: StatusCode, e: ApiError) -> Response {
+/// A request-level error (before any GraphQL execution): `status`, and a
+/// body with `errors` only.
+fn error_response_with(status: StatusCode, e: ApiError, media: Media) -> Response {
     let retry_after = match e {
         ApiError::RateLimited {
             retry_after_seconds,
         } => Some(retry_after_seconds),
         _ => None,
     };
-    let resp = async_graphql::Response::from_errors(vec![e
-        .into_graphql()
-        .into_server_error(Default::default())]);
-    let mut response = (status, GraphQLResponse::from(resp)).into_response();
+    let mut error = e.into_graphql().into_server_error(Default::default());
+    // Nothing in the document caused it: no (made-up) location.
+    error.locations.clear();
+    let body = serde_json::json!({ "errors": [error] });
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
     if let Some(seconds) = retry_after {
         response
             .headers_mut()
@@ -89,12 +178,24 @@ fn error_response_with(status: StatusCode, e: ApiError) -> Response {
     response
 }
 
-fn too_large() -> Response {
+fn too_large(media: Media) -> Response {
     error_response_with(
         StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::BadUserInput(format!(
             "the request body is larger than {MAX_BODY_BYTES} bytes"
         )),
+        media,
+    )
+}
+
+fn not_acceptable() -> Response {
+    error_response_with(
+        StatusCode::NOT_ACCEPTABLE,
+        ApiError::BadUserInput(format!(
+            "GraphQL responses are sent as application/json or {GRAPHQL_RESPONSE_JSON}; \
+             the Accept header allows neither"
+        )),
+        Media::Json,
     )
 }
 
@@ -146,71 +247,116 @@ async fn execute(
     http: &Http,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    media: Media,
     request: async_graphql::Request,
 ) -> Response {
     let viewer = match admit(http, headers, peer) {
         Ok(viewer) => viewer,
-        Err(refused) => return error_response(refused),
+        Err(refused) => return error_response(refused, media),
     };
-    let mut caught_up = None;
+    if request.query.trim().is_empty() {
+        return error_response(
+            ApiError::BadUserInput("the request has no query".into()),
+            media,
+        );
+    }
+    let mut consistency = None;
     if let Some(raw) = headers.get(CONSISTENCY_HEADER) {
         let Some(token) = raw.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
-            return error_response(ApiError::BadUserInput(
-                "X-Consistency-Token must be a token returned by a mutation".into(),
-            ));
+            return error_response(
+                ApiError::BadUserInput(
+                    "X-Consistency-Token must be a token returned by a mutation".into(),
+                ),
+                media,
+            );
         };
-        caught_up = Some((
-            token,
-            http.state.wait_for(READ_MODELS, Position(token)).await,
-        ));
+        if !http.state.wait_for(READ_MODELS, Position(token)).await {
+            return consistency_timeout(http, token, media);
+        }
+        consistency = Some(token);
     }
     let mut response = http.schema.execute(request.data(viewer)).await;
     ApiError::code_request_errors(&mut response);
-    if let Some((token, reached)) = caught_up {
-        if !reached {
-            tracing::warn!(
-                token,
-                "read models did not reach the consistency token in time"
-            );
-        }
+    if let Some(token) = consistency {
         response.extensions.insert(
             "consistency".into(),
             async_graphql::Value::from_json(serde_json::json!({
                 "token": token.to_string(),
-                "reached": reached,
+                "reached": true,
             }))
             .unwrap_or_default(),
         );
     }
-    GraphQLResponse::from(response).into_response()
+    graphql_response(response, media)
+}
+
+/// The read models did not reach a consistency token within the bounded
+/// wait: a clear, retryable error (503, `Retry-After`, code `CONFLICT`)
+/// rather than an answer that would not show the caller's own write.
+fn consistency_timeout(http: &Http, token: u64, media: Media) -> Response {
+    let waited = http.state.consistency_wait.as_millis();
+    tracing::warn!(token, waited_ms = %waited, "read models did not reach the consistency token in time");
+    let mut response = error_response_with(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Conflict(format!(
+            "the read models have not caught up with X-Consistency-Token {token} within \
+             {waited} ms; retry shortly, or send the query without the token"
+        )),
+        media,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
 }
 
 async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
+    let Some(media) = Media::negotiate(request.headers()) else {
+        return not_acceptable();
+    };
     let peer = peer(&request);
     let headers = request.headers().clone();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return error_response_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadUserInput(
+                "POST /graphql takes a JSON body: send Content-Type: application/json".into(),
+            ),
+            media,
+        );
+    }
     // `GraphQLRequest` streams the body without a limit; buffer it under
     // `DefaultBodyLimit` first.
     let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return too_large()
+            return too_large(media)
         }
         Err(rejection) => {
-            return error_response(ApiError::BadUserInput(format!(
-                "could not read the request body: {}",
-                rejection.body_text()
-            )))
+            return error_response(
+                ApiError::BadUserInput(format!(
+                    "could not read the request body: {}",
+                    rejection.body_text()
+                )),
+                media,
+            )
         }
     };
     let mut buffered = Request::new(Body::from(body));
     *buffered.method_mut() = Method::POST;
     *buffered.headers_mut() = headers.clone();
     match GraphQLRequest::<GraphQLRejection>::from_request(buffered, &()).await {
-        Ok(request) => execute(&http, &headers, peer, request.into_inner()).await,
-        Err(GraphQLRejection(ParseRequestError::PayloadTooLarge)) => too_large(),
-        Err(GraphQLRejection(e)) => error_response(ApiError::BadUserInput(format!(
-            "malformed GraphQL request: {e}"
-        ))),
+        Ok(request) => execute(&http, &headers, peer, media, request.into_inner()).await,
+        Err(GraphQLRejection(ParseRequestError::PayloadTooLarge)) => too_large(media),
+        Err(GraphQLRejection(e)) => error_response(
+            ApiError::BadUserInput(format!("malformed GraphQL request: {e}")),
+            media,
+        ),
     }
 }
 
@@ -224,11 +370,13 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
     {
         return graphql_ws(http, peer, request).await;
     }
-    let Some(query) = request
-        .uri()
-        .query()
-        .filter(|q| q.split('&').any(|kv| kv.starts_with("query=")))
-    else {
+    let query = request.uri().query().unwrap_or_default();
+    let wants_html = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if query.is_empty() && wants_html {
         return Html(
             GraphiQLSource::build()
                 .endpoint("/graphql")
@@ -237,24 +385,72 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
                 .finish(),
         )
         .into_response();
+    }
+    let Some(media) = Media::negotiate(request.headers()) else {
+        return not_acceptable();
     };
-    match async_graphql::http::parse_query_string(query) {
+    match parse_get(request.uri()) {
         Ok(graphql) if is_mutation(&graphql) => {
             // GET must be safe: a link or a prefetch must never change state.
             let mut response = error_response_with(
                 StatusCode::METHOD_NOT_ALLOWED,
                 ApiError::BadUserInput("mutations must be sent with POST".into()),
+                media,
             );
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             response
         }
-        Ok(graphql) => execute(&http, request.headers(), peer, graphql).await,
-        Err(e) => error_response(ApiError::BadUserInput(format!(
-            "malformed GraphQL GET request: {e}"
-        ))),
+        Ok(graphql) => execute(&http, request.headers(), peer, media, graphql).await,
+        Err(e) => error_response(
+            ApiError::BadUserInput(format!("malformed GraphQL GET request: {e}")),
+            media,
+        ),
     }
+}
+
+/// The parameters of a GraphQL GET request (GraphQL over HTTP:
+/// `query`, `operationName`, and JSON-encoded `variables` and `extensions`).
+#[derive(Debug, serde::Deserialize)]
+struct GetParams {
+    #[serde(default)]
+    query: String,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+fn parse_get(uri: &axum::http::Uri) -> Result<async_graphql::Request, String> {
+    let axum::extract::Query(params) =
+        axum::extract::Query::<GetParams>::try_from_uri(uri).map_err(|e| e.body_text())?;
+    let mut request = async_graphql::Request::new(params.query);
+    if let Some(name) = params.operation_name.filter(|n| !n.is_empty()) {
+        request = request.operation_name(name);
+    }
+    if let Some(variables) = params.variables.filter(|v| !v.is_empty()) {
+        let json: serde_json::Value =
+            serde_json::from_str(&variables).map_err(|e| format!("invalid variables: {e}"))?;
+        if !json.is_object() && !json.is_null() {
+            return Err("variables must be a JSON object".into());
+        }
+        request = request.variables(async_graphql::Variables::from_json(json));
+    }
+    if let Some(extensions) = params.extensions.filter(|v| !v.is_empty()) {
+        let json: serde_json::Value =
+            serde_json::from_str(&extensions).map_err(|e| format!("invalid extensions: {e}"))?;
+        let serde_json::Value::Object(map) = json else {
+            return Err("extensions must be a JSON object".into());
+        };
+        for (key, value) in map {
+            request.extensions.insert(
+                key,
+                async_graphql::Value::from_json(value).map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    Ok(request)
 }
 
 /// The WebSocket subprotocol served (graphql-ws's `graphql-transport-ws`).
@@ -273,21 +469,27 @@ async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> R
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim() == WS_PROTOCOL));
     if !offered {
-        return error_response(ApiError::BadUserInput(format!(
-            "WebSocket clients must offer the {WS_PROTOCOL} subprotocol"
-        )));
+        return error_response(
+            ApiError::BadUserInput(format!(
+                "WebSocket clients must offer the {WS_PROTOCOL} subprotocol"
+            )),
+            Media::Json,
+        );
     }
     let viewer = match admit(&http, &parts.headers, peer) {
         Ok(viewer) => viewer,
-        Err(refused) => return error_response(refused),
+        Err(refused) => return error_response(refused, Media::Json),
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
-            return error_response(ApiError::BadUserInput(format!(
-                "not a valid WebSocket upgrade: {}",
-                rejection.body_text()
-            )))
+            return error_response(
+                ApiError::BadUserInput(format!(
+                    "not a valid WebSocket upgrade: {}",
+                    rejection.body_text()
+                )),
+                Media::Json,
+            )
         }
     };
     let schema = http.schema.clone();

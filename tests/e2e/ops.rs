@@ -82,4 +82,51 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
         "{metrics}"
     );
     assert!(metrics.contains("marketplace_projection_lag_seconds{projection=\"accounts\"}"));
+    // Request latency by operation, and what the commands did.
+    assert!(
+        metrics.contains(
+            "marketplace_graphql_request_duration_seconds_bucket{operation=\"projections\",type=\"query\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("marketplace_graphql_request_duration_seconds_count{operation=\"register\",type=\"mutation\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("marketplace_commands_total{aggregate=\"account\",outcome=\"appended\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE marketplace_command_conflicts_total counter"));
+    assert!(metrics.contains("# TYPE marketplace_command_retries_total counter"));
+
+    // Ready: the database answers and every read model has a running leader.
+    let ready = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(body["projections"]["orders"], "RUNNING", "{body}");
+    // A FAILED read model makes the instance unready, and says which.
+    let pool = app.db.pool().await;
+    sqlx::query(
+        "UPDATE projection_checkpoints SET state = 'FAILED' WHERE name = 'orders' AND live",
+    )
+    .execute(&pool)
+    .await
+    .expect("mark failed");
+    let unready = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .expect("readyz");
+    assert_eq!(unready.status().as_u16(), 503);
+    let body: serde_json::Value = unready.json().await.expect("json");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["projections"]["orders"], "FAILED", "{body}");
+    assert_eq!(body["projections"]["listings"], "RUNNING", "{body}");
+    // Liveness is not readiness: the process is still up.
+    let live = reqwest::get(format!("{}/healthz", app.base))
+        .await
+        .expect("healthz");
+    assert_eq!(live.status().as_u16(), 200);
 }

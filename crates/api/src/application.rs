@@ -121,6 +121,7 @@ impl Application {
             .context("could not start the live feeds")?
         };
         let state = AppState {
+            requests: Arc::default(),
             live,
             fee: settings.fee,
             handler,

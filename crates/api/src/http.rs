@@ -585,74 +585,50 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the database answers and every read model has a live build
+/// with a running leader (here or in a projector process): 200, else 503.
+/// The JSON body says which check failed.
 async fn readyz(State(http): State<Http>) -> Response {
-    match sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&http.state.pool)
-        .await
-    {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
+    let store = http.state.handler.store();
+    let status = match marketplace_projections::status::status(&http.state.pool, &**store).await {
+        Ok(status) => status,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({
+                    "ready": false,
+                    "database": "unreachable",
+                })),
+            )
+                .into_response();
         }
+    };
+    let mut projections = serde_json::Map::new();
+    let mut ready = true;
+    for name in READ_MODELS {
+        let state = status
+            .iter()
+            .find(|p| p.name == *name)
+            .filter(|p| p.schema.is_some())
+            .map_or("STOPPED", |p| p.state.as_str());
+        ready &= state == "RUNNING";
+        projections.insert((*name).to_owned(), state.into());
     }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": "ok",
+        "projections": projections,
+    });
+    (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(http): State<Http>) -> Response {
-    let mut out = String::from(
-        "# HELP marketplace_projection_position Last log position committed by each projection.\n\
-         # TYPE marketplace_projection_position gauge\n",
-    );
-    for name in READ_MODELS {
-        out.push_str(&format!(
-            "marketplace_projection_position{{projection=\"{name}\"}} {}\n",
-            http.state.progress.position(name)
-        ));
-    }
-    if let Ok(head) = http.state.handler.store().head().await {
-        out.push_str(
-            "# HELP marketplace_log_head Position of the last committed event.\n\
-             # TYPE marketplace_log_head gauge\n",
-        );
-        out.push_str(&format!("marketplace_log_head {head}\n"));
-    }
-    match marketplace_projections::status::status(&http.state.pool, &**http.state.handler.store())
-        .await
-    {
-        Ok(all) => {
-            out.push_str(
-                "# HELP marketplace_projection_lag_events Events not yet folded by each projection.\n\
-                 # TYPE marketplace_projection_lag_events gauge\n",
-            );
-            for p in &all {
-                out.push_str(&format!(
-                    "marketplace_projection_lag_events{{projection=\"{}\"}} {}\n",
-                    p.name, p.lag_events
-                ));
-            }
-            out.push_str(
-                "# HELP marketplace_projection_lag_seconds Age of the oldest event not yet folded.\n\
-                 # TYPE marketplace_projection_lag_seconds gauge\n",
-            );
-            for p in &all {
-                out.push_str(&format!(
-                    "marketplace_projection_lag_seconds{{projection=\"{}\"}} {:.3}\n",
-                    p.name, p.lag_seconds
-                ));
-            }
-            out.push_str(
-                "# HELP marketplace_projection_failed 1 when the projection is FAILED.\n\
-                 # TYPE marketplace_projection_failed gauge\n",
-            );
-            for p in &all {
-                out.push_str(&format!(
-                    "marketplace_projection_failed{{projection=\"{}\"}} {}\n",
-                    p.name,
-                    u8::from(p.state == marketplace_projections::ProjectionState::Failed)
-                ));
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: projection status unavailable"),
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    let page = crate::metrics::render(&http.state).await;
+    ([("content-type", "text/plain; version=0.0.4")], page).into_response()
 }

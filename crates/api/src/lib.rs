@@ -17,6 +17,8 @@
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
 //!   `/metrics`), auth header and consistency-token handling, the body
 //!   size limit.
+//! - [`metrics`]: the `/metrics` page — request latency histograms by
+//!   operation, command outcomes/conflicts/retries, projection lag.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls) behind `RATE_LIMITED`.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
@@ -42,6 +44,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod projections_cli;
 pub mod ratelimit;
 pub mod seed;

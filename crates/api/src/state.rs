@@ -1,5 +1,6 @@
 //! Application state shared by every request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use marketplace_commands::CommandHandler;
@@ -10,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::auth::Tokens;
 use crate::live::Live;
+use crate::metrics::RequestRegistry;
 
 /// Everything resolvers and handlers need. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -28,6 +30,8 @@ pub struct AppState {
     pub fee: FeeRate,
     /// Live feeds for subscriptions.
     pub live: Live,
+    /// GraphQL request latencies, for `/metrics`.
+    pub requests: Arc<RequestRegistry>,
 }
 
 /// Every projection the API reads from.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use marketplace_domain::Aggregate;
 
 use crate::cache::AggregateCache;
+use crate::stats::{CommandStats, Outcome};
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
@@ -188,6 +189,7 @@ pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     retry: RetryPolicy,
     cache: Arc<AggregateCache>,
+    stats: Arc<CommandStats>,
 }
 
 /// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
@@ -216,6 +218,7 @@ impl CommandHandler {
             store,
             retry: RetryPolicy::default(),
             cache: Arc::new(AggregateCache::new(DEFAULT_CACHE_CAPACITY)),
+            stats: Arc::new(CommandStats::default()),
         }
     }
 
@@ -230,6 +233,11 @@ impl CommandHandler {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// What the commands run through this handler (and its clones) did.
+    pub fn stats(&self) -> &CommandStats {
+        &self.stats
     }
 
     /// The store this handler writes to.
@@ -321,6 +329,27 @@ impl CommandHandler {
         command: &A::Command,
         key: Option<IdempotencyKey>,
     ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
+        let result = self.run_counted::<A>(id, ctx, command, key).await;
+        let outcome = match &result {
+            Ok(Idempotent::Fresh(done)) if done.appended == 0 => Outcome::NoOp,
+            Ok(Idempotent::Fresh(_)) => Outcome::Appended,
+            Ok(Idempotent::Replayed(_)) => Outcome::Replayed,
+            Err(CommandError::Rejected(_)) => Outcome::Rejected,
+            Err(CommandError::Conflict { .. }) => Outcome::Conflict,
+            Err(CommandError::IdempotencyKeyReused) => Outcome::KeyReused,
+            Err(CommandError::Store(_) | CommandError::Codec(_)) => Outcome::Error,
+        };
+        self.stats.outcome(A::CATEGORY, outcome);
+        result
+    }
+
+    async fn run_counted<A: Aggregate>(
+        &self,
+        id: Uuid,
+        ctx: &CommandContext,
+        command: &A::Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
         let replay = |record: IdempotencyRecord, key: &IdempotencyKey| {
             if record.request_hash == key.request_hash {
@@ -378,7 +407,7 @@ impl CommandHandler {
                 .map(|(i, e)| to_new_event(e, ctx, ctx.event_id(&stream, expected, i)))
                 .collect::<Result<Vec<_>, CodecError>>()?;
             match self
-                .append_retrying_transient(&stream, expected, new_events, key.as_ref())
+                .append_retrying_transient(A::CATEGORY, &stream, expected, new_events, key.as_ref())
                 .await
             {
                 Ok(outcome) => {
@@ -399,7 +428,9 @@ impl CommandHandler {
                 }
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict; reloading");
+                    self.stats.conflict(A::CATEGORY);
                     if attempt < self.retry.max_attempts {
+                        self.stats.retry(A::CATEGORY);
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
                 }
@@ -422,6 +453,7 @@ impl CommandHandler {
     /// the store reports a transient failure.
     async fn append_retrying_transient(
         &self,
+        category: &'static str,
         stream: &StreamId,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
@@ -441,6 +473,7 @@ impl CommandHandler {
             match result {
                 Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
                     tracing::warn!(%stream, error = %e, "transient append failure; retrying");
+                    self.stats.retry(category);
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }
                 other => return other,
@@ -680,6 +713,137 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// A store that lets another writer slip one event into a stream just
+    /// before the first append to it: a deterministic conflict.
+    struct InterleavingStore {
+        inner: InMemoryEventStore,
+        interloper: std::sync::Mutex<Option<NewEvent>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for InterleavingStore {
+        async fn append(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+        ) -> Result<marketplace_store::AppendOutcome, StoreError> {
+            let interloper = self
+                .interloper
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(event) = interloper {
+                self.inner
+                    .append(stream, expected, vec![event])
+                    .await
+                    .expect("the interloper appends first");
+            }
+            self.inner.append(stream, expected, events).await
+        }
+        async fn append_idempotent(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+            key: IdempotencyKey,
+        ) -> Result<marketplace_store::AppendOutcome, StoreError> {
+            self.inner
+                .append_idempotent(stream, expected, events, key)
+                .await
+        }
+        async fn idempotency_record(
+            &self,
+            key: &str,
+        ) -> Result<Option<IdempotencyRecord>, StoreError> {
+            self.inner.idempotency_record(key).await
+        }
+        async fn read_stream(
+            &self,
+            stream: &StreamId,
+            from_revision: u64,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from_revision).await
+        }
+        async fn read_all(
+            &self,
+            from: Position,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(from, limit).await
+        }
+        async fn subscribe_all(
+            &self,
+            from: Position,
+        ) -> Result<marketplace_store::EventStream, StoreError> {
+            self.inner.subscribe_all(from).await
+        }
+        async fn head(&self) -> Result<Position, StoreError> {
+            self.inner.head().await
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_count_outcomes_conflicts_and_retries() {
+        use marketplace_domain::listing::{Change, SellerChange};
+        let inner = InMemoryEventStore::new();
+        let (id, actor) = (Uuid::now_v7(), seller());
+        let plain = CommandHandler::new(Arc::new(inner.clone()));
+        plain
+            .execute::<Listing>(id, &CommandContext::default(), &create(id, actor.clone()))
+            .await
+            .expect("create");
+        // Another process restocks between this handler's load and append.
+        let restock = ListingCommand::Change(SellerChange {
+            actor: actor.clone(),
+            change: Change::Restock(Quantity(5)),
+            at: Utc::now(),
+        });
+        let other = plain
+            .load::<Listing>(id)
+            .await
+            .expect("load")
+            .state
+            .decide(&restock)
+            .expect("a restock is allowed");
+        let interloper =
+            to_new_event(&other[0], &CommandContext::default(), Uuid::now_v7()).expect("encode");
+        let store = InterleavingStore {
+            inner: inner.clone(),
+            interloper: std::sync::Mutex::new(Some(interloper)),
+        };
+        let handler = CommandHandler::new(Arc::new(store));
+        let done = handler
+            .execute::<Listing>(id, &CommandContext::default(), &restock)
+            .await
+            .expect("lands after one retry");
+        assert_eq!(done.state.stock, 15, "both restocks count");
+        let refused = handler
+            .execute::<Listing>(id, &CommandContext::default(), &create(id, actor.clone()))
+            .await;
+        assert!(matches!(refused, Err(CommandError::Rejected(_))));
+
+        let stats = handler.stats().snapshot();
+        assert_eq!(stats.conflicts.get("listing"), Some(&1));
+        assert_eq!(stats.retries.get("listing"), Some(&1));
+        assert_eq!(
+            stats.outcomes.get(&("listing", Outcome::Appended)),
+            Some(&1)
+        );
+        assert_eq!(
+            stats.outcomes.get(&("listing", Outcome::Rejected)),
+            Some(&1)
+        );
+        // Clones share the counters; another handler has its own.
+        assert_eq!(handler.clone().stats().snapshot(), stats);
+        let plain = plain.stats().snapshot();
+        assert_eq!(
+            plain.outcomes.get(&("listing", Outcome::Appended)),
+            Some(&1)
+        );
+        assert!(plain.conflicts.is_empty());
     }
 
     #[test]

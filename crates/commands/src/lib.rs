@@ -11,6 +11,8 @@
 //!   and the [`CommandError`] taxonomy.
 //!   [`CommandHandler::execute_idempotent`] runs a command once per client
 //!   idempotency key (recorded by the store in the append's transaction).
+//! - [`stats`]: counters of command outcomes, conflicts and retries per
+//!   aggregate category (the API's `/metrics` reads them).
 //! - [`audit`]: a stream's history with the state after each event, and an
 //!   aggregate as of a moment (events decoded as the live system does).
 //! - `cache`: the aggregate cache — recent states with their revision, so
@@ -27,6 +29,7 @@ mod cache;
 pub mod flows;
 pub mod handler;
 pub mod process;
+pub mod stats;
 
 pub use handler::{
     CommandContext, CommandError, CommandHandler, Executed, Idempotent, LoadError, Loaded,

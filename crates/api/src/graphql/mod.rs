@@ -45,9 +45,11 @@ pub const MAX_COMPLEXITY: usize = 5_000;
 /// Builds the schema over the application state.
 pub fn build_schema(state: AppState) -> MarketplaceSchema {
     let accounts = DataLoader::new(types::AccountLoader(state.pool.clone()), tokio::spawn);
+    let timing = crate::metrics::RequestMetrics(state.requests.clone());
     Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .data(state)
         .data(accounts)
+        .extension(timing)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()

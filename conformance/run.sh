@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Runs the third-party client checks against a real, running marketplace:
-# the `graphql-http` server audits (all MUST and SHOULD audits) and the
-# `graphql-ws` reference client. Called by .ci/run after `cargo test`;
+# the `graphql-http` server audits (all MUST and SHOULD audits), the
+# `graphql-ws` reference client, and GraphiQL in headless Chromium (a query
+# typed into the editor and run). Called by .ci/run after `cargo test`;
 # run it by hand the same way:  bash conformance/run.sh
 #
 # It starts `marketplace serve` (debug build) on a private embedded
 # PostgreSQL in a temporary directory and a free port, waits (with a
-# deadline) until it is ready, runs conformance/audit.mjs --strict, and
-# stops the server, whatever happens.
+# deadline) until it is ready, runs conformance/audit.mjs --strict and
+# conformance/graphiql.mjs, and stops the server, whatever happens.
+#
+# Needs Node.js 18+ and Debian's `chromium` (apt-get install chromium);
+# SKIP_GRAPHIQL=1 skips the browser check on machines without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v node >/dev/null || { echo "conformance: Node.js 18+ is required (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+chromium="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
+if [[ -z "$chromium" && "${SKIP_GRAPHIQL:-}" != 1 ]]; then
+  echo "conformance: the GraphiQL check needs Chromium: apt-get install chromium (or set SKIP_GRAPHIQL=1)" >&2
+  exit 1
+fi
 
 echo "== npm ci (conformance/)"
 npm ci --prefix conformance --no-audit --no-fund --loglevel=error
@@ -71,3 +80,10 @@ done
 
 echo "== audits against $url"
 node conformance/audit.mjs "$url" --strict
+
+if [[ "${SKIP_GRAPHIQL:-}" == 1 ]]; then
+  echo "== GraphiQL browser check skipped (SKIP_GRAPHIQL=1)"
+else
+  echo "== GraphiQL in headless Chromium ($chromium)"
+  CHROMIUM="$chromium" node conformance/graphiql.mjs "$url"
+fi

@@ -178,6 +178,30 @@ async fn get_honours_operation_name_variables_and_serves_graphiql_to_browsers() 
     assert_eq!(page.status().as_u16(), 200);
     let html = page.text().await.expect("html");
     assert!(html.contains("graphiql"), "GraphiQL is served to browsers");
+    // Self-hosted: every script and style comes from this server.
+    assert!(!html.contains("https://"), "nothing from a CDN: {html}");
+    for asset in [
+        "/graphiql/graphiql.min.js",
+        "/graphiql/graphiql.min.css",
+        "/graphiql/react.production.min.js",
+        "/graphiql/react-dom.production.min.js",
+    ] {
+        assert!(html.contains(asset), "{asset} referenced");
+        let resp = client
+            .get(format!("{}{asset}", app.base))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), 200, "{asset}");
+        let body = resp.bytes().await.expect("body");
+        assert!(body.len() > 1000, "{asset} has content");
+    }
+    let missing = client
+        .get(format!("{}/graphiql/secrets.txt", app.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(missing.status().as_u16(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

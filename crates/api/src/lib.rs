@@ -19,6 +19,7 @@
 //!   size limit.
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
 //!   operation, command outcomes/conflicts/retries, projection lag.
+//! - [`graphiql`]: the self-hosted GraphiQL page and its embedded assets.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls) behind `RATE_LIMITED`.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
@@ -41,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod live;

@@ -348,7 +348,21 @@ async fn verify(runtime: ProjectorRuntime, names: &[String]) -> anyhow::Result<(
             pb.set_message(format!("{} ({name} scratch build)", rate(&pb)));
         }
     };
-    let checks = runtime.verify(&projections, &on_progress).await;
+    let checks = tokio::select! {
+        checks = runtime.verify(&projections, &on_progress) => checks,
+        _ = tokio::signal::ctrl_c() => {
+            pb.finish_and_clear();
+            // The scratch build in progress is abandoned: drop it now
+            // rather than leave it to the next run.
+            let dropped = marketplace_projections::verify::drop_scratch_schemas(runtime.pool())
+                .await
+                .unwrap_or_default();
+            anyhow::bail!(
+                "interrupted: nothing was verified to the end ({dropped} scratch schema(s) dropped; \
+                 the live read models were not touched)"
+            );
+        }
+    };
     pb.finish_and_clear();
     let checks = checks?;
     print!("{}", verify_table(&checks));

@@ -413,6 +413,11 @@ impl ProjectorRuntime {
         &self.config
     }
 
+    /// The read models' database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The shared progress registry.
     pub fn progress(&self) -> &Progress {
         &self.progress

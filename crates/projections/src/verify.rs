@@ -126,14 +126,7 @@ pub async fn verify(
         )));
     }
     let result = async {
-        let leftovers: Vec<String> = sqlx::query_scalar(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'rmverify\\_%'",
-        )
-        .fetch_all(pool)
-        .await?;
-        for schema in leftovers {
-            drop_schema(pool, &schema).await?;
-        }
+        drop_scratch_schemas(pool).await?;
         let mut out = Vec::with_capacity(projections.len());
         for p in projections {
             out.push(verify_one(pool, store, p.as_ref(), batch, on_progress).await?);
@@ -143,6 +136,20 @@ pub async fn verify(
     .await;
     let _ = lock.close().await;
     result
+}
+
+/// Drops every scratch schema (`rmverify_…`) an interrupted or crashed
+/// verification left behind; returns how many there were.
+pub async fn drop_scratch_schemas(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'rmverify\\_%'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for schema in &leftovers {
+        drop_schema(pool, schema).await?;
+    }
+    Ok(leftovers.len())
 }
 
 async fn drop_schema(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {

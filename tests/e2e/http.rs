@@ -127,6 +127,34 @@ async fn responses_follow_the_accept_header_and_graphql_over_http_status_codes()
     );
     assert_eq!(app.event_count().await, before);
 
+    // Every response carries a request id (the one logged with it); a
+    // client's own is kept.
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .json(&ok)
+        .send()
+        .await
+        .expect("send");
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id");
+    assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .header("x-request-id", "client-chosen-42")
+        .json(&ok)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("client-chosen-42")
+    );
+
     // No query at all: 400.
     let a = post(
         base,

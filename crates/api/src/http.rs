@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use marketplace_store::Position;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -52,7 +53,11 @@ pub fn app_with_limits(state: AppState, schema: MarketplaceSchema, limits: RateL
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        // Every log line of a request (an INTERNAL error's included) carries
+        // its request id, which the response echoes in `x-request-id`.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(Http {
             state,
             schema,
@@ -141,6 +146,22 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
     http.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
     http
+}
+
+/// The span of one request: method, path (never the query string, which
+/// may carry a GET query's variables) and request id.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id,
+    )
 }
 
 fn error_response(e: ApiError, media: Media) -> Response {

@@ -272,3 +272,60 @@ async fn subscriptions_check_the_token_and_ownership() {
         Ok(_) => panic!("a bad token must not be acknowledged"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_a_bounded_number_of_subscriptions() {
+    let app = spawn_app().await;
+    let (_seller, buyer, listing) = seller_and_buyer(&app).await;
+    let order = place(&app, &buyer, &listing).await;
+    let ws = app.ws(Some(&buyer)).await.expect("connects");
+    let limit = marketplace_api::graphql::MAX_SUBSCRIPTIONS_PER_CONNECTION;
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        let mut updates = ws
+            .subscribe(op(ORDER_UPDATED, json!({ "id": order })))
+            .await
+            .expect("subscribe");
+        // The first message (the order as it stands) shows it is active.
+        let first = next(&mut updates).await.expect("the order");
+        assert_eq!(
+            first["data"]["orderUpdated"]["id"],
+            order.as_str(),
+            "{first}"
+        );
+        held.push(updates);
+    }
+    // Over the limit: refused before anything else is looked at. (A free
+    // slot would get NOT_FOUND for this unknown order instead.)
+    let unknown = json!({ "id": uuid::Uuid::now_v7().to_string() });
+    let mut over = ws
+        .subscribe(op(ORDER_UPDATED, unknown.clone()))
+        .await
+        .expect("subscribe");
+    let refused = next(&mut over).await.expect("an error message");
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{refused}"
+    );
+    // Completing one frees its slot once the server has processed the
+    // client's `complete` (poll with a deadline).
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut again = ws
+            .subscribe(op(ORDER_UPDATED, unknown.clone()))
+            .await
+            .expect("subscribe");
+        let m = next(&mut again).await.expect("an error message");
+        match m["errors"][0]["extensions"]["code"].as_str() {
+            Some("NOT_FOUND") => break,
+            Some("BAD_USER_INPUT") => {}
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

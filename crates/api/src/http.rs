@@ -542,6 +542,7 @@ async fn serve_ws(
         };
         let mut data = async_graphql::Data::default();
         data.insert(viewer);
+        data.insert(crate::graphql::SubscriptionBudget::default());
         Ok(data)
     };
     let (mut sink, stream) = socket.split();

@@ -1,11 +1,12 @@
 //! Subscriptions over WebSocket (`graphql-transport-ws`), fed by
 //! [`crate::live`] from committed events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Context, Subscription, ID};
 use marketplace_projections::read_models::orders::{self, OrderRow};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::read::{may_see_order, Notification, Order, OrderStatus};
@@ -13,6 +14,34 @@ use super::types::parse_id;
 use super::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+
+/// Subscriptions one WebSocket connection may hold at once.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 32;
+
+/// The subscriptions a connection may still open (put in its connection
+/// data by the WebSocket handler).
+#[derive(Debug, Clone)]
+pub struct SubscriptionBudget(Arc<Semaphore>);
+
+impl Default for SubscriptionBudget {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS_PER_CONNECTION)))
+    }
+}
+
+/// Takes one subscription slot of the caller's connection, if it has a
+/// budget; the slot is freed when the returned permit is dropped.
+fn take_slot(ctx: &Context<'_>) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    let Some(budget) = ctx.data_opt::<SubscriptionBudget>() else {
+        return Ok(None);
+    };
+    budget.0.clone().try_acquire_owned().map(Some).map_err(|_| {
+        ApiError::BadUserInput(format!(
+            "a connection may hold at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions; \
+             complete one first"
+        ))
+    })
+}
 
 /// Every subscription.
 #[derive(Debug, Default)]
@@ -29,6 +58,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         id: ID,
     ) -> Result<ReceiverStream<ApiResult<Order>>, ApiError> {
+        let slot = take_slot(ctx)?;
         let state = ctx.data::<AppState>()?.clone();
         let live = state.live.clone();
         let viewer = ctx.data::<Viewer>()?.require()?.clone();
@@ -41,6 +71,7 @@ impl SubscriptionRoot {
             .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut last = current;
             if tx.send(Ok(Order(last.clone()))).await.is_err() || is_final(&last) {
                 return;
@@ -89,9 +120,11 @@ impl SubscriptionRoot {
     ) -> Result<ReceiverStream<ApiResult<Notification>>, ApiError> {
         let live = ctx.data::<AppState>()?.live.clone();
         let viewer = ctx.data::<Viewer>()?.require()?;
+        let slot = take_slot(ctx)?;
         let mut added = live.listen(viewer.sub);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,

@@ -380,6 +380,34 @@ impl Log {
         })
     }
 
+    /// Replaces the payload of a stored event in place, as an edit made on
+    /// the node's disk would (tamper-evidence tests); `false` if there is no
+    /// such event.
+    pub fn overwrite_data(&self, stream: &str, revision: u64, data: Vec<u8>) -> bool {
+        let mut c = self.committed.write().unwrap_or_else(|e| e.into_inner());
+        let Some(&i) = c
+            .streams
+            .get(stream)
+            .and_then(|idx| idx.get(usize::try_from(revision).unwrap_or(usize::MAX)))
+        else {
+            return false;
+        };
+        let old = &c.records[i];
+        let edited = Record {
+            stream: old.stream.clone(),
+            revision: old.revision,
+            position: old.position,
+            id: old.id,
+            event_type: old.event_type.clone(),
+            content_type: old.content_type.clone(),
+            created_ticks: old.created_ticks,
+            custom_metadata: old.custom_metadata.clone(),
+            data,
+        };
+        c.records[i] = Arc::new(edited);
+        true
+    }
+
     /// The `$all` position of the last record (`(0, 0)` if none).
     pub fn last_position(&self) -> u64 {
         self.read(|c| c.records.last().map_or(0, |r| r.position))

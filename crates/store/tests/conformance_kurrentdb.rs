@@ -95,6 +95,10 @@ impl EventStore for UnderTest {
     async fn head(&self) -> Result<Position, StoreError> {
         self.store.head().await
     }
+
+    fn dense_positions(&self) -> bool {
+        self.store.dense_positions()
+    }
 }
 
 #[async_trait]

@@ -737,6 +737,10 @@ impl EventStore for KurrentDbEventStore {
         )))
     }
 
+    fn dense_positions(&self) -> bool {
+        false
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         let options = ReadAllOptions::default()
             .backwards()

@@ -176,17 +176,14 @@ fn client_error(e: kurrentdb::Error) -> StoreError {
         | E::ConnectionClosed
         | E::GrpcConnectionError(_)
         | E::DeadlineExceeded => StoreError::Unavailable(e.to_string()),
-        E::Grpc { code, .. }
-            if matches!(
-                code,
+        E::Grpc {
+            code:
                 tonic::Code::Unavailable
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Aborted
-                    | tonic::Code::ResourceExhausted
-            ) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+                | tonic::Code::ResourceExhausted,
+            ..
+        } => StoreError::Unavailable(e.to_string()),
         E::InternalParsingError(_) => StoreError::Decode(e.to_string()),
         other => StoreError::Backend(other.to_string()),
     }

@@ -6,6 +6,7 @@ mod catalog;
 mod commerce;
 mod errors;
 mod flow;
+mod kurrentdb;
 mod limits;
 mod ops;
 mod rebuild;

@@ -80,6 +80,12 @@
 //!    over: if the claimed ids are in the target stream it records their
 //!    outcome, otherwise it releases the key.
 //!
+//! The events keep the ids their caller chose, as on every backend (the
+//! conformance suite checks the stored ids; the command layer already
+//! derives saga event ids deterministically). Ids are not re-derived from the
+//! key: a retried request is stopped by the key's stream before it writes,
+//! and a retry of the very same event ids is recognised by their claims.
+//!
 //! Known limit: a claimer stalled for longer than the lease between its
 //! append and its `recorded` can see its key released although its events
 //! were written; a later request with that key would then append again.

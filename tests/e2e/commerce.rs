@@ -4,27 +4,27 @@
 use marketplace_e2e::{spawn_app, Req, TestApp};
 use serde_json::{json, Value};
 
-const CREATE: &str = "mutation($input: CreateListingInput!, $key: String) {
+pub(crate) const CREATE: &str = "mutation($input: CreateListingInput!, $key: String) {
     createListing(input: $input, idempotencyKey: $key) { consistencyToken listing { id } }
 }";
-const PUBLISH: &str =
+pub(crate) const PUBLISH: &str =
     "mutation($id: ID!) { publishListing(id: $id) { consistencyToken listing { status } } }";
-const DEPOSIT: &str = "mutation($amount: MoneyInput!, $key: String) {
+pub(crate) const DEPOSIT: &str = "mutation($amount: MoneyInput!, $key: String) {
     depositFunds(amount: $amount, idempotencyKey: $key) { consistencyToken }
 }";
-const PLACE: &str = "mutation($input: PlaceOrderInput!, $key: String) {
+pub(crate) const PLACE: &str = "mutation($input: PlaceOrderInput!, $key: String) {
     placeOrder(input: $input, idempotencyKey: $key) { consistencyToken order { id status total { amount currencyCode } } }
 }";
-const ME: &str = "{ me { balance { amount currencyCode } } }";
+pub(crate) const ME: &str = "{ me { balance { amount currencyCode } } }";
 
-fn auth(token: &str) -> Req<'_> {
+pub(crate) fn auth(token: &str) -> Req<'_> {
     Req {
         token: Some(token),
         ..Req::default()
     }
 }
 
-fn lamp(quantity: i64) -> Value {
+pub(crate) fn lamp(quantity: i64) -> Value {
     json!({
         "kind": "PHYSICAL", "title": "Brass lamp", "description": "Warm light",
         "category": "home", "tags": ["lighting"],
@@ -33,7 +33,11 @@ fn lamp(quantity: i64) -> Value {
 }
 
 /// A seller with one published listing; returns (seller token, listing id).
-async fn seller_with_listing(app: &TestApp, email: &str, input: Value) -> (String, String) {
+pub(crate) async fn seller_with_listing(
+    app: &TestApp,
+    email: &str,
+    input: Value,
+) -> (String, String) {
     let (token, _, _) = app.register(email, &["SELLER"]).await;
     let created = app
         .gql(CREATE, json!({ "input": input }), auth(&token))
@@ -49,7 +53,7 @@ async fn seller_with_listing(app: &TestApp, email: &str, input: Value) -> (Strin
     (token, id)
 }
 
-async fn buyer_with(app: &TestApp, email: &str, euros: &str) -> String {
+pub(crate) async fn buyer_with(app: &TestApp, email: &str, euros: &str) -> String {
     let (token, _, _) = app.register(email, &["BUYER"]).await;
     app.gql(
         DEPOSIT,
@@ -80,7 +84,7 @@ async fn balance(app: &TestApp, token: &str, consistency: Option<&str>) -> Strin
     .to_owned()
 }
 
-fn place_input(listing: &str, quantity: i64) -> Value {
+pub(crate) fn place_input(listing: &str, quantity: i64) -> Value {
     json!({ "lines": [{ "listingId": listing, "quantity": quantity }] })
 }
 

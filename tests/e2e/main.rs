@@ -7,6 +7,7 @@ mod commerce;
 mod errors;
 mod flow;
 mod http;
+mod kurrentdb;
 mod limits;
 mod ops;
 mod rebuild;

@@ -1,12 +1,10 @@
 //! Operator actions that never go through the public API.
 
-use anyhow::Context;
 use chrono::Utc;
 use marketplace_commands::flows::register::{register, RegisterError, Registration};
 use marketplace_commands::{CommandContext, CommandHandler};
 use marketplace_domain::account::RegistrationChannel;
 use marketplace_domain::values::{DisplayName, Email, Role};
-use std::sync::Arc;
 
 use crate::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::database::{connect, migrate};
@@ -15,6 +13,18 @@ use crate::database::{connect, migrate};
 /// as the operator. Returns its id.
 pub async fn create_admin(
     database_url: &str,
+    email: &str,
+    password: &str,
+    display_name: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let postgres = crate::config::EventStoreChoice::Postgres;
+    create_admin_in(database_url, &postgres, email, password, display_name).await
+}
+
+/// [`create_admin`] with the event log in `event_store`.
+pub async fn create_admin_in(
+    database_url: &str,
+    event_store: &crate::config::EventStoreChoice,
     email: &str,
     password: &str,
     display_name: &str,
@@ -28,10 +38,8 @@ pub async fn create_admin(
     let password_hash = hash_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = connect(database_url, 4).await?;
     migrate(&pool).await?;
-    let store = marketplace_store::PostgresEventStore::new(pool.clone())
-        .await
-        .context("could not start the event store")?;
-    let handler = CommandHandler::new(Arc::new(store));
+    let store = crate::database::open_event_store(&pool, event_store).await?;
+    let handler = CommandHandler::new(store);
     let registered = register(
         &handler,
         &CommandContext::new("operator"),

@@ -12,7 +12,7 @@ use marketplace_commands::process::payout::PayoutProcess;
 use marketplace_commands::process::{self, PgCheckpoints, ProcessManager, RunnerPolicy};
 use marketplace_commands::CommandHandler;
 use marketplace_projections::{Progress, ProjectorRuntime};
-use marketplace_store::{EventStore, Position, PostgresEventStore};
+use marketplace_store::Position;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::Tokens;
 use crate::config::{ServeRole, Settings};
-use crate::database::{connect, migrate};
+use crate::database::{connect, migrate, open_event_store};
 use crate::graphql::build_schema;
 use crate::http::app_with_limits;
 use crate::live::Live;
@@ -53,10 +53,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect(&settings.database_url, 32).await?;
         migrate(&pool).await?;
-        let store = PostgresEventStore::new(pool.clone())
-            .await
-            .context("could not start the event store")?;
-        let store: Arc<dyn EventStore> = Arc::new(store);
+        let store = open_event_store(&pool, &settings.event_store).await?;
         let progress = Progress::default();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -1,11 +1,8 @@
 //! `marketplace audit …`: reading the log itself for auditors.
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::Subcommand;
 use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, AsOf};
-use marketplace_store::{EventStore, PostgresEventStore, StreamId};
+use marketplace_store::StreamId;
 
 use crate::bench::bar;
 use crate::database::connect;
@@ -63,14 +60,14 @@ pub enum AuditCommand {
 }
 
 /// Runs an audit command against the database at `url`.
-pub async fn run(url: &str, which: AuditCommand) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    event_store: &crate::config::EventStoreChoice,
+    which: AuditCommand,
+) -> anyhow::Result<()> {
     let pool = connect(url, 4).await?;
     crate::database::migrate(&pool).await?;
-    let store: Arc<dyn EventStore> = Arc::new(
-        PostgresEventStore::new(pool.clone())
-            .await
-            .context("could not open the event store")?,
-    );
+    let store = crate::database::open_event_store(&pool, event_store).await?;
     let parse = |s: &str| {
         StreamId::parse(s)
             .map_err(|_| anyhow::anyhow!("{s:?} is not a stream id: use <category>-<uuid>"))
@@ -175,6 +172,7 @@ pub async fn run(url: &str, which: AuditCommand) -> anyhow::Result<()> {
             pool.close().await;
             crate::projections_cli::run(
                 url,
+                event_store,
                 crate::projections_cli::ProjectionsCommand::Verify {
                     names: Vec::new(),
                     batch,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::application::{shutdown_signal, Application};
 use crate::bench::{self, BenchCommand};
-use crate::config::{Secret, ServeRole, Settings};
+use crate::config::{EventStoreChoice, Secret, ServeRole, Settings};
 use crate::database::{connect, migrate, Database};
 use crate::projections_cli::{self, ProjectionsCommand};
 use crate::ratelimit::{Limit, RateLimits};
@@ -45,6 +45,19 @@ pub struct DbArgs {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// Where the event log lives: `postgres` (the events table in the
+    /// database above), or a KurrentDB connection string such as
+    /// `kurrentdb://127.0.0.1:2113?tls=false` or `esdb://…` (the client's
+    /// format; TLS is on unless `tls=false`). Read models stay in Postgres.
+    #[arg(
+        long,
+        env = "MARKETPLACE_EVENT_STORE",
+        default_value = "postgres",
+        global = true,
+        hide_env_values = true,
+        value_parser = EventStoreChoice::parse
+    )]
+    pub event_store: EventStoreChoice,
 }
 
 /// Options of `serve`.
@@ -186,8 +199,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result =
-                crate::admin::create_admin(&db.url, &email, &password, &display_name).await;
+            let result = crate::admin::create_admin_in(
+                &db.url,
+                &cli.db.event_store,
+                &email,
+                &password,
+                &display_name,
+            )
+            .await;
             db.shutdown().await?;
             let id = result?;
             println!(
@@ -197,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Seed(args)) => {
+            postgres_only(&cli.db.event_store, "seed")?;
             let external = cli
                 .db
                 .database_url
@@ -222,21 +242,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Audit { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = crate::audit_cli::run(&db.url, which).await;
+            let result = crate::audit_cli::run(&db.url, &cli.db.event_store, which).await;
             db.shutdown().await?;
             result
         }
         Some(Command::Projections { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = projections_cli::run(&db.url, which).await;
+            let result = projections_cli::run(&db.url, &cli.db.event_store, which).await;
             db.shutdown().await?;
             result
         }
         Some(Command::Bench { which }) => {
+            postgres_only(&cli.db.event_store, "bench")?;
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let result = bench::run(&db.url, which).await;
             db.shutdown().await?;
             result
+        }
+    }
+}
+
+/// `seed` and `bench` measure and count the Postgres events table itself.
+fn postgres_only(choice: &EventStoreChoice, command: &str) -> anyhow::Result<()> {
+    match choice {
+        EventStoreChoice::Postgres => Ok(()),
+        EventStoreChoice::KurrentDb(_) => {
+            anyhow::bail!("`{command}` works on the Postgres event store only; drop --event-store")
         }
     }
 }
@@ -253,6 +284,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings {
         listen: args.listen,
         database_url: db.url.clone(),
+        event_store: db_args.event_store,
         jwt_secret,
         token_ttl: Duration::from_secs(args.token_ttl_hours.saturating_mul(3600)),
         consistency_wait: Duration::from_millis(args.consistency_wait_ms),

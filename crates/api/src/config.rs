@@ -49,13 +49,42 @@ pub enum ServeRole {
     All,
 }
 
+/// Which event store holds the log (read models always live in Postgres).
+#[derive(Clone, Debug, Default)]
+pub enum EventStoreChoice {
+    /// The `events` table in the same Postgres database (the default).
+    #[default]
+    Postgres,
+    /// A KurrentDB node or cluster, by the `kurrentdb` client's connection
+    /// string (`kurrentdb://…`, `esdb://…`; it may carry credentials).
+    KurrentDb(Secret),
+}
+
+impl EventStoreChoice {
+    /// Parses `postgres`, or a KurrentDB connection string.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("postgres") {
+            Ok(Self::Postgres)
+        } else if marketplace_store::kurrentdb::is_connection_string(s) {
+            Ok(Self::KurrentDb(Secret::new(s)))
+        } else {
+            Err(format!(
+                "expected `postgres` or a KurrentDB connection string (kurrentdb://host:2113?tls=false, esdb://…), got {s:?}"
+            ))
+        }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// Postgres for the event store and read models.
+    /// Postgres for the read models (and the event store, by default).
     pub database_url: String,
+    /// Where the event log lives.
+    pub event_store: EventStoreChoice,
     /// JWT signing key.
     pub jwt_secret: Secret,
     /// How long issued tokens stay valid.
@@ -79,6 +108,7 @@ impl Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
+            event_store: EventStoreChoice::Postgres,
             jwt_secret: Secret::random(),
             token_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_secs(5),

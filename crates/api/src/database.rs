@@ -1,11 +1,15 @@
 //! Where the database comes from: `DATABASE_URL`, or the embedded cluster.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use marketplace_store::embedded::EmbeddedPostgres;
+use marketplace_store::{EventStore, KurrentDbEventStore, PostgresEventStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+
+use crate::config::EventStoreChoice;
 
 /// The name of the marketplace database inside the embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "marketplace";
@@ -62,4 +66,26 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     marketplace_projections::migrate(pool).await?;
     marketplace_commands::process::migrate(pool).await?;
     Ok(())
+}
+
+/// Opens the event store `choice` names: the Postgres one on `pool`, or a
+/// KurrentDB (connected lazily; the read models stay on `pool`).
+pub async fn open_event_store(
+    pool: &PgPool,
+    choice: &EventStoreChoice,
+) -> anyhow::Result<Arc<dyn EventStore>> {
+    Ok(match choice {
+        EventStoreChoice::Postgres => Arc::new(
+            PostgresEventStore::new(pool.clone())
+                .await
+                .context("could not start the event store")?,
+        ),
+        EventStoreChoice::KurrentDb(url) => {
+            tracing::info!("event store: KurrentDB");
+            Arc::new(
+                KurrentDbEventStore::connect(url.expose())
+                    .context("could not open the KurrentDB event store")?,
+            )
+        }
+    })
 }

@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use marketplace_projections::{
     Projection, ProjectionCheck, ProjectionStatus, ProjectorRuntime, RuntimeConfig,
 };
-use marketplace_store::{EventStore, PostgresEventStore};
+use marketplace_store::EventStore;
 use tokio::sync::watch;
 
 use crate::application::shutdown_signal;
@@ -66,14 +66,15 @@ pub enum ProjectionsCommand {
 }
 
 /// Runs a `projections` subcommand against the database at `url`.
-pub async fn run(url: &str, which: ProjectionsCommand) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    event_store: &crate::config::EventStoreChoice,
+    which: ProjectionsCommand,
+) -> anyhow::Result<()> {
     let pool = connect(url, 8).await?;
     let result = async {
         migrate(&pool).await?;
-        let store = PostgresEventStore::new(pool.clone())
-            .await
-            .context("could not open the event store")?;
-        let store: Arc<dyn EventStore> = Arc::new(store);
+        let store = crate::database::open_event_store(&pool, event_store).await?;
         let runtime = |bulk_batch: usize| {
             ProjectorRuntime::new(pool.clone(), store.clone(), Default::default()).with_config(
                 RuntimeConfig {

@@ -17,6 +17,10 @@
 //! - [`postgres`]: the embedded default backend (one append-only `events`
 //!   table, an `idempotency_keys` table written in the same transaction as
 //!   the append, a serialising appender, LISTEN/NOTIFY for live delivery).
+//! - [`kurrentdb`]: the KurrentDB backend through the official `kurrentdb`
+//!   gRPC client (streams and revisions, `$all` commit positions, catch-up
+//!   subscriptions; event-id claims and per-key streams for what KurrentDB
+//!   has no transaction for). Its module docs explain the mapping.
 //! - [`memory`]: an in-process backend for unit tests of other crates.
 //! - [`embedded`]: starts or reuses a private PostgreSQL cluster from the
 //!   system's binaries when no `DATABASE_URL` is given.
@@ -26,6 +30,7 @@
 pub mod embedded;
 pub mod error;
 pub mod event;
+pub mod kurrentdb;
 pub mod memory;
 pub mod port;
 pub mod postgres;
@@ -41,6 +46,7 @@ pub use event::{
     AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
     Position, RecordedEvent, StreamId, StreamIdError,
 };
+pub use kurrentdb::KurrentDbEventStore;
 pub use memory::InMemoryEventStore;
 pub use port::{EventStore, EventStream};
 pub use postgres::PostgresEventStore;

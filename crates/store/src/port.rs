@@ -83,4 +83,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The position of the last committed event (`Position::START` if none).
     async fn head(&self) -> Result<Position, StoreError>;
+
+    /// Whether positions are dense: every integer from 1 to the head is an
+    /// event, so a missing one means a deleted event (what `audit verify`
+    /// checks). True of the Postgres and in-memory backends; KurrentDB's
+    /// positions are byte offsets in its transaction log, so only their
+    /// order means anything.
+    fn dense_positions(&self) -> bool {
+        true
+    }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod flash_sale;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,9 +49,15 @@ pub async fn market() -> Market {
     marketplace_store::postgres::migrate(&pool)
         .await
         .expect("store migrations");
-    process::migrate(&pool).await.expect("process migrations");
     let store: Arc<dyn EventStore> =
         Arc::new(PostgresEventStore::new(pool.clone()).await.expect("store"));
+    market_on(pool, store).await
+}
+
+/// A market whose log is `store`; `pool` (a fresh test database) holds the
+/// process managers' checkpoints.
+pub async fn market_on(pool: PgPool, store: Arc<dyn EventStore>) -> Market {
+    process::migrate(&pool).await.expect("process migrations");
     let handler = CommandHandler::new(store.clone());
     Market {
         pool,

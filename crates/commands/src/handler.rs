@@ -70,6 +70,9 @@ impl CommandContext {
     }
 }
 
+/// Namespace of the event-id seeds derived from idempotency keys.
+const KEYED_EVENTS: Uuid = Uuid::from_u128(0x6b65_7965_645f_4000_8000_6576_656e_7473);
+
 /// The outcome of [`CommandHandler::execute_idempotent`].
 #[derive(Debug, Clone)]
 pub enum Idempotent<T> {
@@ -350,6 +353,21 @@ impl CommandHandler {
         command: &A::Command,
         key: Option<IdempotencyKey>,
     ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
+        // With a key, event ids derive from it: a client's retry of the same
+        // request from the same stream revision carries the same ids, so
+        // any backend (KurrentDB by its own event-id deduplication) stores
+        // it once even if the key's record was lost.
+        let keyed;
+        let ctx = match (&key, ctx.event_id_seed) {
+            (Some(k), None) => {
+                keyed = CommandContext {
+                    event_id_seed: Some(Uuid::new_v5(&KEYED_EVENTS, k.key.as_bytes())),
+                    ..ctx.clone()
+                };
+                &keyed
+            }
+            _ => ctx,
+        };
         let stream = stream_of::<A>(id);
         let replay = |record: IdempotencyRecord, key: &IdempotencyKey| {
             if record.request_hash == key.request_hash {
@@ -844,6 +862,39 @@ mod tests {
             Some(&1)
         );
         assert!(plain.conflicts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn event_ids_derive_from_the_idempotency_key() {
+        let (id, actor) = (Uuid::now_v7(), seller());
+        let key = |k: &str| IdempotencyKey {
+            key: k.to_owned(),
+            request_hash: "h".to_owned(),
+        };
+        let mut ids = Vec::new();
+        // The same request with the same key, against two logs in the same
+        // state (a retry whose first attempt's record was lost), and once
+        // with another key.
+        for k in ["key-1", "key-1", "key-2"] {
+            let store = InMemoryEventStore::new();
+            let handler = CommandHandler::new(Arc::new(store.clone()));
+            handler
+                .execute_idempotent::<Listing>(
+                    id,
+                    &CommandContext::default(),
+                    &create(id, actor.clone()),
+                    key(k),
+                )
+                .await
+                .expect("create");
+            let stored = store
+                .read_stream(&stream_of::<Listing>(id), 0)
+                .await
+                .expect("read");
+            ids.push(stored[0].event_id);
+        }
+        assert_eq!(ids[0], ids[1], "same key, same revision: same event id");
+        assert_ne!(ids[0], ids[2], "another key: another event id");
     }
 
     #[test]

@@ -81,10 +81,13 @@
 //!    outcome, otherwise it releases the key.
 //!
 //! The events keep the ids their caller chose, as on every backend (the
-//! conformance suite checks the stored ids; the command layer already
-//! derives saga event ids deterministically). Ids are not re-derived from the
-//! key: a retried request is stopped by the key's stream before it writes,
-//! and a retry of the very same event ids is recognised by their claims.
+//! conformance suite checks the stored ids). The command layer derives them
+//! deterministically: from the idempotency key for a client's keyed request
+//! (`marketplace_commands`' handler) and from the trigger for a saga's step.
+//! So a retried request is stopped by the key's stream before it writes, and
+//! even without the key's record a retry from the same stream revision
+//! carries the very same event ids, recognised by their claims (and by the
+//! server's own deduplication).
 //!
 //! Known limit: a claimer stalled for longer than the lease between its
 //! append and its `recorded` can see its key released although its events

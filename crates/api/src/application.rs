@@ -114,8 +114,6 @@ impl Application {
                 stop_rx.clone(),
                 &mut tasks,
             )
-            .await
-            .context("could not start the live feeds")?
         };
         let state = AppState {
             requests: Arc::default(),

@@ -51,28 +51,26 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    /// Starts both feeds from the current head of the log; they stop when
-    /// `stop` turns true.
-    pub async fn start(
+    /// Starts both feeds from the head of the log as they first reach it
+    /// (retrying while the store is unreachable); they stop when `stop`
+    /// turns true.
+    pub fn start(
         store: Arc<dyn EventStore>,
         pool: PgPool,
         progress: Progress,
         stop: watch::Receiver<bool>,
         tasks: &mut JoinSet<()>,
-    ) -> Result<Self, marketplace_store::StoreError> {
+    ) -> Self {
         let live = Live::default();
-        let head = store.head().await?;
         tasks.spawn(feed(
             "orders",
             store.clone(),
-            head,
             stop.clone(),
             OrdersFeed(live.clone()),
         ));
         tasks.spawn(feed(
             "notifications",
             store,
-            head,
             stop.clone(),
             NotificationsFeed {
                 live: live.clone(),
@@ -81,7 +79,7 @@ impl Live {
                 stop,
             },
         ));
-        Ok(live)
+        live
     }
 
     /// Watches one order: the receiver sees the position of each committed
@@ -127,16 +125,28 @@ trait Sink: Send + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Follows the log from `from`, batch by batch, resubscribing after the
+/// Follows the log from its head, batch by batch, resubscribing after the
 /// last delivered position if the subscription fails.
 async fn feed(
     name: &'static str,
     store: Arc<dyn EventStore>,
-    mut from: Position,
     mut stop: watch::Receiver<bool>,
     mut sink: impl Sink,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut from = loop {
+        match store.head().await {
+            Ok(head) => break head,
+            Err(e) => {
+                tracing::warn!(feed = name, error = %e, "live feed: the event store is unreachable; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
     loop {
         let mut events = match store.subscribe_all(from).await {
             Ok(events) => events,

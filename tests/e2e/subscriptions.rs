@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use marketplace_e2e::{spawn_app, Operation, Req, TestApp};
+use marketplace_e2e::{spawn_app, Operation, TestApp};
+
+use crate::commerce::{auth, buyer_with, lamp, seller_with_listing};
 use serde_json::{json, Value};
 
 const ORDER_UPDATED: &str =
@@ -17,13 +19,6 @@ fn op(query: &str, variables: Value) -> Operation {
     Operation {
         query: query.into(),
         variables,
-    }
-}
-
-fn auth(token: &str) -> Req<'_> {
-    Req {
-        token: Some(token),
-        ..Req::default()
     }
 }
 
@@ -39,39 +34,11 @@ where
         .map(|m| m.expect("a well-formed message"))
 }
 
-/// A seller with one published physical listing (stock 5, 40.00 EUR) and a
-/// buyer with 100.00 EUR; returns (seller token, buyer token, listing id).
+/// A seller with one published lamp (stock 5, 40.00 EUR) and a buyer with
+/// 100.00 EUR; returns (seller token, buyer token, listing id).
 async fn seller_and_buyer(app: &TestApp) -> (String, String, String) {
-    let (seller, _, _) = app.register("seller@example.com", &["SELLER"]).await;
-    let listing = app
-        .gql(
-            "mutation($input: CreateListingInput!) { createListing(input: $input) { listing { id } } }",
-            json!({ "input": {
-                "kind": "PHYSICAL", "title": "Brass lamp", "description": "Warm light",
-                "category": "home", "tags": [], "quantity": 5,
-                "price": { "amount": "40.00", "currencyCode": "EUR" } } }),
-            auth(&seller),
-        )
-        .await
-        .data("createListing.listing.id")
-        .as_str()
-        .expect("id")
-        .to_owned();
-    app.gql(
-        "mutation($id: ID!) { publishListing(id: $id) { listing { status } } }",
-        json!({ "id": listing }),
-        auth(&seller),
-    )
-    .await
-    .data("publishListing");
-    let (buyer, _, _) = app.register("buyer@example.com", &["BUYER"]).await;
-    app.gql(
-        "mutation { depositFunds(amount: { amount: \"100.00\", currencyCode: \"EUR\" }) { consistencyToken } }",
-        json!({}),
-        auth(&buyer),
-    )
-    .await
-    .data("depositFunds");
+    let (seller, listing) = seller_with_listing(app, "seller@example.com", lamp(5)).await;
+    let buyer = buyer_with(app, "buyer@example.com", "100.00").await;
     (seller, buyer, listing)
 }
 

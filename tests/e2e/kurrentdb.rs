@@ -99,3 +99,137 @@ async fn a_flash_sale_over_http_with_the_log_in_kurrentdb_sells_exactly_the_stoc
         );
     }
 }
+
+/// One served instance of the marketplace that can be stopped.
+struct Instance {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(settings: marketplace_api::Settings) -> Instance {
+    let app = marketplace_api::Application::build(settings)
+        .await
+        .expect("build");
+    let addr = app.local_addr().expect("listens");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Instance {
+        base: format!("http://{addr}"),
+        stop,
+        served,
+    }
+}
+
+async fn post(
+    base: &str,
+    token: Option<&str>,
+    consistency: Option<&str>,
+    query: &str,
+) -> serde_json::Value {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": query }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(c) = consistency {
+        req = req.header("x-consistency-token", c);
+    }
+    req.send().await.expect("send").json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_tokens_and_checkpoints_survive_a_restart_on_kurrentdb() {
+    marketplace_api::telemetry::init_for_tests();
+    let server = kurrentdb_testserver::spawn().await.expect("test server");
+    let db = marketplace_store::testdb::TestDatabase::create().await;
+    let mut settings = marketplace_api::Settings::for_database(db.url.clone());
+    settings.event_store = EventStoreChoice::KurrentDb(Secret::new(server.connection_string()));
+    settings.jwt_secret = Secret::new("restart-test-secret");
+    const REGISTER: &str = "mutation { register(input: { email: \"first@example.com\", \
+        password: \"long enough pw\", displayName: \"First\", roles: [BUYER] }) { token consistencyToken } }";
+
+    let first = start(settings.clone()).await;
+    let r = post(&first.base, None, None, REGISTER).await;
+    let token = r["data"]["register"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let written = r["data"]["register"]["consistencyToken"]
+        .as_str()
+        .expect("consistency token")
+        .to_owned();
+    let me = post(
+        &first.base,
+        Some(&token),
+        Some(&written),
+        "{ me { email } }",
+    )
+    .await;
+    assert_eq!(me["data"]["me"]["email"], "first@example.com", "{me}");
+    let _ = first.stop.send(());
+    first.served.await.expect("join").expect("stopped");
+
+    // The checkpoints kept in Postgres are $all positions at (or past) the
+    // write, after the restart as before it.
+    let pool = db.pool().await;
+    let positions: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE live")
+            .fetch_all(&pool)
+            .await
+            .expect("checkpoints");
+    let written_at: i64 = written.parse().expect("a position");
+    assert!(!positions.is_empty());
+    assert!(
+        positions.iter().all(|p| *p >= written_at),
+        "{positions:?} vs {written_at}"
+    );
+
+    let second = start(settings).await;
+    // The old token still means the same point of the log: answered, with
+    // the write in it, and nothing folded twice.
+    let me = post(
+        &second.base,
+        Some(&token),
+        Some(&written),
+        "{ me { email } }",
+    )
+    .await;
+    assert_eq!(me["data"]["me"]["email"], "first@example.com", "{me}");
+    assert_eq!(me["extensions"]["consistency"]["reached"], true, "{me}");
+    let again = post(
+        &second.base,
+        None,
+        None,
+        &REGISTER
+            .replace("first@", "second@")
+            .replace("First", "Second"),
+    )
+    .await;
+    let later: i64 = again["data"]["register"]["consistencyToken"]
+        .as_str()
+        .expect("consistency token")
+        .parse()
+        .expect("a position");
+    assert!(later > written_at, "positions keep growing across restarts");
+    let token2 = again["data"]["register"]["token"].as_str().expect("token");
+    let me2 = post(
+        &second.base,
+        Some(token2),
+        Some(&later.to_string()),
+        "{ me { email } }",
+    )
+    .await;
+    assert_eq!(me2["data"]["me"]["email"], "second@example.com", "{me2}");
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_accounts")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(accounts, 2, "each account folded once");
+    let _ = second.stop.send(());
+    second.served.await.expect("join").expect("stopped");
+    pool.close().await;
+}

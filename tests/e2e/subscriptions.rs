@@ -34,6 +34,24 @@ where
         .map(|m| m.expect("a well-formed message"))
 }
 
+/// Waits until the server has started every subscription sent earlier on
+/// `ws`. graphql-transport-ws does not acknowledge a subscription, but the
+/// server reads one connection's messages in order and polls every
+/// operation it has started until one answers; a query sent now (which
+/// must wait for the database before it can answer) therefore answers only
+/// after the earlier subscriptions have been set up.
+async fn settled(ws: &graphql_ws_client::Client) {
+    let mut probe = ws
+        .subscribe(op("{ listings(first: 1) { totalCount } }", json!({})))
+        .await
+        .expect("probe");
+    let answer = next(&mut probe).await.expect("the probe's answer");
+    assert!(
+        answer["data"]["listings"]["totalCount"].is_number(),
+        "{answer}"
+    );
+}
+
 /// A seller with one published lamp (stock 5, 40.00 EUR) and a buyer with
 /// 100.00 EUR; returns (seller token, buyer token, listing id).
 async fn seller_and_buyer(app: &TestApp) -> (String, String, String) {
@@ -71,6 +89,10 @@ async fn order_updates_and_notifications_arrive_in_order_over_graphql_transport_
         .subscribe(op(NOTIFICATION_ADDED, json!({})))
         .await
         .expect("seller subscribes");
+    // The protocol has no acknowledgement of a subscription: wait until the
+    // server has taken both in before anything happens.
+    settled(&buyer_ws).await;
+    settled(&seller_ws).await;
 
     let order = place(&app, &buyer, &listing).await;
     let mut updates = buyer_ws
@@ -192,6 +214,7 @@ async fn subscriptions_check_the_token_and_ownership() {
         .subscribe(op(NOTIFICATION_ADDED, json!({})))
         .await
         .expect("subscribe");
+    settled(&ws).await;
     app.gql(
         "mutation { depositFunds(amount: { amount: \"50.00\", currencyCode: \"EUR\" }) { consistencyToken } }",
         json!({}),

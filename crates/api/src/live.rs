@@ -38,10 +38,22 @@ const BATCH: usize = 512;
 const PER_ACCOUNT_BUFFER: usize = 256;
 
 /// Handles to the live feeds. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Live {
     orders: Arc<Mutex<HashMap<Uuid, watch::Sender<Position>>>>,
+    /// Where the orders feed started following the log, once it has.
+    orders_from: Arc<watch::Sender<Option<Position>>>,
     accounts: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Arc<notifications::NotificationRow>>>>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            orders: Arc::default(),
+            orders_from: Arc::new(watch::channel(None).0),
+            accounts: Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -92,6 +104,17 @@ impl Live {
             .subscribe()
     }
 
+    /// Waits (at most `timeout`) until the orders feed follows the log:
+    /// from then on every committed order event reaches the watchers
+    /// registered before it was dispatched. Returns whether it does.
+    pub async fn orders_feed_running(&self, timeout: Duration) -> bool {
+        let mut rx = self.orders_from.subscribe();
+        let running = tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        running
+    }
+
     /// Listens to one account's new notifications.
     pub fn listen(
         &self,
@@ -119,6 +142,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What a feed does with each batch of committed events.
 trait Sink: Send + 'static {
+    /// The feed follows the log from `from` on.
+    fn started(&mut self, _from: Position) {}
+
     fn deliver(
         &mut self,
         batch: Vec<RecordedEvent>,
@@ -147,6 +173,7 @@ async fn feed(
             }
         }
     };
+    sink.started(from);
     loop {
         let mut events = match store.subscribe_all(from).await {
             Ok(events) => events,
@@ -199,6 +226,10 @@ async fn feed(
 struct OrdersFeed(Live);
 
 impl Sink for OrdersFeed {
+    fn started(&mut self, from: Position) {
+        self.0.orders_from.send_replace(Some(from));
+    }
+
     async fn deliver(&mut self, batch: Vec<RecordedEvent>) {
         let map = lock(&self.0.orders);
         if map.is_empty() {

@@ -63,8 +63,27 @@ impl SubscriptionRoot {
         let live = state.live.clone();
         let viewer = ctx.data::<Viewer>()?.require()?.clone();
         let id = parse_id(&id, "id")?;
-        // Watch before reading, so no change falls between the two.
+        // Watch first. Then every event of the order is either reported to
+        // the watch (if the feed dispatches it from now on) or already in
+        // the log's head now, which the read model is awaited to reach
+        // before the order is read: no change falls between the two.
         let mut changes = live.watch_order(id);
+        if !live.orders_feed_running(state.consistency_wait).await {
+            return Err(ApiError::Conflict(
+                "live updates are starting; subscribe again shortly".into(),
+            ));
+        }
+        let head = state
+            .handler
+            .store()
+            .head()
+            .await
+            .map_err(ApiError::internal)?;
+        if !state.wait_for(&[orders::NAME], head).await {
+            return Err(ApiError::Conflict(
+                "the orders read model is behind the log; subscribe again shortly".into(),
+            ));
+        }
         let current = orders::by_id(&state.pool, id)
             .await?
             .filter(|o| may_see_order(&viewer, o))

@@ -789,6 +789,67 @@ pub async fn twenty_concurrent_duplicates_append_once<S: Conformance>(store: S) 
     );
 }
 
+/// U+0000 in an append's text (an event's data, its metadata, or the
+/// idempotency key) cannot be stored by every backend: such an append is
+/// refused as [`StoreError::Rejected`], nothing of it is stored (neither its
+/// clean events nor its key), and the stream and key stay free for a clean
+/// append.
+pub async fn an_append_holding_a_nul_character_is_refused_and_stores_nothing<S: Conformance>(
+    store: S,
+) {
+    let s = new_stream("nul");
+    let key = idempotency_key("h1");
+    let mut nul_data = event(2);
+    nul_data.data = json!({ "note": "a\u{0}b" });
+    let mut nul_actor = event(3);
+    nul_actor.metadata.actor = Some("actor\u{0}".into());
+    let nul_key = IdempotencyKey {
+        key: format!("{}\u{0}", key.key),
+        request_hash: "h2".into(),
+    };
+    let refusals = [
+        store
+            .append_idempotent(
+                &s,
+                ExpectedRevision::NoStream,
+                vec![event(1), nul_data],
+                key.clone(),
+            )
+            .await,
+        store
+            .append(&s, ExpectedRevision::Any, vec![nul_actor])
+            .await,
+        store
+            .append_idempotent(&s, ExpectedRevision::Any, vec![event(4)], nul_key)
+            .await,
+    ];
+    for refused in refusals {
+        assert!(
+            matches!(refused, Err(StoreError::Rejected { .. })),
+            "expected Rejected, got {refused:?}"
+        );
+    }
+    assert!(store.read_stream(&s, 0).await.expect("read").is_empty());
+    assert_eq!(
+        store.idempotency_record(&key.key).await.expect("record"),
+        None
+    );
+
+    let appended = store
+        .append_idempotent(&s, ExpectedRevision::NoStream, vec![event(5)], key)
+        .await
+        .expect("a clean append after the refusals");
+    assert_eq!(appended.revision, 0);
+    let all = store
+        .read_all(Position::START, 100)
+        .await
+        .expect("read_all");
+    assert_eq!(
+        all.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        vec![json!({ "n": 5 })]
+    );
+}
+
 /// Instantiates every conformance check as a `#[tokio::test]` for the backend
 /// built by the given async expression.
 #[macro_export]
@@ -807,7 +868,8 @@ macro_rules! conformance_suite {
             a_failed_append_leaves_its_idempotency_key_unrecorded,
             an_idempotent_retry_of_stored_events_records_its_key,
             an_unknown_idempotency_key_has_no_record,
-            twenty_concurrent_duplicates_append_once
+            twenty_concurrent_duplicates_append_once,
+            an_append_holding_a_nul_character_is_refused_and_stores_nothing
         );
     };
     (@tests $fresh:expr; $($name:ident),*) => {

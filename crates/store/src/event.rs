@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::StoreError;
+
 /// A stream name of the form `<category>-<uuid>`, e.g. `order-0193…`.
 ///
 /// The category is lowercase ASCII letters, digits or `_`; the id is a UUID
@@ -240,6 +242,78 @@ impl IdempotencyRecord {
     }
 }
 
+/// Refuses, as [`StoreError::Rejected`], an append holding text the log
+/// cannot store: U+0000 in any string (or object key) of an event's data, in
+/// its metadata or type, or in the idempotency key. Postgres `jsonb` and
+/// `text` refuse it, so every backend refuses it the same way, before the
+/// request touches anything shared. Cheap: one walk over the strings.
+pub(crate) fn check_storable(
+    events: &[NewEvent],
+    key: Option<&IdempotencyKey>,
+) -> Result<(), StoreError> {
+    let refused = |what: String| StoreError::Rejected {
+        reason: format!("{what} holds the character U+0000, which the event store cannot store"),
+    };
+    if let Some(key) = key {
+        if has_nul(&key.key) || has_nul(&key.request_hash) {
+            return Err(refused("the idempotency key".into()));
+        }
+    }
+    for e in events {
+        let EventMetadata {
+            correlation_id: _,
+            causation_id: _,
+            actor,
+            idempotency_key,
+            recorded_at: _,
+            prev_hash,
+            hash,
+        } = &e.metadata;
+        let metadata = [actor, idempotency_key, prev_hash, hash];
+        if metadata.into_iter().flatten().any(|s| has_nul(s)) {
+            return Err(refused(format!("the metadata of event {}", e.event_id)));
+        }
+        if has_nul(&e.event_type) {
+            return Err(refused(format!("the type of event {}", e.event_id)));
+        }
+        if json_has_nul(&e.data) {
+            return Err(refused(format!("the data of event {}", e.event_id)));
+        }
+    }
+    Ok(())
+}
+
+fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+fn json_has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    // An explicit stack: a value built in code is not bounded in depth the
+    // way parsed JSON is.
+    let mut pending = vec![value];
+    while let Some(v) = pending.pop() {
+        match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Value::String(s) => {
+                if has_nul(s) {
+                    return true;
+                }
+            }
+            Value::Array(items) => pending.extend(items),
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    if has_nul(name) {
+                        return true;
+                    }
+                    pending.push(field);
+                }
+            }
+        }
+    }
+    false
+}
+
 /// The sha256 hash chain link of an event: hex(sha256(prev_hash | stream |
 /// revision | event_id | type | version | canonical data)).
 ///
@@ -322,5 +396,67 @@ mod tests {
             base,
             chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 1, &other)
         );
+    }
+
+    fn event_with(data: serde_json::Value, metadata: EventMetadata) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::nil(),
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            data,
+            metadata,
+        }
+    }
+
+    fn is_rejected(result: Result<(), StoreError>) -> bool {
+        matches!(result, Err(StoreError::Rejected { .. }))
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_an_appends_text_is_refused() {
+        use serde_json::json;
+        let clean = event_with(
+            json!({"a": [1, "x", {"b": null, "c": "\u{1}"}], "d": true}),
+            EventMetadata {
+                actor: Some("account:1".into()),
+                ..EventMetadata::default()
+            },
+        );
+        let key = IdempotencyKey {
+            key: "k".into(),
+            request_hash: "h".into(),
+        };
+        assert!(check_storable(std::slice::from_ref(&clean), Some(&key)).is_ok());
+
+        let nul_data = [
+            json!("a\u{0}"),
+            json!({"a": [1, [2, {"b": "\u{0}"}]]}),
+            json!({"a\u{0}b": 1}),
+        ];
+        for data in nul_data {
+            let bad = event_with(data.clone(), EventMetadata::default());
+            assert!(
+                is_rejected(check_storable(&[clean.clone(), bad], None)),
+                "{data}"
+            );
+        }
+        let bad_actor = event_with(
+            json!({}),
+            EventMetadata {
+                actor: Some("\u{0}".into()),
+                ..EventMetadata::default()
+            },
+        );
+        assert!(is_rejected(check_storable(&[bad_actor], None)));
+        let bad_type = NewEvent {
+            event_type: "test.\u{0}".into(),
+            ..clean.clone()
+        };
+        assert!(is_rejected(check_storable(&[bad_type], None)));
+        let bad_key = IdempotencyKey {
+            key: "k\u{0}".into(),
+            ..key
+        };
+        assert!(is_rejected(check_storable(&[clean], Some(&bad_key))));
     }
 }

@@ -114,8 +114,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{
-    chain_hash, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    NewEvent, Position, RecordedEvent, StreamId,
+    chain_hash, check_storable, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey,
+    IdempotencyRecord, NewEvent, Position, RecordedEvent, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 
@@ -634,6 +634,7 @@ impl EventStore for KurrentDbEventStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
+        check_storable(&events, None)?;
         let name = self.server_stream_name(stream);
         match self.claim_event_ids(&name, &events).await? {
             Claims::AllNew => {}
@@ -657,6 +658,7 @@ impl EventStore for KurrentDbEventStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
+        check_storable(&events, Some(&key))?;
         idempotency::append(self, stream, expected, events, key).await
     }
 

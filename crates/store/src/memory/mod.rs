@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{
-    chain_hash, AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, RecordedEvent, StreamId,
+    chain_hash, check_storable, AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
+    NewEvent, Position, RecordedEvent, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::catch_up_then_live;
@@ -198,6 +198,7 @@ impl InMemoryEventStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
+        check_storable(&events, key.as_ref())?;
         let _writer = self.inner.writer.lock().await;
         let plan = {
             let log = self.read_log();

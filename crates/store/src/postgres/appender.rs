@@ -10,6 +10,26 @@
 //! the same transaction as the events: a key is recorded exactly when its
 //! append commits, and a second request with a key claimed earlier in the same
 //! batch is refused with the first one's record.
+//!
+//! **One request's bad data fails only that request.** Text Postgres cannot
+//! store (U+0000) is refused before a request is queued (`check_storable`,
+//! on the caller's task). Any other refusal of the data — an SQLSTATE that
+//! `StoreError`'s conversion classes as the request's own fault (classes 22
+//! and 54, class 23 except `23505`) and so turns into
+//! [`StoreError::Rejected`] — rolls the whole batch back, and the appender
+//! then writes the same requests again in queue order, each in a transaction
+//! of its own with the same lock, planning and key handling. The refused
+//! request answers `Rejected`; the others commit, each planned against what
+//! the ones before it committed (so a later request of the batch that
+//! expected the refused one's events gets a conflict, and a key only the
+//! refused one carried stays free). Positions stay gap-free: they are taken
+//! as the stored maximum plus one under the lock, and the rolled-back batch's
+//! were never visible. Each one-by-one commit advances the `commits`
+//! watermark and NOTIFYs like a batch. Infrastructure failures (connection
+//! lost, pool timeout, `57P01` admin shutdown, …) do not fall back: every
+//! request of the batch — or of the rest of a fallback — gets the same
+//! retryable error, as before, and callers retry with the same event ids.
+//! A lone request never falls back: its failure is its own.
 
 use std::collections::HashMap;
 
@@ -48,6 +68,7 @@ impl Default for GroupCommitLimits {
 }
 
 /// One append, as the batch writer sees it.
+#[derive(Clone)]
 pub(crate) struct Batched {
     pub stream: StreamId,
     pub expected: ExpectedRevision,
@@ -56,10 +77,13 @@ pub(crate) struct Batched {
     pub idempotency: Option<IdempotencyKey>,
 }
 
+/// Where the appender sends one request's outcome.
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
 /// One append waiting for the appender, with where to send its outcome.
 pub(crate) struct Request {
     pub batched: Batched,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub reply: Reply,
 }
 
 /// The appender loop: runs until every sender is gone.
@@ -83,44 +107,106 @@ pub(crate) async fn run(
         }
         let (work, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.batched, r.reply)).unzip();
-        match commit_batch(&pool, work).await {
-            Ok(results) => {
-                let top = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok().map(|o| o.position))
-                    .max();
-                if let Some(top) = top {
-                    commits.send_modify(|p| *p = (*p).max(top));
-                }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
+        // Writing consumes the requests; keep them for the one-by-one
+        // fallback. A lone request never falls back: a refusal is its own.
+        let fallback = (work.len() > 1).then(|| work.clone());
+        match (commit_batch(&pool, work).await, fallback) {
+            (Ok(results), _) => deliver(&commits, replies, results),
+            (Err(e @ StoreError::Rejected { .. }), Some(work)) => {
+                tracing::warn!(
+                    error = %e,
+                    requests = replies.len(),
+                    "group commit refused one request's data; committing its requests one by one"
+                );
+                commit_one_by_one(&pool, &commits, work, replies).await;
+            }
+            (Err(e), _) => fail(replies, &e),
+        }
+    }
+}
+
+/// Answers each request of a committed transaction and announces its top
+/// position to local subscribers.
+fn deliver(
+    commits: &watch::Sender<Position>,
+    replies: Vec<Reply>,
+    results: Vec<Result<AppendOutcome, StoreError>>,
+) {
+    let top = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|o| o.position))
+        .max();
+    if let Some(top) = top {
+        commits.send_modify(|p| *p = (*p).max(top));
+    }
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+/// Answers every request of a transaction that failed with the same error.
+fn fail(replies: Vec<Reply>, e: &StoreError) {
+    tracing::warn!(error = %e, requests = replies.len(), "group commit failed");
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// The second line of defence: after a batch failed on one request's data,
+/// writes its requests again in queue order, each in a transaction of its
+/// own, so that only the refused request fails. Each transaction plans
+/// against what the ones before it committed. An infrastructure failure
+/// stops the fallback and fails the request it hit and all those after it.
+async fn commit_one_by_one(
+    pool: &PgPool,
+    commits: &watch::Sender<Position>,
+    work: Vec<Batched>,
+    replies: Vec<Reply>,
+) {
+    let mut pending = work.into_iter().zip(replies);
+    while let Some((w, reply)) = pending.next() {
+        match commit_batch(pool, vec![w]).await {
+            Ok(results) => deliver(commits, vec![reply], results),
+            Err(e @ StoreError::Rejected { .. }) => {
+                let _ = reply.send(Err(e));
             }
             Err(e) => {
-                tracing::warn!(error = %e, requests = replies.len(), "group commit failed");
-                let msg = e.to_string();
-                let retryable = e.is_retryable();
-                for reply in replies {
-                    let err = if retryable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Backend(msg.clone())
-                    };
-                    let _ = reply.send(Err(err));
-                }
+                fail(
+                    std::iter::once(reply)
+                        .chain(pending.map(|(_, r)| r))
+                        .collect(),
+                    &e,
+                );
+                return;
             }
         }
     }
 }
 
+/// Writes `work` in one transaction and commits it. A data error
+/// ([`StoreError::Rejected`]) means the transaction rolled back: nothing of
+/// any request was written, and the positions it had taken were never
+/// visible, so the fallback takes them again. A lost connection may leave
+/// the commit's outcome unknown; that is `Unavailable`, which never falls
+/// back, and callers resolve it by retrying the same event ids.
 async fn commit_batch(
     pool: &PgPool,
     work: Vec<Batched>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let mut tx = pool.begin().await?;
-    let results = write_batch(&mut tx, work).await?;
-    tx.commit().await?;
-    Ok(results)
+    match write_batch(&mut tx, work).await {
+        Ok(results) => {
+            tx.commit().await?;
+            Ok(results)
+        }
+        Err(e) => {
+            // Release the append lock now, not when the pool next touches the
+            // connection: the fallback's first transaction waits for it. If
+            // the connection is gone, so is the transaction.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Writes a batch of appends inside the caller's transaction, under the
@@ -373,11 +459,144 @@ async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
     use serde_json::json;
+    use sqlx::{Postgres, Transaction};
+    use tokio::sync::Barrier;
 
     use super::*;
     use crate::event::EventMetadata;
     use crate::testdb::TestDatabase;
+    use crate::{EventStore, PostgresEventStore};
+
+    /// Generous bound for "this must happen"; only reached when a test fails.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    async fn migrated_pool() -> PgPool {
+        let pool = TestDatabase::create().await.pool().await;
+        super::super::migrate(&pool).await.expect("migrate");
+        pool
+    }
+
+    fn stream() -> StreamId {
+        StreamId::new("order", Uuid::now_v7()).expect("stream")
+    }
+
+    fn event(data: serde_json::Value) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            data,
+            metadata: EventMetadata::default(),
+        }
+    }
+
+    /// An event Postgres refuses although it holds no U+0000: the `events`
+    /// table's `CHECK (schema_version > 0)`.
+    fn event_refused_by_a_check() -> NewEvent {
+        NewEvent {
+            schema_version: 0,
+            ..event(json!({ "refused": "schema version 0" }))
+        }
+    }
+
+    fn key(request_hash: &str) -> IdempotencyKey {
+        IdempotencyKey {
+            key: format!("{}:key", Uuid::now_v7()),
+            request_hash: request_hash.into(),
+        }
+    }
+
+    fn append(
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Batched {
+        Batched {
+            stream: stream.clone(),
+            expected,
+            events,
+            idempotency: idempotency.cloned(),
+        }
+    }
+
+    fn is_rejected(result: &Result<AppendOutcome, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Rejected { .. }))
+    }
+
+    /// Polls `probe` until it yields a value; fails the test after [`DEADLINE`].
+    async fn eventually<T, Fut: Future<Output = Option<T>>>(
+        what: &str,
+        mut probe: impl FnMut() -> Fut,
+    ) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Takes the global append lock in a transaction of the test's own, so
+    /// an appender's transaction waits for it to end.
+    async fn hold_append_lock(pool: &PgPool) -> Transaction<'static, Postgres> {
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .expect("take the append lock");
+        tx
+    }
+
+    /// The backend of the transaction waiting for the append lock, once
+    /// there is one.
+    async fn waiting_for_the_append_lock(pool: &PgPool) -> i32 {
+        eventually("an appender to wait for the append lock", || async {
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_optional(pool)
+            .await
+            .expect("pg_locks")
+        })
+        .await
+    }
+
+    /// Queues `work` before the appender starts, so that its first batch
+    /// holds every request, runs the appender until the queue is done, and
+    /// returns each request's outcome and the commit watermark.
+    async fn run_one_batch(
+        pool: &PgPool,
+        work: Vec<Batched>,
+    ) -> (Vec<Result<AppendOutcome, StoreError>>, Position) {
+        let (tx, rx) = mpsc::channel(work.len());
+        let mut outcomes = Vec::with_capacity(work.len());
+        for batched in work {
+            let (reply, outcome) = oneshot::channel();
+            tx.try_send(Request { batched, reply })
+                .unwrap_or_else(|_| panic!("queue a request"));
+            outcomes.push(outcome);
+        }
+        drop(tx);
+        let (commits, watermark) = watch::channel(Position::START);
+        run(pool.clone(), rx, commits, GroupCommitLimits::default()).await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            results.push(outcome.await.expect("every request is answered"));
+        }
+        let top = *watermark.borrow();
+        (results, top)
+    }
 
     fn batched(stream: &StreamId, key: &IdempotencyKey) -> Batched {
         Batched {
@@ -444,5 +663,405 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(events, 1);
+    }
+
+    /// The second line of defence, without the first: requests queued
+    /// straight to the appender (no pre-check), one batch of six, two of
+    /// them carrying data Postgres refuses (U+0000 in `jsonb`, in the data of
+    /// one and the metadata of another). The batch fails; its requests are
+    /// written again one transaction each; only the two refused ones fail,
+    /// and nothing of them is stored (neither their clean events nor their
+    /// idempotency key, which a later request of the batch then claims).
+    #[tokio::test]
+    async fn a_batch_refused_for_one_requests_data_commits_the_others_one_by_one() {
+        let pool = migrated_pool().await;
+        let (s1, s2, s3, s4) = (stream(), stream(), stream(), stream());
+        let (ka, kb) = (key("a"), key("b"));
+        let ka_again = IdempotencyKey {
+            request_hash: "a, again".into(),
+            ..ka.clone()
+        };
+        let nul_actor = NewEvent {
+            metadata: EventMetadata {
+                actor: Some("actor\u{0}".into()),
+                ..EventMetadata::default()
+            },
+            ..event(json!({ "n": 41 }))
+        };
+        let (results, watermark) = run_one_batch(
+            &pool,
+            vec![
+                append(
+                    &s1,
+                    ExpectedRevision::NoStream,
+                    vec![event(json!({ "n": 0 }))],
+                    Some(&ka),
+                ),
+                append(
+                    &s2,
+                    ExpectedRevision::NoStream,
+                    vec![event(json!({ "note": "a\u{0}b" }))],
+                    Some(&kb),
+                ),
+                append(
+                    &s1,
+                    ExpectedRevision::Exact(0),
+                    vec![event(json!({ "n": 1 })), event(json!({ "n": 2 }))],
+                    None,
+                ),
+                append(
+                    &s3,
+                    ExpectedRevision::Any,
+                    vec![event(json!({ "n": 3 }))],
+                    Some(&kb),
+                ),
+                append(
+                    &s4,
+                    ExpectedRevision::Any,
+                    vec![event(json!({ "n": 40 })), nul_actor],
+                    None,
+                ),
+                append(
+                    &s1,
+                    ExpectedRevision::Exact(2),
+                    vec![event(json!({ "n": 5 }))],
+                    Some(&ka_again),
+                ),
+            ],
+        )
+        .await;
+
+        let [r0, r1, r2, r3, r4, r5]: [_; 6] = results.try_into().expect("six outcomes");
+        let first = r0.expect("the first request commits");
+        assert_eq!(
+            first,
+            AppendOutcome {
+                revision: 0,
+                position: Position(1)
+            }
+        );
+        match &r1 {
+            Err(StoreError::Rejected { reason }) => assert!(
+                reason.contains("22P05"),
+                "Postgres refused the jsonb, not the pre-check: {reason}"
+            ),
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(
+            r2.expect("the append after the first commits"),
+            AppendOutcome {
+                revision: 2,
+                position: Position(3)
+            }
+        );
+        assert_eq!(
+            r3.expect("the refused request's key is free"),
+            AppendOutcome {
+                revision: 0,
+                position: Position(4)
+            }
+        );
+        assert!(is_rejected(&r4), "expected Rejected, got {r4:?}");
+        match r5 {
+            Err(StoreError::IdempotencyKeyUsed(record)) => {
+                assert_eq!((&record.stream_id, record.outcome()), (&s1, first));
+            }
+            other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
+        }
+        assert_eq!(
+            watermark,
+            Position(4),
+            "local subscribers are woken up to the top"
+        );
+
+        let rows = sqlx::query(
+            "SELECT position, stream_id, revision, metadata->>'hash' AS hash, \
+                    metadata->>'prev_hash' AS prev_hash, xmin::text AS xid \
+             FROM events ORDER BY position",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        let log: Vec<(i64, String, i64)> = rows
+            .iter()
+            .map(|r| (r.get("position"), r.get("stream_id"), r.get("revision")))
+            .collect();
+        assert_eq!(
+            log,
+            vec![
+                (1, s1.to_string(), 0),
+                (2, s1.to_string(), 1),
+                (3, s1.to_string(), 2),
+                (4, s3.to_string(), 0),
+            ],
+            "gap-free positions, and nothing of the refused requests"
+        );
+        let hash = |i: usize, column: &str| rows[i].get::<Option<String>, _>(column);
+        assert_eq!(
+            hash(1, "prev_hash"),
+            hash(0, "hash"),
+            "the chain links across transactions"
+        );
+        assert_eq!(hash(2, "prev_hash"), hash(1, "hash"));
+        let transactions: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.get("xid")).collect();
+        assert_eq!(
+            transactions.len(),
+            3,
+            "each committed request had a transaction of its own"
+        );
+
+        let keys: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT key, stream_id, position FROM idempotency_keys ORDER BY position",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("keys");
+        assert_eq!(
+            keys,
+            vec![
+                (ka.key.clone(), s1.to_string(), 1),
+                (kb.key.clone(), s3.to_string(), 4)
+            ]
+        );
+    }
+
+    /// A batch that fails because the connection does (here: its backend is
+    /// terminated, `57P01`, while it waits for the append lock) is not
+    /// retried one by one: every request gets the same retryable error and
+    /// nothing is written, even though the lock is free right after.
+    #[tokio::test]
+    async fn a_lost_connection_still_fails_the_whole_batch_as_retryable() {
+        let pool = migrated_pool().await;
+        let lock = hold_append_lock(&pool).await;
+        let (tx, rx) = mpsc::channel(2);
+        let mut outcomes = Vec::new();
+        for batched in [
+            append(
+                &stream(),
+                ExpectedRevision::Any,
+                vec![event(json!({}))],
+                None,
+            ),
+            append(
+                &stream(),
+                ExpectedRevision::Any,
+                vec![event(json!({}))],
+                None,
+            ),
+        ] {
+            let (reply, outcome) = oneshot::channel();
+            tx.try_send(Request { batched, reply })
+                .unwrap_or_else(|_| panic!("queue a request"));
+            outcomes.push(outcome);
+        }
+        drop(tx);
+        let (commits, _) = watch::channel(Position::START);
+        let appender = tokio::spawn(run(pool.clone(), rx, commits, GroupCommitLimits::default()));
+
+        let pid = waiting_for_the_append_lock(&pool).await;
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .expect("terminate");
+        assert!(terminated);
+        // A fallback started now would find the lock free and commit.
+        lock.rollback().await.expect("release the append lock");
+        appender.await.expect("the appender ends with its queue");
+
+        for outcome in outcomes {
+            match outcome.await.expect("answered") {
+                Err(e) => assert!(e.is_retryable(), "expected a retryable error, got {e:?}"),
+                Ok(o) => panic!("expected the batch to fail, got {o:?}"),
+            }
+        }
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(events, 0);
+    }
+
+    /// Through the store's public `append`, with real concurrent callers:
+    /// 32 good appends, 4 that Postgres refuses (a `CHECK`), and 6 carrying
+    /// U+0000 start together behind a barrier while a test transaction holds
+    /// the append lock, so every request that reaches the appender is queued
+    /// for one batch. The U+0000 ones are refused before they are queued; the
+    /// batch of the rest fails, is written again one by one, and exactly the
+    /// good appends commit, readable with their revisions, gap-free positions
+    /// and idempotency records, and delivered live in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_event_in_a_batch_fails_only_its_own_append() {
+        const GOOD: usize = 32;
+        const REFUSED_BY_POSTGRES: usize = 4;
+        const HOLDING_NUL: usize = 6;
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Kind {
+            Good,
+            RefusedByPostgres,
+            HoldingNul,
+        }
+        struct Caller {
+            kind: Kind,
+            stream: StreamId,
+            key: IdempotencyKey,
+            events: Vec<NewEvent>,
+            task: tokio::task::JoinHandle<Result<AppendOutcome, StoreError>>,
+        }
+
+        let pool = migrated_pool().await;
+        let store = PostgresEventStore::new(pool.clone()).await.expect("store");
+        let mut live = store
+            .subscribe_all(Position::START)
+            .await
+            .expect("subscribe");
+
+        // A first append takes the appender's attention and waits for the
+        // lock, alone in its batch; everything after it queues up.
+        let lock = hold_append_lock(&pool).await;
+        let plug_stream = stream();
+        let plug = {
+            let (store, s) = (store.clone(), plug_stream.clone());
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &s,
+                        ExpectedRevision::NoStream,
+                        vec![event(json!({ "plug": true }))],
+                    )
+                    .await
+            })
+        };
+        waiting_for_the_append_lock(&pool).await;
+
+        let kinds: Vec<Kind> = std::iter::repeat_n(Kind::Good, GOOD)
+            .chain(std::iter::repeat_n(
+                Kind::RefusedByPostgres,
+                REFUSED_BY_POSTGRES,
+            ))
+            .chain(std::iter::repeat_n(Kind::HoldingNul, HOLDING_NUL))
+            .collect();
+        let barrier = Arc::new(Barrier::new(kinds.len()));
+        let callers: Vec<Caller> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                let (stream, key) = (stream(), key(&format!("request {i}")));
+                let first = event(json!({ "task": i, "n": 0 }));
+                let second = match kind {
+                    Kind::Good => event(json!({ "task": i, "n": 1 })),
+                    Kind::RefusedByPostgres => event_refused_by_a_check(),
+                    Kind::HoldingNul => event(json!({ "task": i, "note": "nul \u{0} here" })),
+                };
+                let events = vec![first, second];
+                let task = tokio::spawn({
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    let (s, k, events) = (stream.clone(), key.clone(), events.clone());
+                    async move {
+                        barrier.wait().await;
+                        store
+                            .append_idempotent(&s, ExpectedRevision::NoStream, events, k)
+                            .await
+                    }
+                });
+                Caller {
+                    kind,
+                    stream,
+                    key,
+                    events,
+                    task,
+                }
+            })
+            .collect();
+
+        let reaching_the_appender = GOOD + REFUSED_BY_POSTGRES;
+        let queued = || store.appender.max_capacity() - store.appender.capacity();
+        eventually("the appends to queue up", || async {
+            let refused_early = callers
+                .iter()
+                .filter(|c| c.kind == Kind::HoldingNul)
+                .all(|c| c.task.is_finished());
+            let settled = refused_early && queued() >= reaching_the_appender;
+            (settled || queued() > reaching_the_appender).then_some(())
+        })
+        .await;
+        assert_eq!(
+            queued(),
+            reaching_the_appender,
+            "appends holding U+0000 never reach the appender"
+        );
+        lock.rollback().await.expect("release the append lock");
+
+        let plugged = plug.await.expect("join").expect("plug");
+        assert_eq!(plugged.position, Position(1));
+        let mut good = Vec::new();
+        for caller in callers {
+            let result = caller.task.await.expect("join");
+            match caller.kind {
+                Kind::Good => {
+                    let outcome = result.unwrap_or_else(|e| panic!("a good append failed: {e}"));
+                    assert_eq!(outcome.revision, 1);
+                    good.push((caller.stream, caller.key, caller.events, outcome));
+                }
+                Kind::RefusedByPostgres | Kind::HoldingNul => {
+                    assert!(
+                        is_rejected(&result),
+                        "{:?}: expected Rejected, got {result:?}",
+                        caller.kind
+                    );
+                    let stored = store.read_stream(&caller.stream, 0).await.expect("read");
+                    assert!(stored.is_empty(), "nothing of a refused append is stored");
+                    let record = store.idempotency_record(&caller.key.key).await;
+                    assert_eq!(record.expect("key"), None);
+                }
+            }
+        }
+
+        let total = 1 + 2 * GOOD;
+        let log = store
+            .read_all(Position::START, 1_000)
+            .await
+            .expect("read_all");
+        assert_eq!(
+            log.iter().map(|e| e.position.0).collect::<Vec<_>>(),
+            (1..=total as u64).collect::<Vec<_>>(),
+            "positions are gap-free"
+        );
+        assert_eq!(store.head().await.expect("head"), Position(total as u64));
+        for (s, k, events, outcome) in &good {
+            let stored = store.read_stream(s, 0).await.expect("read");
+            assert_eq!(
+                stored
+                    .iter()
+                    .map(|e| (e.revision, e.event_id, &e.data))
+                    .collect::<Vec<_>>(),
+                vec![
+                    (0, events[0].event_id, &events[0].data),
+                    (1, events[1].event_id, &events[1].data)
+                ]
+            );
+            assert_eq!(stored[1].position, outcome.position);
+            assert_eq!(stored[1].metadata.prev_hash, stored[0].metadata.hash);
+            let record = store.idempotency_record(&k.key).await.expect("key");
+            assert_eq!(record.map(|r| r.outcome()), Some(*outcome));
+        }
+
+        // The refused batch really held both kinds: after the fallback each
+        // good append committed in a transaction of its own.
+        let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("transactions");
+        assert_eq!(transactions, 1 + GOOD as i64);
+
+        let mut delivered = Vec::with_capacity(total);
+        while delivered.len() < total {
+            match tokio::time::timeout(DEADLINE, live.next()).await {
+                Ok(Some(Ok(e))) => delivered.push(e),
+                other => panic!("the live subscription stopped early: {other:?}"),
+            }
+        }
+        assert_eq!(delivered, log, "live delivery matches the log, in order");
     }
 }

@@ -15,6 +15,10 @@
 //!   that takes every request queued while the previous transaction was
 //!   committing and writes them in one transaction (one lock, one fsync),
 //!   while each request still gets its own optimistic-concurrency outcome.
+//!   A request whose own data Postgres refuses fails alone: text it cannot
+//!   store (U+0000) is refused before it is queued, and a batch that fails on
+//!   any other data error is written again one request per transaction (see
+//!   `appender.rs`). Either way the caller gets [`StoreError::Rejected`].
 //! - **Idempotency keys** live in the `idempotency_keys` table (primary key
 //!   `key`). The appender checks a request's key under the append lock and
 //!   inserts it, with the append's outcome, in the same transaction as the
@@ -37,8 +41,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::StoreError;
 use crate::event::{
-    AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, RecordedEvent, StreamId,
+    check_storable, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey,
+    IdempotencyRecord, NewEvent, Position, RecordedEvent, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::{catch_up_then_live, PAGE};
@@ -130,6 +134,7 @@ impl PostgresEventStore {
         at_gate: oneshot::Sender<()>,
         release: oneshot::Receiver<()>,
     ) -> Result<AppendOutcome, StoreError> {
+        check_storable(&events, None)?;
         let mut tx = self.pool.begin().await?;
         let mut results = appender::write_batch(
             &mut tx,
@@ -157,6 +162,9 @@ impl PostgresEventStore {
         if batched.events.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
+        // On the caller's task, so a refused request never reaches a batch
+        // and the walk costs the serialised appender nothing.
+        check_storable(&batched.events, batched.idempotency.as_ref())?;
         let (reply, outcome) = oneshot::channel();
         self.appender
             .send(appender::Request { batched, reply })

@@ -42,6 +42,7 @@ async fn rate_limits_are_per_client_and_answer_rate_limited_with_a_retry_hint() 
                 burst: 4,
                 per_sec: 0.01,
             },
+            ..RateLimits::DISABLED
         }
     })
     .await;
@@ -109,12 +110,9 @@ async fn rate_limits_are_per_client_and_answer_rate_limited_with_a_retry_hint() 
 async fn too_deep_too_complex_and_too_large_requests_are_bad_user_input() {
     let app = spawn_app().await;
 
-    // Depth: 14 levels, over the limit of 12.
-    let deep = format!(
-        "{{ __type(name: \"Query\") {{ fields {{ type {{ {} name {} }} }} }} }}",
-        "ofType { ".repeat(10),
-        "}".repeat(10)
-    );
+    // Depth: 13 levels, over the limit of 12 (refused before the fields are
+    // even looked up).
+    let deep = format!("{{ {} x {} }}", "a { ".repeat(12), "}".repeat(12));
     let r = app.gql(&deep, json!({}), Req::default()).await;
     assert_eq!(r.error_code(), "BAD_USER_INPUT", "{}", r.body);
     assert!(
@@ -125,21 +123,43 @@ async fn too_deep_too_complex_and_too_large_requests_are_bad_user_input() {
         r.body
     );
     assert!(r.body["data"].is_null(), "{}", r.body);
-    // Just under the limit passes.
-    let shallow = format!(
+    // Introspection is never refused by depth: 14 levels of type references.
+    let introspection = format!(
         "{{ __type(name: \"Query\") {{ fields {{ type {{ {} name {} }} }} }} }}",
-        "ofType { ".repeat(8),
-        "}".repeat(8)
+        "ofType { ".repeat(10),
+        "}".repeat(10)
     );
-    let r = app.gql(&shallow, json!({}), Req::default()).await;
+    let r = app.gql(&introspection, json!({}), Req::default()).await;
     assert!(r.body.get("errors").is_none(), "{}", r.body);
+    assert!(
+        r.body["data"]["__type"]["fields"][0]["type"].is_object(),
+        "{}",
+        r.body
+    );
 
-    // Complexity: 2,600 aliased fields of complexity 2, over 5,000.
-    let complex: String = std::iter::once("{".to_owned())
-        .chain((0..2_600).map(|i| format!(" a{i}: me {{ id }}")))
+    // Root fields: 21 aliases, over the cap of 20.
+    let wide: String = std::iter::once("{".to_owned())
+        .chain((0..21).map(|i| format!(" a{i}: me {{ id }}")))
         .chain(std::iter::once(" }".to_owned()))
         .collect();
-    assert!(complex.len() < 64 * 1024);
+    let r = app.gql(&wide, json!({}), Req::default()).await;
+    assert_eq!(r.error_code(), "BAD_USER_INPUT", "{}", r.body);
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 20 root fields")),
+        "{}",
+        r.body
+    );
+
+    // Complexity: twenty 100-row pages, each row selecting a page of its
+    // own under it, are far over 25,000.
+    let complex: String = std::iter::once("{".to_owned())
+        .chain((0..20).map(|i| {
+            format!(" a{i}: myOrders(first: 100) {{ edges {{ node {{ lines {{ quantity listing {{ id title }} }} }} }} }}")
+        }))
+        .chain(std::iter::once(" }".to_owned()))
+        .collect();
     let r = app.gql(&complex, json!({}), Req::default()).await;
     assert_eq!(r.error_code(), "BAD_USER_INPUT", "{}", r.body);
     assert!(

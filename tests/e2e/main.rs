@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole marketplace over real HTTP against a real
 //! Postgres, one fresh database per test.
 
+mod abuse;
 mod audit;
 mod catalog;
 mod commerce;

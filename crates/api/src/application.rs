@@ -22,9 +22,8 @@ use crate::auth::Tokens;
 use crate::config::{ServeRole, Settings};
 use crate::database::{connect, migrate, open_event_store};
 use crate::graphql::build_schema;
-use crate::http::app_with_limits;
+use crate::http::app;
 use crate::live::Live;
-use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
 /// A built, not yet running, marketplace.
@@ -33,7 +32,6 @@ pub struct Application {
     state: AppState,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for Application {
@@ -117,6 +115,8 @@ impl Application {
         };
         let state = AppState {
             requests: Arc::default(),
+            limiter: Arc::new(crate::ratelimit::RateLimiter::new(settings.rate_limits)),
+            roles: crate::roles::CurrentRoles::new(handler.clone()),
             live,
             fee: settings.fee,
             handler,
@@ -139,7 +139,6 @@ impl Application {
             state,
             stop,
             tasks,
-            rate_limits: settings.rate_limits,
         })
     }
 
@@ -160,11 +159,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         match self.listener.take() {
             Some(listener) => {
-                let router = app_with_limits(
-                    self.state.clone(),
-                    build_schema(self.state.clone()),
-                    self.rate_limits,
-                );
+                let router = app(self.state.clone(), build_schema(self.state.clone()));
                 // Connect info gives the handlers the peer address, which
                 // keys the anonymous rate limit.
                 axum::serve(

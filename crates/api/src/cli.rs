@@ -69,8 +69,10 @@ pub struct ServeArgs {
     /// Which parts to run: api, projector, or all.
     #[arg(long, value_enum, default_value = "all")]
     role: ServeRole,
-    /// Key that signs login tokens. Unset: a random key, so tokens do not
-    /// survive a restart.
+    /// Key that signs login tokens: at least 32 bytes, and not a placeholder
+    /// (generate one with `openssl rand -hex 32`). Every API replica must
+    /// share the same key. Unset: a random key, so tokens do not survive a
+    /// restart (development only).
     #[arg(long, env = "MARKETPLACE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// How long login tokens stay valid, in hours.
@@ -107,6 +109,27 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ANON_PER_SEC", default_value_t = 10.0,
           value_parser = non_negative_rate)]
     rate_limit_anon_per_sec: f64,
+    /// Failed-login throttle per target email: attempts allowed in a burst
+    /// (a successful login gives its attempt back).
+    #[arg(long, env = "MARKETPLACE_LOGIN_PER_EMAIL_BURST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    login_per_email_burst: u32,
+    /// Failed-login throttle per target email: attempts regained per second.
+    /// 0 disables it. Over it, `login` answers RATE_LIMITED with
+    /// retryAfterSeconds, whatever address the guesses come from.
+    #[arg(long, env = "MARKETPLACE_LOGIN_PER_EMAIL_PER_SEC", default_value_t = 0.1,
+          value_parser = non_negative_rate)]
+    login_per_email_per_sec: f64,
+    /// Failed-login throttle per client (account or IP): attempts allowed in
+    /// a burst.
+    #[arg(long, env = "MARKETPLACE_LOGIN_PER_CLIENT_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    login_per_client_burst: u32,
+    /// Failed-login throttle per client: attempts regained per second. 0
+    /// disables it.
+    #[arg(long, env = "MARKETPLACE_LOGIN_PER_CLIENT_PER_SEC", default_value_t = 0.2,
+          value_parser = non_negative_rate)]
+    login_per_client_per_sec: f64,
 }
 
 fn non_negative_rate(s: &str) -> Result<f64, String> {
@@ -273,9 +296,15 @@ fn postgres_only(choice: &EventStoreChoice, command: &str) -> anyhow::Result<()>
 }
 
 async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
+    // Refuse a weak key before anything starts.
+    let configured = args
+        .jwt_secret
+        .filter(|s| !s.is_empty())
+        .map(|s| Secret::for_jwt(s).map_err(anyhow::Error::msg))
+        .transpose()?;
     let db = Database::acquire(db_args.database_url, &db_args.data_dir).await?;
-    let jwt_secret = match args.jwt_secret.filter(|s| !s.is_empty()) {
-        Some(s) => Secret::new(s),
+    let jwt_secret = match configured {
+        Some(s) => s,
         None => {
             tracing::warn!("MARKETPLACE_JWT_SECRET is unset: using a random key; tokens will not survive a restart");
             Secret::random()
@@ -298,6 +327,14 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             anonymous: Limit {
                 burst: args.rate_limit_anon_burst,
                 per_sec: args.rate_limit_anon_per_sec,
+            },
+            login_per_email: Limit {
+                burst: args.login_per_email_burst,
+                per_sec: args.login_per_email_per_sec,
+            },
+            login_per_client: Limit {
+                burst: args.login_per_client_burst,
+                per_sec: args.login_per_client_per_sec,
             },
         },
     };

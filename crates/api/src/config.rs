@@ -24,6 +24,33 @@ impl Secret {
         &self.0
     }
 
+    /// A JWT signing key from configuration: refused (with what to do) if it
+    /// is shorter than [`MIN_JWT_SECRET_BYTES`] or a well-known placeholder,
+    /// since anyone who knows the key can sign an ADMIN's token.
+    pub fn for_jwt(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
+        let advice = "set MARKETPLACE_JWT_SECRET (or --jwt-secret) to a random key of at least \
+                      32 bytes, e.g. the output of `openssl rand -hex 32`, shared by every API replica";
+        if s.len() < MIN_JWT_SECRET_BYTES {
+            return Err(format!(
+                "the JWT secret is {} bytes long, shorter than {MIN_JWT_SECRET_BYTES}: {advice}",
+                s.len()
+            ));
+        }
+        let folded: String = s
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let distinct = s.chars().collect::<std::collections::BTreeSet<_>>().len();
+        if PLACEHOLDERS.iter().any(|p| folded.contains(p)) || distinct < 8 {
+            return Err(format!(
+                "the JWT secret is a well-known placeholder, not a key: {advice}"
+            ));
+        }
+        Ok(Self(s))
+    }
+
     /// A random secret (for development, when none is configured).
     pub fn random() -> Self {
         use rand::Rng;
@@ -31,6 +58,25 @@ impl Secret {
         Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
+
+/// Shortest JWT signing key accepted (HS256 wants at least 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Words that mark a key copied from an example rather than generated
+/// (compared with letters and digits only, lower-cased).
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "replaceme",
+    "yoursecret",
+    "mysecret",
+    "secretkey",
+    "jwtsecret",
+    "placeholder",
+    "example",
+    "password",
+    "insecure",
+    "notasecret",
+];
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

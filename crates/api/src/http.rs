@@ -18,8 +18,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::graphql::admission::Caller;
 use crate::graphql::{MarketplaceSchema, Viewer};
-use crate::ratelimit::{retry_after_seconds, ClientKey, RateLimiter, RateLimits};
+use crate::ratelimit::{retry_after_seconds, ClientKey};
 use crate::state::{AppState, READ_MODELS};
 
 /// Largest request body accepted.
@@ -32,20 +33,14 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
 struct Http {
     state: AppState,
     schema: MarketplaceSchema,
-    limiter: Arc<RateLimiter>,
-}
-
-/// The whole HTTP surface with the default rate limits.
-pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
-    app_with_limits(state, schema, RateLimits::default())
 }
 
 /// The whole HTTP surface, for the server and for tests. `/graphql` is rate
-/// limited per client (see [`crate::ratelimit`]); anonymous calls are keyed
-/// by the peer address, so serve it with
+/// limited per client with the state's limiter (see [`crate::ratelimit`]);
+/// anonymous calls are keyed by the peer address, so serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (without it,
 /// anonymous calls are not limited).
-pub fn app_with_limits(state: AppState, schema: MarketplaceSchema, limits: RateLimits) -> Router {
+pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphiql/{file}", get(crate::graphiql::asset))
@@ -58,11 +53,7 @@ pub fn app_with_limits(state: AppState, schema: MarketplaceSchema, limits: RateL
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(Http {
-            state,
-            schema,
-            limiter: Arc::new(RateLimiter::new(limits)),
-        })
+        .with_state(Http { state, schema })
 }
 
 /// The media type of a GraphQL response, negotiated from `Accept`
@@ -130,21 +121,40 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
+    // Refused by the per-operation rate limit (admission): the same answer
+    // as a request refused before it was read.
+    let retry_after = request_error
+        .then(|| response.errors.first())
+        .flatten()
+        .and_then(|e| e.extensions.as_ref())
+        .filter(|x| x.get("code") == Some(&async_graphql::Value::from("RATE_LIMITED")))
+        .and_then(|x| match x.get("retryAfterSeconds") {
+            Some(async_graphql::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        });
     let mut body = serde_json::to_value(&response).unwrap_or_else(|e| {
         tracing::error!(error = %e, "could not serialise a GraphQL response");
         serde_json::json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL" } }] })
     });
-    let status = if request_error && media == Media::GraphqlResponseJson {
-        if let Some(object) = body.as_object_mut() {
-            object.remove("data");
-        }
+    let status = if retry_after.is_some() {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if request_error && media == Media::GraphqlResponseJson {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
+    if status != StatusCode::OK {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("data");
+        }
+    }
     let mut http = (status, body.to_string()).into_response();
     http.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
+    if let Some(seconds) = retry_after {
+        http.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     http
 }
 
@@ -228,40 +238,56 @@ fn peer(request: &Request) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-/// The caller of a request, from its `Authorization` header.
-fn viewer_from(http: &Http, authorization: Option<&HeaderValue>) -> Result<Viewer, ApiError> {
-    match authorization {
-        None => Ok(Viewer(None)),
-        Some(value) => {
-            let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-            match token.and_then(|t| http.state.tokens.verify(t.trim())) {
-                Some(claims) => Ok(Viewer(Some(Arc::new(claims)))),
-                None => Err(ApiError::Unauthenticated(
-                    "the bearer token is invalid or expired; sign in again".into(),
-                )),
-            }
-        }
+/// The caller of a request, from its `Authorization` header. The token
+/// vouches for the account id; the roles are the ones the account holds now
+/// (none if it does not exist), never more than the token names.
+async fn viewer_from(http: &Http, authorization: Option<&HeaderValue>) -> Result<Viewer, ApiError> {
+    let Some(value) = authorization else {
+        return Ok(Viewer(None));
+    };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+    let Some(mut claims) = token.and_then(|t| http.state.tokens.verify(t.trim())) else {
+        return Err(ApiError::Unauthenticated(
+            "the bearer token is invalid or expired; sign in again".into(),
+        ));
+    };
+    let current = http
+        .state
+        .roles
+        .of(claims.sub)
+        .await
+        .map_err(ApiError::internal)?;
+    claims.roles.retain(|r| current.contains(r));
+    Ok(Viewer(Some(Arc::new(claims))))
+}
+
+/// The bucket a caller is charged to: an account as itself; everyone else
+/// (anonymous, or with a bad token) by address.
+fn client_of(viewer: &Viewer, peer: Option<SocketAddr>) -> Option<ClientKey> {
+    match viewer {
+        Viewer(Some(claims)) => Some(ClientKey::Account(claims.sub)),
+        Viewer(None) => peer.map(|p| ClientKey::ip(p.ip())),
     }
 }
 
-/// Authenticates and rate-limits a request: the caller, or why it is
-/// refused.
-fn admit(http: &Http, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Viewer, ApiError> {
-    let viewer = viewer_from(http, headers.get(header::AUTHORIZATION));
-    // An account is limited as itself; everyone else (anonymous, or with a
-    // bad token) by address.
-    let client = match &viewer {
-        Ok(Viewer(Some(claims))) => Some(ClientKey::Account(claims.sub)),
-        _ => peer.map(|p| ClientKey::ip(p.ip())),
-    };
+/// Authenticates a request and takes its first token: the caller, or why
+/// it is refused. The operation's further tokens (one per mutation field)
+/// are taken by [`crate::graphql::admission`].
+async fn admit(
+    http: &Http,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<(Viewer, Caller), ApiError> {
+    let viewer = viewer_from(http, headers.get(header::AUTHORIZATION)).await;
+    let client = client_of(viewer.as_ref().unwrap_or(&Viewer(None)), peer);
     if let Some(client) = client {
-        if let Err(wait) = http.limiter.check(client) {
+        if let Err(wait) = http.state.limiter.check(client) {
             return Err(ApiError::RateLimited {
                 retry_after_seconds: retry_after_seconds(wait),
             });
         }
     }
-    viewer
+    Ok((viewer?, Caller { client, prepaid: 1 }))
 }
 
 async fn execute(
@@ -271,8 +297,8 @@ async fn execute(
     media: Media,
     request: async_graphql::Request,
 ) -> Response {
-    let viewer = match admit(http, headers, peer) {
-        Ok(viewer) => viewer,
+    let (viewer, caller) = match admit(http, headers, peer).await {
+        Ok(admitted) => admitted,
         Err(refused) => return error_response(refused, media),
     };
     if request.query.trim().is_empty() {
@@ -296,7 +322,7 @@ async fn execute(
         }
         consistency = Some(token);
     }
-    let mut response = http.schema.execute(request.data(viewer)).await;
+    let mut response = http.schema.execute(request.data(viewer).data(caller)).await;
     ApiError::code_request_errors(&mut response);
     if let Some(token) = consistency {
         response.extensions.insert(
@@ -490,8 +516,8 @@ async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> R
             Media::Json,
         );
     }
-    let viewer = match admit(&http, &parts.headers, peer) {
-        Ok(viewer) => viewer,
+    let (viewer, _) = match admit(&http, &parts.headers, peer).await {
+        Ok(admitted) => admitted,
         Err(refused) => return error_response(refused, Media::Json),
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -509,7 +535,7 @@ async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> R
     let schema = http.schema.clone();
     upgrade
         .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer))
+        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer, peer))
         .into_response()
 }
 
@@ -521,6 +547,7 @@ async fn serve_ws(
     http: Http,
     schema: MarketplaceSchema,
     header_viewer: Viewer,
+    peer: Option<SocketAddr>,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
@@ -534,14 +561,21 @@ async fn serve_ws(
             .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
             .and_then(|v| HeaderValue::from_str(v).ok());
         let viewer = match token {
-            Some(token) => viewer_from(&http, Some(&token)).map_err(|e| {
+            Some(token) => viewer_from(&http, Some(&token)).await.map_err(|e| {
                 refused.store(true, Ordering::SeqCst);
                 async_graphql::Error::new(e.message())
             })?,
             None => header_viewer,
         };
+        // Every operation on this socket draws from the same buckets as
+        // HTTP requests do (nothing is prepaid here).
+        let caller = Caller {
+            client: client_of(&viewer, peer),
+            prepaid: 0,
+        };
         let mut data = async_graphql::Data::default();
         data.insert(viewer);
+        data.insert(caller);
         data.insert(crate::graphql::SubscriptionBudget::default());
         Ok(data)
     };

@@ -21,7 +21,10 @@
 //!   operation, command outcomes/conflicts/retries, projection lag.
 //! - [`graphiql`]: the self-hosted GraphiQL page and its embedded assets.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
-//!   anonymous calls) behind `RATE_LIMITED`.
+//!   anonymous calls; every operation draws, a mutation per root field)
+//!   and the failed-login throttle, behind `RATE_LIMITED`.
+//! - [`roles`]: the roles an account holds now, looked up on the write side
+//!   with a short cache: a token alone never grants a role.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
 //!   mutations, subscriptions.
 //! - [`live`]: the feeds behind subscriptions (one log subscription per
@@ -49,6 +52,7 @@ pub mod live;
 pub mod metrics;
 pub mod projections_cli;
 pub mod ratelimit;
+pub mod roles;
 pub mod seed;
 pub mod state;
 pub mod telemetry;

@@ -12,6 +12,8 @@ use sqlx::PgPool;
 use crate::auth::Tokens;
 use crate::live::Live;
 use crate::metrics::RequestRegistry;
+use crate::ratelimit::RateLimiter;
+use crate::roles::CurrentRoles;
 
 /// Everything resolvers and handlers need. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,6 +34,10 @@ pub struct AppState {
     pub live: Live,
     /// GraphQL request latencies, for `/metrics`.
     pub requests: Arc<RequestRegistry>,
+    /// Per-client rate limits and the failed-login throttle.
+    pub limiter: Arc<RateLimiter>,
+    /// The roles accounts hold now (tokens are not trusted for them).
+    pub roles: CurrentRoles,
 }
 
 /// Every projection the API reads from.

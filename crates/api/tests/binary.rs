@@ -103,3 +103,33 @@ fn missing_postgres_binaries_are_named_with_the_package_to_install() {
     assert!(!out.status.success());
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
 }
+
+#[test]
+fn serve_refuses_a_placeholder_or_short_jwt_secret_and_names_the_variable() {
+    for secret in [
+        "change-me",
+        "short-but-random-9f3a",
+        "change-me-change-me-change-me-change-me",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_marketplace"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("MARKETPLACE_JWT_SECRET", secret)
+            .env(
+                "DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/never-reached",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the binary");
+        assert!(!out.status.success(), "{secret:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("MARKETPLACE_JWT_SECRET"),
+            "{secret:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(secret),
+            "the secret is not echoed: {stderr}"
+        );
+    }
+}

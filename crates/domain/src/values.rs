@@ -154,13 +154,44 @@ fn bounded(field: &'static str, raw: &str, min: usize, max: usize) -> Result<Str
             format!("must have at most {max} characters"),
         ));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ValueError::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
+    check_text(field, s, Lines::Many)?;
     Ok(s.to_owned())
+}
+
+/// Whether a text may span lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// One line: no control character at all.
+    One,
+    /// Free text: line feeds, carriage returns and tabs are allowed.
+    Many,
+}
+
+/// The reason every text check gives, so clients see one wording.
+pub const TEXT_REFUSED: &str =
+    "must not contain control characters (NUL included) or Unicode bidirectional overrides";
+
+/// Whether `c` may never appear in a text input: a control character (NUL
+/// included; line breaks and tabs only where `lines` allows them), or a
+/// Unicode bidirectional embedding, override or isolate (U+202A–U+202E,
+/// U+2066–U+2069), which can make a text display differently from what it
+/// is ("Trojan Source").
+pub fn is_refused_char(c: char, lines: Lines) -> bool {
+    let allowed_control = lines == Lines::Many && matches!(c, '\n' | '\r' | '\t');
+    (c.is_control() && !allowed_control)
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// Checks one text input for [refused characters](is_refused_char).
+/// Every validated string type runs it, and the API runs it over every
+/// string argument and variable, so no such character reaches the store
+/// (PostgreSQL cannot even store NUL in `jsonb`).
+pub fn check_text(field: &'static str, s: &str, lines: Lines) -> Result<(), ValueError> {
+    if s.chars().any(|c| is_refused_char(c, lines)) {
+        return Err(ValueError::new(field, TEXT_REFUSED));
+    }
+    Ok(())
 }
 
 validated_string!(
@@ -168,6 +199,7 @@ validated_string!(
     /// checked on the normalised form.
     Email,
     |raw| {
+        check_text("email", raw, Lines::One)?;
         let s = raw.trim().to_lowercase();
         let valid = s.len() <= 254
             && !s.chars().any(char::is_whitespace)
@@ -583,6 +615,41 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refuses_nul_control_characters_and_bidi_overrides_in_every_text() {
+        for bad in [
+            "a\u{0}b@example.com",
+            "ada@exa\u{202E}mple.com",
+            "ada\n@x.com",
+        ] {
+            let e = Email::parse(bad).expect_err(bad);
+            assert_eq!(e.field, "email", "{bad:?}");
+        }
+        for bad in [
+            "Brass\u{0}lamp",
+            "lamp\u{7}",
+            "\u{2066}lamp\u{2069}",
+            "a\u{202D}b",
+        ] {
+            assert_eq!(
+                Title::parse(bad),
+                Err(ValueError::new("title", TEXT_REFUSED)),
+                "{bad:?}"
+            );
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
+            assert!(Category::parse(bad).is_err(), "{bad:?}");
+            assert!(Tag::parse(bad).is_err(), "{bad:?}");
+            assert!(ReviewComment::parse(bad).is_err(), "{bad:?}");
+            assert!(Description::parse(bad).is_err(), "{bad:?}");
+        }
+        // Free text keeps its line breaks and tabs; right-to-left text
+        // itself (not an override) is fine.
+        assert!(Description::parse("line one\r\nline\ttwo").is_ok());
+        assert!(Title::parse("مصباح نحاسي").is_ok());
+        assert!(!is_refused_char('\n', Lines::Many));
+        assert!(is_refused_char('\n', Lines::One));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The GraphQL schema of `../shared/api-contract.graphql`: types, queries,
 //! mutations, subscriptions, and the per-request context they read.
+//! [`admission`] checks every operation's text, shape and rate before it
+//! runs, on HTTP and WebSocket alike.
 
+pub mod admission;
 mod commerce;
 mod mutation;
 mod query;
@@ -37,10 +40,30 @@ pub struct Mutation(MutationRoot, commerce::CommerceMutation);
 /// The served schema.
 pub type MarketplaceSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Deepest query accepted.
-pub const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (fields, with connection sizes multiplied in).
-pub const MAX_COMPLEXITY: usize = 5_000;
+pub use admission::MAX_DEPTH;
+
+/// Most complex operation accepted. Each field costs 1; a connection costs
+/// its page size (`first`, default 20) times what is selected under it,
+/// plus [`PAGE_COST`]; an order's `lines` cost up to
+/// [`marketplace_domain::order::MAX_LINES`] times theirs. So the figure
+/// bounds the rows an operation can read, and with the root-field cap of
+/// [`admission`], the SQL it can run.
+pub const MAX_COMPLEXITY: usize = 25_000;
+
+/// What one page read costs before its rows: its statements.
+pub const PAGE_COST: usize = 10;
+
+/// The rows a stream's history is costed at (audit streams are long).
+pub const HISTORY_COST_ROWS: usize = 100;
+
+/// The complexity of a connection field: [`PAGE_COST`] plus its page size
+/// times the complexity of what is selected under it.
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = first
+        .unwrap_or(query::DEFAULT_FIRST)
+        .clamp(0, query::MAX_FIRST);
+    PAGE_COST + usize::try_from(rows).unwrap_or(0) * child_complexity
+}
 
 /// Builds the schema over the application state.
 pub fn build_schema(state: AppState) -> MarketplaceSchema {
@@ -50,7 +73,7 @@ pub fn build_schema(state: AppState) -> MarketplaceSchema {
         .data(state)
         .data(accounts)
         .extension(timing)
-        .limit_depth(MAX_DEPTH)
+        .extension(admission::Admission)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
 }

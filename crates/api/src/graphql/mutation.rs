@@ -23,6 +23,7 @@ use super::types::*;
 use super::Viewer;
 use crate::auth::{hash_password, verify_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::{retry_after_seconds, EmailKey};
 use crate::state::AppState;
 
 /// Namespace of listing ids derived from idempotency keys.
@@ -176,6 +177,17 @@ impl MutationRoot {
         if password.chars().count() > MAX_PASSWORD_LEN {
             return Err(refused());
         }
+        // Guesses are throttled per target email and per client before any
+        // password is hashed; a successful login gives its tokens back.
+        let target = EmailKey::of(&email);
+        let client = ctx
+            .data_opt::<super::admission::Caller>()
+            .and_then(|c| c.client);
+        if let Err(wait) = state.limiter.logins.attempt(target, client) {
+            return Err(ApiError::RateLimited {
+                retry_after_seconds: retry_after_seconds(wait),
+            });
+        }
         let account = match Email::parse(&email) {
             Ok(email) => find_account_by_email(&state.handler, &email)
                 .await
@@ -196,6 +208,7 @@ impl MutationRoot {
         let Some(account) = account.filter(|_| ok) else {
             return Err(refused());
         };
+        state.limiter.logins.succeeded(target, client);
         let id = account.id.ok_or_else(refused)?;
         let token = state
             .tokens

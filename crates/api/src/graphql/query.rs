@@ -63,6 +63,7 @@ impl QueryRoot {
     }
 
     /// The catalogue.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn listings(
         &self,
         ctx: &Context<'_>,

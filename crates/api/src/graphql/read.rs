@@ -117,6 +117,7 @@ impl Order {
         account(ctx, self.0.seller_id).await
     }
 
+    #[graphql(complexity = "marketplace_domain::order::MAX_LINES * child_complexity")]
     async fn lines(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderLine>> {
         let state = ctx.data::<AppState>()?;
         Ok(orders::lines_of(&state.pool, &[self.0.order_id])
@@ -372,6 +373,7 @@ impl CommerceQuery {
     }
 
     /// The signed-in buyer's orders, newest first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn my_orders(
         &self,
         ctx: &Context<'_>,
@@ -386,6 +388,7 @@ impl CommerceQuery {
     }
 
     /// Orders containing the signed-in seller's listings, newest first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn seller_orders(
         &self,
         ctx: &Context<'_>,
@@ -400,6 +403,7 @@ impl CommerceQuery {
     }
 
     /// A listing's reviews: APPROVED ones, or all of them for an ADMIN.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn reviews(
         &self,
         ctx: &Context<'_>,
@@ -421,6 +425,7 @@ impl CommerceQuery {
     }
 
     /// The signed-in account's notifications, newest first.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn notifications(
         &self,
         ctx: &Context<'_>,
@@ -436,6 +441,7 @@ impl CommerceQuery {
     }
 
     /// PENDING reviews, oldest first: the moderation queue (ADMIN only).
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
     async fn moderation_queue(
         &self,
         ctx: &Context<'_>,
@@ -551,6 +557,7 @@ fn require_admin<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Claims> {
 impl AuditQuery {
     /// Every event of a stream, oldest first, optionally with the
     /// aggregate's state after each.
+    #[graphql(complexity = "super::PAGE_COST + super::HISTORY_COST_ROWS * child_complexity")]
     async fn stream_history(
         &self,
         ctx: &Context<'_>,

@@ -233,43 +233,52 @@ impl Account {
         }
     }
 
-    /// Wallet: available funds in EUR (see `balances` for every currency).
-    /// Only the owner and ADMINs may read it.
+    /// Wallet: available funds in the wallet's own currency, the first one
+    /// it held (a deposit's, or a seller's first credit); see `balances` for
+    /// every currency. A wallet that never held money shows 0 in
+    /// [`EMPTY_WALLET_CURRENCY`]. Only the owner and ADMINs may read it.
     async fn balance(&self, ctx: &Context<'_>) -> ApiResult<Money> {
-        let all = wallet(self, ctx).await?;
+        let all = wallet(self, ctx, Order::OldestFirst).await?;
         Ok(all
             .into_iter()
-            .find(|m| m.currency_code == "EUR")
-            .unwrap_or_else(|| Money::from_minor(0, "EUR")))
+            .next()
+            .unwrap_or_else(|| Money::from_minor(0, EMPTY_WALLET_CURRENCY)))
     }
 
     /// Wallet: available funds in every currency held (owner and ADMINs).
     async fn balances(&self, ctx: &Context<'_>) -> ApiResult<Vec<Money>> {
-        wallet(self, ctx).await
+        wallet(self, ctx, Order::ByCurrency).await
     }
 }
 
-async fn wallet(account: &Account, ctx: &Context<'_>) -> ApiResult<Vec<Money>> {
-    {
-        let this = account;
-        let viewer = ctx.data_opt::<Viewer>().and_then(|v| v.0.as_deref());
-        let own = viewer.is_some_and(|c| c.sub.to_string() == this.id.as_str());
-        let admin = viewer.is_some_and(|c| c.has(DomainRole::Admin));
-        if !(own || admin) {
-            return Err(ApiError::Forbidden(
-                "only the account's owner can see its balance".into(),
-            ));
-        }
-        let id = Uuid::try_parse(this.id.as_str()).map_err(ApiError::internal)?;
-        let state = ctx.data::<crate::state::AppState>()?;
-        Ok(
-            marketplace_projections::read_models::accounts::balances(&state.pool, id)
-                .await?
-                .into_iter()
-                .map(|(currency, minor)| Money::from_minor(minor, &currency))
-                .collect(),
-        )
+/// The currency an empty wallet's zero balance is shown in.
+pub const EMPTY_WALLET_CURRENCY: &str = "EUR";
+
+enum Order {
+    ByCurrency,
+    OldestFirst,
+}
+
+async fn wallet(account: &Account, ctx: &Context<'_>, order: Order) -> ApiResult<Vec<Money>> {
+    use marketplace_projections::read_models::accounts;
+    let viewer = ctx.data_opt::<Viewer>().and_then(|v| v.0.as_deref());
+    let own = viewer.is_some_and(|c| c.sub.to_string() == account.id.as_str());
+    let admin = viewer.is_some_and(|c| c.has(DomainRole::Admin));
+    if !(own || admin) {
+        return Err(ApiError::Forbidden(
+            "only the account's owner can see its balance".into(),
+        ));
     }
+    let id = Uuid::try_parse(account.id.as_str()).map_err(ApiError::internal)?;
+    let state = ctx.data::<crate::state::AppState>()?;
+    let rows = match order {
+        Order::ByCurrency => accounts::balances(&state.pool, id).await?,
+        Order::OldestFirst => accounts::balances_oldest_first(&state.pool, id).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(currency, minor)| Money::from_minor(minor, &currency))
+        .collect())
 }
 
 fn mask_email(email: &str) -> String {

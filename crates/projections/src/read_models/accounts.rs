@@ -8,7 +8,10 @@
 //! and the seller and fee account are paid by their own credits. The fee
 //! account ([`marketplace_domain::values::FEE_ACCOUNT_ID`]) has a balance
 //! but no profile row. Deltas are summed per (account, currency) in memory
-//! and written with one multi-row upsert per batch.
+//! and written with one multi-row upsert per batch. Each balance row keeps
+//! the log position where its currency first reached the wallet (`since`),
+//! so `Account.balance` can show the wallet's own currency: the first one it
+//! held.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +36,7 @@ pub const NAME: &str = "accounts";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// The tables of [`VERSION`], created in each build's schema.
 pub const TABLES: &[Table] = &[
@@ -54,6 +57,7 @@ pub const TABLES: &[Table] = &[
             account_id  UUID    NOT NULL,
             currency    TEXT    NOT NULL,
             minor       BIGINT  NOT NULL,
+            since       BIGINT  NOT NULL,
             PRIMARY KEY (account_id, currency)
         )",
         indexes: &[],
@@ -84,8 +88,9 @@ impl Projection for AccountsProjection {
         let mut names = Vec::new();
         let mut roles = Vec::new();
         let mut created = Vec::new();
-        // (account, currency) -> net change in minor units over the batch.
-        let mut balances: BTreeMap<(Uuid, String), i64> = BTreeMap::new();
+        // (account, currency) -> (net change in minor units over the batch,
+        // position of the first event that touched it).
+        let mut balances: BTreeMap<(Uuid, String), (i64, i64)> = BTreeMap::new();
         for e in events {
             match e.stream_id.category() {
                 "account" => match decode::<AccountEvent>(e)? {
@@ -105,13 +110,17 @@ impl Projection for AccountsProjection {
                         created.push(r.registered_at);
                     }
                     AccountEvent::FundsDeposited(d) => {
-                        add(&mut balances, d.account_id, &d.amount, 1);
+                        add(&mut balances, e, d.account_id, &d.amount, 1);
                     }
-                    AccountEvent::FundsHeld(h) => add(&mut balances, h.account_id, &h.amount, -1),
+                    AccountEvent::FundsHeld(h) => {
+                        add(&mut balances, e, h.account_id, &h.amount, -1)
+                    }
                     AccountEvent::EscrowRefunded(r) => {
-                        add(&mut balances, r.account_id, &r.amount, 1);
+                        add(&mut balances, e, r.account_id, &r.amount, 1);
                     }
-                    AccountEvent::SaleCredited(c) => add(&mut balances, c.account_id, &c.amount, 1),
+                    AccountEvent::SaleCredited(c) => {
+                        add(&mut balances, e, c.account_id, &c.amount, 1)
+                    }
                     // The hold already left the wallet; the credits pay out.
                     AccountEvent::EscrowReleased(_) => {}
                 },
@@ -139,22 +148,27 @@ impl Projection for AccountsProjection {
             let mut ids = Vec::with_capacity(balances.len());
             let mut currencies = Vec::with_capacity(balances.len());
             let mut minors = Vec::with_capacity(balances.len());
-            for ((id, currency), minor) in balances {
+            let mut since = Vec::with_capacity(balances.len());
+            for ((id, currency), (minor, first)) in balances {
                 ids.push(id);
                 currencies.push(currency);
                 minors.push(minor);
+                since.push(first);
             }
             // Keys are unique within the batch, so each row is upserted once.
             sqlx::query(
-                "INSERT INTO rm_account_balances (account_id, currency, minor) \
-                 SELECT id, currency, minor \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS t(id, currency, minor) \
+                "INSERT INTO rm_account_balances (account_id, currency, minor, since) \
+                 SELECT id, currency, minor, since \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
+                      AS t(id, currency, minor, since) \
                  ON CONFLICT (account_id, currency) \
-                 DO UPDATE SET minor = rm_account_balances.minor + EXCLUDED.minor",
+                 DO UPDATE SET minor = rm_account_balances.minor + EXCLUDED.minor, \
+                               since = LEAST(rm_account_balances.since, EXCLUDED.since)",
             )
             .bind(ids)
             .bind(currencies)
             .bind(minors)
+            .bind(since)
             .execute(&mut *tx)
             .await?;
         }
@@ -162,17 +176,21 @@ impl Projection for AccountsProjection {
     }
 }
 
-/// Adds `sign × amount` to the batch's net change of `account`'s wallet.
+/// Adds `sign × amount` to the batch's net change of `account`'s wallet,
+/// noting where (event `e`) its currency first appeared in the batch.
 fn add(
-    balances: &mut BTreeMap<(Uuid, String), i64>,
+    balances: &mut BTreeMap<(Uuid, String), (i64, i64)>,
+    e: &RecordedEvent,
     account: AccountId,
     amount: &Money,
     sign: i64,
 ) {
-    let delta = balances
+    let position = i64::try_from(e.position.0).unwrap_or(i64::MAX);
+    let (delta, since) = balances
         .entry((account.0, amount.currency.as_str().to_owned()))
-        .or_insert(0);
+        .or_insert((0, position));
     *delta = delta.saturating_add(sign.saturating_mul(amount.minor));
+    *since = (*since).min(position);
 }
 
 fn role_name(r: marketplace_domain::values::Role) -> &'static str {
@@ -220,6 +238,21 @@ pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<AccountRow>, sqlx::
 pub async fn balances(pool: &PgPool, account_id: Uuid) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT currency, minor FROM rm_account_balances WHERE account_id = $1 ORDER BY currency",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// One account's wallet balances as (currency, minor units), the currency
+/// it held first first: the wallet's own currency leads.
+pub async fn balances_oldest_first(
+    pool: &PgPool,
+    account_id: Uuid,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT currency, minor FROM rm_account_balances WHERE account_id = $1 \
+         ORDER BY since, currency",
     )
     .bind(account_id)
     .fetch_all(pool)

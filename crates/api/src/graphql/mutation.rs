@@ -39,9 +39,24 @@ pub(crate) fn command_error<E>(
         CommandError::Conflict { .. } => {
             ApiError::Conflict("too many concurrent changes to this item; try again".into())
         }
-        CommandError::Store(s) => ApiError::internal(s),
+        CommandError::Store(s) => store_error(s),
         CommandError::Codec(c) => ApiError::internal(c),
         CommandError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+    }
+}
+
+/// A store failure: the request's own data refused by the store is the
+/// client's (its reason, which may quote the backend, is logged, not
+/// shown); anything else is internal.
+pub(crate) fn store_error(e: marketplace_store::StoreError) -> ApiError {
+    match e {
+        marketplace_store::StoreError::Rejected { reason } => {
+            tracing::warn!(%reason, "the event store refused a request's data");
+            ApiError::BadUserInput(
+                "the input holds characters or values that cannot be stored".into(),
+            )
+        }
+        other => ApiError::internal(other),
     }
 }
 
@@ -150,7 +165,8 @@ impl MutationRoot {
             RegisterError::Rejected(AccountError::AlreadyRegistered) | RegisterError::Conflict => {
                 ApiError::Conflict("registration collided with another; try again".into())
             }
-            RegisterError::Failed(detail, _) => ApiError::internal(detail),
+            RegisterError::Failed(_, Some(store)) => store_error(store),
+            RegisterError::Failed(detail, None) => ApiError::internal(detail),
             RegisterError::Rejected(other) => ApiError::internal(other.to_string()),
         })?;
         let account = registered.account;

@@ -788,10 +788,16 @@ async fn a_fresh_database_builds_every_read_model_and_serves_through_the_views()
     expected.sort();
     assert_eq!(builds, expected);
     let listings_schema = format!("rm_listings_v{}", listings::VERSION);
+    let accounts_schema = format!(
+        "rm_accounts_v{}",
+        marketplace_projections::read_models::accounts::VERSION
+    );
     for (view, schema) in [
-        ("rm_accounts", "rm_accounts_v2"),
-        ("rm_account_balances", "rm_accounts_v2"),
+        ("rm_accounts", accounts_schema.as_str()),
+        ("rm_account_balances", accounts_schema.as_str()),
         ("rm_listings", listings_schema.as_str()),
+        ("rm_listing_counts", listings_schema.as_str()),
+        ("rm_listing_tag_counts", listings_schema.as_str()),
         ("rm_orders", "rm_orders_v1"),
         ("rm_order_lines", "rm_orders_v1"),
         ("rm_reviews", "rm_reviews_v1"),
@@ -812,7 +818,7 @@ async fn a_fresh_database_builds_every_read_model_and_serves_through_the_views()
     // Secondary indexes live in the build.
     let indexes: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 \
-         AND indexname = 'rm_listings_seller_idx'",
+         AND indexname = 'rm_listings_seller_newest_idx'",
     )
     .bind(&listings_schema)
     .fetch_one(&pool)

@@ -10,6 +10,21 @@
 //! `updated_at` take the last value in log order, listings created in the
 //! batch are inserted with everything that followed folded in, and the
 //! others get one multi-row `UPDATE`.
+//!
+//! Reads are built to be index reads:
+//! - every sort has a stored key column (`created_key`, `price_minor`,
+//!   `rating_key`) and a composite index per filter the contract offers
+//!   (none, category, kind, seller), so a page is a keyset range scan;
+//! - counts per status × category × kind (`rm_listing_counts`) and per
+//!   status × category × kind × tag (`rm_listing_tag_counts`) are kept in the same
+//!   transaction as the rows, so `totalCount` and the facets of a page
+//!   filtered by nothing but category and kind read a few counter rows;
+//! - with full-text search, tag, seller or price filters, counts are exact
+//!   up to [`COUNT_CAP`] and facets come from the first [`FACET_SAMPLE`]
+//!   matches, each flagged when inexact; relevance ranks the first
+//!   [`RELEVANCE_CANDIDATES`] matches found through the GIN index;
+//! - rows, count and facets of one page come from one statement, so they
+//!   share one snapshot.
 
 use std::collections::HashMap;
 
@@ -31,13 +46,16 @@ pub const NAME: &str = "listings";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// The tables of [`VERSION`], created in each build's schema (columns in the
 /// order of the first layout, so that builds moved from it compare equal).
-pub const TABLES: &[Table] = &[Table {
-    name: "rm_listings",
-    create: "CREATE TABLE rm_listings (
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "rm_listings",
+        // Stock counters change often and are not indexed: room on each
+        // page lets those updates stay HOT (no index writes).
+        create: "CREATE TABLE rm_listings (
         listing_id    UUID        PRIMARY KEY,
         seller_id     UUID        NOT NULL,
         kind          TEXT        NOT NULL,
@@ -56,18 +74,82 @@ pub const TABLES: &[Table] = &[Table {
         sold          INT         NOT NULL DEFAULT 0,
         rating_sum    BIGINT      NOT NULL DEFAULT 0,
         rating_count  INT         NOT NULL DEFAULT 0,
-        search_doc    TSVECTOR    NOT NULL DEFAULT ''
+        search_doc    TSVECTOR    NOT NULL DEFAULT '',
+        created_key   BIGINT      NOT NULL,
+        rating_key    BIGINT      GENERATED ALWAYS AS
+            (CASE WHEN rating_count = 0 THEN -1 ELSE rating_sum * 1000000 / rating_count END) STORED
+    ) WITH (fillfactor = 80)",
+        indexes: &[
+            "CREATE INDEX IF NOT EXISTS rm_listings_newest_idx \
+             ON rm_listings (status, created_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_price_idx \
+             ON rm_listings (status, price_minor, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_rating_idx \
+             ON rm_listings (status, rating_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_category_newest_idx \
+             ON rm_listings (status, category, created_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_category_price_idx \
+             ON rm_listings (status, category, price_minor, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_category_rating_idx \
+             ON rm_listings (status, category, rating_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_kind_newest_idx \
+             ON rm_listings (status, kind, created_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_kind_price_idx \
+             ON rm_listings (status, kind, price_minor, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_kind_rating_idx \
+             ON rm_listings (status, kind, rating_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_seller_newest_idx \
+             ON rm_listings (seller_id, status, created_key, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_seller_price_idx \
+             ON rm_listings (seller_id, status, price_minor, listing_id)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_seller_rating_idx \
+             ON rm_listings (seller_id, status, rating_key, listing_id)",
+            // Full-text search over title (weight A), tags (B) and description
+            // (C). Without a pending list (`fastupdate`), a search never pays
+            // for scanning unmerged entries, which also keeps the planner
+            // on these indexes right after a bulk of inserts.
+            "CREATE INDEX IF NOT EXISTS rm_listings_search_idx ON rm_listings \
+             USING GIN (search_doc) WITH (fastupdate = off)",
+            "CREATE INDEX IF NOT EXISTS rm_listings_tags_idx ON rm_listings \
+             USING GIN (tags) WITH (fastupdate = off)",
+        ],
+    },
+    Table {
+        name: "rm_listing_counts",
+        create: "CREATE TABLE rm_listing_counts (
+        status    TEXT    NOT NULL,
+        category  TEXT    NOT NULL,
+        kind      TEXT    NOT NULL,
+        n         BIGINT  NOT NULL,
+        PRIMARY KEY (status, category, kind)
     )",
-    indexes: &[
-        "CREATE INDEX IF NOT EXISTS rm_listings_status_created_idx \
-         ON rm_listings (status, created_at DESC, listing_id DESC)",
-        "CREATE INDEX IF NOT EXISTS rm_listings_seller_idx ON rm_listings (seller_id)",
-        "CREATE INDEX IF NOT EXISTS rm_listings_category_idx ON rm_listings (category)",
-        // Full-text search over title (weight A), tags (B) and description (C).
-        "CREATE INDEX IF NOT EXISTS rm_listings_search_idx ON rm_listings USING GIN (search_doc)",
-        "CREATE INDEX IF NOT EXISTS rm_listings_tags_idx ON rm_listings USING GIN (tags)",
-    ],
-}];
+        indexes: &[],
+    },
+    Table {
+        name: "rm_listing_tag_counts",
+        create: "CREATE TABLE rm_listing_tag_counts (
+        status    TEXT    NOT NULL,
+        category  TEXT    NOT NULL,
+        kind      TEXT    NOT NULL,
+        tag       TEXT    NOT NULL,
+        n         BIGINT  NOT NULL,
+        PRIMARY KEY (status, category, kind, tag)
+    )",
+        indexes: &[],
+    },
+];
+
+/// Counts above this many matches are not counted on: `totalCount` is
+/// then this cap and flagged inexact.
+pub const COUNT_CAP: i64 = 10_000;
+/// Facets of a search, tag, seller or price filter are taken over this many
+/// matches (flagged inexact when there are more).
+pub const FACET_SAMPLE: i64 = 1_000;
+/// Relevance ranks this many matches of a search (found through the GIN
+/// index); the rest are not ranked.
+pub const RELEVANCE_CANDIDATES: i64 = 1_000;
+/// Most values per facet.
+pub const FACET_VALUES: i64 = 50;
 
 /// Folds listing events and approved reviews into `rm_listings`.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +162,9 @@ struct NewRow {
     title: String,
     description: String,
     category: String,
+    /// Comma-joined, for the multi-row insert.
     tags: String,
+    tag_list: Vec<String>,
     price_minor: i64,
     currency: String,
     status: &'static str,
@@ -175,6 +259,12 @@ impl Projection for ListingsProjection {
                                 .map(|t| t.as_str().replace(',', " "))
                                 .collect::<Vec<_>>()
                                 .join(","),
+                            tag_list: c
+                                .tags
+                                .as_slice()
+                                .iter()
+                                .map(|t| t.as_str().replace(',', " "))
+                                .collect(),
                             price_minor: c.price.minor,
                             currency: c.price.currency.as_str().to_owned(),
                             status: "DRAFT",
@@ -254,11 +344,124 @@ impl Projection for ListingsProjection {
                 row.counters.add(ch.counters);
             }
         }
+        // Counts move with statuses: new rows count under their final
+        // status, existing rows whose status changes move from the old one
+        // (read before the update) to the new.
+        let mut counts = CountDeltas::default();
+        for row in &created {
+            counts.add(row.status, &row.category, row.kind, &row.tag_list, 1);
+        }
+        let moved: Vec<Uuid> = changes
+            .iter()
+            .filter(|(_, ch)| ch.status.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if !moved.is_empty() {
+            let before: Vec<(Uuid, String, String, String, Vec<String>)> = sqlx::query_as(
+                "SELECT listing_id, status, category, kind, tags FROM rm_listings \
+                 WHERE listing_id = ANY($1)",
+            )
+            .bind(&moved)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, old, category, kind, tags) in before {
+                let Some(new) = changes.get(&id).and_then(|ch| ch.status) else {
+                    continue;
+                };
+                if old != new {
+                    counts.add(&old, &category, &kind, &tags, -1);
+                    counts.add(new, &category, &kind, &tags, 1);
+                }
+            }
+        }
         if !created.is_empty() {
             insert_rows(tx, created).await?;
         }
         if !changes.is_empty() {
             update_rows(tx, changes).await?;
+        }
+        counts.write(tx).await?;
+        Ok(())
+    }
+}
+
+/// Changes to the counter tables over one batch, summed per key.
+#[derive(Default)]
+struct CountDeltas {
+    /// (status, category, kind) -> change.
+    listings: HashMap<(String, String, String), i64>,
+    /// (status, category, kind, tag) -> change.
+    tags: HashMap<(String, String, String, String), i64>,
+}
+
+impl CountDeltas {
+    fn add(&mut self, status: &str, category: &str, kind: &str, tags: &[String], by: i64) {
+        *self
+            .listings
+            .entry((status.to_owned(), category.to_owned(), kind.to_owned()))
+            .or_default() += by;
+        for tag in tags {
+            *self
+                .tags
+                .entry((
+                    status.to_owned(),
+                    category.to_owned(),
+                    kind.to_owned(),
+                    tag.clone(),
+                ))
+                .or_default() += by;
+        }
+    }
+
+    async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // Keys are unique within the batch, so each row is upserted once.
+        let listings: Vec<_> = self.listings.into_iter().filter(|(_, n)| *n != 0).collect();
+        if !listings.is_empty() {
+            let (mut status, mut category, mut kind, mut n) = (vec![], vec![], vec![], vec![]);
+            for ((s, c, k), d) in listings {
+                status.push(s);
+                category.push(c);
+                kind.push(k);
+                n.push(d);
+            }
+            sqlx::query(
+                "INSERT INTO rm_listing_counts (status, category, kind, n) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+                 ON CONFLICT (status, category, kind) \
+                 DO UPDATE SET n = rm_listing_counts.n + EXCLUDED.n",
+            )
+            .bind(status)
+            .bind(category)
+            .bind(kind)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let tags: Vec<_> = self.tags.into_iter().filter(|(_, n)| *n != 0).collect();
+        if !tags.is_empty() {
+            let (mut status, mut category, mut kind, mut tag, mut n) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for ((s, c, k, t), d) in tags {
+                status.push(s);
+                category.push(c);
+                kind.push(k);
+                tag.push(t);
+                n.push(d);
+            }
+            sqlx::query(
+                "INSERT INTO rm_listing_tag_counts (status, category, kind, tag, n) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                                      $5::bigint[]) \
+                 ON CONFLICT (status, category, kind, tag) \
+                 DO UPDATE SET n = rm_listing_tag_counts.n + EXCLUDED.n",
+            )
+            .bind(status)
+            .bind(category)
+            .bind(kind)
+            .bind(tag)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
         }
         Ok(())
     }
@@ -343,7 +546,9 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     let mut sold = Vec::new();
     let mut rating_sum = Vec::new();
     let mut rating_count = Vec::new();
+    let mut created_key = Vec::new();
     for r in rows {
+        created_key.push(r.created_at.timestamp_micros());
         id.push(r.id);
         seller.push(r.seller);
         kind.push(r.kind);
@@ -366,21 +571,22 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     sqlx::query(
         "INSERT INTO rm_listings (listing_id, seller_id, kind, title, description, category, \
              tags, price_minor, currency, quantity, status, content_hash, created_at, updated_at, \
-             reserved, sold, rating_sum, rating_count, search_doc) \
+             reserved, sold, rating_sum, rating_count, search_doc, created_key) \
          SELECT id, seller, kind, title, description, category, \
                 CASE WHEN tags = '' THEN '{}'::text[] ELSE string_to_array(tags, ',') END, \
                 price, currency, quantity, status, hash, created, updated, \
                 reserved, sold, rating_sum, rating_count, \
                 setweight(to_tsvector('english', title), 'A') \
                 || setweight(to_tsvector('english', replace(tags, ',', ' ')), 'B') \
-                || setweight(to_tsvector('english', description), 'C') \
+                || setweight(to_tsvector('english', description), 'C'), \
+                created_key \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
                      $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::text[], \
                      $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[], \
-                     $16::bigint[], $17::bigint[], $18::bigint[]) \
+                     $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[]) \
               AS t(id, seller, kind, title, description, category, tags, price, currency, \
                    quantity, status, hash, created, updated, reserved, sold, rating_sum, \
-                   rating_count)",
+                   rating_count, created_key)",
     )
     .bind(id)
     .bind(seller)
@@ -400,13 +606,14 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
     .bind(sold)
     .bind(rating_sum)
     .bind(rating_count)
+    .bind(created_key)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// One listing as the API shows it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Deserialize)]
 pub struct ListingRow {
     /// Id.
     pub listing_id: Uuid,
@@ -457,16 +664,22 @@ const COLUMNS: &str = "listing_id, seller_id, kind, title, description, category
 
 /// One listing by id.
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<ListingRow>, sqlx::Error> {
+    Ok(by_ids(pool, &[id]).await?.pop())
+}
+
+/// Listings by id, in one statement (for batching nested look-ups). Ids
+/// without a listing are left out.
+pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ListingRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM rm_listings WHERE listing_id = $1"
+        "SELECT {COLUMNS} FROM rm_listings WHERE listing_id = ANY($1)"
     ))
-    .bind(id)
-    .fetch_optional(pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await
 }
 
 /// Catalogue order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Sort {
     /// Newest first.
     #[default]
@@ -482,7 +695,8 @@ pub enum Sort {
 }
 
 impl Sort {
-    /// Pushes the integer sort key of a row (the cursor's key).
+    /// Pushes the integer sort key of a row (the cursor's key): a stored,
+    /// indexed column, or the rank of a search.
     fn push_key(self, qb: &mut QueryBuilder<'_, Postgres>, search: Option<&str>) {
         match (self, search) {
             (Sort::Relevance, Some(q)) => {
@@ -491,16 +705,13 @@ impl Sort {
                     .push(")) * 1000000)::bigint");
             }
             (Sort::Newest | Sort::Relevance, _) => {
-                qb.push("(extract(epoch from created_at) * 1000000)::bigint");
+                qb.push("created_key");
             }
             (Sort::PriceAsc | Sort::PriceDesc, _) => {
                 qb.push("price_minor");
             }
             (Sort::Rating, _) => {
-                qb.push(
-                    "(CASE WHEN rating_count = 0 THEN -1 \
-                     ELSE rating_sum * 1000000 / rating_count END)",
-                );
+                qb.push("rating_key");
             }
         }
     }
@@ -511,15 +722,16 @@ impl Sort {
 }
 
 /// A row with the key it is sorted by.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct Keyed {
     #[sqlx(flatten)]
+    #[serde(flatten)]
     row: ListingRow,
     sort_key: i64,
 }
 
 /// What to select from the catalogue. Every field narrows the result.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListingQuery {
     /// Full-text search over title, tags and description (web-search
     /// syntax: words, "phrases", -exclusions, or).
@@ -540,13 +752,47 @@ pub struct ListingQuery {
     pub status: String,
 }
 
+impl ListingQuery {
+    /// Whether only status, category and kind narrow it: then its counts
+    /// are kept by the projection.
+    fn counted(&self) -> bool {
+        search_term(self).is_none()
+            && self.tags.is_empty()
+            && self.seller_id.is_none()
+            && self.min_price_minor.is_none()
+            && self.max_price_minor.is_none()
+    }
+}
+
 /// A count per facet value.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct FacetCount {
     /// The value.
     pub value: String,
     /// How many listings match with it.
     pub count: i64,
+}
+
+/// What a page should carry besides its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Want {
+    /// `total_count`.
+    pub total: bool,
+    /// `categories` and `tags`.
+    pub facets: bool,
+}
+
+impl Want {
+    /// Rows, total and facets.
+    pub const ALL: Want = Want {
+        total: true,
+        facets: true,
+    };
+    /// Rows only.
+    pub const ROWS: Want = Want {
+        total: false,
+        facets: false,
+    };
 }
 
 /// One page of the catalogue.
@@ -556,12 +802,18 @@ pub struct ListingPage {
     pub rows: Vec<(ListingRow, String)>,
     /// Whether more rows follow.
     pub has_next_page: bool,
-    /// Rows matching the query in all.
+    /// Rows matching the query in all (0 unless asked for).
     pub total_count: i64,
-    /// Categories of the matching rows.
+    /// Whether `total_count` is exact; otherwise it is [`COUNT_CAP`] and
+    /// more match.
+    pub total_exact: bool,
+    /// Categories of the matching rows (empty unless asked for).
     pub categories: Vec<FacetCount>,
-    /// Tags of the matching rows.
+    /// Tags of the matching rows (empty unless asked for).
     pub tags: Vec<FacetCount>,
+    /// Whether the facets count every match; otherwise they count the
+    /// first [`FACET_SAMPLE`].
+    pub facets_exact: bool,
 }
 
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
@@ -592,8 +844,191 @@ fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
     }
 }
 
+/// The filter of the counter tables: status, category and kind.
+fn push_counter_filter(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
+    qb.push(" WHERE status = ").push_bind(q.status.clone());
+    if let Some(c) = &q.category {
+        qb.push(" AND category = ").push_bind(c.to_lowercase());
+    }
+    if let Some(k) = &q.kind {
+        qb.push(" AND kind = ").push_bind(k.clone());
+    }
+}
+
 fn search_term(q: &ListingQuery) -> Option<&str> {
     q.search.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The matches of `q`, at most `limit` of them (any `limit` rows).
+fn push_matches(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, what: &str, limit: i64) {
+    qb.push(format!("SELECT {what} FROM rm_listings"));
+    push_filter(qb, q);
+    qb.push(" LIMIT ").push_bind(limit);
+}
+
+/// The keyset page: `first + 1` rows after `after`, with their sort keys.
+fn push_page(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    q: &ListingQuery,
+    sort: Sort,
+    first: usize,
+    after: Option<(i64, Uuid)>,
+) {
+    let term = search_term(q);
+    qb.push(format!("SELECT {COLUMNS}, "));
+    sort.push_key(qb, term);
+    qb.push(" AS sort_key FROM ");
+    match (sort, term) {
+        // Ranking reads every candidate: bound them, taking the matches
+        // the GIN index finds first.
+        (Sort::Relevance, Some(_)) => {
+            qb.push("(");
+            push_matches(qb, q, "*", RELEVANCE_CANDIDATES);
+            qb.push(") AS rm_listings WHERE true");
+        }
+        _ => {
+            qb.push("rm_listings");
+            push_filter(qb, q);
+        }
+    }
+    let (cmp, dir) = if sort.descending() {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    if let Some((key, id)) = after {
+        qb.push(" AND (");
+        sort.push_key(qb, term);
+        qb.push(format!(", listing_id) {cmp} ("))
+            .push_bind(key)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    qb.push(" ORDER BY ");
+    sort.push_key(qb, term);
+    qb.push(format!(" {dir}, listing_id {dir} LIMIT "))
+        .push_bind(super::limit_for(first));
+}
+
+/// One facet as a JSON array of `{value, count}`: from the counter tables
+/// when they cover `q`, else over a sample of its matches.
+fn push_facet(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, tags: bool) {
+    qb.push("(SELECT coalesce(json_agg(f), '[]') FROM (");
+    match (tags, q.counted()) {
+        (false, true) => {
+            qb.push("SELECT category AS value, sum(n)::bigint AS count FROM rm_listing_counts");
+            push_counter_filter(qb, q);
+            qb.push(" GROUP BY category HAVING sum(n) > 0");
+        }
+        (true, true) => {
+            qb.push("SELECT tag AS value, sum(n)::bigint AS count FROM rm_listing_tag_counts");
+            push_counter_filter(qb, q);
+            qb.push(" GROUP BY tag HAVING sum(n) > 0");
+        }
+        (false, false) => {
+            qb.push("SELECT category AS value, count(*) AS count FROM (");
+            push_matches(qb, q, "category", FACET_SAMPLE);
+            qb.push(") s GROUP BY category");
+        }
+        (true, false) => {
+            qb.push("SELECT tag AS value, count(*) AS count FROM (");
+            push_matches(qb, q, "tags", FACET_SAMPLE);
+            qb.push(") s CROSS JOIN LATERAL unnest(s.tags) AS tag GROUP BY tag");
+        }
+    }
+    qb.push(" ORDER BY 2 DESC, 1 LIMIT ")
+        .push_bind(FACET_VALUES)
+        .push(") f)");
+}
+
+/// The total count: from the counter table when it covers `q`, else
+/// counted up to one past [`COUNT_CAP`].
+fn push_total(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
+    if q.counted() {
+        qb.push("(SELECT coalesce(sum(n), 0)::bigint FROM rm_listing_counts");
+        push_counter_filter(qb, q);
+        qb.push(")");
+    } else {
+        qb.push("(SELECT count(*) FROM (");
+        push_matches(qb, q, "1", COUNT_CAP + 1);
+        qb.push(") c)");
+    }
+}
+
+/// What the one statement of a page with totals or facets returns.
+#[derive(sqlx::FromRow)]
+struct Combined {
+    rows: sqlx::types::Json<Vec<Keyed>>,
+    total: Option<i64>,
+    categories: Option<sqlx::types::Json<Vec<FacetCount>>>,
+    tags: Option<sqlx::types::Json<Vec<FacetCount>>>,
+    sampled: Option<i64>,
+}
+
+/// The one statement of a page: the keyset page alone, or with the total
+/// and the facets `want` asks for.
+fn statement(
+    prefix: &str,
+    q: &ListingQuery,
+    sort: Sort,
+    first: usize,
+    after: Option<(i64, Uuid)>,
+    want: Want,
+) -> QueryBuilder<'static, Postgres> {
+    if want == Want::ROWS {
+        let mut qb = QueryBuilder::new(prefix);
+        push_page(&mut qb, q, sort, first, after);
+        return qb;
+    }
+    let dir = if sort.descending() { "DESC" } else { "ASC" };
+    let mut qb = QueryBuilder::new(format!("{prefix}WITH page AS ("));
+    push_page(&mut qb, q, sort, first, after);
+    qb.push(format!(
+        ") SELECT (SELECT coalesce(json_agg(page ORDER BY sort_key {dir}, listing_id {dir}), \
+         '[]') FROM page) AS rows, "
+    ));
+    if want.total {
+        push_total(&mut qb, q);
+    } else {
+        qb.push("NULL::bigint");
+    }
+    qb.push(" AS total, ");
+    if want.facets {
+        push_facet(&mut qb, q, false);
+        qb.push(" AS categories, ");
+        push_facet(&mut qb, q, true);
+        qb.push(" AS tags, ");
+    } else {
+        qb.push("NULL::json AS categories, NULL::json AS tags, ");
+    }
+    if want.facets && !q.counted() {
+        qb.push("(SELECT count(*) FROM (");
+        push_matches(&mut qb, q, "1", FACET_SAMPLE + 1);
+        qb.push(") c)");
+    } else {
+        qb.push("NULL::bigint");
+    }
+    qb.push(" AS sampled");
+    qb
+}
+
+/// The plan Postgres picks for the statement of [`search_with`], as
+/// `EXPLAIN (FORMAT JSON)` shows it (for tests that a page is an index
+/// read).
+pub async fn explain(
+    pool: &PgPool,
+    q: &ListingQuery,
+    sort: Sort,
+    first: usize,
+    after: Option<&str>,
+    want: Want,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let after = after.and_then(cursor::decode);
+    let mut qb = statement("EXPLAIN (FORMAT JSON) ", q, sort, first, after, want);
+    let (plan,): (sqlx::types::Json<serde_json::Value>,) =
+        qb.build_query_as().fetch_one(pool).await?;
+    Ok(plan.0)
 }
 
 /// A page of the catalogue: `first` rows after `after`, with totals and facets.
@@ -604,66 +1039,56 @@ pub async fn search(
     first: usize,
     after: Option<&str>,
 ) -> Result<Result<ListingPage, InvalidCursor>, sqlx::Error> {
+    search_with(pool, q, sort, first, after, Want::ALL).await
+}
+
+/// A page of the catalogue with only what `want` asks for besides the rows.
+/// Rows, total and facets are read by one statement, so they agree.
+pub async fn search_with(
+    pool: &PgPool,
+    q: &ListingQuery,
+    sort: Sort,
+    first: usize,
+    after: Option<&str>,
+    want: Want,
+) -> Result<Result<ListingPage, InvalidCursor>, sqlx::Error> {
     let after = match after.map(cursor::decode) {
         Some(None) => return Ok(Err(InvalidCursor)),
         Some(Some(c)) => Some(c),
         None => None,
     };
-    let term = search_term(q);
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS}, "));
-    sort.push_key(&mut qb, term);
-    qb.push(" AS sort_key FROM rm_listings");
-    push_filter(&mut qb, q);
-    let (cmp, dir) = if sort.descending() {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
+    let mut page = ListingPage {
+        rows: Vec::new(),
+        has_next_page: false,
+        total_count: 0,
+        total_exact: true,
+        categories: Vec::new(),
+        tags: Vec::new(),
+        facets_exact: true,
     };
-    if let Some((key, id)) = after {
-        qb.push(" AND (");
-        sort.push_key(&mut qb, term);
-        qb.push(format!(", listing_id) {cmp} ("))
-            .push_bind(key)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
-    }
-    qb.push(" ORDER BY ");
-    sort.push_key(&mut qb, term);
-    qb.push(format!(" {dir}, listing_id {dir} LIMIT "))
-        .push_bind(i64::try_from(first + 1).unwrap_or(i64::MAX));
-    let mut rows: Vec<Keyed> = qb.build_query_as().fetch_all(pool).await?;
-    let has_next_page = rows.len() > first;
+    let mut qb = statement("", q, sort, first, after, want);
+    let rows: Vec<Keyed> = if want == Want::ROWS {
+        qb.build_query_as().fetch_all(pool).await?
+    } else {
+        let combined: Combined = qb.build_query_as().fetch_one(pool).await?;
+        if let Some(total) = combined.total {
+            page.total_exact = total <= COUNT_CAP;
+            page.total_count = total.min(COUNT_CAP);
+        }
+        page.categories = combined.categories.map(|j| j.0).unwrap_or_default();
+        page.tags = combined.tags.map(|j| j.0).unwrap_or_default();
+        page.facets_exact = combined.sampled.is_none_or(|n| n <= FACET_SAMPLE);
+        combined.rows.0
+    };
+    let mut rows = rows;
+    page.has_next_page = rows.len() > first;
     rows.truncate(first);
-
-    let mut count = QueryBuilder::new("SELECT count(*) FROM rm_listings");
-    push_filter(&mut count, q);
-    let total_count: i64 = count.build_query_scalar().fetch_one(pool).await?;
-
-    let mut cats =
-        QueryBuilder::new("SELECT category AS value, count(*) AS count FROM rm_listings");
-    push_filter(&mut cats, q);
-    cats.push(" GROUP BY category ORDER BY count(*) DESC, category LIMIT 50");
-    let categories = cats.build_query_as().fetch_all(pool).await?;
-
-    let mut tags = QueryBuilder::new(
-        "SELECT tag AS value, count(*) AS count FROM rm_listings CROSS JOIN LATERAL unnest(tags) AS tag",
-    );
-    push_filter(&mut tags, q);
-    tags.push(" GROUP BY tag ORDER BY count(*) DESC, tag LIMIT 50");
-    let tags = tags.build_query_as().fetch_all(pool).await?;
-
-    Ok(Ok(ListingPage {
-        rows: rows
-            .into_iter()
-            .map(|k| {
-                let c = cursor::encode(k.sort_key, k.row.listing_id);
-                (k.row, c)
-            })
-            .collect(),
-        has_next_page,
-        total_count,
-        categories,
-        tags,
-    }))
+    page.rows = rows
+        .into_iter()
+        .map(|k| {
+            let c = cursor::encode(k.sort_key, k.row.listing_id);
+            (k.row, c)
+        })
+        .collect();
+    Ok(Ok(page))
 }

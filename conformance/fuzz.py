@@ -3,7 +3,10 @@
 hypothesis-graphql generates operations from the served schema (queries and
 mutations that pass validation, plus a share that each break one schema rule)
 and hypothesis drives them, signed in as a BUYER and as a SELLER registered
-first through the `register` mutation. The property: whatever the operation,
+first through the `register` mutation (and as an ADMIN, given --admin). Before
+that, a small marketplace is set up for the generated ids and strings to hit:
+listings (published and draft), a funded wallet, a confirmed order and a
+delivered one with a pending review. The property: whatever the operation,
 the server answers like the contract says —
 
 - never an HTTP 5xx, a dropped connection or a hang (30 s);
@@ -18,11 +21,12 @@ A failing operation is shrunk by hypothesis to a minimal one and printed,
 with every distinct failure seen. The seed is printed first; set FUZZ_SEED
 (or --seed) to replay a run. The arguments, ids and strings drawn come from
 the seed alone, not from the server's answers, so a replay against a fresh
-server sends the same operations (with that server's ids in the same
-places).
+server with the same schema sends the same operations (with that server's
+ids in the same places).
 
 Usage: python fuzz.py http://127.0.0.1:8080/graphql [--seed N]
-           [--examples N] [--negative N] [--schema schema.graphql]
+           [--examples N] [--negative N] [--admin EMAIL:PASSWORD]
+           [--schema schema.graphql] [--log FILE]
 
 The schema is introspected from the server; --schema reads an SDL file
 instead (and is the fallback, with a warning, when introspection is refused:

@@ -1,9 +1,12 @@
 //! `marketplace bench …`: throughput figures for BENCHMARKS.md.
 //!
 //! Every benchmark runs in its own scratch database (`marketplace_bench`),
-//! dropped and recreated at the start, on the same server as the main one.
+//! dropped and recreated at the start, on the same server as the main one,
+//! except `bench read`, which keeps its seeded catalogue between runs (see
+//! [`read`]).
 
 mod mix;
+pub mod read;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,26 +51,41 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
     },
+    /// GraphQL requests/s (p50, p99) of the served API over real HTTP, one
+    /// query shape at a time (storefront pages under each sort, search,
+    /// category, facets, a listing, a buyer's orders, a listing's reviews),
+    /// against a catalogue seeded through the command path and kept between
+    /// runs, with `{ __typename }` as the ceiling measured in the same run.
+    /// Fails if any shape answers an error.
+    Read(read::ReadArgs),
 }
 
 /// Runs a benchmark against the server at `url`.
 pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
-    let pool = scratch_database(url).await?;
     println!(
         "machine: {} cores; PostgreSQL at {}",
         num_cpus(),
         redact(url)
     );
-    let result = match which {
+    match which {
         BenchCommand::Append {
             writers,
             streams,
             events,
-        } => append(&pool, writers, streams.max(1), events).await,
-        BenchCommand::Project { events } => project(&pool, events).await,
-    };
-    pool.close().await;
-    result
+        } => {
+            let pool = scratch_database(url).await?;
+            let result = append(&pool, writers, streams.max(1), events).await;
+            pool.close().await;
+            result
+        }
+        BenchCommand::Project { events } => {
+            let pool = scratch_database(url).await?;
+            let result = project(&pool, events).await;
+            pool.close().await;
+            result
+        }
+        BenchCommand::Read(args) => read::run(url, &args).await,
+    }
 }
 
 fn num_cpus() -> usize {

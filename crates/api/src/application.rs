@@ -117,6 +117,7 @@ impl Application {
             requests: Arc::default(),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(settings.rate_limits)),
             roles: crate::roles::CurrentRoles::new(handler.clone()),
+            cache: Arc::new(crate::read_cache::ReadCache::new(progress.clone())),
             live,
             fee: settings.fee,
             handler,

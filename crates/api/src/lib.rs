@@ -23,6 +23,8 @@
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls; every operation draws, a mutation per root field)
 //!   and the failed-login throttle, behind `RATE_LIMITED`.
+//! - [`read_cache`]: the first catalogue pages, listings and accounts by
+//!   id, cached in process and invalidated by their read models' commits.
 //! - [`roles`]: the roles an account holds now, looked up on the write side
 //!   with a short cache: a token alone never grants a role.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
@@ -52,6 +54,7 @@ pub mod live;
 pub mod metrics;
 pub mod projections_cli;
 pub mod ratelimit;
+pub mod read_cache;
 pub mod roles;
 pub mod seed;
 pub mod state;

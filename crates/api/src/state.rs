@@ -13,6 +13,7 @@ use crate::auth::Tokens;
 use crate::live::Live;
 use crate::metrics::RequestRegistry;
 use crate::ratelimit::RateLimiter;
+use crate::read_cache::ReadCache;
 use crate::roles::CurrentRoles;
 
 /// Everything resolvers and handlers need. Cheap to clone.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// The roles accounts hold now (tokens are not trusted for them).
     pub roles: CurrentRoles,
+    /// Hot reads, invalidated by their read models' commits.
+    pub cache: Arc<ReadCache>,
 }
 
 /// Every projection the API reads from.

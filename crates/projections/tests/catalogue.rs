@@ -199,9 +199,9 @@ async fn check_counts(pool: &PgPool, q: &ListingQuery) {
 
 async fn counter_tables(pool: &PgPool) -> Vec<(String, String, String, i64)> {
     sqlx::query_as(
-        "SELECT 'c', status || '/' || category, kind, n FROM rm_listing_counts WHERE n <> 0 \
-         UNION ALL SELECT 't', status || '/' || category || '/' || kind, tag, n FROM rm_listing_tag_counts \
-         WHERE n <> 0 ORDER BY 1, 2, 3, 4",
+        "SELECT 'c', status || '/' || category, kind, n FROM rm_listing_counts \
+         UNION ALL SELECT 't', status || '/' || category || '/' || kind, tag, n \
+         FROM rm_listing_tag_counts ORDER BY 1, 2, 3, 4",
     )
     .fetch_all(pool)
     .await
@@ -309,6 +309,14 @@ async fn counts_and_facets_equal_a_direct_count_through_creates_price_changes_sa
         .expect("sum");
     assert_eq!(all, 120);
     let before = counter_tables(&pool).await;
+    let zeros: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM rm_listing_counts WHERE n = 0) \
+              + (SELECT count(*) FROM rm_listing_tag_counts WHERE n = 0)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("zeros");
+    assert_eq!(zeros, 0, "a count that fell to zero is dropped");
     stop.send(true).expect("stop");
 
     // A rebuild from the log reproduces the counters exactly.

@@ -68,10 +68,14 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
 /// Builds the schema over the application state.
 pub fn build_schema(state: AppState) -> MarketplaceSchema {
     let accounts = DataLoader::new(types::AccountLoader(state.pool.clone()), tokio::spawn);
+    let listings = DataLoader::new(types::ListingLoader(state.pool.clone()), tokio::spawn);
+    let lines = DataLoader::new(read::OrderLinesLoader(state.pool.clone()), tokio::spawn);
     let timing = crate::metrics::RequestMetrics(state.requests.clone());
     Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .data(state)
         .data(accounts)
+        .data(listings)
+        .data(lines)
         .extension(timing)
         .extension(admission::Admission)
         .limit_complexity(MAX_COMPLEXITY)

@@ -2,11 +2,14 @@
 
 use async_graphql::{Context, Object, ID};
 use marketplace_domain::values::{Currency, Money as DomainMoney, Role as DomainRole};
+use std::sync::Arc;
+
 use marketplace_projections::read_models::{accounts, listings};
 
 use super::types::*;
 use super::Viewer;
 use crate::error::{ApiError, ApiResult};
+use crate::read_cache::PageKey;
 use crate::state::AppState;
 
 /// Default page size of connections.
@@ -46,12 +49,8 @@ impl QueryRoot {
     /// One listing. Drafts and delisted listings are visible to their seller and admins only.
     async fn listing(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Listing>> {
         let id = parse_id(&id, "id")?;
-        let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?;
-        let Some(row) = listings::by_id(&state.pool, id)
-            .await
-            .map_err(ApiError::from)?
-        else {
+        let Some(row) = listing_row(ctx, id).await? else {
             return Ok(None);
         };
         let visible = row.status == "PUBLISHED"
@@ -132,11 +131,34 @@ impl QueryRoot {
             ListingSort::PriceAsc => listings::Sort::PriceAsc,
             ListingSort::PriceDesc => listings::Sort::PriceDesc,
         };
-        let page = listings::search(&state.pool, &query, sort, first, after.as_deref()).await??;
-        let facet = |f: Vec<listings::FacetCount>| {
-            f.into_iter()
+        // Pay only for what is selected.
+        let ahead = ctx.look_ahead();
+        let want = listings::Want {
+            total: ahead.field("totalCount").exists() || ahead.field("totalCountExact").exists(),
+            facets: ahead.field("facets").exists(),
+        };
+        // The first pages of the unfiltered catalogue are the storefront:
+        // served from the cache while the read model has not moved.
+        let cacheable = after.is_none() && query == listings::ListingQuery::published();
+        let key = PageKey { sort, first, want };
+        let page = match cacheable.then(|| state.cache.page(&key)).flatten() {
+            Some(page) => page,
+            None => {
+                let at = state.cache.listings_position();
+                let page = Arc::new(
+                    listings::search_with(&state.pool, &query, sort, first, after.as_deref(), want)
+                        .await??,
+                );
+                if cacheable {
+                    state.cache.put_page(key, at, page.clone());
+                }
+                page
+            }
+        };
+        let facet = |f: &[listings::FacetCount]| {
+            f.iter()
                 .map(|c| FacetCount {
-                    value: c.value,
+                    value: c.value.clone(),
                     count: i32::try_from(c.count).unwrap_or(i32::MAX),
                 })
                 .collect()
@@ -145,10 +167,10 @@ impl QueryRoot {
         Ok(ListingConnection {
             edges: page
                 .rows
-                .into_iter()
+                .iter()
                 .map(|(row, cursor)| ListingEdge {
-                    node: Listing(row),
-                    cursor,
+                    node: Listing(row.clone()),
+                    cursor: cursor.clone(),
                 })
                 .collect(),
             page_info: PageInfo {
@@ -156,9 +178,11 @@ impl QueryRoot {
                 end_cursor,
             },
             total_count: i32::try_from(page.total_count).unwrap_or(i32::MAX),
+            total_count_exact: page.total_exact,
             facets: ListingFacets {
-                categories: facet(page.categories),
-                tags: facet(page.tags),
+                categories: facet(&page.categories),
+                tags: facet(&page.tags),
+                exact: page.facets_exact,
             },
         })
     }

@@ -3,17 +3,20 @@
 //! buyer, its seller and ADMINs; a review is public once APPROVED, and
 //! visible to its author and ADMINs before.
 
+use std::collections::HashMap;
+
+use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use marketplace_domain::values::Role as DomainRole;
 use marketplace_projections::read_models::notifications;
 use marketplace_projections::read_models::orders::{self, OrderLineRow, OrderRow};
 use marketplace_projections::read_models::reviews::{self, ReviewRow};
-use marketplace_projections::read_models::{listings, Page};
+use marketplace_projections::read_models::Page;
 use marketplace_store::Position;
 use uuid::Uuid;
 
-use super::types::{Account, AccountLoader, Listing, Money, PageInfo};
+use super::types::{Account, Listing, Money, PageInfo};
 use super::Viewer;
 use crate::auth::Claims;
 use crate::error::{ApiError, ApiResult};
@@ -73,8 +76,7 @@ pub struct OrderLine(pub OrderLineRow);
 impl OrderLine {
     /// The listing bought (as it is now; the price paid is `unitPrice`).
     async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
-        let state = ctx.data::<AppState>()?;
-        listings::by_id(&state.pool, self.0.listing_id)
+        super::types::listing_row(ctx, self.0.listing_id)
             .await?
             .map(Listing)
             .ok_or_else(|| {
@@ -93,13 +95,30 @@ impl OrderLine {
 }
 
 async fn account(ctx: &Context<'_>, id: Uuid) -> ApiResult<Account> {
-    let loader = ctx.data_unchecked::<async_graphql::dataloader::DataLoader<AccountLoader>>();
-    loader
-        .load_one(id)
-        .await
-        .map_err(ApiError::internal)?
+    super::types::account_row(ctx, id)
+        .await?
         .map(Account::from)
         .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
+}
+
+/// Batches the lines of many orders (of one request, and of requests
+/// running at the same time) into one statement.
+pub struct OrderLinesLoader(pub sqlx::PgPool);
+
+impl Loader<Uuid> for OrderLinesLoader {
+    type Value = Vec<OrderLineRow>;
+    type Error = std::sync::Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderLineRow>>, Self::Error> {
+        let mut lines: HashMap<Uuid, Vec<OrderLineRow>> = HashMap::new();
+        for line in orders::lines_of(&self.0, keys)
+            .await
+            .map_err(std::sync::Arc::new)?
+        {
+            lines.entry(line.order_id).or_default().push(line);
+        }
+        Ok(lines)
+    }
 }
 
 #[Object]
@@ -119,9 +138,12 @@ impl Order {
 
     #[graphql(complexity = "marketplace_domain::order::MAX_LINES * child_complexity")]
     async fn lines(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderLine>> {
-        let state = ctx.data::<AppState>()?;
-        Ok(orders::lines_of(&state.pool, &[self.0.order_id])
-            .await?
+        Ok(ctx
+            .data_unchecked::<DataLoader<OrderLinesLoader>>()
+            .load_one(self.0.order_id)
+            .await
+            .map_err(ApiError::internal)?
+            .unwrap_or_default()
             .into_iter()
             .map(OrderLine)
             .collect())
@@ -164,8 +186,7 @@ impl Review {
     }
 
     async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
-        let state = ctx.data::<AppState>()?;
-        listings::by_id(&state.pool, self.0.listing_id)
+        super::types::listing_row(ctx, self.0.listing_id)
             .await?
             .map(Listing)
             .ok_or_else(|| {

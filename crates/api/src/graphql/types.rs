@@ -304,8 +304,58 @@ impl From<AccountRow> for Account {
     }
 }
 
-/// Batches account lookups of one request into one query.
+/// Batches account look-ups (of one request, and of requests running at
+/// the same time) into one statement.
 pub struct AccountLoader(pub PgPool);
+
+/// Batches listing look-ups into one statement.
+pub struct ListingLoader(pub PgPool);
+
+impl Loader<Uuid> for ListingLoader {
+    type Value = ListingRow;
+    type Error = std::sync::Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, ListingRow>, Self::Error> {
+        let rows = marketplace_projections::read_models::listings::by_ids(&self.0, keys)
+            .await
+            .map_err(std::sync::Arc::new)?;
+        Ok(rows.into_iter().map(|r| (r.listing_id, r)).collect())
+    }
+}
+
+/// An account's row: from the read cache while current, else through the
+/// [`AccountLoader`] (and then cached).
+pub(crate) async fn account_row(ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<AccountRow>> {
+    let state = ctx.data::<crate::state::AppState>()?;
+    if let Some(hit) = state.cache.account(id) {
+        return Ok(hit);
+    }
+    let at = state.cache.accounts_position();
+    let row = ctx
+        .data_unchecked::<async_graphql::dataloader::DataLoader<AccountLoader>>()
+        .load_one(id)
+        .await
+        .map_err(ApiError::internal)?;
+    state.cache.put_account(id, at, row.clone());
+    Ok(row)
+}
+
+/// A listing's row: from the read cache while current, else through the
+/// [`ListingLoader`] (and then cached).
+pub(crate) async fn listing_row(ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<ListingRow>> {
+    let state = ctx.data::<crate::state::AppState>()?;
+    if let Some(hit) = state.cache.listing(id) {
+        return Ok(hit);
+    }
+    let at = state.cache.listings_position();
+    let row = ctx
+        .data_unchecked::<async_graphql::dataloader::DataLoader<ListingLoader>>()
+        .load_one(id)
+        .await
+        .map_err(ApiError::internal)?;
+    state.cache.put_listing(id, at, row.clone());
+    Ok(row)
+}
 
 impl Loader<Uuid> for AccountLoader {
     type Value = AccountRow;
@@ -331,17 +381,12 @@ impl Listing {
 
     /// The seller who owns it.
     async fn seller(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        let loader = ctx.data_unchecked::<async_graphql::dataloader::DataLoader<AccountLoader>>();
-        let row = loader
-            .load_one(self.0.seller_id)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::internal(format!(
-                    "seller {} of listing {} not projected",
-                    self.0.seller_id, self.0.listing_id
-                ))
-            })?;
+        let row = account_row(ctx, self.0.seller_id).await?.ok_or_else(|| {
+            ApiError::internal(format!(
+                "seller {} of listing {} not projected",
+                self.0.seller_id, self.0.listing_id
+            ))
+        })?;
         Ok(row.into())
     }
 
@@ -435,6 +480,10 @@ pub struct ListingFacets {
     pub categories: Vec<FacetCount>,
     /// By tag.
     pub tags: Vec<FacetCount>,
+    /// Whether the counts cover every match. False when a search, tag,
+    /// seller or price filter matches more than 1,000 listings: the counts
+    /// are then taken over the first 1,000 matches.
+    pub exact: bool,
 }
 
 /// A page of listings.
@@ -446,6 +495,10 @@ pub struct ListingConnection {
     pub page_info: PageInfo,
     /// All matches.
     pub total_count: i32,
+    /// Whether `totalCount` is exact. False when a search, tag, seller or
+    /// price filter matches more than 10,000 listings: `totalCount` is then
+    /// 10,000, a lower bound.
+    pub total_count_exact: bool,
     /// Facet counts of all matches.
     pub facets: ListingFacets,
 }

@@ -424,18 +424,34 @@ impl CountDeltas {
                 kind.push(k);
                 n.push(d);
             }
+            let shrank = n.iter().any(|d| *d < 0);
             sqlx::query(
                 "INSERT INTO rm_listing_counts (status, category, kind, n) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) \
                  ON CONFLICT (status, category, kind) \
                  DO UPDATE SET n = rm_listing_counts.n + EXCLUDED.n",
             )
-            .bind(status)
-            .bind(category)
-            .bind(kind)
+            .bind(&status)
+            .bind(&category)
+            .bind(&kind)
             .bind(n)
             .execute(&mut *tx)
             .await?;
+            // A count that fell to zero is no count: drop it, so the table is
+            // the same whatever batches the log was folded in.
+            if shrank {
+                sqlx::query(
+                    "DELETE FROM rm_listing_counts c \
+                     USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(status, category, kind) \
+                     WHERE c.n = 0 AND c.status = k.status AND c.category = k.category \
+                       AND c.kind = k.kind",
+                )
+                .bind(status)
+                .bind(category)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let tags: Vec<_> = self.tags.into_iter().filter(|(_, n)| *n != 0).collect();
         if !tags.is_empty() {
@@ -448,6 +464,7 @@ impl CountDeltas {
                 tag.push(t);
                 n.push(d);
             }
+            let shrank = n.iter().any(|d| *d < 0);
             sqlx::query(
                 "INSERT INTO rm_listing_tag_counts (status, category, kind, tag, n) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
@@ -455,13 +472,28 @@ impl CountDeltas {
                  ON CONFLICT (status, category, kind, tag) \
                  DO UPDATE SET n = rm_listing_tag_counts.n + EXCLUDED.n",
             )
-            .bind(status)
-            .bind(category)
-            .bind(kind)
-            .bind(tag)
+            .bind(&status)
+            .bind(&category)
+            .bind(&kind)
+            .bind(&tag)
             .bind(n)
             .execute(&mut *tx)
             .await?;
+            if shrank {
+                sqlx::query(
+                    "DELETE FROM rm_listing_tag_counts c \
+                     USING UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+                           AS k(status, category, kind, tag) \
+                     WHERE c.n = 0 AND c.status = k.status AND c.category = k.category \
+                       AND c.kind = k.kind AND c.tag = k.tag",
+                )
+                .bind(status)
+                .bind(category)
+                .bind(kind)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -753,6 +785,14 @@ pub struct ListingQuery {
 }
 
 impl ListingQuery {
+    /// Every PUBLISHED listing: the storefront's query.
+    pub fn published() -> Self {
+        Self {
+            status: "PUBLISHED".into(),
+            ..Self::default()
+        }
+    }
+
     /// Whether only status, category and kind narrow it: then its counts
     /// are kept by the projection.
     fn counted(&self) -> bool {

@@ -22,11 +22,14 @@ pub const ROLES_TTL: Duration = Duration::from_secs(5);
 /// Most accounts cached at once.
 pub const MAX_CACHED: usize = 50_000;
 
+/// When each cached account's roles were looked up, and what they were.
+type Cache = HashMap<Uuid, (Instant, Arc<[Role]>)>;
+
 /// The current roles of accounts, cached briefly. Cheap to clone.
 #[derive(Clone)]
 pub struct CurrentRoles {
     handler: CommandHandler,
-    cache: Arc<Mutex<HashMap<Uuid, (Instant, Arc<[Role]>)>>>,
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl std::fmt::Debug for CurrentRoles {
@@ -70,7 +73,7 @@ impl CurrentRoles {
         Ok(roles)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Instant, Arc<[Role]>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -508,7 +508,15 @@ def main() -> int:
     statuses = ", ".join(f"{s}: {n}" for s, n in sorted(STATS.by_status.items()))
     print(f"== {STATS.operations} operations in {took:.0f} s; HTTP {statuses}")
     print(f"   errors by code: {codes}")
-    print(f"   root fields exercised: {len(STATS.root_fields)}")
+    roots = [
+        f"{kind}.{name}"
+        for kind, root in (("query", schema.query_type), ("mutation", schema.mutation_type))
+        if root is not None
+        for name in root.fields
+    ]
+    missed = sorted(set(roots) - set(STATS.root_fields))
+    not_reached = f" (not: {', '.join(missed)})" if missed else ""
+    print(f"   root fields exercised: {len(roots) - len(missed)} of {len(roots)}{not_reached}")
     if STATS.failures:
         print(f"== {len(STATS.failures)} distinct contract violation(s), each with its shortest operation:")
         for signature, (role, operation, problem) in sorted(STATS.failures.items()):

@@ -170,3 +170,130 @@ async fn full_text_search_ranks_title_matches_first_and_pages_by_cursor() {
         .await;
     assert_eq!(titles(&rated).len(), 4);
 }
+
+/// Statements that read the read models (`rm_…`) in this test's database
+/// since the last reset, as `pg_stat_statements` counts them.
+async fn read_model_statements(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND query ILIKE '%rm\\_%' AND query NOT ILIKE '%pg_stat_statements%'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_statements (the embedded cluster preloads it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn my_orders_with_lines_listings_and_sellers_runs_the_same_few_statements_whatever_the_page_size(
+) {
+    use crate::commerce::{
+        auth, buyer_with, CREATE as CREATE_KEYED, PLACE, PUBLISH as PUBLISH_KEYED,
+    };
+    let app = spawn_app().await;
+    let pool = app.db.pool().await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await
+        .expect("the pg_stat_statements extension");
+    let buyer = buyer_with(&app, "many-orders@example.com", "10000.00").await;
+    // Twelve orders of two lines each, every line a listing of its own,
+    // from three sellers: nothing a page reads is shared by two orders.
+    let mut placed_ids = Vec::new();
+    for s in 0..3 {
+        let (seller, _, _) = app
+            .register(&format!("seller{s}@example.com"), &["SELLER"])
+            .await;
+        for o in 0..4 {
+            let mut lines = Vec::new();
+            for l in 0..2 {
+                let created = app
+                    .gql(
+                        CREATE_KEYED,
+                        json!({ "input": {
+                            "kind": "PHYSICAL", "title": format!("Item {s}-{o}-{l}"),
+                            "description": "Counted", "category": "home",
+                            "price": { "amount": "1.00", "currencyCode": "EUR" }, "quantity": 5 } }),
+                        auth(&seller),
+                    )
+                    .await;
+                let id = created
+                    .data("createListing.listing.id")
+                    .as_str()
+                    .expect("id")
+                    .to_owned();
+                app.gql(PUBLISH_KEYED, json!({ "id": id }), auth(&seller))
+                    .await
+                    .data("publishListing.listing.status");
+                lines.push(json!({ "listingId": id, "quantity": 1 }));
+            }
+            let placed = app
+                .gql(PLACE, json!({ "input": { "lines": lines } }), auth(&buyer))
+                .await;
+            placed_ids.push(
+                placed
+                    .data("placeOrder.order.id")
+                    .as_str()
+                    .expect("order id")
+                    .to_owned(),
+            );
+        }
+    }
+    // Nothing may still be moving while statements are counted: every
+    // order has been through checkout.
+    for id in &placed_ids {
+        app.wait_order(&buyer, id, |s| s == "CONFIRMED").await;
+    }
+    let head = app.head().await.to_string();
+    let query = |first: u32| {
+        format!(
+            "{{ myOrders(first: {first}) {{ edges {{ node {{ id lines {{ quantity listing {{ title seller {{ displayName }} }} }} }} }} }} }}"
+        )
+    };
+    let mut counts = Vec::new();
+    let mut statements = Vec::new();
+    for first in [1, 4, 12] {
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&pool)
+            .await
+            .expect("reset");
+        let r = app
+            .gql(
+                &query(first),
+                json!({}),
+                Req {
+                    token: Some(&buyer),
+                    consistency: Some(&head),
+                },
+            )
+            .await;
+        let orders = r.data("myOrders.edges").as_array().expect("edges").clone();
+        assert_eq!(orders.len(), first as usize, "{}", r.body);
+        for order in &orders {
+            let lines = order["node"]["lines"].as_array().expect("lines");
+            assert_eq!(lines.len(), 2, "{order}");
+            assert!(lines
+                .iter()
+                .all(|l| l["listing"]["seller"]["displayName"].is_string()));
+        }
+        counts.push(read_model_statements(&pool).await);
+        let texts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT left(query, 120), calls FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND query ILIKE '%rm\\_%' AND query NOT ILIKE '%pg_stat_statements%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("texts");
+        statements.push((first, texts));
+    }
+    // One statement for the page of orders with its total, one batch of
+    // their lines, one of the lines' listings, and the listings' sellers in
+    // at most two batches (those of cached listings resolve a batch
+    // earlier): at most five, and never one per row (twelve orders have 24
+    // lines, with 24 listings).
+    assert!(
+        counts.iter().all(|n| (1..=5).contains(n)),
+        "statements for 1, 4 and 12 orders: {counts:?}: {statements:#?}"
+    );
+}

@@ -1207,6 +1207,13 @@ fn server_settings(launch: &Launch<'_>) -> Vec<String> {
         "max_connections=300".to_owned(),
         "shared_buffers=128MB".to_owned(),
     ];
+    // Statement statistics, where the server ships the module: what an
+    // operator (or a test counting a request's statements) reads first.
+    let module = launch.binaries.bindir.join("../lib/pg_stat_statements.so");
+    if module.exists() {
+        settings.push("shared_preload_libraries=pg_stat_statements".to_owned());
+        settings.push("pg_stat_statements.track=all".to_owned());
+    }
     if launch.ephemeral {
         settings.extend(
             [

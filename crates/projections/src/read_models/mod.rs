@@ -54,6 +54,28 @@ pub(crate) fn limit_for(first: usize) -> i64 {
     i64::try_from(first.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
+/// Runs a keyset page and its total as one statement, so both come from
+/// one snapshot: `rows` pushes the page's `SELECT` (ending in its `ORDER
+/// BY … LIMIT`), `order` repeats its order for the aggregation, `count`
+/// pushes the `SELECT count(*) …` of all its matches.
+pub(crate) async fn page_and_total<R: serde::de::DeserializeOwned + Send + Unpin + 'static>(
+    pool: &sqlx::PgPool,
+    rows: impl FnOnce(&mut sqlx::QueryBuilder<'static, sqlx::Postgres>),
+    order: &str,
+    count: impl FnOnce(&mut sqlx::QueryBuilder<'static, sqlx::Postgres>),
+) -> Result<(Vec<R>, i64), sqlx::Error> {
+    let mut qb = sqlx::QueryBuilder::new("WITH page AS (");
+    rows(&mut qb);
+    qb.push(format!(
+        ") SELECT (SELECT coalesce(json_agg(page ORDER BY {order}), '[]') FROM page) AS rows, ("
+    ));
+    count(&mut qb);
+    qb.push(") AS total");
+    let (rows, total): (sqlx::types::Json<Vec<R>>, i64) =
+        qb.build_query_as().fetch_one(pool).await?;
+    Ok((rows.0, total))
+}
+
 /// Decodes a recorded event as one aggregate's event set (upcasting old versions).
 pub(crate) fn decode<E: EventSet>(e: &RecordedEvent) -> Result<E, ProjectionError> {
     marketplace_event_schemas::decode(&e.event_type, e.schema_version, e.data.clone()).map_err(

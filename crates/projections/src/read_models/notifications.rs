@@ -18,7 +18,7 @@ use marketplace_domain::order::OrderEvent;
 use marketplace_domain::review::ReviewEvent;
 use marketplace_domain::values::{Currency, Money};
 use marketplace_store::RecordedEvent;
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
@@ -380,7 +380,7 @@ pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<NotificationRow>,
 }
 
 /// One notification.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Deserialize)]
 pub struct NotificationRow {
     /// Id.
     pub notification_id: Uuid,
@@ -408,28 +408,33 @@ pub async fn for_account(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let mut qb = QueryBuilder::new(
-        "SELECT notification_id, account_id, kind, message, read, created_at \
-         FROM rm_notifications WHERE account_id = ",
-    );
-    qb.push_bind(account);
-    if let Some((at, id)) = after {
-        qb.push(" AND (created_at, notification_id) < (")
-            .push_bind(at)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
-    }
-    qb.push(" ORDER BY created_at DESC, notification_id DESC LIMIT ")
-        .push_bind(limit_for(first));
-    let mut rows: Vec<NotificationRow> = qb.build_query_as().fetch_all(pool).await?;
+    let (mut rows, total_count): (Vec<NotificationRow>, i64) = super::page_and_total(
+        pool,
+        |qb| {
+            qb.push(
+                "SELECT notification_id, account_id, kind, message, read, created_at \
+                 FROM rm_notifications WHERE account_id = ",
+            );
+            qb.push_bind(account);
+            if let Some((at, id)) = after {
+                qb.push(" AND (created_at, notification_id) < (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            qb.push(" ORDER BY created_at DESC, notification_id DESC LIMIT ")
+                .push_bind(limit_for(first));
+        },
+        "created_at DESC, notification_id DESC",
+        |qb| {
+            qb.push("SELECT count(*) FROM rm_notifications WHERE account_id = ");
+            qb.push_bind(account);
+        },
+    )
+    .await?;
     let has_next_page = rows.len() > first;
     rows.truncate(first);
-    let total_count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM rm_notifications WHERE account_id = $1")
-            .bind(account)
-            .fetch_one(pool)
-            .await?;
     Ok(Ok(Page {
         rows: rows
             .into_iter()

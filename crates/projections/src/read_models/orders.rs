@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marketplace_domain::order::OrderEvent;
 use marketplace_store::RecordedEvent;
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
@@ -338,7 +338,7 @@ async fn insert_orders(
 }
 
 /// One order as the API shows it (its lines come from [`lines_of`]).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct OrderRow {
     /// Id.
     pub order_id: Uuid,
@@ -437,26 +437,30 @@ async fn page(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM rm_orders WHERE {party} = "));
-    qb.push_bind(id);
-    if let Some((at, order)) = after {
-        qb.push(" AND (placed_at, order_id) < (")
-            .push_bind(at)
-            .push(", ")
-            .push_bind(order)
-            .push(")");
-    }
-    qb.push(" ORDER BY placed_at DESC, order_id DESC LIMIT ")
-        .push_bind(limit_for(first));
-    let mut rows: Vec<OrderRow> = qb.build_query_as().fetch_all(pool).await?;
+    let (mut rows, total_count): (Vec<OrderRow>, i64) = super::page_and_total(
+        pool,
+        |qb| {
+            qb.push(format!("SELECT {COLUMNS} FROM rm_orders WHERE {party} = "));
+            qb.push_bind(id);
+            if let Some((at, order)) = after {
+                qb.push(" AND (placed_at, order_id) < (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(order)
+                    .push(")");
+            }
+            qb.push(" ORDER BY placed_at DESC, order_id DESC LIMIT ")
+                .push_bind(limit_for(first));
+        },
+        "placed_at DESC, order_id DESC",
+        |qb| {
+            qb.push(format!("SELECT count(*) FROM rm_orders WHERE {party} = "));
+            qb.push_bind(id);
+        },
+    )
+    .await?;
     let has_next_page = rows.len() > first;
     rows.truncate(first);
-    let total_count: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM rm_orders WHERE {party} = $1"
-    ))
-    .bind(id)
-    .fetch_one(pool)
-    .await?;
     Ok(Ok(Page {
         rows: rows
             .into_iter()

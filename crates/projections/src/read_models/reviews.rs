@@ -227,7 +227,7 @@ async fn insert_reviews(tx: &mut PgConnection, rows: Vec<NewReview>) -> Result<(
 }
 
 /// One review as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct ReviewRow {
     /// Id.
     pub review_id: Uuid,
@@ -283,21 +283,28 @@ pub async fn for_listing(
             qb.push(" AND status = 'APPROVED'");
         }
     };
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM rm_reviews"));
-    filter(&mut qb);
-    if let Some((at, id)) = after {
-        qb.push(" AND (created_at, review_id) < (")
-            .push_bind(at)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
-    }
-    qb.push(" ORDER BY created_at DESC, review_id DESC LIMIT ")
-        .push_bind(limit_for(first));
-    let rows: Vec<ReviewRow> = qb.build_query_as().fetch_all(pool).await?;
-    let mut count = QueryBuilder::new("SELECT count(*) FROM rm_reviews");
-    filter(&mut count);
-    let total_count: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let (rows, total_count): (Vec<ReviewRow>, i64) = super::page_and_total(
+        pool,
+        |qb| {
+            qb.push(format!("SELECT {COLUMNS} FROM rm_reviews"));
+            filter(qb);
+            if let Some((at, id)) = after {
+                qb.push(" AND (created_at, review_id) < (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            qb.push(" ORDER BY created_at DESC, review_id DESC LIMIT ")
+                .push_bind(limit_for(first));
+        },
+        "created_at DESC, review_id DESC",
+        |qb| {
+            qb.push("SELECT count(*) FROM rm_reviews");
+            filter(qb);
+        },
+    )
+    .await?;
     Ok(Ok(page(rows, first, total_count)))
 }
 
@@ -311,23 +318,28 @@ pub async fn pending(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM rm_reviews WHERE status = 'PENDING'"
-    ));
-    if let Some((at, id)) = after {
-        qb.push(" AND (created_at, review_id) > (")
-            .push_bind(at)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
-    }
-    qb.push(" ORDER BY created_at, review_id LIMIT ")
-        .push_bind(limit_for(first));
-    let rows: Vec<ReviewRow> = qb.build_query_as().fetch_all(pool).await?;
-    let total_count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM rm_reviews WHERE status = 'PENDING'")
-            .fetch_one(pool)
-            .await?;
+    let (rows, total_count): (Vec<ReviewRow>, i64) = super::page_and_total(
+        pool,
+        |qb| {
+            qb.push(format!(
+                "SELECT {COLUMNS} FROM rm_reviews WHERE status = 'PENDING'"
+            ));
+            if let Some((at, id)) = after {
+                qb.push(" AND (created_at, review_id) > (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            qb.push(" ORDER BY created_at, review_id LIMIT ")
+                .push_bind(limit_for(first));
+        },
+        "created_at, review_id",
+        |qb| {
+            qb.push("SELECT count(*) FROM rm_reviews WHERE status = 'PENDING'");
+        },
+    )
+    .await?;
     Ok(Ok(page(rows, first, total_count)))
 }
 

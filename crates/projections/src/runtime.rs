@@ -19,7 +19,7 @@
 //!   `generation` from the `projection_generations` sequence), subscribes
 //!   from the stored checkpoint, gathers a batch until
 //!   [`RuntimeConfig::max_batch`] events or [`RuntimeConfig::max_wait`]
-//!   after its first event, and commits it. Every `lock_retry` it checks that
+//!   after its first event, and commits it. Every `leader_check` it checks that
 //!   its lock connection is still alive and that its build still has its
 //!   generation and is not retired; if not, or if the log or the database
 //!   becomes unreachable ([`ProjectionError::is_unavailable`]), it steps down
@@ -245,9 +245,13 @@ pub struct RuntimeConfig {
     pub max_batch: usize,
     /// How long to keep gathering a batch after its first event.
     pub max_wait: Duration,
-    /// How often a standby tries the leadership lock, and how often a
-    /// leader checks that its lock connection is alive.
+    /// How often a standby tries the leadership lock.
     pub lock_retry: Duration,
+    /// How often an idle leader checks that its lock connection is alive
+    /// and its build still has its generation. A stale leader's commit is
+    /// refused by the fencing check whatever this is; the check only makes
+    /// an idle leader step down sooner, so it runs rarely.
+    pub leader_check: Duration,
     /// How often a standby copies the leader's checkpoint into [`Progress`].
     pub follow_interval: Duration,
     /// Attempts at one event before the projection is marked FAILED (at
@@ -269,6 +273,7 @@ impl Default for RuntimeConfig {
             max_batch: 1_000,
             max_wait: Duration::from_millis(5),
             lock_retry: Duration::from_millis(500),
+            leader_check: Duration::from_secs(5),
             follow_interval: Duration::from_millis(50),
             max_attempts: 5,
             backoff_initial: Duration::from_millis(100),
@@ -1090,8 +1095,8 @@ impl ProjectorRuntime {
                 return Term::SteppedDown;
             }
         };
-        let lock_retry = self.config.lock_retry;
-        let mut check = tokio::time::interval_at(Instant::now() + lock_retry, lock_retry);
+        let every = self.config.leader_check;
+        let mut check = tokio::time::interval_at(Instant::now() + every, every);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether the last batch left the subscription drained (caught up).
         let mut caught_up;

@@ -70,6 +70,7 @@ fn fast() -> RuntimeConfig {
     RuntimeConfig {
         max_batch: 50,
         lock_retry: Duration::from_millis(50),
+        leader_check: Duration::from_millis(50),
         follow_interval: Duration::from_millis(10),
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),

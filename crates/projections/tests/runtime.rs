@@ -24,6 +24,7 @@ fn fast() -> RuntimeConfig {
         max_batch: 10,
         max_wait: Duration::from_millis(2),
         lock_retry: Duration::from_millis(50),
+        leader_check: Duration::from_millis(50),
         follow_interval: Duration::from_millis(10),
         max_attempts: 3,
         backoff_initial: Duration::from_millis(5),

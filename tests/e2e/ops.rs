@@ -130,3 +130,102 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
         .expect("healthz");
     assert_eq!(live.status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reviews_read_model_holds_up_neither_order_queries_with_a_token_nor_readiness() {
+    use crate::commerce::{auth, buyer_with, lamp, place_input, seller_with_listing, PLACE};
+    use marketplace_store::postgres::PostgresEventStore;
+    use marketplace_store::{EventMetadata, EventStore, ExpectedRevision, NewEvent, StreamId};
+
+    let app = marketplace_e2e::spawn_app_with(|s| {
+        s.consistency_wait = std::time::Duration::from_millis(1_500);
+    })
+    .await;
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
+    let placed = app
+        .gql(
+            PLACE,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&buyer),
+        )
+        .await;
+    let order = placed
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.wait_order(&buyer, &order, |s| s == "CONFIRMED").await;
+    let pool = app.db.pool().await;
+
+    // Reviews and notifications only degrade: still ready, and said so.
+    sqlx::query(
+        "UPDATE projection_checkpoints SET state = 'FAILED' WHERE name = 'reviews' AND live",
+    )
+    .execute(&pool)
+    .await
+    .expect("mark failed");
+    let ready = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["projections"]["reviews"], "FAILED", "{body}");
+    assert_eq!(body["degraded"], json!(["reviews"]), "{body}");
+    sqlx::query(
+        "UPDATE projection_checkpoints SET state = 'RUNNING' WHERE name = 'reviews' AND live",
+    )
+    .execute(&pool)
+    .await
+    .expect("mark running");
+
+    // A review event no code can read stops the read models that read
+    // reviews; the orders read model passes it.
+    let store = PostgresEventStore::new(pool.clone()).await.expect("store");
+    let poison = store
+        .append(
+            &StreamId::new("review", uuid::Uuid::now_v7()).expect("stream"),
+            ExpectedRevision::NoStream,
+            vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "review.submitted".into(),
+                schema_version: 1,
+                data: json!({ "not": "a review" }),
+                metadata: EventMetadata::default(),
+            }],
+        )
+        .await
+        .expect("append")
+        .position
+        .to_string();
+    let order_query = "query($id: ID!) { order(id: $id) { id status total { amount } } }";
+    let r = app
+        .gql(
+            order_query,
+            json!({ "id": order }),
+            Req {
+                token: Some(&buyer),
+                consistency: Some(&poison),
+            },
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.data("order.status"), "CONFIRMED");
+    assert_eq!(
+        r.body["extensions"]["consistency"]["reached"], true,
+        "{}",
+        r.body
+    );
+    // A query that reads reviews cannot be answered at that token.
+    let r = app
+        .gql(
+            "query($id: ID!) { reviews(listingId: $id) { totalCount } }",
+            json!({ "id": listing }),
+            Req {
+                token: Some(&buyer),
+                consistency: Some(&poison),
+            },
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (503, "CONFLICT"), "{}", r.body);
+}

@@ -21,7 +21,9 @@ use crate::error::ApiError;
 use crate::graphql::admission::Caller;
 use crate::graphql::{MarketplaceSchema, Viewer};
 use crate::ratelimit::{retry_after_seconds, ClientKey};
-use crate::state::{AppState, READ_MODELS};
+use crate::state::{
+    read_model_of, reads_no_read_model, AppState, READ_MODELS, REQUIRED_READ_MODELS,
+};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -290,12 +292,43 @@ async fn admit(
     Ok((viewer?, Caller { client, prepaid: 1 }))
 }
 
+/// The read models a request's operation reads: what a consistency token
+/// must wait for. Mutations read the write side (their payloads wait for
+/// what they show themselves); a document that does not parse, or names no
+/// operation, waits for every read model.
+fn read_models_for(request: &mut async_graphql::Request) -> Vec<&'static str> {
+    use async_graphql::parser::types::OperationType;
+    let name = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else {
+        return READ_MODELS.to_vec();
+    };
+    match crate::graphql::admission::selected_fields(doc, name.as_deref()) {
+        Some((OperationType::Query | OperationType::Subscription, roots, all)) => {
+            if roots
+                .iter()
+                .any(|r| read_model_of(r).is_none() && !reads_no_read_model(r))
+            {
+                return READ_MODELS.to_vec();
+            }
+            let mut models: Vec<&'static str> = Vec::new();
+            for model in all.iter().filter_map(|f| read_model_of(f)) {
+                if !models.contains(&model) {
+                    models.push(model);
+                }
+            }
+            models
+        }
+        Some((OperationType::Mutation, _, _)) => Vec::new(),
+        None => READ_MODELS.to_vec(),
+    }
+}
+
 async fn execute(
     http: &Http,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     media: Media,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
 ) -> Response {
     let (viewer, caller) = match admit(http, headers, peer).await {
         Ok(admitted) => admitted,
@@ -317,7 +350,10 @@ async fn execute(
                 media,
             );
         };
-        if !http.state.wait_for(READ_MODELS, Position(token)).await {
+        // Only the read models this operation reads: a failed or lagging
+        // read model it does not touch cannot hold it up.
+        let models = read_models_for(&mut request);
+        if !http.state.wait_for(&models, Position(token)).await {
             return consistency_timeout(http, token, media);
         }
         consistency = Some(token);
@@ -634,9 +670,11 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the database answers and every read model has a live build
-/// with a running leader (here or in a projector process): 200, else 503.
-/// The JSON body says which check failed.
+/// Ready when the database answers and every read model a replica needs
+/// ([`REQUIRED_READ_MODELS`]) has a live build with a running leader (here
+/// or in a projector process): 200, else 503. The JSON body names every
+/// read model's state; those not RUNNING but not required are listed under
+/// `degraded`, and do not fail readiness.
 async fn readyz(State(http): State<Http>) -> Response {
     let store = http.state.handler.store();
     let status = match marketplace_projections::status::status(&http.state.pool, &**store).await {
@@ -654,6 +692,7 @@ async fn readyz(State(http): State<Http>) -> Response {
         }
     };
     let mut projections = serde_json::Map::new();
+    let mut degraded = Vec::new();
     let mut ready = true;
     for name in READ_MODELS {
         let state = status
@@ -661,7 +700,13 @@ async fn readyz(State(http): State<Http>) -> Response {
             .find(|p| p.name == *name)
             .filter(|p| p.schema.is_some())
             .map_or("STOPPED", |p| p.state.as_str());
-        ready &= state == "RUNNING";
+        if state != "RUNNING" {
+            if REQUIRED_READ_MODELS.contains(name) {
+                ready = false;
+            } else {
+                degraded.push(*name);
+            }
+        }
         projections.insert((*name).to_owned(), state.into());
     }
     let code = if ready {
@@ -673,6 +718,7 @@ async fn readyz(State(http): State<Http>) -> Response {
         "ready": ready,
         "database": "ok",
         "projections": projections,
+        "degraded": degraded,
     });
     (code, axum::Json(body)).into_response()
 }

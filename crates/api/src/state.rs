@@ -52,6 +52,44 @@ pub const READ_MODELS: &[&str] = &[
     marketplace_projections::read_models::notifications::NAME,
 ];
 
+/// The read models an API replica cannot serve without: the catalogue,
+/// accounts and orders. `/readyz` fails when one of them is not RUNNING;
+/// the others (reviews, notifications) only degrade the queries that read
+/// them.
+pub const REQUIRED_READ_MODELS: &[&str] = &[
+    marketplace_projections::read_models::accounts::NAME,
+    marketplace_projections::read_models::listings::NAME,
+    marketplace_projections::read_models::orders::NAME,
+];
+
+/// The read model a field reads, wherever it appears in a selection (a
+/// listing's `seller` is an account, an order line's `listing` a listing);
+/// `None` for fields that read nothing more than their parent (scalars,
+/// edges, an order's lines).
+pub fn read_model_of(field: &str) -> Option<&'static str> {
+    use marketplace_projections::read_models::{
+        accounts, listings, notifications, orders, reviews,
+    };
+    match field {
+        "me" | "seller" | "buyer" | "author" => Some(accounts::NAME),
+        "listing" | "listings" => Some(listings::NAME),
+        "order" | "myOrders" | "sellerOrders" => Some(orders::NAME),
+        "reviews" | "moderationQueue" => Some(reviews::NAME),
+        "notifications" => Some(notifications::NAME),
+        _ => None,
+    }
+}
+
+/// Whether a root field is known to read no read model at all (the log,
+/// the projections' own status, introspection). Any other root field
+/// that [`read_model_of`] does not name is assumed to read them all.
+pub fn reads_no_read_model(root_field: &str) -> bool {
+    matches!(
+        root_field,
+        "projections" | "streamHistory" | "orderAsOf" | "__typename" | "__schema" | "__type"
+    )
+}
+
 impl AppState {
     /// Waits (bounded) until the named read models have passed `token`.
     pub async fn wait_for(&self, names: &[&str], token: Position) -> bool {

@@ -135,6 +135,28 @@ fn operation<'d>(
     }
 }
 
+/// The fields (names, not aliases) of the operation `name` selects in
+/// `doc`, fragments inlined: the root fields, and every field below them.
+/// `None` if it selects no operation.
+pub fn selected_fields(
+    doc: &ExecutableDocument,
+    name: Option<&str>,
+) -> Option<(OperationType, Vec<String>, Vec<String>)> {
+    let op = operation(doc, name)?;
+    let mut walk = Walk {
+        doc,
+        stack: HashSet::new(),
+    };
+    let mut roots = Vec::new();
+    let mut all = Vec::new();
+    let _ = walk.fields(&op.selection_set.node, &mut |walk, field| {
+        roots.push(field.name.node.to_string());
+        walk.all_fields(field, &mut all);
+        Ok(())
+    });
+    Some((op.ty, roots, all))
+}
+
 /// Checks the operation's text and shape; returns its cost in tokens.
 fn check_operation(doc: &ExecutableDocument, op: &OperationDefinition) -> ServerResult<u32> {
     for var in &op.variable_definitions {
@@ -275,6 +297,18 @@ impl<'d> Walk<'d> {
             Ok(())
         });
         deepest
+    }
+
+    fn all_fields(
+        &mut self,
+        field: &'d async_graphql::parser::types::Field,
+        out: &mut Vec<String>,
+    ) {
+        out.push(field.name.node.to_string());
+        let _ = self.fields(&field.selection_set.node, &mut |walk, child| {
+            walk.all_fields(child, out);
+            Ok(())
+        });
     }
 
     fn root_fields(&mut self, set: &'d SelectionSet) -> usize {

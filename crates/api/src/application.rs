@@ -85,18 +85,36 @@ impl Application {
                 let (store, pool, mut stop_rx) = (store.clone(), pool.clone(), stop_rx.clone());
                 tasks.spawn(async move {
                     let name = pm.name();
-                    let run = process::run(
-                        pm,
-                        store,
-                        Arc::new(PgCheckpoints(pool)),
-                        RunnerPolicy::default(),
-                        None,
-                    );
-                    tokio::select! {
-                        result = run => if let Err(e) = result {
-                            tracing::error!(process = name, error = %e, "process manager stopped");
-                        },
-                        _ = stop_rx.wait_for(|s| *s) => {}
+                    // A process manager stops on an error it cannot retry
+                    // in place (the database went away under its
+                    // checkpoint, say): start it again from its checkpoint
+                    // after a jittered, growing pause, until shutdown.
+                    let mut pause = Duration::from_millis(200);
+                    loop {
+                        let started = std::time::Instant::now();
+                        let run = process::run(
+                            pm.clone(),
+                            store.clone(),
+                            Arc::new(PgCheckpoints(pool.clone())),
+                            RunnerPolicy::default(),
+                            None,
+                        );
+                        tokio::select! {
+                            result = run => match result {
+                                Ok(()) => tracing::warn!(process = name, "process manager's log ended; restarting"),
+                                Err(e) => tracing::error!(process = name, error = %e, "process manager stopped; restarting"),
+                            },
+                            _ = stop_rx.wait_for(|s| *s) => return,
+                        }
+                        if started.elapsed() > Duration::from_secs(60) {
+                            pause = Duration::from_millis(200);
+                        }
+                        let jittered = pause.mul_f64(rand::random_range(0.5..1.5));
+                        tokio::select! {
+                            _ = tokio::time::sleep(jittered) => {}
+                            _ = stop_rx.wait_for(|s| *s) => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
                     }
                 });
             }

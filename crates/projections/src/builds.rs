@@ -464,6 +464,11 @@ pub(crate) async fn create_indexes(
         for index in table.indexes {
             sqlx::query(index).execute(&mut *tx).await?;
         }
+        // Fresh statistics, so the planner picks these indexes from the
+        // first query on, not after autovacuum's first visit.
+        sqlx::query(&format!("ANALYZE {}", table.name))
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

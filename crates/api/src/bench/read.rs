@@ -439,6 +439,9 @@ pub async fn measure(database_url: &str, args: &ReadArgs) -> anyhow::Result<Read
     }));
     let result = async {
         catch_up(&pool, store.as_ref()).await?;
+        // Measure the steady state: statistics as autovacuum would have
+        // them after a while, not those of freshly filled tables.
+        sqlx::query("ANALYZE").execute(&pool).await?;
         let endpoint = format!("http://{addr}/graphql");
         let shapes = shapes(&pool, &endpoint, args).await?;
         let listings: (i64, i64) = sqlx::query_as(

@@ -913,6 +913,7 @@ fn push_page(
     sort: Sort,
     first: usize,
     after: Option<(i64, Uuid)>,
+    candidates: bool,
 ) {
     let term = search_term(q);
     qb.push(format!("SELECT {COLUMNS}, "));
@@ -920,7 +921,13 @@ fn push_page(
     qb.push(" AS sort_key FROM ");
     match (sort, term) {
         // Ranking reads every candidate: bound them, taking the matches
-        // the GIN index finds first.
+        // the GIN index finds first (already gathered in `cand`, when the
+        // statement has it).
+        (Sort::Relevance, Some(_)) if candidates => {
+            qb.push("(SELECT * FROM cand LIMIT ")
+                .push_bind(RELEVANCE_CANDIDATES)
+                .push(") AS rm_listings WHERE true");
+        }
         (Sort::Relevance, Some(_)) => {
             qb.push("(");
             push_matches(qb, q, "*", RELEVANCE_CANDIDATES);
@@ -953,7 +960,7 @@ fn push_page(
 
 /// One facet as a JSON array of `{value, count}`: from the counter tables
 /// when they cover `q`, else over a sample of its matches.
-fn push_facet(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, tags: bool) {
+fn push_facet(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, tags: bool, candidates: bool) {
     qb.push("(SELECT coalesce(json_agg(f), '[]') FROM (");
     match (tags, q.counted()) {
         (false, true) => {
@@ -968,12 +975,12 @@ fn push_facet(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, tags: bool)
         }
         (false, false) => {
             qb.push("SELECT category AS value, count(*) AS count FROM (");
-            push_matches(qb, q, "category", FACET_SAMPLE);
+            push_sample(qb, q, "category", candidates);
             qb.push(") s GROUP BY category");
         }
         (true, false) => {
             qb.push("SELECT tag AS value, count(*) AS count FROM (");
-            push_matches(qb, q, "tags", FACET_SAMPLE);
+            push_sample(qb, q, "tags", candidates);
             qb.push(") s CROSS JOIN LATERAL unnest(s.tags) AS tag GROUP BY tag");
         }
     }
@@ -982,9 +989,34 @@ fn push_facet(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, tags: bool)
         .push(") f)");
 }
 
+/// The first [`FACET_SAMPLE`] matches of `q`: from `cand` when the
+/// statement has it.
+fn push_sample(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    q: &ListingQuery,
+    what: &str,
+    candidates: bool,
+) {
+    if candidates {
+        qb.push(format!("SELECT {what} FROM cand LIMIT "))
+            .push_bind(FACET_SAMPLE);
+    } else {
+        push_matches(qb, q, what, FACET_SAMPLE);
+    }
+}
+
 /// The total count: from the counter table when it covers `q`, else
-/// counted up to one past [`COUNT_CAP`].
-fn push_total(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery) {
+/// counted up to one past [`COUNT_CAP`] (from `cand` alone when it holds
+/// every match).
+fn push_total(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, candidates: bool) {
+    if candidates {
+        qb.push("(SELECT CASE WHEN n <= ")
+            .push_bind(RELEVANCE_CANDIDATES)
+            .push(" THEN n ELSE (SELECT count(*) FROM (");
+        push_matches(qb, q, "1", COUNT_CAP + 1);
+        qb.push(") c) END FROM (SELECT count(*) AS n FROM cand) k)");
+        return;
+    }
     if q.counted() {
         qb.push("(SELECT coalesce(sum(n), 0)::bigint FROM rm_listing_counts");
         push_counter_filter(qb, q);
@@ -1018,31 +1050,42 @@ fn statement(
 ) -> QueryBuilder<'static, Postgres> {
     if want == Want::ROWS {
         let mut qb = QueryBuilder::new(prefix);
-        push_page(&mut qb, q, sort, first, after);
+        push_page(&mut qb, q, sort, first, after, false);
         return qb;
     }
     let dir = if sort.descending() { "DESC" } else { "ASC" };
-    let mut qb = QueryBuilder::new(format!("{prefix}WITH page AS ("));
-    push_page(&mut qb, q, sort, first, after);
+    // A ranked search gathers its candidates once, one past the bound, for
+    // the page, the total and the facets alike.
+    let candidates = sort == Sort::Relevance && search_term(q).is_some();
+    let mut qb = QueryBuilder::new(format!("{prefix}WITH "));
+    if candidates {
+        qb.push("cand AS MATERIALIZED (");
+        push_matches(&mut qb, q, "*", RELEVANCE_CANDIDATES.max(FACET_SAMPLE) + 1);
+        qb.push("), ");
+    }
+    qb.push("page AS (");
+    push_page(&mut qb, q, sort, first, after, candidates);
     qb.push(format!(
         ") SELECT (SELECT coalesce(json_agg(page ORDER BY sort_key {dir}, listing_id {dir}), \
          '[]') FROM page) AS rows, "
     ));
     if want.total {
-        push_total(&mut qb, q);
+        push_total(&mut qb, q, candidates);
     } else {
         qb.push("NULL::bigint");
     }
     qb.push(" AS total, ");
     if want.facets {
-        push_facet(&mut qb, q, false);
+        push_facet(&mut qb, q, false, candidates);
         qb.push(" AS categories, ");
-        push_facet(&mut qb, q, true);
+        push_facet(&mut qb, q, true, candidates);
         qb.push(" AS tags, ");
     } else {
         qb.push("NULL::json AS categories, NULL::json AS tags, ");
     }
-    if want.facets && !q.counted() {
+    if want.facets && candidates {
+        qb.push("(SELECT count(*) FROM cand)");
+    } else if want.facets && !q.counted() {
         qb.push("(SELECT count(*) FROM (");
         push_matches(&mut qb, q, "1", FACET_SAMPLE + 1);
         qb.push(") c)");

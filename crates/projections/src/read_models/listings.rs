@@ -46,7 +46,7 @@ pub const NAME: &str = "listings";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 /// The tables of [`VERSION`], created in each build's schema (columns in the
 /// order of the first layout, so that builds moved from it compare equal).
@@ -112,6 +112,20 @@ pub const TABLES: &[Table] = &[
              USING GIN (search_doc) WITH (fastupdate = off)",
             "CREATE INDEX IF NOT EXISTS rm_listings_tags_idx ON rm_listings \
              USING GIN (tags) WITH (fastupdate = off)",
+        ],
+    },
+    // What ranking a search reads: narrow rows, so ranking a thousand
+    // candidates reads a few pages, not the catalogue's wide rows.
+    Table {
+        name: "rm_listing_search",
+        create: "CREATE TABLE rm_listing_search (
+        listing_id  UUID      PRIMARY KEY,
+        status      TEXT      NOT NULL,
+        search_doc  TSVECTOR  NOT NULL
+    )",
+        indexes: &[
+            "CREATE INDEX IF NOT EXISTS rm_listing_search_idx ON rm_listing_search \
+             USING GIN (search_doc) WITH (fastupdate = off)",
         ],
     },
     Table {
@@ -527,6 +541,16 @@ async fn update_rows(
         rating_sum.push(ch.counters.rating_sum);
         rating_count.push(ch.counters.rating_count);
     }
+    // Statuses are mirrored into the search rows.
+    sqlx::query(
+        "UPDATE rm_listing_search s SET status = u.status \
+         FROM UNNEST($1::uuid[], $2::text[]) AS u(id, status) \
+         WHERE s.listing_id = u.id AND u.status IS NOT NULL",
+    )
+    .bind(&id)
+    .bind(&status)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE rm_listings l SET \
              price_minor = COALESCE(u.price, l.price_minor), \
@@ -600,8 +624,10 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
         rating_sum.push(r.counters.rating_sum);
         rating_count.push(r.counters.rating_count);
     }
+    // The narrow search row is written from the inserted row, in the same
+    // statement.
     sqlx::query(
-        "INSERT INTO rm_listings (listing_id, seller_id, kind, title, description, category, \
+        "WITH ins AS (INSERT INTO rm_listings (listing_id, seller_id, kind, title, description, category, \
              tags, price_minor, currency, quantity, status, content_hash, created_at, updated_at, \
              reserved, sold, rating_sum, rating_count, search_doc, created_key) \
          SELECT id, seller, kind, title, description, category, \
@@ -618,7 +644,10 @@ async fn insert_rows(tx: &mut PgConnection, rows: Vec<NewRow>) -> Result<(), sql
                      $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[]) \
               AS t(id, seller, kind, title, description, category, tags, price, currency, \
                    quantity, status, hash, created, updated, reserved, sold, rating_sum, \
-                   rating_count, created_key)",
+                   rating_count, created_key) \
+         RETURNING listing_id, status, search_doc) \
+         INSERT INTO rm_listing_search (listing_id, status, search_doc) \
+         SELECT listing_id, status, search_doc FROM ins",
     )
     .bind(id)
     .bind(seller)
@@ -906,6 +935,53 @@ fn push_matches(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, what: &st
     qb.push(" LIMIT ").push_bind(limit);
 }
 
+/// Whether a query is a search and nothing else (besides its status): its
+/// candidates then come from the narrow search rows.
+fn search_only(q: &ListingQuery) -> bool {
+    search_term(q).is_some()
+        && q.category.is_none()
+        && q.tags.is_empty()
+        && q.seller_id.is_none()
+        && q.kind.is_none()
+        && q.min_price_minor.is_none()
+        && q.max_price_minor.is_none()
+}
+
+/// A ranked search's candidates: `(listing_id, sort_key)` of at most
+/// `limit` matches, as the GIN index finds them.
+fn push_candidates(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, limit: i64) {
+    push_search_matches(qb, q, true, limit);
+}
+
+/// At most `limit` matches of a search: their ids and ranks when `ranked`,
+/// else only that they exist (for counting).
+fn push_search_matches(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    q: &ListingQuery,
+    ranked: bool,
+    limit: i64,
+) {
+    qb.push("SELECT listing_id");
+    if ranked {
+        qb.push(", ");
+        Sort::Relevance.push_key(qb, search_term(q));
+        qb.push(" AS sort_key");
+    }
+    if search_only(q) {
+        qb.push(" FROM rm_listing_search WHERE status = ")
+            .push_bind(q.status.clone());
+        if let Some(term) = search_term(q) {
+            qb.push(" AND search_doc @@ websearch_to_tsquery('english', ")
+                .push_bind(term.to_owned())
+                .push(")");
+        }
+    } else {
+        qb.push(" FROM rm_listings");
+        push_filter(qb, q);
+    }
+    qb.push(" LIMIT ").push_bind(limit);
+}
+
 /// The keyset page: `first + 1` rows after `after`, with their sort keys.
 fn push_page(
     qb: &mut QueryBuilder<'_, Postgres>,
@@ -916,23 +992,39 @@ fn push_page(
     candidates: bool,
 ) {
     let term = search_term(q);
+    if let (Sort::Relevance, Some(_)) = (sort, term) {
+        // Ranking reads every candidate: bound them, taking the matches the
+        // GIN index finds first (already gathered in `cand`, when the
+        // statement has it); rank them narrow, and read the wide rows of
+        // the page's alone.
+        qb.push(format!(
+            "SELECT {COLUMNS}, t.sort_key FROM (SELECT listing_id, sort_key FROM ("
+        ));
+        if candidates {
+            qb.push("SELECT * FROM cand LIMIT ")
+                .push_bind(RELEVANCE_CANDIDATES);
+        } else {
+            push_candidates(qb, q, RELEVANCE_CANDIDATES);
+        }
+        qb.push(") c WHERE true");
+        if let Some((key, id)) = after {
+            qb.push(" AND (sort_key, listing_id) < (")
+                .push_bind(key)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        qb.push(" ORDER BY sort_key DESC, listing_id DESC LIMIT ")
+            .push_bind(super::limit_for(first))
+            .push(
+                ") t JOIN rm_listings USING (listing_id) ORDER BY t.sort_key DESC, listing_id DESC",
+            );
+        return;
+    }
     qb.push(format!("SELECT {COLUMNS}, "));
     sort.push_key(qb, term);
     qb.push(" AS sort_key FROM ");
     match (sort, term) {
-        // Ranking reads every candidate: bound them, taking the matches
-        // the GIN index finds first (already gathered in `cand`, when the
-        // statement has it).
-        (Sort::Relevance, Some(_)) if candidates => {
-            qb.push("(SELECT * FROM cand LIMIT ")
-                .push_bind(RELEVANCE_CANDIDATES)
-                .push(") AS rm_listings WHERE true");
-        }
-        (Sort::Relevance, Some(_)) => {
-            qb.push("(");
-            push_matches(qb, q, "*", RELEVANCE_CANDIDATES);
-            qb.push(") AS rm_listings WHERE true");
-        }
         _ => {
             qb.push("rm_listings");
             push_filter(qb, q);
@@ -998,8 +1090,11 @@ fn push_sample(
     candidates: bool,
 ) {
     if candidates {
-        qb.push(format!("SELECT {what} FROM cand LIMIT "))
-            .push_bind(FACET_SAMPLE);
+        qb.push(format!(
+            "SELECT {what} FROM (SELECT listing_id FROM cand LIMIT "
+        ))
+        .push_bind(FACET_SAMPLE)
+        .push(") c JOIN rm_listings USING (listing_id)");
     } else {
         push_matches(qb, q, what, FACET_SAMPLE);
     }
@@ -1013,7 +1108,7 @@ fn push_total(qb: &mut QueryBuilder<'_, Postgres>, q: &ListingQuery, candidates:
         qb.push("(SELECT CASE WHEN n <= ")
             .push_bind(RELEVANCE_CANDIDATES)
             .push(" THEN n ELSE (SELECT count(*) FROM (");
-        push_matches(qb, q, "1", COUNT_CAP + 1);
+        push_search_matches(qb, q, false, COUNT_CAP + 1);
         qb.push(") c) END FROM (SELECT count(*) AS n FROM cand) k)");
         return;
     }
@@ -1060,7 +1155,7 @@ fn statement(
     let mut qb = QueryBuilder::new(format!("{prefix}WITH "));
     if candidates {
         qb.push("cand AS MATERIALIZED (");
-        push_matches(&mut qb, q, "*", RELEVANCE_CANDIDATES.max(FACET_SAMPLE) + 1);
+        push_candidates(&mut qb, q, RELEVANCE_CANDIDATES.max(FACET_SAMPLE) + 1);
         qb.push("), ");
     }
     qb.push("page AS (");

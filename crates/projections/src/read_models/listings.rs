@@ -961,21 +961,25 @@ fn push_search_matches(
     ranked: bool,
     limit: i64,
 ) {
-    qb.push("SELECT listing_id");
-    if ranked {
-        qb.push(", ");
-        Sort::Relevance.push_key(qb, search_term(q));
-        qb.push(" AS sort_key");
-    }
     if search_only(q) {
-        qb.push(" FROM rm_listing_search WHERE status = ")
-            .push_bind(q.status.clone());
-        if let Some(term) = search_term(q) {
-            qb.push(" AND search_doc @@ websearch_to_tsquery('english', ")
-                .push_bind(term.to_owned())
-                .push(")");
+        // The query is parsed once, as a FROM item, not once per row (with
+        // a generic plan nothing else folds it).
+        qb.push("SELECT listing_id");
+        if ranked {
+            qb.push(", (ts_rank(search_doc, tsq) * 1000000)::bigint AS sort_key");
         }
+        qb.push(" FROM rm_listing_search, websearch_to_tsquery('english', ")
+            .push_bind(search_term(q).unwrap_or_default().to_owned())
+            .push(") AS tsq WHERE status = ")
+            .push_bind(q.status.clone())
+            .push(" AND search_doc @@ tsq");
     } else {
+        qb.push("SELECT listing_id");
+        if ranked {
+            qb.push(", ");
+            Sort::Relevance.push_key(qb, search_term(q));
+            qb.push(" AS sort_key");
+        }
         qb.push(" FROM rm_listings");
         push_filter(qb, q);
     }

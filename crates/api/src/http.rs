@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use marketplace_store::Position;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -50,6 +51,9 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A bug that panics in a handler answers a coded INTERNAL (logged
+        // with a reference) instead of dropping the connection.
+        .layer(CatchPanicLayer::custom(panic_response))
         // Every log line of a request (an INTERNAL error's included) carries
         // its request id, which the response echoes in `x-request-id`.
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -228,6 +232,19 @@ fn not_acceptable() -> Response {
             "GraphQL responses are sent as application/json or {GRAPHQL_RESPONSE_JSON}; \
              the Accept header allows neither"
         )),
+        Media::Json,
+    )
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    error_response_with(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::internal(format!("handler panicked: {detail}")),
         Media::Json,
     )
 }

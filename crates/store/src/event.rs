@@ -33,7 +33,9 @@ impl StreamId {
         let err = || StreamIdError(s.chars().take(128).collect());
         // A hyphenated UUID is 36 characters long and itself contains hyphens,
         // so the category is whatever comes before it.
-        if s.len() < 38 {
+        // Valid names are ASCII; anything else could also put the split
+        // below inside a character.
+        if s.len() < 38 || !s.is_ascii() {
             return Err(err());
         }
         let (category, rest) = s.split_at(s.len() - 37);
@@ -369,6 +371,11 @@ mod tests {
             "-0193a2b4-0000-7000-8000-000000000000",
             "order_0193a2b4-0000-7000-8000-000000000000",
             "order-0193A2B4-0000-7000-8000-000000000000",
+            // Multi-byte characters where the split falls (the fuzzer's
+            // find: this used to panic).
+            "ééééééééééééééééééé",
+            "é-0193a2b4-0000-7000-8000-000000000000",
+            "order-0193a2b4-0000-7000-8000-00000000000é",
         ] {
             assert!(StreamId::parse(bad).is_err(), "{bad:?} should be refused");
         }

@@ -1028,12 +1028,8 @@ fn push_page(
     qb.push(format!("SELECT {COLUMNS}, "));
     sort.push_key(qb, term);
     qb.push(" AS sort_key FROM ");
-    match (sort, term) {
-        _ => {
-            qb.push("rm_listings");
-            push_filter(qb, q);
-        }
-    }
+    qb.push("rm_listings");
+    push_filter(qb, q);
     let (cmp, dir) = if sort.descending() {
         ("<", "DESC")
     } else {

@@ -15,6 +15,9 @@
 #     operations as a BUYER, a SELLER and an ADMIN: no HTTP 5xx, no
 #     INTERNAL, no error without a contract code. It prints its seed;
 #     FUZZ_SEED=N replays a run, FUZZ_EXAMPLES / FUZZ_NEGATIVE size it.
+#     By hand the seed is random; under CI=true it is derived from the
+#     commit, so CI repeats what the author ran for that commit, and each
+#     new commit still explores new operations.
 #
 # Called by .ci/run after `cargo test`; run it by hand the same way:
 #   bash conformance/run.sh
@@ -211,6 +214,9 @@ admin_password="conformance-admin-password"
 MARKETPLACE_ADMIN_PASSWORD="$admin_password" \
   "$bin" accounts create-admin --email "$admin_email" --data-dir "$work/data" >/dev/null 2>"$work/admin.stderr" ||
   { tail -n 20 "$work/admin.stderr" >&2; exit 1; }
+if [[ -z "${FUZZ_SEED:-}" && "${CI:-}" == true ]] && commit="$(git rev-parse --short=7 HEAD 2>/dev/null)"; then
+  export FUZZ_SEED=$(( 16#$commit ))
+fi
 check env FUZZ_ADMIN="$admin_email:$admin_password" "$python" conformance/fuzz.py "$url"
 end_step
 

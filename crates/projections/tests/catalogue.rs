@@ -12,58 +12,26 @@ use marketplace_domain::listing::{
     ListingPublished, ReservationCommitted, StockReserved,
 };
 use marketplace_domain::values::*;
-use marketplace_domain::EventSet;
 use marketplace_projections::read_models::listings::{self, ListingQuery, Sort, Want};
 use marketplace_projections::{Progress, ProjectorRuntime};
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{
-    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
-};
+use marketplace_store::Position;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 mod common;
-use common::{setup, DEADLINE};
+use common::{append, eur, setup, DEADLINE};
 
 const CATEGORIES: [&str; 4] = ["home", "garden", "books", "toys"];
 const TAGS: [&str; 5] = ["sale", "eco", "new", "gift", "rare"];
-
-fn new_event<E: EventSet>(e: E) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: e.event_type().to_owned(),
-        schema_version: e.schema_version(),
-        data: e.to_data().expect("encode"),
-        metadata: EventMetadata::default(),
-    }
-}
-
-async fn append(store: &PostgresEventStore, id: Uuid, events: Vec<ListingEvent>) -> Position {
-    store
-        .append(
-            &StreamId::new("listing", id).expect("stream"),
-            ExpectedRevision::Any,
-            events.into_iter().map(new_event).collect(),
-        )
-        .await
-        .expect("append")
-        .position
-}
 
 fn at(seconds: u32) -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
         .single()
         .expect("date")
         + chrono::Duration::seconds(i64::from(seconds))
-}
-
-fn eur(minor: i64) -> Money {
-    Money {
-        minor,
-        currency: Currency::parse("EUR").expect("valid"),
-    }
 }
 
 /// The `i`th listing of a catalogue: category, tags, kind and price vary
@@ -226,7 +194,7 @@ async fn counts_and_facets_equal_a_direct_count_through_creates_price_changes_sa
         if i % 3 != 0 {
             events.push(published(id, i));
         }
-        head = append(&store, id, events).await;
+        head = append(&store, "listing", id, events).await;
         if i % 40 == 39 {
             assert!(progress.wait_for(&[listings::NAME], head, DEADLINE).await);
         }
@@ -278,7 +246,7 @@ async fn counts_and_facets_equal_a_direct_count_through_creates_price_changes_sa
             );
         }
         if !events.is_empty() {
-            head = append(&store, *id, events).await;
+            head = append(&store, "listing", *id, events).await;
         }
     }
     assert!(progress.wait_for(&[listings::NAME], head, DEADLINE).await);
@@ -364,7 +332,15 @@ async fn every_catalogue_page_shape_is_an_index_read_at_ten_thousand_listings() 
             let id = Uuid::now_v7();
             let seller = sellers[(i % 100) as usize];
             let store = store.clone();
-            async move { append(&store, id, vec![created(id, seller, i), published(id, i)]).await }
+            async move {
+                append(
+                    &store,
+                    "listing",
+                    id,
+                    vec![created(id, seller, i), published(id, i)],
+                )
+                .await
+            }
         });
         for p in futures::future::join_all(appends).await {
             head = head.max(p);

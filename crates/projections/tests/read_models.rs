@@ -18,61 +18,23 @@ use marketplace_domain::order::{
 };
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::*;
-use marketplace_domain::EventSet;
 use marketplace_projections::read_models::{accounts, listings, notifications, orders, reviews};
 use marketplace_projections::{
     Progress, Projection, ProjectionError, ProjectionState, ProjectorRuntime,
 };
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{
-    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
-};
+use marketplace_store::{EventStore, Position};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 mod common;
-use common::{setup, DEADLINE};
-
-fn new_event<E: EventSet>(e: E) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: e.event_type().to_owned(),
-        schema_version: e.schema_version(),
-        data: e.to_data().expect("encode"),
-        metadata: EventMetadata::default(),
-    }
-}
-
-async fn append<E: EventSet>(
-    store: &PostgresEventStore,
-    category: &str,
-    id: Uuid,
-    events: Vec<E>,
-) -> Position {
-    let s = StreamId::new(category, id).expect("stream");
-    store
-        .append(
-            &s,
-            ExpectedRevision::Any,
-            events.into_iter().map(new_event).collect(),
-        )
-        .await
-        .expect("append")
-        .position
-}
+use common::{append, eur, setup, DEADLINE};
 
 fn at(min: u32) -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 9, min, 0)
         .single()
         .expect("date")
-}
-
-fn eur(minor: i64) -> Money {
-    Money {
-        minor,
-        currency: Currency::parse("EUR").expect("valid"),
-    }
 }
 
 fn account(id: Uuid, email: &str) -> AccountEvent {

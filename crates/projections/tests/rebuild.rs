@@ -23,7 +23,6 @@ use marketplace_domain::listing::{
 use marketplace_domain::order::{LineSpec, OrderConfirmed, OrderEvent, OrderPlaced};
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewSubmitted};
 use marketplace_domain::values::*;
-use marketplace_domain::EventSet;
 use marketplace_projections::read_models::listings::{self, ListingQuery, Sort};
 use marketplace_projections::read_models::{accounts, notifications, orders, reviews};
 use marketplace_projections::{
@@ -31,9 +30,7 @@ use marketplace_projections::{
     ProjectorRuntime, RuntimeConfig, Table,
 };
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{
-    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
-};
+use marketplace_store::{EventStore, Position, RecordedEvent};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -83,41 +80,6 @@ fn at(min: u32) -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 9, min % 60, 0)
         .single()
         .expect("date")
-}
-
-fn eur(minor: i64) -> Money {
-    Money {
-        minor,
-        currency: Currency::parse("EUR").expect("valid"),
-    }
-}
-
-fn new_event<E: EventSet>(e: E) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: e.event_type().to_owned(),
-        schema_version: e.schema_version(),
-        data: e.to_data().expect("encode"),
-        metadata: EventMetadata::default(),
-    }
-}
-
-async fn append<E: EventSet>(
-    store: &PostgresEventStore,
-    category: &str,
-    id: Uuid,
-    events: Vec<E>,
-) -> Position {
-    let s = StreamId::new(category, id).expect("stream");
-    store
-        .append(
-            &s,
-            ExpectedRevision::Any,
-            events.into_iter().map(new_event).collect(),
-        )
-        .await
-        .expect("append")
-        .position
 }
 
 fn created(id: Uuid, seller: Uuid, n: u32) -> ListingEvent {

@@ -264,3 +264,43 @@ pub async fn checkpoint_row(
     .await
     .expect("checkpoint row")
 }
+
+/// A new event of `e`, with a fresh id and default metadata.
+pub fn new_event<E: marketplace_domain::EventSet>(e: E) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: e.event_type().to_owned(),
+        schema_version: e.schema_version(),
+        data: e.to_data().expect("encode"),
+        metadata: EventMetadata::default(),
+    }
+}
+
+/// Appends `events` to the `category` stream of `id`; returns the position
+/// of the last.
+pub async fn append<E: marketplace_domain::EventSet>(
+    store: &PostgresEventStore,
+    category: &str,
+    id: Uuid,
+    events: Vec<E>,
+) -> Position {
+    let s = StreamId::new(category, id).expect("stream");
+    store
+        .append(
+            &s,
+            ExpectedRevision::Any,
+            events.into_iter().map(new_event).collect(),
+        )
+        .await
+        .expect("append")
+        .position
+}
+
+/// `minor` cents of EUR.
+pub fn eur(minor: i64) -> marketplace_domain::values::Money {
+    use marketplace_domain::values::{Currency, Money};
+    Money {
+        minor,
+        currency: Currency::parse("EUR").expect("valid"),
+    }
+}

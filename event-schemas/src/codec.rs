@@ -1,6 +1,6 @@
 //! Encoding domain events for the store, and decoding them back.
 
-use marketplace_domain::{DecodeError, EventSet};
+use marketplace_domain::{DecodeError, Event, EventSet};
 
 /// A domain event in stored form.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,18 @@ pub fn decode<E: EventSet>(
 ) -> Result<E, CodecError> {
     let data = crate::upcast::to_current(event_type, version, data)?;
     Ok(E::from_data(event_type, data)?)
+}
+
+/// Decodes stored data of `event_type` at `version` in a stream of
+/// `category` into an event of any aggregate, upcasting it first.
+pub fn decode_any(
+    category: &str,
+    event_type: &str,
+    version: u32,
+    data: serde_json::Value,
+) -> Result<Event, CodecError> {
+    let data = crate::upcast::to_current(event_type, version, data)?;
+    Ok(Event::from_data(category, event_type, data)?)
 }
 
 #[cfg(test)]

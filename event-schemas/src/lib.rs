@@ -11,7 +11,8 @@
 //! - `fixtures/<event.type>/v<N>[-<name>].json`: stored documents of each
 //!   version (at least one per version).
 //! - [`codec`]: [`encode`] a domain event to (type, version, data) and
-//!   [`decode`] stored data back, upcasting old versions first.
+//!   [`decode`] stored data back, upcasting old versions first;
+//!   [`decode_any`] decodes into [`marketplace_domain::Event`] by stream category.
 //! - [`upcast`]: the registry of upcasters (old version → current), written
 //!   as typed `v1` structs with `From<v1> for v2`.
 //!
@@ -20,4 +21,4 @@
 pub mod codec;
 pub mod upcast;
 
-pub use codec::{decode, encode, CodecError, Encoded};
+pub use codec::{decode, decode_any, encode, CodecError, Encoded};

@@ -24,6 +24,9 @@ pub enum DecodeError {
     /// No event of this aggregate has that name.
     #[error("unknown event type {0:?}")]
     UnknownType(String),
+    /// No aggregate has streams of that category.
+    #[error("unknown stream category {0:?}")]
+    UnknownCategory(String),
     /// The data does not match the current version of the type.
     #[error("event {event_type} does not match its schema: {reason}")]
     Malformed {
@@ -41,6 +44,8 @@ pub enum DecodeError {
 pub trait EventSet: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Stored names of every event in the set.
     const TYPES: &'static [&'static str];
+    /// `(stored name, current version)` of every event in the set.
+    const VERSIONS: &'static [(&'static str, u32)];
     /// This event's stored name.
     fn event_type(&self) -> &'static str;
     /// This event's current schema version.
@@ -63,6 +68,10 @@ macro_rules! event_set {
         impl $crate::event::EventSet for $name {
             const TYPES: &'static [&'static str] =
                 &[$(<$ty as $crate::event::DomainEvent>::NAME),+];
+            const VERSIONS: &'static [(&'static str, u32)] = &[$((
+                <$ty as $crate::event::DomainEvent>::NAME,
+                <$ty as $crate::event::DomainEvent>::VERSION,
+            )),+];
 
             fn event_type(&self) -> &'static str {
                 match self { $(Self::$variant(_) => <$ty as $crate::event::DomainEvent>::NAME),+ }

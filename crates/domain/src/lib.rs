@@ -11,6 +11,8 @@
 //! - [`aggregate`]: the [`Aggregate`] trait and the given/when/then harness.
 //! - [`event`]: [`DomainEvent`] (the stored name and version, defined once
 //!   beside each event type) and [`EventSet`], the per-aggregate event enum.
+//! - [`any_event`]: [`Event`], an event of any aggregate (one variant per
+//!   aggregate), the one list of aggregates that consumers match on.
 //! - [`values`]: validated value types (ids, [`values::Email`],
 //!   [`values::Money`], …).
 //! - One folder per aggregate — [`account`] (with the wallet and escrow),
@@ -20,6 +22,7 @@
 
 pub mod account;
 pub mod aggregate;
+pub mod any_event;
 pub mod email_claim;
 pub mod event;
 pub mod listing;
@@ -28,4 +31,5 @@ pub mod review;
 pub mod values;
 
 pub use aggregate::Aggregate;
+pub use any_event::Event;
 pub use event::{DecodeError, DomainEvent, EventSet};

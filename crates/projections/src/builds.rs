@@ -49,9 +49,9 @@
 use marketplace_store::Position;
 use sqlx::{PgConnection, PgPool};
 
-use crate::leader::lock_key;
 use crate::progress::ProjectionState;
 use crate::runtime::{to_position, Projection, ProjectionError};
+use marketplace_consumers::leader::lock_key;
 
 /// Schema of the stable views the queries read.
 pub const VIEW_SCHEMA: &str = "public";
@@ -60,6 +60,17 @@ pub const VIEW_SCHEMA: &str = "public";
 /// creating builds of one projection (`"mktb"` in ASCII); the second half is
 /// [`lock_key`] of the projection's name.
 pub const BUILD_LOCK_NAMESPACE: i32 = 0x6d6b_7462;
+
+/// The checkpoint of the live build of projection `$1`, for a standby to
+/// follow (see [`marketplace_consumers::leader::LockConnection`]).
+pub const LIVE_POSITION_SQL: &str =
+    "SELECT position FROM projection_checkpoints WHERE name = $1 AND live";
+
+/// Whether the build in schema `$1` still has leadership generation `$2`
+/// and is not retired (a switch retires the build it replaces; a takeover
+/// bumps the generation).
+pub const BUILD_LEADING_SQL: &str =
+    "SELECT generation = $2 AND NOT retired FROM projection_checkpoints WHERE schema_name = $1";
 
 /// One table of a read model's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,9 @@
 //!   builds.
 //! - [`verify`]: [`verify::verify`] rebuilds every read model into scratch
 //!   schemas and compares checksums with the live builds, table by table.
-//! - [`leader`]: the per-build advisory lock that elects the leader.
+//! - leadership: the per-build advisory lock that elects the leader is
+//!   `marketplace_consumers::leader` (namespace `PROJECTION_LOCKS`), shared
+//!   with the process managers; backoff and subscriptions are shared too.
 //! - [`progress`]: [`Progress`], how far each projection has come in this
 //!   process (so a query carrying a consistency token can wait for its own
 //!   writes) and what each local runner is doing (RUNNING, STANDBY, FAILED,
@@ -45,7 +47,6 @@
 //!   the read models' tables, which the builds' schemas took over.
 
 pub mod builds;
-pub mod leader;
 pub mod progress;
 pub mod read_models;
 pub mod runtime;

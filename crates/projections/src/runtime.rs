@@ -26,8 +26,8 @@
 //!   to STANDBY (and tries again after `lock_retry`).
 //! - **FAILED**: a batch that fails is retried event by event; an event that
 //!   still fails after [`RuntimeConfig::max_attempts`] attempts (exponential
-//!   backoff from [`RuntimeConfig::backoff_initial`] up to
-//!   [`RuntimeConfig::backoff_max`]) marks the row `FAILED` with
+//!   backoff from [`RuntimeConfig::retry`], the shared
+//!   jittered policy) marks the row `FAILED` with
 //!   `last_error` and `failed_position`, and the runner releases the lock
 //!   and waits. The checkpoint stays just below the failed event: nothing is
 //!   ever skipped. Other projections keep running. It resumes from the
@@ -108,14 +108,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use marketplace_store::{EventStore, Position, RecordedEvent, StoreError};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use marketplace_consumers::leader::{LockConnection, PROJECTION_LOCKS};
+use marketplace_consumers::retry::{pause, stopping, Backoff};
+use marketplace_consumers::subscription::{Batching, Next, Subscription};
+
 use crate::builds::{self, Build, Resolved, Table};
-use crate::leader::LockConnection;
 use crate::progress::{Progress, ProjectionState, RebuildProgress, RunnerStatus};
 use crate::status::{self, ProjectionStatus};
 use crate::verify::{self, ProjectionCheck};
@@ -257,10 +260,9 @@ pub struct RuntimeConfig {
     /// Attempts at one event before the projection is marked FAILED (at
     /// least 1).
     pub max_attempts: u32,
-    /// Pause after the first failed attempt; doubled after each next one.
-    pub backoff_initial: Duration,
-    /// Longest pause between attempts.
-    pub backoff_max: Duration,
+    /// Pauses between attempts at a failing event (the shared policy, with
+    /// jitter).
+    pub retry: Backoff,
     /// Events per transaction while a rebuild loads in bulk (and per page
     /// of a `verify` scratch build); also the largest gap a switch closes
     /// by itself.
@@ -276,20 +278,9 @@ impl Default for RuntimeConfig {
             leader_check: Duration::from_secs(5),
             follow_interval: Duration::from_millis(50),
             max_attempts: 5,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             bulk_batch: 10_000,
         }
-    }
-}
-
-impl RuntimeConfig {
-    /// The pause after failed attempt number `attempt` (from 1).
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.backoff_initial
-            .saturating_mul(factor)
-            .min(self.backoff_max)
     }
 }
 
@@ -555,7 +546,11 @@ impl ProjectorRuntime {
         // Started on a FAILED build: a restart, which retries it.
         let resume_failed =
             matches!(&first, Resolved::Lead(b) if b.state == ProjectionState::Failed);
-        let mut lock = LockConnection::new((*self.pool.connect_options()).clone(), name);
+        let mut lock = LockConnection::new(
+            (*self.pool.connect_options()).clone(),
+            PROJECTION_LOCKS,
+            name,
+        );
         let result = self
             .run_terms(
                 projection.as_ref(),
@@ -748,7 +743,11 @@ impl ProjectorRuntime {
         let name = projection.name();
         let build = builds::start_rebuild(&self.pool, projection.as_ref()).await?;
         tracing::info!(projection = name, schema = %build.schema, from = %build.position, "rebuilding");
-        let mut lock = LockConnection::new((*self.pool.connect_options()).clone(), &build.schema);
+        let mut lock = LockConnection::new(
+            (*self.pool.connect_options()).clone(),
+            PROJECTION_LOCKS,
+            &build.schema,
+        );
         let result = self
             .rebuild_terms(projection.as_ref(), &build, &mut lock, &mut shutdown)
             .await;
@@ -766,7 +765,7 @@ impl ProjectorRuntime {
                     }
                     Err(e) => {
                         tracing::warn!(projection = name, error = %e, attempt, "could not drop the old build yet");
-                        if pause(self.config.backoff(attempt), &mut shutdown).await {
+                        if pause(self.config.retry.delay(attempt), &mut shutdown).await {
                             break;
                         }
                     }
@@ -824,7 +823,10 @@ impl ProjectorRuntime {
                 // Another runner switched it in.
                 return Ok((true, None, position));
             }
-            match lock.try_acquire(name).await {
+            match lock
+                .try_acquire_following(builds::LIVE_POSITION_SQL, name)
+                .await
+            {
                 Ok((true, _)) => {}
                 Ok((false, _)) => {
                     // Another runner leads this rebuild: follow it.
@@ -921,14 +923,17 @@ impl ProjectorRuntime {
             }
             if Instant::now() >= next_attempt {
                 next_attempt = Instant::now() + self.config.lock_retry;
-                match lock.try_acquire(name).await {
+                match lock
+                    .try_acquire_following(builds::LIVE_POSITION_SQL, name)
+                    .await
+                {
                     Ok((true, _)) => return true,
                     Ok((false, position)) => self.follow(name, position),
                     Err(e) => {
                         tracing::warn!(projection = name, error = %e, "could not try the leadership lock");
                     }
                 }
-            } else if let Ok(position) = lock.follow(name).await {
+            } else if let Ok(position) = lock.read_position(builds::LIVE_POSITION_SQL, name).await {
                 self.follow(name, position);
             }
             if pause(self.config.follow_interval, shutdown).await {
@@ -1088,16 +1093,11 @@ impl ProjectorRuntime {
                 self.publish_rebuild(name, build, position, false).await;
             }
         }
-        let mut events = match self.store.subscribe_all(position).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(projection = name, error = %e, "could not subscribe");
-                return Term::SteppedDown;
-            }
+        let mut events = Subscription::new(name, self.store.clone(), position, self.config.retry);
+        let batching = Batching {
+            max_events: self.config.max_batch,
+            max_wait: self.config.max_wait,
         };
-        let every = self.config.leader_check;
-        let mut check = tokio::time::interval_at(Instant::now() + every, every);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether the last batch left the subscription drained (caught up).
         let mut caught_up;
         // A rebuild fresh from its bulk load (or taken over) has caught up
@@ -1105,51 +1105,28 @@ impl ProjectorRuntime {
         let mut try_first = !live;
         loop {
             let next = if std::mem::take(&mut try_first) {
-                None
+                Next::Idle
             } else {
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return Term::Stopped,
-                    _ = check.tick() => None,
-                    next = events.next() => Some(next),
-                }
+                events
+                    .next_batch(batching, Some(self.config.leader_check), shutdown)
+                    .await
             };
             match next {
-                None => {
-                    if lock.still_leading(schema, generation.0).await == Some(false) {
+                Next::Stopped => return Term::Stopped,
+                Next::Idle => {
+                    if lock
+                        .still_leading(builds::BUILD_LEADING_SQL, schema, generation.0)
+                        .await
+                        == Some(false)
+                    {
                         tracing::warn!(projection = name, schema, "no longer leads this build");
                         return Term::SteppedDown;
                     }
                     // Idle: nothing came for a while.
                     caught_up = true;
                 }
-                Some(next) => {
-                    let mut batch = Vec::new();
-                    match next {
-                        Some(Ok(first)) => batch.push(first),
-                        Some(Err(e)) => {
-                            tracing::warn!(projection = name, error = %e, "subscription failed");
-                            return Term::SteppedDown;
-                        }
-                        None => {
-                            tracing::warn!(projection = name, "subscription ended");
-                            return Term::SteppedDown;
-                        }
-                    }
-                    let deadline = Instant::now() + self.config.max_wait;
-                    caught_up = true;
-                    while batch.len() < self.config.max_batch {
-                        match tokio::time::timeout_at(deadline, events.next()).await {
-                            Ok(Some(Ok(e))) => batch.push(e),
-                            Ok(Some(Err(e))) => {
-                                tracing::warn!(projection = name, error = %e, "subscription failed");
-                                return Term::SteppedDown;
-                            }
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
-                    if batch.len() >= self.config.max_batch {
-                        caught_up = false;
-                    }
+                Next::Batch(mut batch) => {
+                    caught_up = batch.len() < self.config.max_batch;
                     // Events a switch already folded come round again.
                     batch.retain(|e| e.position > position);
                     if !batch.is_empty() {
@@ -1243,7 +1220,11 @@ impl ProjectorRuntime {
             }
             if last_check.elapsed() >= self.config.lock_retry {
                 last_check = Instant::now();
-                if lock.still_leading(&build.schema, generation.0).await == Some(false) {
+                if lock
+                    .still_leading(builds::BUILD_LEADING_SQL, &build.schema, generation.0)
+                    .await
+                    == Some(false)
+                {
                     tracing::warn!(projection = name, schema = %build.schema, "no longer leads this build");
                     return Err(Term::SteppedDown);
                 }
@@ -1481,7 +1462,7 @@ impl ProjectorRuntime {
                     Ok(_) => return,
                     Err(e) => {
                         tracing::warn!(projection = %name, error = %e, attempt, "could not drop the old build yet");
-                        tokio::time::sleep(config.backoff(attempt)).await;
+                        tokio::time::sleep(config.retry.delay(attempt)).await;
                     }
                 }
             }
@@ -1543,7 +1524,7 @@ impl ProjectorRuntime {
                     return Err(Halt::Unavailable);
                 }
                 Err(e) if attempt < self.config.max_attempts.max(1) => {
-                    let delay = self.config.backoff(attempt);
+                    let delay = self.config.retry.delay(attempt);
                     tracing::warn!(projection = projection.name(), position = %event.position, error = %e, attempt, ?delay, "event failed; retrying");
                     if pause(delay, shutdown).await {
                         return Err(Halt::Shutdown);
@@ -1635,19 +1616,6 @@ impl ProjectorRuntime {
     }
 }
 
-/// Whether shutdown was asked for (or can no longer be: sender dropped).
-fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
-    *shutdown.borrow() || shutdown.has_changed().is_err()
-}
-
-/// Sleeps `d`; returns `true` at once if shutdown is asked for meanwhile.
-async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = shutdown.wait_for(|stop| *stop) => true,
-        _ = tokio::time::sleep(d) => false,
-    }
-}
-
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -1664,21 +1632,4 @@ pub(crate) fn to_position(p: i64) -> Position {
 
 pub(crate) fn to_i64(p: Position) -> i64 {
     i64::try_from(p.0).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let c = RuntimeConfig {
-            backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(50),
-            ..RuntimeConfig::default()
-        };
-        let delays: Vec<_> = (1..=5).map(|a| c.backoff(a).as_millis()).collect();
-        assert_eq!(delays, vec![10, 20, 40, 50, 50]);
-        assert_eq!(c.backoff(100), Duration::from_millis(50));
-    }
 }

@@ -26,9 +26,9 @@ use marketplace_store::{EventStore, Position};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::leader::{lock_key, LOCK_NAMESPACE};
 use crate::progress::{fraction, ProjectionState};
 use crate::runtime::{to_position, ProjectionError};
+use marketplace_consumers::leader::{lock_key, PROJECTION_LOCKS as LOCK_NAMESPACE};
 
 /// One projection as the cluster sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -33,8 +33,8 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::builds::{self, quote};
-use crate::leader::{lock_key, LOCK_NAMESPACE};
 use crate::runtime::{to_position, Projection, ProjectionError};
+use marketplace_consumers::leader::{lock_key, PROJECTION_LOCKS as LOCK_NAMESPACE};
 
 /// One table compared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

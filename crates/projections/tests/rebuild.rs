@@ -69,8 +69,10 @@ fn fast() -> RuntimeConfig {
         lock_retry: Duration::from_millis(50),
         leader_check: Duration::from_millis(50),
         follow_interval: Duration::from_millis(10),
-        backoff_initial: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(20),
+        retry: marketplace_consumers::Backoff::new(
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+        ),
         bulk_batch: 50,
         ..RuntimeConfig::default()
     }

@@ -71,6 +71,8 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
     // The event store keeps its own migrations in the same database.
     migrator.set_ignore_missing(true);
     migrator.run(pool).await?;
+    // The process managers' checkpoints, which the status reads too.
+    marketplace_consumers::checkpoints::migrate(pool).await?;
     builds::install(pool, &all()).await?;
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! Cluster-wide status of the projections, from any process: what the
-//! `projections status` command, GraphQL `projections` and `/metrics` show.
+//! Cluster-wide status of the projections and the process managers, from
+//! any process: what the `projections status` command, GraphQL
+//! `projections`, `/metrics` and `/readyz` show. Each row says its
+//! [`ConsumerKind`]; the process managers' rows come from
+//! `marketplace_consumers::status`.
 //!
 //! It reads the `projection_checkpoints` table (one row per build, see
 //! [`crate::builds`]), the advisory locks held in the database (`pg_locks`,
@@ -30,11 +33,35 @@ use crate::progress::{fraction, ProjectionState};
 use crate::runtime::{to_position, ProjectionError};
 use marketplace_consumers::leader::{lock_key, PROJECTION_LOCKS as LOCK_NAMESPACE};
 
-/// One projection as the cluster sees it.
+/// What kind of log consumer a status row is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConsumerKind {
+    /// A read model (`projection_checkpoints`, one row per build).
+    Projection,
+    /// A process manager (`consumer_checkpoints`, see
+    /// `marketplace_consumers::runner`).
+    ProcessManager,
+}
+
+impl ConsumerKind {
+    /// `PROJECTION` or `PROCESS_MANAGER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerKind::Projection => "PROJECTION",
+            ConsumerKind::ProcessManager => "PROCESS_MANAGER",
+        }
+    }
+}
+
+/// One consumer of the log (a projection, or a process manager) as the
+/// cluster sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProjectionStatus {
     /// Stable name.
     pub name: String,
+    /// A read model or a process manager.
+    pub kind: ConsumerKind,
     /// The live build's version (this binary's version if it has none).
     pub version: i32,
     /// The live build's schema (`None` if it has none yet).
@@ -146,6 +173,7 @@ pub async fn status(
             p.name().to_owned(),
             ProjectionStatus {
                 name: p.name().to_owned(),
+                kind: ConsumerKind::Projection,
                 version: p.version(),
                 schema: None,
                 position: Position::START,
@@ -180,6 +208,7 @@ pub async fn status(
                 name.clone(),
                 ProjectionStatus {
                     name,
+                    kind: ConsumerKind::Projection,
                     version,
                     schema: Some(schema),
                     position,
@@ -215,6 +244,7 @@ pub async fn status(
         };
         let entry = all.entry(name.clone()).or_insert_with(|| ProjectionStatus {
             name,
+            kind: ConsumerKind::Projection,
             version,
             schema: None,
             position: Position::START,
@@ -254,6 +284,33 @@ pub async fn status(
         }
         out.push(s);
     }
+    // The process managers, from their own table (see
+    // `marketplace_consumers::status`).
+    let managers = marketplace_consumers::status::status(pool, store, &[])
+        .await
+        .map_err(|e| match e {
+            marketplace_consumers::status::StatusError::Sql(e) => ProjectionError::Sql(e),
+            marketplace_consumers::status::StatusError::Store(e) => ProjectionError::Store(e),
+        })?;
+    out.extend(managers.into_iter().map(|c| ProjectionStatus {
+        name: c.name,
+        kind: ConsumerKind::ProcessManager,
+        version: 1,
+        schema: None,
+        position: c.position,
+        head: c.head,
+        lag_events: c.lag_events,
+        lag_seconds: c.lag_seconds,
+        state: ProjectionState::parse(&c.state),
+        has_leader: c.has_leader,
+        generation: c.generation,
+        last_error: c.last_error,
+        failed_position: c.failed_position,
+        updated_at: c.updated_at,
+        building_version: None,
+        rebuild_progress: None,
+        rebuild: None,
+    }));
     Ok(out)
 }
 
@@ -262,6 +319,10 @@ pub async fn status(
 /// `failed_position` stay until a batch commits. Returns whether one was
 /// FAILED.
 pub async fn reset_failed(pool: &PgPool, name: &str) -> Result<bool, ProjectionError> {
+    // A process manager of that name (its own table).
+    let manager = marketplace_consumers::Checkpoints::new(pool.clone())
+        .reset_failed(name)
+        .await?;
     let done = sqlx::query(
         "UPDATE projection_checkpoints SET state = 'STOPPED', updated_at = now() \
          WHERE name = $1 AND state = 'FAILED' AND NOT retired",
@@ -269,5 +330,5 @@ pub async fn reset_failed(pool: &PgPool, name: &str) -> Result<bool, ProjectionE
     .bind(name)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() >= 1)
+    Ok(manager || done.rows_affected() >= 1)
 }

@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use marketplace_projections::status::ConsumerKind;
+use marketplace_projections::ProjectionState;
+
 use async_graphql::ParseRequestError;
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::GraphQLRequest;
@@ -691,7 +694,8 @@ async fn healthz() -> &'static str {
 /// ([`REQUIRED_READ_MODELS`]) has a live build with a running leader (here
 /// or in a projector process): 200, else 503. The JSON body names every
 /// read model's state; those not RUNNING but not required are listed under
-/// `degraded`, and do not fail readiness.
+/// `degraded`, and do not fail readiness. A FAILED process manager
+/// (`processManagers`) fails readiness: orders would stop moving.
 async fn readyz(State(http): State<Http>) -> Response {
     let store = http.state.handler.store();
     let status = match marketplace_projections::status::status(&http.state.pool, &**store).await {
@@ -714,7 +718,7 @@ async fn readyz(State(http): State<Http>) -> Response {
     for name in READ_MODELS {
         let state = status
             .iter()
-            .find(|p| p.name == *name)
+            .find(|p| p.name == *name && p.kind == ConsumerKind::Projection)
             .filter(|p| p.schema.is_some())
             .map_or("STOPPED", |p| p.state.as_str());
         if state != "RUNNING" {
@@ -726,6 +730,18 @@ async fn readyz(State(http): State<Http>) -> Response {
         }
         projections.insert((*name).to_owned(), state.into());
     }
+    // A FAILED process manager stops orders from moving: not ready. One
+    // with no leader at the moment (standby elsewhere taking over) is not.
+    let mut managers = serde_json::Map::new();
+    for pm in status
+        .iter()
+        .filter(|p| p.kind == ConsumerKind::ProcessManager)
+    {
+        if pm.state == ProjectionState::Failed {
+            ready = false;
+        }
+        managers.insert(pm.name.clone(), pm.state.as_str().into());
+    }
     let code = if ready {
         StatusCode::OK
     } else {
@@ -735,6 +751,7 @@ async fn readyz(State(http): State<Http>) -> Response {
         "ready": ready,
         "database": "ok",
         "projections": projections,
+        "processManagers": managers,
         "degraded": degraded,
     });
     (code, axum::Json(body)).into_response()

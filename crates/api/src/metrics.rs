@@ -22,6 +22,8 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Request, Response, ServerResult, Variables};
 use marketplace_commands::stats::StatsSnapshot;
+use marketplace_projections::status::{ConsumerKind, ProjectionStatus};
+use marketplace_projections::ProjectionState;
 
 use crate::state::{AppState, READ_MODELS};
 
@@ -291,45 +293,107 @@ pub async fn render(state: &AppState) -> String {
         let _ = writeln!(out, "marketplace_log_head {head}");
     }
     match marketplace_projections::status::status(&state.pool, &**state.handler.store()).await {
-        Ok(all) => {
-            out.push_str(
-                "# HELP marketplace_projection_lag_events Events not yet folded by each projection.\n\
-                 # TYPE marketplace_projection_lag_events gauge\n",
-            );
-            for p in &all {
-                let _ = writeln!(
-                    out,
-                    "marketplace_projection_lag_events{{projection=\"{}\"}} {}",
-                    p.name, p.lag_events
-                );
-            }
-            out.push_str(
-                "# HELP marketplace_projection_lag_seconds Age of the oldest event not yet folded.\n\
-                 # TYPE marketplace_projection_lag_seconds gauge\n",
-            );
-            for p in &all {
-                let _ = writeln!(
-                    out,
-                    "marketplace_projection_lag_seconds{{projection=\"{}\"}} {:.3}",
-                    p.name, p.lag_seconds
-                );
-            }
-            out.push_str(
-                "# HELP marketplace_projection_failed 1 when the projection is FAILED.\n\
-                 # TYPE marketplace_projection_failed gauge\n",
-            );
-            for p in &all {
-                let _ = writeln!(
-                    out,
-                    "marketplace_projection_failed{{projection=\"{}\"}} {}",
-                    p.name,
-                    u8::from(p.state == marketplace_projections::ProjectionState::Failed)
-                );
-            }
-        }
+        Ok(all) => write_consumers(&mut out, &all),
         Err(e) => tracing::warn!(error = %e, "metrics: projection status unavailable"),
     }
+    write_local_consumers(&mut out, &state.consumers);
     out
+}
+
+/// Cluster-wide figures of every log consumer: the projection series for
+/// the read models (as before), and `marketplace_consumer_*` for every
+/// consumer, process managers included, labelled by kind.
+fn write_consumers(out: &mut String, all: &[ProjectionStatus]) {
+    let projections: Vec<&ProjectionStatus> = all
+        .iter()
+        .filter(|p| p.kind == ConsumerKind::Projection)
+        .collect();
+    let series: [(&str, &str, &str, fn(&ProjectionStatus) -> String); 3] = [
+        (
+            "lag_events",
+            "Events not yet folded by each projection.",
+            "Events not yet handled by each consumer.",
+            |p| p.lag_events.to_string(),
+        ),
+        (
+            "lag_seconds",
+            "Age of the oldest event not yet folded.",
+            "Age of the oldest event not yet handled.",
+            |p| format!("{:.3}", p.lag_seconds),
+        ),
+        (
+            "failed",
+            "1 when the projection is FAILED.",
+            "1 when the consumer is FAILED.",
+            |p| u8::from(p.state == ProjectionState::Failed).to_string(),
+        ),
+    ];
+    for (metric, help, _, value) in &series {
+        let _ = writeln!(out, "# HELP marketplace_projection_{metric} {help}");
+        let _ = writeln!(out, "# TYPE marketplace_projection_{metric} gauge");
+        for p in &projections {
+            let _ = writeln!(
+                out,
+                "marketplace_projection_{metric}{{projection=\"{}\"}} {}",
+                p.name,
+                value(p)
+            );
+        }
+    }
+    for (metric, _, help, value) in &series {
+        let _ = writeln!(out, "# HELP marketplace_consumer_{metric} {help}");
+        let _ = writeln!(out, "# TYPE marketplace_consumer_{metric} gauge");
+        for p in all {
+            let _ = writeln!(
+                out,
+                "marketplace_consumer_{metric}{{consumer=\"{}\",kind=\"{}\"}} {}",
+                p.name,
+                p.kind.as_str(),
+                value(p)
+            );
+        }
+    }
+    out.push_str(
+        "# HELP marketplace_consumer_has_leader 1 when some process leads the consumer.\n\
+         # TYPE marketplace_consumer_has_leader gauge\n",
+    );
+    for p in all {
+        let _ = writeln!(
+            out,
+            "marketplace_consumer_has_leader{{consumer=\"{}\",kind=\"{}\"}} {}",
+            p.name,
+            p.kind.as_str(),
+            u8::from(p.has_leader)
+        );
+    }
+}
+
+/// What this process's process-manager runners do: whether it leads each,
+/// and how many events it has handled.
+fn write_local_consumers(out: &mut String, registry: &marketplace_consumers::Registry) {
+    let all = registry.all();
+    out.push_str(
+        "# HELP marketplace_consumer_leading 1 when this process leads the process manager.\n\
+         # TYPE marketplace_consumer_leading gauge\n",
+    );
+    for (name, s) in &all {
+        let _ = writeln!(
+            out,
+            "marketplace_consumer_leading{{consumer=\"{name}\"}} {}",
+            u8::from(s.state == marketplace_consumers::RunnerState::Running)
+        );
+    }
+    out.push_str(
+        "# HELP marketplace_consumer_handled_events_total Events this process's runner handled.\n\
+         # TYPE marketplace_consumer_handled_events_total counter\n",
+    );
+    for (name, s) in &all {
+        let _ = writeln!(
+            out,
+            "marketplace_consumer_handled_events_total{{consumer=\"{name}\"}} {}",
+            s.handled
+        );
+    }
 }
 
 #[cfg(test)]

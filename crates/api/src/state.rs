@@ -41,6 +41,8 @@ pub struct AppState {
     pub roles: CurrentRoles,
     /// Hot reads, invalidated by their read models' commits.
     pub cache: Arc<ReadCache>,
+    /// What this process's process-manager runners are doing.
+    pub consumers: marketplace_consumers::Registry,
 }
 
 /// Every projection the API reads from.

@@ -480,11 +480,16 @@ impl CommerceQuery {
     }
 }
 
-/// A projection's health, as the contract's `ProjectionStatus`.
+/// A log consumer's health (a projection or a process manager), as the
+/// contract's `ProjectionStatus`.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct ProjectionStatus {
     /// Stable name.
     pub name: String,
+    /// PROJECTION (a read model) or PROCESS_MANAGER (a saga).
+    pub kind: String,
+    /// Whether some process leads it right now.
+    pub has_leader: bool,
     /// Version of its checkpoint.
     pub version: i32,
     /// Its checkpoint (a log position).
@@ -509,7 +514,8 @@ pub struct OpsQuery;
 
 #[Object]
 impl OpsQuery {
-    /// Every projection's version, position, lag and state.
+    /// Every log consumer's version, position, lag and state: the read
+    /// models, then the process managers (`kind`).
     async fn projections(&self, ctx: &Context<'_>) -> ApiResult<Vec<ProjectionStatus>> {
         let state = ctx.data::<AppState>()?;
         let viewer = ctx.data::<Viewer>()?.require()?;
@@ -523,6 +529,8 @@ impl OpsQuery {
             .into_iter()
             .map(|p| ProjectionStatus {
                 name: p.name,
+                kind: p.kind.as_str().to_owned(),
+                has_leader: p.has_leader,
                 version: p.version,
                 position: p.position.to_string(),
                 lag_events: i32::try_from(p.lag_events).unwrap_or(i32::MAX),

@@ -11,7 +11,7 @@ use marketplace_commands::CommandHandler;
 use marketplace_domain::account::Account;
 use marketplace_domain::order::{Order, OrderStatus};
 use marketplace_domain::review::{Review, ReviewStatus};
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::{EventStore, Position, PostgresEventStore};
 use sqlx::PgPool;
 use uuid::Uuid;

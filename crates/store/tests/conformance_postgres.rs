@@ -2,7 +2,7 @@
 //! per test in the shared embedded test cluster (or `DATABASE_URL`).
 
 use marketplace_store::postgres::{migrate, PostgresEventStore};
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 
 async fn fresh_store() -> PostgresEventStore {
     let db = TestDatabase::create().await;

@@ -22,7 +22,7 @@ use marketplace_domain::listing::{
 use marketplace_domain::order::{LineSpec, Order, OrderCommand, OrderStatus, PlaceOrder};
 use marketplace_domain::values::*;
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::EventStore;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;

@@ -470,7 +470,7 @@ mod tests {
 
     use super::*;
     use crate::event::EventMetadata;
-    use crate::testdb::TestDatabase;
+    use marketplace_embedded_postgres::testdb::TestDatabase;
     use crate::{EventStore, PostgresEventStore};
 
     /// Generous bound for "this must happen"; only reached when a test fails.

@@ -20,7 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
-use crate::embedded::EmbeddedPostgres;
+use crate::launcher::EmbeddedPostgres;
 
 /// Maximum number of connections in a pool returned by [`TestDatabase::pool`].
 const POOL_MAX_CONNECTIONS: u32 = 20;

@@ -35,7 +35,7 @@ enum SharedCluster {
     },
     /// An embedded cluster owned by this process (never stopped explicitly:
     /// it stops when the process exits).
-    Embedded(EmbeddedPostgres),
+    Embedded(Box<EmbeddedPostgres>),
 }
 
 impl SharedCluster {
@@ -65,7 +65,7 @@ async fn shared_cluster() -> &'static SharedCluster {
                 Ok(url) if !url.trim().is_empty() => Ok(SharedCluster::External { url }),
                 _ => EmbeddedPostgres::start_ephemeral()
                     .await
-                    .map(SharedCluster::Embedded)
+                    .map(|pg| SharedCluster::Embedded(Box::new(pg)))
                     .map_err(|err| err.to_string()),
             }
         })

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use marketplace_api::seed::{self, SeedArgs};
 use marketplace_api::{Application, Settings};
-use marketplace_projections::ProjectionState;
 use marketplace_embedded_postgres::testdb::TestDatabase;
+use marketplace_projections::ProjectionState;
 use marketplace_store::{EventStore, PostgresEventStore};
 
 fn marketplace(args: &[&str], database_url: &str) -> Output {

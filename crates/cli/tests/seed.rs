@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use marketplace_api::seed::{self, AlreadySeeded, SeedArgs};
+use marketplace_cli::seed::{self, AlreadySeeded, SeedArgs};
 use marketplace_commands::CommandHandler;
 use marketplace_domain::account::Account;
 use marketplace_domain::order::{Order, OrderStatus};

@@ -59,9 +59,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::bench::{bar, eur};
-use crate::database::{connect, migrate};
+use marketplace_api::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use marketplace_api::database::{connect, migrate};
 
 /// The admin every seeded marketplace has.
 pub const ADMIN_EMAIL: &str = "admin@seed.example";

@@ -4,8 +4,8 @@
 //! shape driven over HTTP for a fraction of a second. Each must answer data
 //! and no errors.
 
-use marketplace_api::bench::read::{self, ReadArgs};
-use marketplace_api::seed;
+use marketplace_cli::bench::read::{self, ReadArgs};
+use marketplace_cli::seed;
 use marketplace_embedded_postgres::testdb::TestDatabase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,26 +92,23 @@ mod tests {
         id
     }
 
-    fn setup() -> (CommandHandler, Actor) {
+    /// A seller with one PHYSICAL listing, the lamp.
+    async fn a_seller_with_a_lamp() -> (CommandHandler, Actor, ListingId) {
         let handler = CommandHandler::new(Arc::new(InMemoryEventStore::new()));
         let seller = Actor {
             account_id: AccountId(Uuid::now_v7()),
             roles: vec![Role::Seller],
         };
-        (handler, seller)
+        let spec = ListingSpec::Physical {
+            quantity: Quantity(5),
+        };
+        let lamp = listing(&handler, &seller, spec).await;
+        (handler, seller, lamp)
     }
 
     #[tokio::test]
     async fn prices_each_line_with_its_listings_seller_kind_and_price_in_the_order_asked() {
-        let (handler, seller) = setup();
-        let lamp = listing(
-            &handler,
-            &seller,
-            ListingSpec::Physical {
-                quantity: Quantity(5),
-            },
-        )
-        .await;
+        let (handler, seller, lamp) = a_seller_with_a_lamp().await;
         let ebook = listing(
             &handler,
             &seller,
@@ -148,15 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_a_listing_that_was_never_created() {
-        let (handler, seller) = setup();
-        let lamp = listing(
-            &handler,
-            &seller,
-            ListingSpec::Physical {
-                quantity: Quantity(5),
-            },
-        )
-        .await;
+        let (handler, _, lamp) = a_seller_with_a_lamp().await;
         let unknown = ListingId(Uuid::now_v7());
 
         let refused = price_lines(&handler, &[(lamp, Quantity(1)), (unknown, Quantity(1))]).await;

@@ -3,7 +3,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p marketplace-api --bin marketplace
+RUN cargo build --release -p marketplace-cli --bin marketplace
 
 FROM debian:bookworm-slim
 RUN apt-get update \

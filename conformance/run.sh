@@ -131,7 +131,7 @@ fi
 python="$venv/bin/python"
 
 step "cargo build (the marketplace binary)"
-cargo build -p marketplace-api --bin marketplace
+cargo build -p marketplace-cli --bin marketplace
 bin="${CARGO_TARGET_DIR:-target}/debug/marketplace"
 
 # The embedded cluster runs as an unprivileged user: its directory must be

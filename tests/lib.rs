@@ -6,7 +6,7 @@ use std::future::IntoFuture;
 
 use anyhow::Context;
 use marketplace_api::{Application, Settings};
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use serde_json::{json, Value};
 
 /// A running marketplace and an HTTP client for it.

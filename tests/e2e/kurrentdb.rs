@@ -145,7 +145,7 @@ async fn post(
 async fn consistency_tokens_and_checkpoints_survive_a_restart_on_kurrentdb() {
     marketplace_api::telemetry::init_for_tests();
     let server = kurrentdb_testserver::spawn().await.expect("test server");
-    let db = marketplace_store::testdb::TestDatabase::create().await;
+    let db = marketplace_embedded_postgres::testdb::TestDatabase::create().await;
     let mut settings = marketplace_api::Settings::for_database(db.url.clone());
     settings.event_store = EventStoreChoice::KurrentDb(Secret::new(server.connection_string()));
     settings.jwt_secret = Secret::new("restart-test-secret");

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use marketplace_commands::process::checkout::CheckoutSaga;
-use marketplace_commands::process::payout::PayoutProcess;
-use marketplace_commands::process::{self, PgCheckpoints, ProcessManager, RunnerPolicy};
+use marketplace_commands::process::{self, PgCheckpoints, RunnerPolicy};
 use marketplace_commands::CommandHandler;
 use marketplace_projections::{Progress, ProjectorRuntime};
 use marketplace_store::Position;
@@ -77,11 +75,7 @@ impl Application {
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
             // deployment's projector role.
-            let managers: Vec<Arc<dyn ProcessManager>> = vec![
-                Arc::new(CheckoutSaga::new(handler.clone(), settings.fee)),
-                Arc::new(PayoutProcess::new(handler.clone())),
-            ];
-            for pm in managers {
+            for pm in process::managers(&handler, settings.fee) {
                 let (store, pool, mut stop_rx) = (store.clone(), pool.clone(), stop_rx.clone());
                 tasks.spawn(async move {
                     let name = pm.name();

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use marketplace_store::embedded::EmbeddedPostgres;
+use marketplace_embedded_postgres::EmbeddedPostgres;
 use marketplace_store::{EventStore, KurrentDbEventStore, PostgresEventStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;

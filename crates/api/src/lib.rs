@@ -1,17 +1,12 @@
-//! The marketplace API and binary: axum + async-graphql over the command
-//! handlers and read models, plus the `marketplace` command line.
+//! The marketplace server: axum + async-graphql over the command handlers
+//! and read models.
 //!
-//! Depends on every other crate (it is the composition root); nothing
-//! depends on it except the end-to-end tests.
+//! It is the server's composition root: it depends on `commands`,
+//! `projections`, `store`, `event-schemas`, `domain` and `embedded-postgres`.
+//! Only the `marketplace` binary (`crates/cli`, which also holds the
+//! operator commands and the tools) and the end-to-end tests depend on it.
 //!
 //! Layout:
-//! - [`cli`]: argument parsing and the one dispatch of subcommands
-//!   (`serve` by default, `migrate`, `schema`, `bench`, `seed`,
-//!   `accounts create-admin`, `projections status|rebuild|verify`).
-//! - [`projections_cli`]: `marketplace projections …`: the read models'
-//!   status (version, position, lag, state, rebuild progress), a rebuild
-//!   without downtime with a progress bar, and verification against a
-//!   rebuild from the log, table by table.
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
@@ -34,16 +29,14 @@
 //! - [`error`]: the error taxonomy and its single mapping to
 //!   `extensions.code`.
 //! - [`auth`]: argon2 password hashing and JWT tokens.
-//! - [`seed`]: `marketplace seed`, a realistic marketplace written through
-//!   the command path, with the checkout saga and payout process in-process.
-//! - [`config`], [`database`], [`state`], [`telemetry`], [`bench`].
+//! - [`admin`]: operator actions that never go through the public API
+//!   (creating an ADMIN account).
+//! - [`config`], [`database`] (`DATABASE_URL` or the embedded cluster,
+//!   migrations, the event store), [`state`], [`telemetry`].
 
 pub mod admin;
 pub mod application;
-pub mod audit_cli;
 pub mod auth;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod database;
 pub mod error;
@@ -52,11 +45,9 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod metrics;
-pub mod projections_cli;
 pub mod ratelimit;
 pub mod read_cache;
 pub mod roles;
-pub mod seed;
 pub mod state;
 pub mod telemetry;
 

@@ -62,7 +62,7 @@ fn schema_is_current() {
     };
     panic!(
         "{} {problem}\n\nRegenerate it from the repository root with\n    \
-         cargo run -p marketplace-api -- schema > schema.graphql\n\
+         cargo run -p marketplace-cli -- schema > schema.graphql\n\
          (or `UPDATE_SCHEMA=1 cargo test -p marketplace-api --test schema_contract`, \
          which never rewrites when CI is set) and commit the result.",
         path.display()

@@ -17,12 +17,13 @@
 //!   aggregate as of a moment (events decoded as the live system does).
 //! - `cache`: the aggregate cache — recent states with their revision, so
 //!   a command reads only its stream's tail.
-//! - [`flows`]: one file per multi-step use case — registering an account
-//!   (claim the email, then open the account) and finding an account to log
-//!   in.
+//! - [`flows`]: one file per use case that spans aggregates or that the API
+//!   and the tools share — registering an account (claim the email, then
+//!   open the account), finding an account to log in, pricing a new order's
+//!   lines.
 //! - [`process`]: process managers (sagas) with their own checkpoints: the
-//!   checkout saga and the payout process, and the runner that feeds them
-//!   the log.
+//!   checkout saga and the payout process, the one list of them
+//!   ([`process::managers`]), and the runner that feeds them the log.
 
 pub mod audit;
 mod cache;

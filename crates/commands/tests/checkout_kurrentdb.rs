@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use marketplace_commands::audit::verify_chains;
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::{EventStore, KurrentDbEventStore, Position};
 use uuid::Uuid;
 

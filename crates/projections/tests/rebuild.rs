@@ -236,7 +236,7 @@ struct Process {
 }
 
 impl Process {
-    async fn start(db: &marketplace_store::testdb::TestDatabase, app: &str) -> Self {
+    async fn start(db: &marketplace_embedded_postgres::testdb::TestDatabase, app: &str) -> Self {
         let pool = named_pool(db, app).await;
         let store = PostgresEventStore::new(pool.clone()).await.expect("store");
         let progress = Progress::default();
@@ -834,7 +834,7 @@ async fn a_fresh_database_builds_every_read_model_and_serves_through_the_views()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_database_keeps_its_read_models_in_their_builds_schema() {
     // A database migrated before builds existed, with a projected listing.
-    let db = marketplace_store::testdb::TestDatabase::create().await;
+    let db = marketplace_embedded_postgres::testdb::TestDatabase::create().await;
     let pool = db.pool().await;
     marketplace_store::postgres::migrate(&pool)
         .await

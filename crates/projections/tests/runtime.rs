@@ -44,7 +44,7 @@ struct Process {
 }
 
 impl Process {
-    async fn start(db: &marketplace_store::testdb::TestDatabase, app: &str) -> Self {
+    async fn start(db: &marketplace_embedded_postgres::testdb::TestDatabase, app: &str) -> Self {
         let pool = named_pool(db, app).await;
         let store = PostgresEventStore::new(pool.clone()).await.expect("store");
         let progress = Progress::default();

@@ -22,12 +22,12 @@
 //!   subscriptions; event-id claims and per-key streams for what KurrentDB
 //!   has no transaction for). Its module docs explain the mapping.
 //! - [`memory`]: an in-process backend for unit tests of other crates.
-//! - [`embedded`]: starts or reuses a private PostgreSQL cluster from the
-//!   system's binaries when no `DATABASE_URL` is given.
-//! - `testdb` and `conformance` (feature `testing`): a fresh database per test,
-//!   and the one conformance suite every backend must pass.
+//! - `conformance` (feature `testing`): the one conformance suite every
+//!   backend must pass.
+//!
+//! Where a Postgres comes from (the embedded cluster, a fresh database per
+//! test) is not this crate's business: see `marketplace-embedded-postgres`.
 
-pub mod embedded;
 pub mod error;
 pub mod event;
 pub mod kurrentdb;
@@ -38,8 +38,6 @@ mod subscription;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
-#[cfg(any(test, feature = "testing"))]
-pub mod testdb;
 
 pub use error::StoreError;
 pub use event::{

@@ -1,8 +1,8 @@
 //! The conformance suite against the Postgres backend, on a fresh database
 //! per test in the shared embedded test cluster (or `DATABASE_URL`).
 
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::postgres::{migrate, PostgresEventStore};
-use marketplace_store::testdb::TestDatabase;
 
 async fn fresh_store() -> PostgresEventStore {
     let db = TestDatabase::create().await;

@@ -5,6 +5,7 @@
 
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::Utc;
+use marketplace_commands::flows::place_order::{price_lines, PriceLinesError};
 use marketplace_commands::{CommandContext, CommandError, Executed, Idempotent};
 use marketplace_domain::account::{
     Account as AccountAggregate, AccountCommand, AccountError, DepositFunds,
@@ -13,8 +14,7 @@ use marketplace_domain::listing::{
     Change, Listing as ListingAggregate, ListingCommand, SellerChange,
 };
 use marketplace_domain::order::{
-    Fulfil, LineSpec, Order as OrderAggregate, OrderCommand, OrderError, PlaceOrder, Step,
-    MAX_LINES,
+    Fulfil, Order as OrderAggregate, OrderCommand, OrderError, PlaceOrder, Step, MAX_LINES,
 };
 use marketplace_domain::review::{
     Decision, ModerateReview as ModerateCommand, OrderFacts, Review as ReviewAggregate,
@@ -278,29 +278,12 @@ impl CommerceMutation {
                 quantity(line.quantity)?,
             ));
         }
-        let mut lines = Vec::with_capacity(wanted.len());
-        for (listing_id, q) in &wanted {
-            let listing = state
-                .handler
-                .load::<ListingAggregate>(listing_id.0)
-                .await
-                .map_err(ApiError::internal)?
-                .state;
-            let (Some(seller_id), Some(kind), Some(price)) =
-                (listing.seller_id, listing.kind, listing.price)
-            else {
-                return Err(ApiError::NotFound(format!(
-                    "listing {listing_id} not found"
-                )));
-            };
-            lines.push(LineSpec {
-                listing_id: *listing_id,
-                seller_id,
-                kind,
-                quantity: q.0,
-                unit_price: price,
-            });
-        }
+        let lines = price_lines(&state.handler, &wanted)
+            .await
+            .map_err(|e| match e {
+                PriceLinesError::ListingNotFound(_) => ApiError::NotFound(e.to_string()),
+                PriceLinesError::Load(e) => ApiError::internal(e),
+            })?;
         let key = idempotency_key.as_deref().map(|k| {
             let parts: Vec<String> = wanted.iter().map(|(l, q)| format!("{l}x{}", q.0)).collect();
             let refs: Vec<&str> = parts.iter().map(String::as_str).collect();

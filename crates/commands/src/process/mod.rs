@@ -13,9 +13,13 @@
 //! - [`payout`]: `order.shipped` → commit reservations as sold;
 //!   `order.delivered` → release escrow to the seller and the fee account;
 //!   `order.cancelled` → refund the buyer and release the stock.
+//! - [`managers()`]: the list of them all, written once for every caller.
 
 pub mod checkout;
+mod managers;
 pub mod payout;
+
+pub use managers::managers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use marketplace_commands::flows::place_order::price_lines;
 use marketplace_commands::process::checkout::CheckoutSaga;
 use marketplace_commands::process::payout::PayoutProcess;
 use marketplace_commands::process::{self, PgCheckpoints, ProcessError, RunnerPolicy};
@@ -19,10 +20,10 @@ use marketplace_domain::account::{
 use marketplace_domain::listing::{
     CreateListing, Listing, ListingCommand, ListingSpec, PublishListing,
 };
-use marketplace_domain::order::{LineSpec, Order, OrderCommand, OrderStatus, PlaceOrder};
+use marketplace_domain::order::{Order, OrderCommand, OrderStatus, PlaceOrder};
 use marketplace_domain::values::*;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::testdb::TestDatabase;
 use marketplace_store::EventStore;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -141,23 +142,14 @@ impl Market {
 
     /// Places an order the way the API does: prices looked up now.
     pub async fn place(&self, buyer: &Actor, listing: ListingId, quantity: u32) -> OrderId {
-        let l = self
-            .handler
-            .load::<Listing>(listing.0)
+        let lines = price_lines(&self.handler, &[(listing, Quantity(quantity))])
             .await
-            .expect("load listing")
-            .state;
+            .expect("price the line");
         let id = OrderId(Uuid::now_v7());
         let place = OrderCommand::Place(PlaceOrder {
             order_id: id,
             buyer: buyer.clone(),
-            lines: vec![LineSpec {
-                listing_id: listing,
-                seller_id: l.seller_id.expect("seller"),
-                kind: l.kind.expect("kind"),
-                quantity,
-                unit_price: l.price.expect("price"),
-            }],
+            lines,
             at: Utc::now(),
         });
         self.handler

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use marketplace_embedded_postgres::testdb::{test_cluster_admin_url, TestDatabase};
 use marketplace_projections::{Projection, ProjectionError};
 use marketplace_store::postgres::{migrate, PostgresEventStore};
-use marketplace_store::testdb::{test_cluster_admin_url, TestDatabase};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
 };

@@ -470,8 +470,8 @@ mod tests {
 
     use super::*;
     use crate::event::EventMetadata;
-    use crate::testdb::TestDatabase;
     use crate::{EventStore, PostgresEventStore};
+    use marketplace_embedded_postgres::testdb::TestDatabase;
 
     /// Generous bound for "this must happen"; only reached when a test fails.
     const DEADLINE: Duration = Duration::from_secs(30);

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::application::{shutdown_signal, Application};
 use crate::bench::{self, BenchCommand};
-use crate::config::{EventStoreChoice, Secret, ServeRole, Settings};
-use crate::database::{connect, migrate, Database};
-use crate::projections_cli::{self, ProjectionsCommand};
-use crate::ratelimit::{Limit, RateLimits};
+use crate::projections::{self, ProjectionsCommand};
 use crate::seed::SeedArgs;
+use marketplace_api::application::{shutdown_signal, Application};
+use marketplace_api::config::{EventStoreChoice, Secret, ServeRole, Settings};
+use marketplace_api::database::{connect, migrate, Database};
+use marketplace_api::ratelimit::{Limit, RateLimits};
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
 ///
@@ -167,7 +167,7 @@ enum Command {
     /// history.
     Audit {
         #[command(subcommand)]
-        which: crate::audit_cli::AuditCommand,
+        which: crate::audit::AuditCommand,
     },
     /// Inspect, rebuild and verify the read models (projections). `serve`
     /// rebuilds a projection whose version changed on start-up by itself,
@@ -210,7 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.shutdown().await
         }
         Some(Command::Schema) => {
-            println!("{}", crate::graphql::sdl());
+            println!("{}", marketplace_api::graphql::sdl());
             Ok(())
         }
         Some(Command::Accounts {
@@ -222,7 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = crate::admin::create_admin_in(
+            let result = marketplace_api::admin::create_admin_in(
                 &db.url,
                 &cli.db.event_store,
                 &email,
@@ -265,13 +265,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Audit { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = crate::audit_cli::run(&db.url, &cli.db.event_store, which).await;
+            let result = crate::audit::run(&db.url, &cli.db.event_store, which).await;
             db.shutdown().await?;
             result
         }
         Some(Command::Projections { which }) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = projections_cli::run(&db.url, &cli.db.event_store, which).await;
+            let result = projections::run(&db.url, &cli.db.event_store, which).await;
             db.shutdown().await?;
             result
         }

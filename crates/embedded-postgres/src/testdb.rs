@@ -20,7 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
-use crate::embedded::EmbeddedPostgres;
+use crate::launcher::{percent_encode, EmbeddedPostgres};
 
 /// Maximum number of connections in a pool returned by [`TestDatabase::pool`].
 const POOL_MAX_CONNECTIONS: u32 = 20;
@@ -35,7 +35,7 @@ enum SharedCluster {
     },
     /// An embedded cluster owned by this process (never stopped explicitly:
     /// it stops when the process exits).
-    Embedded(EmbeddedPostgres),
+    Embedded(Box<EmbeddedPostgres>),
 }
 
 impl SharedCluster {
@@ -65,7 +65,7 @@ async fn shared_cluster() -> &'static SharedCluster {
                 Ok(url) if !url.trim().is_empty() => Ok(SharedCluster::External { url }),
                 _ => EmbeddedPostgres::start_ephemeral()
                     .await
-                    .map(SharedCluster::Embedded)
+                    .map(|pg| SharedCluster::Embedded(Box::new(pg)))
                     .map_err(|err| err.to_string()),
             }
         })
@@ -89,21 +89,9 @@ fn with_database(url: &str, database: &str) -> String {
     format!(
         "{}/{}{}",
         &base[..authority_end],
-        encode_path_segment(database),
+        percent_encode(database),
         query
     )
-}
-
-fn encode_path_segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// A fresh, empty database on the shared test cluster.

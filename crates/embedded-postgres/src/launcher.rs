@@ -23,6 +23,11 @@
 //!   reaches only the application, which can then shut down in order.
 //! * **Reuse**: if a postmaster is already serving the data directory (for
 //!   example another `marketplace` process), it is reused and left running.
+//! * **Crashes, on purpose**: a cluster this process started can be stopped
+//!   in immediate mode (`SIGQUIT`: no shutdown checkpoint, so the next start
+//!   runs crash recovery) and started again on the same port and data
+//!   ([`EmbeddedPostgres::crash_and_restart`]), for tests of what the
+//!   application does when its database goes away under load.
 //!
 //! Everything here uses `std::process` for the long-lived supervisor so that it
 //! is not tied to the tokio runtime that happened to start it.
@@ -48,6 +53,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`EmbeddedPostgres::stop`] waits for postgres to finish a fast shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`EmbeddedPostgres::stop_immediate`] waits for postgres to exit.
+const IMMEDIATE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a start is retried when the chosen port turned out to be taken.
 const START_ATTEMPTS: usize = 4;
 /// `postgres.log` is rotated to `postgres.log.1` at start once it exceeds this size.
@@ -159,6 +166,16 @@ pub enum EmbeddedError {
     /// A database name that cannot be used (empty or longer than 63 bytes).
     #[error("invalid database name {0:?}: it must be 1 to 63 bytes long")]
     InvalidDatabaseName(String),
+    /// The cluster was already running when this handle found it
+    /// ([`ClusterLifetime::Reused`]): another process owns it, so this handle
+    /// neither crashes nor restarts it.
+    #[error("the PostgreSQL cluster in {} belongs to another process; this handle cannot {action} it", data_dir.display())]
+    NotOwned {
+        /// The data directory of the cluster.
+        data_dir: PathBuf,
+        /// What was refused, e.g. "stop in immediate mode".
+        action: &'static str,
+    },
 }
 
 /// Shorthand for `Result<T, EmbeddedError>`.
@@ -509,7 +526,9 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn percent_encode(name: &str) -> String {
+/// `name` as one segment of a URL path: unreserved characters as they are,
+/// every other byte `%XX`.
+pub(crate) fn percent_encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
@@ -570,6 +589,62 @@ impl Supervisor {
         }
     }
 
+    /// Stops postgres in immediate mode, as a crash would (`SIGQUIT`: every
+    /// backend quits at once, nothing is checkpointed), waits until it has
+    /// exited, then discards the supervisor without its cleanup step: the
+    /// data directory is needed for the restart.
+    async fn stop_immediate(
+        self,
+        data_dir: &Path,
+        port: u16,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        // The pid file is the fallback for a supervisor whose report was lost.
+        let pid = self.postgres_pid.or_else(|| {
+            fs::read_to_string(data_dir.join("postmaster.pid"))
+                .ok()
+                .and_then(|c| c.lines().next().and_then(|l| l.trim().parse().ok()))
+        });
+        let Some(pid) = pid else {
+            self.discard();
+            return Err("the postmaster's pid is unknown".to_owned());
+        };
+        // `kill` from the shell the supervisor runs in already: no libc, no unsafe.
+        let sent = std::process::Command::new("/bin/sh")
+            .args(["-c", "kill -QUIT \"$1\"", "marketplace-pg-crash"])
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !sent.is_ok_and(|status| status.success()) && process_alive(pid) == Some(true) {
+            self.discard();
+            return Err(format!("could not send SIGQUIT to postgres (pid {pid})"));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            // A zombie (not yet reaped by the supervisor) has released its
+            // port and its children; without /proc the port tells.
+            let gone = match process_alive(pid) {
+                Some(alive) => !alive,
+                None => port_is_free(port),
+            };
+            if gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.discard();
+                return Err(format!(
+                    "postgres (pid {pid}) was still running {} s after SIGQUIT",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.discard();
+        Ok(())
+    }
+
     /// Gets rid of a supervisor whose postgres already exited, without running
     /// its cleanup step (the directory is still needed for a retry).
     fn discard(mut self) {
@@ -628,12 +703,28 @@ enum AttemptError {
 ///
 /// Dropping the handle without calling [`stop`](Self::stop) also shuts an
 /// owned cluster down (the supervisor's pipe closes), but without waiting for it.
+///
+/// The handle is `Sync`: a test may share it (say, in an `Arc`) with the
+/// task that crashes the server while others use it.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     port: u16,
     paths: ClusterPaths,
     lifetime: ClusterLifetime,
-    supervisor: Option<Supervisor>,
+    /// How the server was started, to start it again; `None` when reused.
+    relaunch: Option<Relaunch>,
+    /// The running server's supervisor: `None` when reused, or while an
+    /// owned server is down between [`stop_immediate`](Self::stop_immediate)
+    /// and [`start_again`](Self::start_again). Locked across a crash or a
+    /// restart so that two of them never interleave.
+    supervisor: tokio::sync::Mutex<Option<Supervisor>>,
+}
+
+/// What an owned cluster was started with, kept to start it again.
+#[derive(Debug)]
+struct Relaunch {
+    binaries: PgBinaries,
+    run_as: Option<OsUser>,
 }
 
 impl EmbeddedPostgres {
@@ -704,7 +795,8 @@ impl EmbeddedPostgres {
     }
 
     /// Starts a throwaway cluster in a fresh directory under the system temp
-    /// directory, tuned for speed (`fsync=off`, ...). The directory is deleted
+    /// directory, tuned for speed (`fsync=off`, ...) yet keeping acknowledged
+    /// commits across a server crash. The directory is deleted
     /// when the cluster stops, including when this process dies without
     /// calling [`stop`](Self::stop) (the supervisor deletes it).
     pub async fn start_ephemeral() -> Result<EmbeddedPostgres> {
@@ -785,7 +877,8 @@ impl EmbeddedPostgres {
                         port,
                         paths: paths.clone(),
                         lifetime: ClusterLifetime::Reused,
-                        supervisor: None,
+                        relaunch: None,
+                        supervisor: tokio::sync::Mutex::new(None),
                     }));
                 }
                 Ok(other) => {
@@ -874,13 +967,14 @@ impl EmbeddedPostgres {
     }
 
     /// Stops the cluster if this handle started it (fast shutdown), waiting for
-    /// it to exit; an ephemeral cluster's directory is deleted too. Reused
-    /// clusters are left running.
+    /// it to exit; an ephemeral cluster's directory is deleted too, even when
+    /// the server was already down after [`stop_immediate`](Self::stop_immediate).
+    /// Reused clusters are left running.
     pub async fn stop(mut self) -> Result<()> {
-        let Some(supervisor) = self.supervisor.take() else {
-            return Ok(());
+        let outcome = match self.supervisor.get_mut().take() {
+            Some(supervisor) => supervisor.shutdown(SHUTDOWN_TIMEOUT).await.map(Some),
+            None => Ok(None),
         };
-        let outcome = supervisor.shutdown(SHUTDOWN_TIMEOUT).await;
         if self.lifetime == ClusterLifetime::Ephemeral {
             // The supervisor normally removed it already; this is the fallback.
             if let Err(err) = fs::remove_dir_all(&self.paths.root) {
@@ -890,7 +984,8 @@ impl EmbeddedPostgres {
             }
         }
         match outcome {
-            Ok(status) => {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
                 tracing::info!(port = self.port, %status, "embedded PostgreSQL stopped");
                 Ok(())
             }
@@ -899,6 +994,100 @@ impl EmbeddedPostgres {
                 reason,
             }),
         }
+    }
+
+    /// Stops the server in immediate mode, as a crash would: every
+    /// connection is cut at once, nothing is checkpointed, and the next
+    /// start runs crash recovery. Returns once postgres has exited and its
+    /// port is released; the data directory (an ephemeral one included)
+    /// stays for [`start_again`](Self::start_again). Does nothing if the
+    /// server is already down.
+    ///
+    /// Meant for tests of recovery: crash a cluster of the test's own
+    /// ([`start_ephemeral`](Self::start_ephemeral)), never the shared test
+    /// cluster other tests run on.
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::NotOwned`] for a reused cluster;
+    /// [`EmbeddedError::StopFailed`] if postgres did not exit in time.
+    pub async fn stop_immediate(&self) -> Result<()> {
+        self.owned("stop in immediate mode")?;
+        let mut running = self.supervisor.lock().await;
+        let Some(supervisor) = running.take() else {
+            return Ok(());
+        };
+        supervisor
+            .stop_immediate(&self.paths.data, self.port, IMMEDIATE_STOP_TIMEOUT)
+            .await
+            .map_err(|reason| EmbeddedError::StopFailed {
+                data_dir: self.paths.data.clone(),
+                reason,
+            })?;
+        tracing::info!(
+            port = self.port,
+            "embedded PostgreSQL stopped in immediate mode"
+        );
+        Ok(())
+    }
+
+    /// Starts the server again after [`stop_immediate`](Self::stop_immediate),
+    /// on the same port and data directory, with the same settings; returns
+    /// once crash recovery is over and it accepts connections. URLs taken
+    /// from this handle before stay valid. Does nothing if the server is
+    /// running.
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::NotOwned`] for a reused cluster;
+    /// [`EmbeddedError::StartFailed`] if postgres does not come up (the port
+    /// was taken meanwhile, say); a later call may try again.
+    pub async fn start_again(&self) -> Result<()> {
+        let relaunch = self.owned("start again")?;
+        let mut running = self.supervisor.lock().await;
+        if running.is_some() {
+            return Ok(());
+        }
+        let ephemeral = self.lifetime == ClusterLifetime::Ephemeral;
+        let launch = Launch {
+            binaries: &relaunch.binaries,
+            paths: &self.paths,
+            run_as: relaunch.run_as,
+            ephemeral,
+        };
+        let cleanup = ephemeral.then_some(self.paths.root.as_path());
+        match start_once(&launch, self.port, cleanup).await {
+            Ok(supervisor) => {
+                *running = Some(supervisor);
+                tracing::info!(port = self.port, "embedded PostgreSQL started again");
+                Ok(())
+            }
+            Err(AttemptError::Fatal(err)) => Err(err),
+            Err(AttemptError::Exited { log }) => Err(EmbeddedError::StartFailed {
+                data_dir: self.paths.data.clone(),
+                reason: format!("postgres exited while starting again on port {}", self.port),
+                log: self.paths.log.clone(),
+                log_tail: last_lines(&log, 30),
+            }),
+        }
+    }
+
+    /// [`stop_immediate`](Self::stop_immediate), then
+    /// [`start_again`](Self::start_again): the server crashes and comes
+    /// back on the same port with its committed data.
+    pub async fn crash_and_restart(&self) -> Result<()> {
+        self.stop_immediate().await?;
+        self.start_again().await
+    }
+
+    /// How to start this cluster again, if this handle owns it.
+    fn owned(&self, action: &'static str) -> Result<&Relaunch> {
+        self.relaunch
+            .as_ref()
+            .ok_or_else(|| EmbeddedError::NotOwned {
+                data_dir: self.paths.data.clone(),
+                action,
+            })
     }
 
     /// TCP port the cluster listens on (127.0.0.1 only).
@@ -1110,7 +1299,11 @@ async fn launch_with_retries(
                     } else {
                         ClusterLifetime::Owned
                     },
-                    supervisor: Some(supervisor),
+                    relaunch: Some(Relaunch {
+                        binaries: launch.binaries.clone(),
+                        run_as: launch.run_as,
+                    }),
+                    supervisor: tokio::sync::Mutex::new(Some(supervisor)),
                 });
             }
             Err(AttemptError::Fatal(err)) => return Err(LaunchError::Failed(err)),
@@ -1215,10 +1408,12 @@ fn server_settings(launch: &Launch<'_>) -> Vec<String> {
         settings.push("pg_stat_statements.track=all".to_owned());
     }
     if launch.ephemeral {
+        // Commits stay synchronous: without fsync a synchronous commit is one
+        // write(2), and it keeps every acknowledged commit across a server
+        // crash (`stop_immediate`); what fsync=off risks is an OS crash only.
         settings.extend(
             [
                 "fsync=off",
-                "synchronous_commit=off",
                 "full_page_writes=off",
                 "max_wal_size=256MB",
                 "min_wal_size=16MB",
@@ -1378,6 +1573,14 @@ mod tests {
             .await
             .expect("show");
         assert_eq!(fsync, "off");
+        let synchronous_commit: String = sqlx::query_scalar("show synchronous_commit")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
+        assert_eq!(
+            synchronous_commit, "on",
+            "a crash would lose acknowledged commits"
+        );
         let max: String = sqlx::query_scalar("show max_connections")
             .fetch_one(&mut conn)
             .await

@@ -8,10 +8,10 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marketplace_api::seed::{self, SeedArgs};
 use marketplace_api::{Application, Settings};
+use marketplace_cli::seed::{self, SeedArgs};
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_projections::ProjectionState;
-use marketplace_store::testdb::TestDatabase;
 use marketplace_store::{EventStore, PostgresEventStore};
 
 fn marketplace(args: &[&str], database_url: &str) -> Output {

@@ -5,7 +5,7 @@ use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, As
 use marketplace_store::StreamId;
 
 use crate::bench::bar;
-use crate::database::connect;
+use marketplace_api::database::connect;
 
 /// Audit commands.
 #[derive(Debug, Subcommand)]
@@ -62,12 +62,12 @@ pub enum AuditCommand {
 /// Runs an audit command against the database at `url`.
 pub async fn run(
     url: &str,
-    event_store: &crate::config::EventStoreChoice,
+    event_store: &marketplace_api::config::EventStoreChoice,
     which: AuditCommand,
 ) -> anyhow::Result<()> {
     let pool = connect(url, 4).await?;
-    crate::database::migrate(&pool).await?;
-    let store = crate::database::open_event_store(&pool, event_store).await?;
+    marketplace_api::database::migrate(&pool).await?;
+    let store = marketplace_api::database::open_event_store(&pool, event_store).await?;
     let parse = |s: &str| {
         StreamId::parse(s)
             .map_err(|_| anyhow::anyhow!("{s:?} is not a stream id: use <category>-<uuid>"))
@@ -179,10 +179,10 @@ pub async fn run(
         }
         AuditCommand::ReplayCheck { batch } => {
             pool.close().await;
-            crate::projections_cli::run(
+            crate::projections::run(
                 url,
                 event_store,
-                crate::projections_cli::ProjectionsCommand::Verify {
+                crate::projections::ProjectionsCommand::Verify {
                     names: Vec::new(),
                     batch,
                 },

@@ -35,10 +35,10 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::oneshot;
 
-use crate::application::Application;
-use crate::config::Settings;
-use crate::ratelimit::RateLimits;
 use crate::seed::{self, SeedArgs, DEFAULT_PASSWORD};
+use marketplace_api::application::Application;
+use marketplace_api::config::Settings;
+use marketplace_api::ratelimit::RateLimits;
 
 /// Listings of `--large`.
 pub const LARGE_LISTINGS: usize = 100_000;

@@ -5,8 +5,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     marketplace_api::telemetry::init("info,sqlx=warn,tower_http=warn");
-    let cli = marketplace_api::cli::Cli::parse();
-    match marketplace_api::cli::run(cli).await {
+    let cli = marketplace_cli::Cli::parse();
+    match marketplace_cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use marketplace_api::seed::{self, AlreadySeeded, SeedArgs};
+use marketplace_cli::seed::{self, AlreadySeeded, SeedArgs};
 use marketplace_commands::CommandHandler;
 use marketplace_domain::account::Account;
 use marketplace_domain::order::{Order, OrderStatus};
 use marketplace_domain::review::{Review, ReviewStatus};
-use marketplace_store::testdb::TestDatabase;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::{EventStore, Position, PostgresEventStore};
 use sqlx::PgPool;
 use uuid::Uuid;

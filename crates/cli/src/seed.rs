@@ -31,19 +31,16 @@ use anyhow::Context as _;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
+use marketplace_commands::flows::place_order::price_lines;
 use marketplace_commands::flows::register::{register, RegisterError, Registration};
-use marketplace_commands::process::checkout::CheckoutSaga;
-use marketplace_commands::process::payout::PayoutProcess;
-use marketplace_commands::process::{self, PgCheckpoints, ProcessManager, RunnerPolicy};
+use marketplace_commands::process::{self, PgCheckpoints, RunnerPolicy};
 use marketplace_commands::{CommandContext, CommandHandler};
 use marketplace_domain::account::{Account, AccountCommand, DepositFunds, RegistrationChannel};
 use marketplace_domain::email_claim::{claim_id, EmailClaim};
 use marketplace_domain::listing::{
     Change, CreateListing, Listing, ListingCommand, ListingSpec, PublishListing, SellerChange,
 };
-use marketplace_domain::order::{
-    Fulfil, LineSpec, Order, OrderCommand, OrderStatus, PlaceOrder, Step,
-};
+use marketplace_domain::order::{Fulfil, Order, OrderCommand, OrderStatus, PlaceOrder, Step};
 use marketplace_domain::review::{
     Decision, ModerateReview, OrderFacts, Review, ReviewCommand, ReviewStatus, SubmitReview,
 };
@@ -62,9 +59,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::bench::{bar, eur};
-use crate::database::{connect, migrate};
+use marketplace_api::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use marketplace_api::database::{connect, migrate};
 
 /// The admin every seeded marketplace has.
 pub const ADMIN_EMAIL: &str = "admin@seed.example";
@@ -972,11 +969,7 @@ struct Processes {
 
 impl Processes {
     fn start(pool: &PgPool, store: &Arc<dyn EventStore>, handler: &CommandHandler) -> Self {
-        let managers: Vec<Arc<dyn ProcessManager>> = vec![
-            Arc::new(CheckoutSaga::new(handler.clone(), FeeRate::DEFAULT)),
-            Arc::new(PayoutProcess::new(handler.clone())),
-        ];
-        let tasks = managers
+        let tasks = process::managers(handler, FeeRate::DEFAULT)
             .into_iter()
             .map(|pm| {
                 let name = pm.name();
@@ -1328,34 +1321,22 @@ async fn seed_with_processes(
 
     // Orders, placed as the placeOrder mutation places them: each line's
     // seller, kind and price looked up on the write side now.
-    let items: Vec<(Actor, Vec<(ListingId, u32)>)> = order_plans
+    let items: Vec<(Actor, Vec<(ListingId, Quantity)>)> = order_plans
         .iter()
         .map(|o| {
             (
                 buyers[o.buyer].clone(),
-                o.lines.iter().map(|(l, q)| (listing_ids[*l], *q)).collect(),
+                o.lines
+                    .iter()
+                    .map(|(l, q)| (listing_ids[*l], Quantity(*q)))
+                    .collect(),
             )
         })
         .collect();
     let order_ids = each("orders", concurrency, items, |(buyer, wanted)| {
         let handler = handler.clone();
         async move {
-            let mut lines = Vec::with_capacity(wanted.len());
-            for (listing_id, quantity) in wanted {
-                let listing = handler.load::<Listing>(listing_id.0).await?.state;
-                let (Some(seller_id), Some(kind), Some(unit_price)) =
-                    (listing.seller_id, listing.kind, listing.price)
-                else {
-                    anyhow::bail!("listing {listing_id} not found");
-                };
-                lines.push(LineSpec {
-                    listing_id,
-                    seller_id,
-                    kind,
-                    quantity,
-                    unit_price,
-                });
-            }
+            let lines = price_lines(&handler, &wanted).await?;
             let order_id = OrderId(Uuid::now_v7());
             let place = OrderCommand::Place(PlaceOrder {
                 order_id,

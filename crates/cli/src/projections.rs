@@ -28,8 +28,8 @@ use marketplace_projections::{
 use marketplace_store::EventStore;
 use tokio::sync::watch;
 
-use crate::application::shutdown_signal;
-use crate::database::{connect, migrate};
+use marketplace_api::application::shutdown_signal;
+use marketplace_api::database::{connect, migrate};
 
 /// What to do with the read models.
 #[derive(Debug, Subcommand)]
@@ -68,13 +68,13 @@ pub enum ProjectionsCommand {
 /// Runs a `projections` subcommand against the database at `url`.
 pub async fn run(
     url: &str,
-    event_store: &crate::config::EventStoreChoice,
+    event_store: &marketplace_api::config::EventStoreChoice,
     which: ProjectionsCommand,
 ) -> anyhow::Result<()> {
     let pool = connect(url, 8).await?;
     let result = async {
         migrate(&pool).await?;
-        let store = crate::database::open_event_store(&pool, event_store).await?;
+        let store = marketplace_api::database::open_event_store(&pool, event_store).await?;
         let runtime = |bulk_batch: usize| {
             ProjectorRuntime::new(pool.clone(), store.clone(), Default::default()).with_config(
                 RuntimeConfig {

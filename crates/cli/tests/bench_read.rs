@@ -1,12 +1,12 @@
 //! `marketplace bench read` as a smoke run: a catalogue of 20 listings seeded
 //! through the command path into a real PostgreSQL (the shared test cluster
-//! of `marketplace_store::testdb`), the API served in-process, and every
+//! of `marketplace_embedded_postgres::testdb`), the API served in-process, and every
 //! shape driven over HTTP for a fraction of a second. Each must answer data
 //! and no errors.
 
-use marketplace_api::bench::read::{self, ReadArgs};
-use marketplace_api::seed;
-use marketplace_store::testdb::TestDatabase;
+use marketplace_cli::bench::read::{self, ReadArgs};
+use marketplace_cli::seed;
+use marketplace_embedded_postgres::testdb::TestDatabase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shape_answers_data_and_no_errors_on_a_tiny_catalogue() {

@@ -116,7 +116,7 @@ async fn scratch_database(url: &str) -> anyhow::Result<PgPool> {
         .max_connections(32)
         .connect_with(options.database("marketplace_bench"))
         .await?;
-    crate::database::migrate(&pool).await?;
+    marketplace_api::database::migrate(&pool).await?;
     Ok(pool)
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Layout:
 //! - [`envelope`]: [`Envelope`], a stored event decoded once (through the
-//!   codec and its upcasters) into the typed [`marketplace_domain::Event`].
+//!   codec and its upcasters) into the typed [`marketplace_domain::Event`];
+//!   [`decode_for`] decodes a batch for a consumer, passing over what it
+//!   cannot decode and does not read.
 
 pub mod envelope;
 
-pub use envelope::{DecodeFailure, Envelope};
+pub use envelope::{decode_for, DecodeFailure, Envelope};

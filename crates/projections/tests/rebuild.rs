@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use common::*;
+use marketplace_consumers::Envelope;
 use marketplace_domain::account::{AccountEvent, AccountRegistered, FundsDeposited};
 use marketplace_domain::listing::{
     ListingCreated, ListingEvent, ListingKind, ListingPriceChanged, ListingPublished,
@@ -23,6 +24,7 @@ use marketplace_domain::listing::{
 use marketplace_domain::order::{LineSpec, OrderConfirmed, OrderEvent, OrderPlaced};
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewSubmitted};
 use marketplace_domain::values::*;
+use marketplace_domain::AggregateKind;
 use marketplace_projections::read_models::listings::{self, ListingQuery, Sort};
 use marketplace_projections::read_models::{accounts, notifications, orders, reviews};
 use marketplace_projections::{
@@ -30,7 +32,7 @@ use marketplace_projections::{
     ProjectorRuntime, RuntimeConfig, Table,
 };
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{EventStore, Position, RecordedEvent};
+use marketplace_store::{EventStore, Position};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -53,10 +55,14 @@ impl Projection for ListingsNext {
         listings::TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        listings::ListingsProjection.reads(aggregate)
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         listings::ListingsProjection.apply(tx, events).await
     }

@@ -10,9 +10,11 @@ use chrono::Utc;
 use common::*;
 use marketplace_commands::process::payout::PayoutProcess;
 use marketplace_commands::process::ProcessError;
+use marketplace_domain::account::Account;
 use marketplace_domain::listing::{Listing, ListingSpec};
 use marketplace_domain::order::{Fulfil, Order, OrderCommand, OrderStatus, Step};
 use marketplace_domain::values::*;
+use marketplace_domain::Aggregate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flash_sale_sells_exactly_the_stock_and_conserves_money_to_the_cent() {
@@ -201,7 +203,8 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     let seller_events = m
         .store
         .read_stream(
-            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            &marketplace_store::StreamId::new(Account::CATEGORY, seller.account_id.0)
+                .expect("stream"),
             0,
         )
         .await
@@ -240,7 +243,8 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     let after = m
         .store
         .read_stream(
-            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            &marketplace_store::StreamId::new(Account::CATEGORY, seller.account_id.0)
+                .expect("stream"),
             0,
         )
         .await

@@ -13,6 +13,16 @@
 //! - [`payout`]: `order.shipped` → commit reservations as sold;
 //!   `order.delivered` → release escrow to the seller and the fee account;
 //!   `order.cancelled` → refund the buyer and release the stock.
+//!
+//! The runner decodes each event once into an [`Envelope`]; a process
+//! manager matches its [`marketplace_domain::Event`] exhaustively, naming
+//! what it ignores (`clippy::wildcard_enum_match_arm` is denied in these
+//! modules, so a new event is an error in each of them until it decides).
+//! An event that cannot be decoded stops the runner with
+//! [`ProcessError::Decode`] if the process manager reads its aggregate
+//! ([`ProcessManager::reads`]), and is passed over otherwise.
+
+#![deny(clippy::wildcard_enum_match_arm)]
 
 pub mod checkout;
 pub mod payout;
@@ -22,7 +32,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use marketplace_store::{EventStore, Position, RecordedEvent, StoreError};
+use marketplace_consumers::{DecodeFailure, Envelope};
+use marketplace_domain::AggregateKind;
+use marketplace_store::{EventStore, Position, StoreError};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 
@@ -42,6 +54,10 @@ pub enum ProcessError {
     /// The checkpoint could not be read or written.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// An event of an aggregate it reads could not be decoded: retrying
+    /// cannot help, so the runner stops there.
+    #[error(transparent)]
+    Decode(#[from] DecodeFailure),
     /// A test stopped the process here, as a crash would.
     #[error("fault injected at {0}")]
     Injected(&'static str),
@@ -64,16 +80,20 @@ impl ProcessError {
 pub trait ProcessManager: Send + Sync + 'static {
     /// Stable name: the checkpoint's key.
     fn name(&self) -> &'static str;
+    /// Whether it reads events of `aggregate`: one of those that cannot be
+    /// decoded stops it; an undecodable event of any other aggregate is
+    /// passed over.
+    fn reads(&self, aggregate: AggregateKind) -> bool;
     /// Whether `event` concerns it (cheap; by type).
-    fn wants(&self, event: &RecordedEvent) -> bool;
+    fn wants(&self, event: &Envelope) -> bool;
     /// Takes every step `event` calls for. Must be safe to call again for
     /// the same event.
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError>;
+    async fn handle(&self, event: &Envelope) -> Result<(), ProcessError>;
 
     /// Which lane handles `event` when the runner runs several: events of
     /// one lane are handled one after another, in log order; lanes run
     /// concurrently. By default, the event's stream.
-    fn lane(&self, event: &RecordedEvent) -> u64 {
+    fn lane(&self, event: &Envelope) -> u64 {
         hash(event.stream_id.as_str().as_bytes())
     }
 }
@@ -210,7 +230,7 @@ pub async fn run(
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..lanes {
-        let (tx, mut rx) = mpsc::channel::<RecordedEvent>(256);
+        let (tx, mut rx) = mpsc::channel::<Envelope>(256);
         senders.push(tx);
         let (pm, done_tx) = (pm.clone(), done_tx.clone());
         workers.spawn(async move {
@@ -234,17 +254,27 @@ pub async fn run(
     while open || !in_flight.is_empty() {
         tokio::select! {
             next = events.next(), if open && in_flight.len() < lanes * 256 => match next {
-                Some(event) => {
-                    let event = event?;
-                    seen = event.position;
-                    if pm.wants(&event) {
-                        in_flight.insert(event.position);
-                        let lane = (pm.lane(&event) % lanes as u64) as usize;
-                        if senders[lane].send(event).await.is_err() {
-                            return Err(ProcessError::Command(format!("{name}: a lane stopped")));
+                Some(recorded) => {
+                    let recorded = recorded?;
+                    let decoded = match Envelope::decode_for(&recorded, |a| pm.reads(a)) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            tracing::error!(process = name, position = %e.position, error = %e,
+                                "process manager stopped on an event it cannot decode");
+                            return Err(e.into());
                         }
-                    } else {
-                        unsaved += 1;
+                    };
+                    seen = recorded.position;
+                    match decoded {
+                        Some(event) if pm.wants(&event) => {
+                            in_flight.insert(event.position);
+                            let lane = (pm.lane(&event) % lanes as u64) as usize;
+                            if senders[lane].send(event).await.is_err() {
+                                return Err(ProcessError::Command(format!("{name}: a lane stopped")));
+                            }
+                        }
+                        // Not wanted, or undecodable of an aggregate it does not read.
+                        Some(_) | None => unsaved += 1,
                     }
                 }
                 None => open = false,
@@ -288,7 +318,7 @@ pub async fn run(
 
 async fn handle_with_retries(
     pm: &dyn ProcessManager,
-    event: &RecordedEvent,
+    event: &Envelope,
     policy: RunnerPolicy,
 ) -> Result<(), ProcessError> {
     let mut attempt = 0u32;
@@ -329,6 +359,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use marketplace_domain::email_claim::{EmailClaim, EmailClaimEvent, EmailClaimed};
+    use marketplace_domain::review::Review;
+    use marketplace_domain::values::{AccountId, Email};
+    use marketplace_domain::Aggregate;
     use marketplace_store::{
         EventMetadata, EventStore, ExpectedRevision, InMemoryEventStore, NewEvent, StreamId,
     };
@@ -348,10 +384,13 @@ mod tests {
         fn name(&self) -> &'static str {
             "gate"
         }
-        fn wants(&self, _: &RecordedEvent) -> bool {
+        fn reads(&self, _: AggregateKind) -> bool {
             true
         }
-        async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
+        fn wants(&self, _: &Envelope) -> bool {
+            true
+        }
+        async fn handle(&self, event: &Envelope) -> Result<(), ProcessError> {
             if event.stream_id == self.slow {
                 self.release.notified().await;
             }
@@ -359,28 +398,38 @@ mod tests {
         }
     }
 
-    fn new_event() -> NewEvent {
-        NewEvent {
+    /// A new stream of an email claim, and its event.
+    fn claim() -> (StreamId, NewEvent) {
+        let account = AccountId(Uuid::now_v7());
+        let e = EmailClaimEvent::Claimed(EmailClaimed {
+            email: Email::parse(&format!("{}@example.com", account.0.simple())).expect("email"),
+            account_id: account,
+            claimed_at: chrono::Utc::now(),
+        });
+        let encoded = marketplace_event_schemas::encode(&e).expect("encode");
+        let stream = StreamId::new(EmailClaim::CATEGORY, Uuid::now_v7()).expect("stream");
+        let event = NewEvent {
             event_id: Uuid::now_v7(),
-            event_type: "test.happened".into(),
-            schema_version: 1,
-            data: serde_json::json!({}),
+            event_type: encoded.event_type.to_owned(),
+            schema_version: encoded.schema_version,
+            data: encoded.data,
             metadata: EventMetadata::default(),
-        }
+        };
+        (stream, event)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checkpoint_never_passes_an_event_a_lane_has_not_finished() {
         let store = Arc::new(InMemoryEventStore::new());
-        let slow = StreamId::new("slow", Uuid::now_v7()).expect("stream");
+        let (slow, event) = claim();
         store
-            .append(&slow, ExpectedRevision::Any, vec![new_event()])
+            .append(&slow, ExpectedRevision::Any, vec![event])
             .await
             .expect("append");
         for _ in 0..20 {
-            let s = StreamId::new("fast", Uuid::now_v7()).expect("stream");
+            let (s, event) = claim();
             store
-                .append(&s, ExpectedRevision::Any, vec![new_event()])
+                .append(&s, ExpectedRevision::Any, vec![event])
                 .await
                 .expect("append");
         }
@@ -420,5 +469,98 @@ mod tests {
         assert!(done.is_ok(), "everything is done once the slow event is");
         assert_eq!(checkpoints.load("gate").await.expect("load"), Position(21));
         runner.abort();
+    }
+
+    /// Wants every event it reads and counts them.
+    struct Tally {
+        reads: fn(AggregateKind) -> bool,
+        handled: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ProcessManager for Tally {
+        fn name(&self) -> &'static str {
+            "tally"
+        }
+        fn reads(&self, aggregate: AggregateKind) -> bool {
+            (self.reads)(aggregate)
+        }
+        fn wants(&self, _: &Envelope) -> bool {
+            true
+        }
+        async fn handle(&self, _: &Envelope) -> Result<(), ProcessError> {
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_event_stops_only_a_process_manager_that_reads_its_aggregate() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let (s, event) = claim();
+        store
+            .append(&s, ExpectedRevision::Any, vec![event])
+            .await
+            .expect("append");
+        let poison = NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "review.submitted".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "not": "a review" }),
+            metadata: EventMetadata::default(),
+        };
+        let review = StreamId::new(Review::CATEGORY, Uuid::now_v7()).expect("stream");
+        store
+            .append(&review, ExpectedRevision::Any, vec![poison])
+            .await
+            .expect("append");
+        let (s, event) = claim();
+        store
+            .append(&s, ExpectedRevision::Any, vec![event])
+            .await
+            .expect("append");
+        let policy = RunnerPolicy {
+            lanes: 1,
+            ..RunnerPolicy::default()
+        };
+
+        let claims_only = Arc::new(Tally {
+            reads: |a| a == AggregateKind::EmailClaim,
+            handled: AtomicUsize::new(0),
+        });
+        let (tx, mut rx) = watch::channel(Position::START);
+        let runner = tokio::spawn(run(
+            claims_only.clone(),
+            store.clone(),
+            Arc::new(MemoryCheckpoints::default()),
+            policy,
+            Some(tx),
+        ));
+        let done = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|p| p.0 == 3)).await;
+        assert!(done.is_ok(), "it passes the review over");
+        assert_eq!(claims_only.handled.load(Ordering::SeqCst), 2);
+        runner.abort();
+
+        let everything = Arc::new(Tally {
+            reads: |_| true,
+            handled: AtomicUsize::new(0),
+        });
+        let checkpoints = Arc::new(MemoryCheckpoints::default());
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(everything, store, checkpoints.clone(), policy, None),
+        )
+        .await
+        .expect("stops");
+        match stopped {
+            Err(ProcessError::Decode(f)) => {
+                assert_eq!(
+                    (f.event_type.as_str(), f.position),
+                    ("review.submitted", Position(2))
+                );
+            }
+            other => panic!("expected a decode failure, got {other:?}"),
+        }
+        assert!(checkpoints.load("tally").await.expect("load") < Position(2));
     }
 }

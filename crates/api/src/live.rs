@@ -272,8 +272,8 @@ impl Sink for OrdersFeed {
                         tx.send_replace(event.position);
                     }
                 }
-                Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => {
-                }
+                Event::Account(_) | Event::EmailClaim(_) => {}
+                Event::Listing(_) | Event::Review(_) => {}
             }
         }
     }

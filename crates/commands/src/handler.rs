@@ -845,21 +845,21 @@ mod tests {
         assert!(matches!(refused, Err(CommandError::Rejected(_))));
 
         let stats = handler.stats().snapshot();
-        assert_eq!(stats.conflicts.get("listing"), Some(&1));
-        assert_eq!(stats.retries.get("listing"), Some(&1));
+        assert_eq!(stats.conflicts.get(Listing::CATEGORY), Some(&1));
+        assert_eq!(stats.retries.get(Listing::CATEGORY), Some(&1));
         assert_eq!(
-            stats.outcomes.get(&("listing", Outcome::Appended)),
+            stats.outcomes.get(&(Listing::CATEGORY, Outcome::Appended)),
             Some(&1)
         );
         assert_eq!(
-            stats.outcomes.get(&("listing", Outcome::Rejected)),
+            stats.outcomes.get(&(Listing::CATEGORY, Outcome::Rejected)),
             Some(&1)
         );
         // Clones share the counters; another handler has its own.
         assert_eq!(handler.clone().stats().snapshot(), stats);
         let plain = plain.stats().snapshot();
         assert_eq!(
-            plain.outcomes.get(&("listing", Outcome::Appended)),
+            plain.outcomes.get(&(Listing::CATEGORY, Outcome::Appended)),
             Some(&1)
         );
         assert!(plain.conflicts.is_empty());

@@ -230,8 +230,8 @@ impl Projection for OrdersProjection {
                     ),
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => {
-                }
+                Event::Account(_) | Event::EmailClaim(_) => {}
+                Event::Listing(_) | Event::Review(_) => {}
             }
         }
         // Orders placed in this batch are inserted in their latest status

@@ -296,15 +296,14 @@ pub fn new_event<E: marketplace_domain::EventSet>(e: E) -> NewEvent {
     }
 }
 
-/// Appends `events` to the `category` stream of `id`; returns the position
-/// of the last.
-pub async fn append<E: marketplace_domain::EventSet>(
+/// Appends `events` to the stream of aggregate `A` with `id`; returns the
+/// position of the last.
+pub async fn append<A: Aggregate>(
     store: &PostgresEventStore,
-    category: &str,
     id: Uuid,
-    events: Vec<E>,
+    events: Vec<A::Event>,
 ) -> Position {
-    let s = StreamId::new(category, id).expect("stream");
+    let s = StreamId::new(A::CATEGORY, id).expect("stream");
     store
         .append(
             &s,

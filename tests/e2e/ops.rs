@@ -134,6 +134,8 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_reviews_read_model_holds_up_neither_order_queries_with_a_token_nor_readiness() {
     use crate::commerce::{auth, buyer_with, lamp, place_input, seller_with_listing, PLACE};
+    use marketplace_domain::review::Review;
+    use marketplace_domain::Aggregate;
     use marketplace_store::postgres::PostgresEventStore;
     use marketplace_store::{EventMetadata, EventStore, ExpectedRevision, NewEvent, StreamId};
 
@@ -184,7 +186,7 @@ async fn a_stuck_reviews_read_model_holds_up_neither_order_queries_with_a_token_
     let store = PostgresEventStore::new(pool.clone()).await.expect("store");
     let poison = store
         .append(
-            &StreamId::new("review", uuid::Uuid::now_v7()).expect("stream"),
+            &StreamId::new(Review::CATEGORY, uuid::Uuid::now_v7()).expect("stream"),
             ExpectedRevision::NoStream,
             vec![NewEvent {
                 event_id: uuid::Uuid::now_v7(),

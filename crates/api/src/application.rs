@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use marketplace_commands::process::{self, PgCheckpoints, RunnerPolicy};
+use marketplace_commands::process;
 use marketplace_commands::CommandHandler;
+use marketplace_consumers::{Registry, Runner};
 use marketplace_projections::{Progress, ProjectorRuntime};
 use marketplace_store::Position;
 use sqlx::PgPool;
@@ -72,45 +73,15 @@ impl Application {
             ));
         }
         let handler = CommandHandler::new(store.clone());
+        let consumers = Registry::default();
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
             // deployment's projector role.
+            // One leader per process manager across every process (the
+            // others stand by); it never stops before shutdown.
+            let runner = Runner::new(pool.clone(), store.clone(), consumers.clone());
             for pm in process::managers(&handler, settings.fee) {
-                let (store, pool, mut stop_rx) = (store.clone(), pool.clone(), stop_rx.clone());
-                tasks.spawn(async move {
-                    let name = pm.name();
-                    // A process manager stops on an error it cannot retry
-                    // in place (the database went away under its
-                    // checkpoint, say): start it again from its checkpoint
-                    // after a jittered, growing pause, until shutdown.
-                    let mut pause = Duration::from_millis(200);
-                    loop {
-                        let started = std::time::Instant::now();
-                        let run = process::run(
-                            pm.clone(),
-                            store.clone(),
-                            Arc::new(PgCheckpoints(pool.clone())),
-                            RunnerPolicy::default(),
-                            None,
-                        );
-                        tokio::select! {
-                            result = run => match result {
-                                Ok(()) => tracing::warn!(process = name, "process manager's log ended; restarting"),
-                                Err(e) => tracing::error!(process = name, error = %e, "process manager stopped; restarting"),
-                            },
-                            _ = stop_rx.wait_for(|s| *s) => return,
-                        }
-                        if started.elapsed() > Duration::from_secs(60) {
-                            pause = Duration::from_millis(200);
-                        }
-                        let jittered = pause.mul_f64(rand::random_range(0.5..1.5));
-                        tokio::select! {
-                            _ = tokio::time::sleep(jittered) => {}
-                            _ = stop_rx.wait_for(|s| *s) => return,
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(10));
-                    }
-                });
+                tasks.spawn(process::run(pm, runner.clone(), stop_rx.clone()));
             }
         }
         // The live feeds serve subscriptions: only where the API runs.
@@ -137,6 +108,7 @@ impl Application {
             progress,
             tokens: Tokens::new(&settings.jwt_secret, settings.token_ttl),
             consistency_wait: settings.consistency_wait,
+            consumers,
         };
         let listener = if settings.role == ServeRole::Projector {
             None

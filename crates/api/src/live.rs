@@ -18,12 +18,22 @@
 //! Nothing is sent from uncommitted state: the feeds see only what the store
 //! delivers after commit, and what they send is read from the read models
 //! once those have folded it.
+//!
+//! While someone listens, each batch is decoded once into [`Envelope`]s and
+//! the feeds match [`Event`] exhaustively (`clippy::wildcard_enum_match_arm`
+//! is denied here), so a new aggregate is an error here until each feed
+//! decides about it. An event that cannot be decoded is passed over: the
+//! read models that read it stop at it, so nothing would come of it here.
+
+#![deny(clippy::wildcard_enum_match_arm)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use marketplace_consumers::Envelope;
+use marketplace_domain::Event;
 use marketplace_projections::read_models::notifications;
 use marketplace_projections::Progress;
 use marketplace_store::{EventStore, Position, RecordedEvent};
@@ -145,10 +155,24 @@ trait Sink: Send + 'static {
     /// The feed follows the log from `from` on.
     fn started(&mut self, _from: Position) {}
 
-    fn deliver(
-        &mut self,
-        batch: Vec<RecordedEvent>,
-    ) -> impl std::future::Future<Output = ()> + Send;
+    /// Whether anyone listens: batches nobody listens to are not decoded.
+    fn listening(&self) -> bool;
+
+    fn deliver(&mut self, batch: Vec<Envelope>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Decodes `batch`, passing over (with a debug line) what cannot be decoded.
+fn decoded(feed: &str, batch: &[RecordedEvent]) -> Vec<Envelope> {
+    batch
+        .iter()
+        .filter_map(|e| match Envelope::decode(e) {
+            Ok(envelope) => Some(envelope),
+            Err(failure) => {
+                tracing::debug!(feed, %failure, "live feed: passed over an event it cannot decode");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Follows the log from its head, batch by batch, resubscribing after the
@@ -213,7 +237,9 @@ async fn feed(
             if let Some(last) = batch.last() {
                 from = last.position;
                 backoff = Duration::from_millis(100);
-                sink.deliver(batch).await;
+                if sink.listening() {
+                    sink.deliver(decoded(name, &batch)).await;
+                }
             }
             if let Some(e) = failed {
                 tracing::warn!(feed = name, error = %e, "live feed: subscription failed; resubscribing");
@@ -230,17 +256,24 @@ impl Sink for OrdersFeed {
         self.0.orders_from.send_replace(Some(from));
     }
 
-    async fn deliver(&mut self, batch: Vec<RecordedEvent>) {
+    fn listening(&self) -> bool {
+        !lock(&self.0.orders).is_empty()
+    }
+
+    async fn deliver(&mut self, batch: Vec<Envelope>) {
         let map = lock(&self.0.orders);
         if map.is_empty() {
             return;
         }
         for event in batch {
-            if event.stream_id.category() != "order" {
-                continue;
-            }
-            if let Some(tx) = map.get(&event.stream_id.id()) {
-                tx.send_replace(event.position);
+            match &event.event {
+                Event::Order(_) => {
+                    if let Some(tx) = map.get(&event.entity_id()) {
+                        tx.send_replace(event.position);
+                    }
+                }
+                Event::Account(_) | Event::EmailClaim(_) => {}
+                Event::Listing(_) | Event::Review(_) => {}
             }
         }
     }
@@ -254,14 +287,20 @@ struct NotificationsFeed {
 }
 
 impl Sink for NotificationsFeed {
-    async fn deliver(&mut self, batch: Vec<RecordedEvent>) {
+    fn listening(&self) -> bool {
+        lock(&self.live.accounts)
+            .values()
+            .any(|tx| tx.receiver_count() > 0)
+    }
+
+    async fn deliver(&mut self, batch: Vec<Envelope>) {
         let listening = self.live.listening();
         if listening.is_empty() {
             return;
         }
-        let sources: Vec<&RecordedEvent> = batch
+        let sources: Vec<&Envelope> = batch
             .iter()
-            .filter(|e| notifications::SOURCE_CATEGORIES.contains(&e.stream_id.category()))
+            .filter(|e| notifications::can_notify(e.event.aggregate()))
             .collect();
         let Some(last) = sources.last().map(|e| e.position) else {
             return;

@@ -300,6 +300,15 @@ pub async fn render(state: &AppState) -> String {
     out
 }
 
+/// A gauge per consumer: name suffix, help for the projection series, help
+/// for the consumer series, and the value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ProjectionStatus) -> String,
+);
+
 /// Cluster-wide figures of every log consumer: the projection series for
 /// the read models (as before), and `marketplace_consumer_*` for every
 /// consumer, process managers included, labelled by kind.
@@ -308,7 +317,7 @@ fn write_consumers(out: &mut String, all: &[ProjectionStatus]) {
         .iter()
         .filter(|p| p.kind == ConsumerKind::Projection)
         .collect();
-    let series: [(&str, &str, &str, fn(&ProjectionStatus) -> String); 3] = [
+    let series: [Series; 3] = [
         (
             "lag_events",
             "Events not yet folded by each projection.",

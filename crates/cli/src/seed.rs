@@ -33,8 +33,9 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use marketplace_commands::flows::place_order::price_lines;
 use marketplace_commands::flows::register::{register, RegisterError, Registration};
-use marketplace_commands::process::{self, PgCheckpoints, RunnerPolicy};
+use marketplace_commands::process;
 use marketplace_commands::{CommandContext, CommandHandler};
+use marketplace_consumers::{LocalStatus, Registry, Runner, RunnerState};
 use marketplace_domain::account::{Account, AccountCommand, DepositFunds, RegistrationChannel};
 use marketplace_domain::email_claim::{claim_id, EmailClaim};
 use marketplace_domain::listing::{
@@ -962,34 +963,28 @@ async fn register_one(
     })
 }
 
-/// The in-process checkout saga and payout process, with their progress.
+/// The in-process checkout saga and payout process (on the consumer
+/// runtime, as `serve` runs them), with their progress.
 struct Processes {
-    tasks: Vec<(&'static str, JoinHandle<()>, watch::Receiver<Position>)>,
+    tasks: Vec<(&'static str, JoinHandle<()>, watch::Receiver<LocalStatus>)>,
+    stop: watch::Sender<bool>,
 }
 
 impl Processes {
     fn start(pool: &PgPool, store: &Arc<dyn EventStore>, handler: &CommandHandler) -> Self {
+        let registry = Registry::default();
+        let runner = Runner::new(pool.clone(), store.clone(), registry.clone());
+        let (stop, stop_rx) = watch::channel(false);
         let tasks = process::managers(handler, FeeRate::DEFAULT)
             .into_iter()
             .map(|pm| {
                 let name = pm.name();
-                let (tx, rx) = watch::channel(Position::START);
-                let run = process::run(
-                    pm,
-                    store.clone(),
-                    Arc::new(PgCheckpoints(pool.clone())),
-                    RunnerPolicy::default(),
-                    Some(tx),
-                );
-                let task = tokio::spawn(async move {
-                    if let Err(e) = run.await {
-                        tracing::error!(process = name, error = %e, "process manager stopped");
-                    }
-                });
+                let rx = registry.watch(name);
+                let task = tokio::spawn(process::run(pm, runner.clone(), stop_rx.clone()));
                 (name, task, rx)
             })
             .collect();
-        Self { tasks }
+        Self { tasks, stop }
     }
 
     /// Waits until both have handled everything in the log, including what
@@ -1016,7 +1011,15 @@ impl Processes {
             pb.set_length(head.0);
             for (name, _, rx) in &mut self.tasks {
                 loop {
-                    let at = *rx.borrow_and_update();
+                    let status = rx.borrow_and_update().clone();
+                    if status.state == RunnerState::Failed {
+                        anyhow::bail!(
+                            "the {name} process FAILED at position {}: {}",
+                            status.failed_position.unwrap_or(Position::START),
+                            status.last_error.unwrap_or_default()
+                        );
+                    }
+                    let at = status.position;
                     pb.set_position(at.0.min(head.0));
                     if at >= head {
                         break;
@@ -1038,8 +1041,8 @@ impl Processes {
     }
 
     async fn stop(self) {
+        self.stop.send_replace(true);
         for (_, task, _) in self.tasks {
-            task.abort();
             let _ = task.await;
         }
     }

@@ -12,7 +12,7 @@ use marketplace_domain::email_claim::EmailClaim;
 use marketplace_domain::listing::Listing;
 use marketplace_domain::order::Order;
 use marketplace_domain::review::Review;
-use marketplace_domain::Aggregate;
+use marketplace_domain::{Aggregate, AggregateKind};
 use marketplace_event_schemas::decode;
 use marketplace_store::{EventStore, Position, RecordedEvent, StoreError, StreamId};
 
@@ -81,13 +81,13 @@ pub fn states_after(
     category: &str,
     events: &[RecordedEvent],
 ) -> Result<Vec<serde_json::Value>, AuditError> {
-    match category {
-        c if c == Account::CATEGORY => fold::<Account>(events),
-        c if c == Listing::CATEGORY => fold::<Listing>(events),
-        c if c == Order::CATEGORY => fold::<Order>(events),
-        c if c == Review::CATEGORY => fold::<Review>(events),
-        c if c == EmailClaim::CATEGORY => fold::<EmailClaim>(events),
-        other => Err(AuditError::UnknownCategory(other.to_owned())),
+    match AggregateKind::of_category(category) {
+        Some(AggregateKind::Account) => fold::<Account>(events),
+        Some(AggregateKind::Listing) => fold::<Listing>(events),
+        Some(AggregateKind::Order) => fold::<Order>(events),
+        Some(AggregateKind::Review) => fold::<Review>(events),
+        Some(AggregateKind::EmailClaim) => fold::<EmailClaim>(events),
+        None => Err(AuditError::UnknownCategory(category.to_owned())),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use marketplace_consumers::Envelope;
 use marketplace_domain::Aggregate;
 
 use crate::cache::AggregateCache;
@@ -10,7 +11,7 @@ use crate::stats::{CommandStats, Outcome};
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, RecordedEvent, StoreError, StreamId,
+    Position, StoreError, StreamId,
 };
 use rand::Rng;
 use uuid::Uuid;
@@ -45,7 +46,7 @@ impl CommandContext {
     /// A context for a step a process manager takes because of `trigger`:
     /// same correlation, caused by the trigger, with event ids derived from
     /// the trigger and `step`.
-    pub fn caused_by(trigger: &RecordedEvent, actor: &str, step: &str) -> Self {
+    pub fn caused_by(trigger: &Envelope, actor: &str, step: &str) -> Self {
         Self {
             correlation_id: trigger.metadata.correlation_id.unwrap_or(trigger.event_id),
             causation_id: Some(trigger.event_id),
@@ -534,7 +535,7 @@ mod tests {
         AccountId, Actor, Category, Currency, Description, ListingId, Money, Quantity, Role, Tags,
         Title,
     };
-    use marketplace_store::InMemoryEventStore;
+    use marketplace_store::{InMemoryEventStore, RecordedEvent};
 
     use super::*;
 
@@ -844,21 +845,21 @@ mod tests {
         assert!(matches!(refused, Err(CommandError::Rejected(_))));
 
         let stats = handler.stats().snapshot();
-        assert_eq!(stats.conflicts.get("listing"), Some(&1));
-        assert_eq!(stats.retries.get("listing"), Some(&1));
+        assert_eq!(stats.conflicts.get(Listing::CATEGORY), Some(&1));
+        assert_eq!(stats.retries.get(Listing::CATEGORY), Some(&1));
         assert_eq!(
-            stats.outcomes.get(&("listing", Outcome::Appended)),
+            stats.outcomes.get(&(Listing::CATEGORY, Outcome::Appended)),
             Some(&1)
         );
         assert_eq!(
-            stats.outcomes.get(&("listing", Outcome::Rejected)),
+            stats.outcomes.get(&(Listing::CATEGORY, Outcome::Rejected)),
             Some(&1)
         );
         // Clones share the counters; another handler has its own.
         assert_eq!(handler.clone().stats().snapshot(), stats);
         let plain = plain.stats().snapshot();
         assert_eq!(
-            plain.outcomes.get(&("listing", Outcome::Appended)),
+            plain.outcomes.get(&(Listing::CATEGORY, Outcome::Appended)),
             Some(&1)
         );
         assert!(plain.conflicts.is_empty());

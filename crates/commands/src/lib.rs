@@ -1,8 +1,9 @@
 //! Command handling: load → decide → append, with bounded, jittered retries on
 //! optimistic-concurrency conflicts, and the flows that span aggregates.
 //!
-//! Depends on `domain` (decisions), `event-schemas` (encoding) and `store`
-//! (the [`marketplace_store::EventStore`] port); never on a concrete backend,
+//! Depends on `domain` (decisions), `event-schemas` (encoding), `store`
+//! (the [`marketplace_store::EventStore`] port) and `consumers` (the typed
+//! envelope the process managers receive); never on a concrete backend,
 //! projections or the API.
 //!
 //! Layout:

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::*;
 use marketplace_commands::process::payout::PayoutProcess;
-use marketplace_commands::process::ProcessError;
+use marketplace_domain::account::Account;
 use marketplace_domain::listing::{Listing, ListingSpec};
 use marketplace_domain::order::{Fulfil, Order, OrderCommand, OrderStatus, Step};
 use marketplace_domain::values::*;
+use marketplace_domain::Aggregate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flash_sale_sells_exactly_the_stock_and_conserves_money_to_the_cent() {
@@ -47,11 +48,14 @@ async fn crash_and_recover(step: &'static str, buyer_funds: i64) -> (Vec<Order>,
     let faulty = m.saga().with_fault(Arc::new(move |at| {
         at == step && hook_calls.fetch_add(1, Ordering::SeqCst) == 1
     }));
-    let crashed = m.start_checkout(faulty).await.expect("runner task");
-    assert!(
-        matches!(crashed, Err(ProcessError::Injected(s)) if s == step),
-        "the saga stopped at the fault: {crashed:?}"
+    let mut crashed = m.start_checkout(faulty);
+    let failed = crashed.failed().await;
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some(format!("fault injected at {step}").as_str()),
+        "the saga stopped at the fault: {failed:?}"
     );
+    crashed.abort();
     assert!(
         m.order(orders[1]).await.status == OrderStatus::Pending,
         "the order being handled at the crash is still pending"
@@ -157,16 +161,15 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
 
     // The payout process stops right after releasing the escrow, before
     // crediting anyone: the money is in flight.
-    let crashed = m
-        .start_payout(
-            PayoutProcess::new(m.handler.clone()).with_fault(Arc::new(|at| at == "after-release")),
-        )
-        .await
-        .expect("task");
-    assert!(matches!(
-        crashed,
-        Err(ProcessError::Injected("after-release"))
-    ));
+    let mut crashed = m.start_payout(
+        PayoutProcess::new(m.handler.clone()).with_fault(Arc::new(|at| at == "after-release")),
+    );
+    let failed = crashed.failed().await;
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("fault injected at after-release")
+    );
+    crashed.abort();
     assert!(m.wallet(seller.account_id).await.credited.is_empty());
 
     let restarted = m.start_payout(PayoutProcess::new(m.handler.clone()));
@@ -201,17 +204,18 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     let seller_events = m
         .store
         .read_stream(
-            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            &marketplace_store::StreamId::new(Account::CATEGORY, seller.account_id.0)
+                .expect("stream"),
             0,
         )
         .await
         .expect("read")
         .len();
-    sqlx::query("UPDATE process_checkpoints SET position = 0 WHERE name = 'payout'")
+    restarted.abort();
+    sqlx::query("UPDATE consumer_checkpoints SET position = 0 WHERE name = 'payout'")
         .execute(&m.pool)
         .await
         .expect("rewind");
-    restarted.abort();
     let replay = m.start_payout(PayoutProcess::new(m.handler.clone()));
     // Its last event of interest is the delivery.
     let delivered: i64 =
@@ -222,7 +226,7 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let p: i64 =
-            sqlx::query_scalar("SELECT position FROM process_checkpoints WHERE name = 'payout'")
+            sqlx::query_scalar("SELECT position FROM consumer_checkpoints WHERE name = 'payout'")
                 .fetch_one(&m.pool)
                 .await
                 .expect("checkpoint");
@@ -240,7 +244,8 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     let after = m
         .store
         .read_stream(
-            &marketplace_store::StreamId::new("account", seller.account_id.0).expect("stream"),
+            &marketplace_store::StreamId::new(Account::CATEGORY, seller.account_id.0)
+                .expect("stream"),
             0,
         )
         .await

@@ -5,8 +5,10 @@ mod common;
 
 use common::*;
 use marketplace_commands::audit::verify_chains;
-use marketplace_domain::listing::ListingSpec;
+use marketplace_domain::account::Account;
+use marketplace_domain::listing::{Listing, ListingSpec};
 use marketplace_domain::values::*;
+use marketplace_domain::Aggregate;
 use marketplace_store::{Position, StreamId};
 
 /// Runs `sql` as the superuser with the append-only triggers switched off.
@@ -45,7 +47,7 @@ async fn an_intact_log_verifies_and_an_edited_event_is_named_by_stream_and_revis
     assert_eq!(checked(&m).await, vec![], "an untouched log has no breaks");
 
     // Someone doubles the deposit directly in the database.
-    let stream = StreamId::new("account", buyer.account_id.0).expect("stream");
+    let stream = StreamId::new(Account::CATEGORY, buyer.account_id.0).expect("stream");
     tamper(
         &m,
         &format!(
@@ -81,7 +83,7 @@ async fn a_deleted_event_is_detected_in_its_stream_and_in_the_log() {
         .await;
     let buyer = m.account(vec![Role::Buyer], 5_000).await;
     // The listing's stream: created (0), published (1). Delete the creation.
-    let stream = StreamId::new("listing", listing.0).expect("stream");
+    let stream = StreamId::new(Listing::CATEGORY, listing.0).expect("stream");
     let position: i64 = sqlx::query_scalar(&format!(
         "SELECT position FROM events WHERE stream_id = '{stream}' AND revision = 0"
     ))

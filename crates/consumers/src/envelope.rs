@@ -1,8 +1,14 @@
 //! The typed envelope: a stored event decoded once, through the codec and
 //! its upcasters, into [`Event`] plus where it sits in the log.
+//!
+//! A consumer says which aggregates it reads (a `reads(AggregateKind)`
+//! predicate). An event that cannot be decoded stops a consumer that reads
+//! its aggregate, at that event, and is passed over by the others, as is an
+//! event of a stream no aggregate owns: [`decode_for`] and
+//! [`DecodeFailure::concerns`].
 
 use chrono::{DateTime, Utc};
-use marketplace_domain::Event;
+use marketplace_domain::{AggregateKind, Event};
 use marketplace_event_schemas::CodecError;
 use marketplace_store::{EventMetadata, Position, RecordedEvent, StreamId};
 use uuid::Uuid;
@@ -30,11 +36,36 @@ pub struct Envelope {
 pub struct DecodeFailure {
     /// Stored name.
     pub event_type: String,
+    /// The aggregate of its stream; `None` for a stream no aggregate owns.
+    pub aggregate: Option<AggregateKind>,
     /// Where in the log.
     pub position: Position,
     /// What the codec said.
     #[source]
     pub source: CodecError,
+}
+
+impl DecodeFailure {
+    /// Whether a consumer that reads the aggregates `reads` holds for must
+    /// stop here: the event is of one of them. An event of another
+    /// aggregate, or of a stream no aggregate owns, is passed over.
+    pub fn concerns(&self, reads: impl FnOnce(AggregateKind) -> bool) -> bool {
+        self.aggregate.is_some_and(reads)
+    }
+}
+
+/// Decodes a batch, in log order, for a consumer that reads the aggregates
+/// `reads` holds for (see [`Envelope::decode_for`]): the first event it
+/// reads and cannot decode fails the batch.
+pub fn decode_for(
+    batch: &[RecordedEvent],
+    reads: impl Fn(AggregateKind) -> bool,
+) -> Result<Vec<Envelope>, DecodeFailure> {
+    let mut out = Vec::with_capacity(batch.len());
+    for recorded in batch {
+        out.extend(Envelope::decode_for(recorded, &reads)?);
+    }
+    Ok(out)
 }
 
 impl Envelope {
@@ -48,6 +79,7 @@ impl Envelope {
         )
         .map_err(|source| DecodeFailure {
             event_type: recorded.event_type.clone(),
+            aggregate: AggregateKind::of_category(recorded.stream_id.category()),
             position: recorded.position,
             source,
         })?;
@@ -61,6 +93,23 @@ impl Envelope {
         })
     }
 
+    /// Decodes `recorded` for a consumer that reads the aggregates `reads`
+    /// holds for: `Ok(None)` for an event it cannot decode and does not read
+    /// (see [`DecodeFailure::concerns`]).
+    pub fn decode_for(
+        recorded: &RecordedEvent,
+        reads: impl FnOnce(AggregateKind) -> bool,
+    ) -> Result<Option<Envelope>, DecodeFailure> {
+        match Envelope::decode(recorded) {
+            Ok(envelope) => Ok(Some(envelope)),
+            Err(failure) if failure.concerns(reads) => Err(failure),
+            Err(failure) => {
+                tracing::debug!(%failure, "passed over: an event this consumer does not read");
+                Ok(None)
+            }
+        }
+    }
+
     /// When the store recorded it (the epoch if a backend lost it).
     pub fn recorded_at(&self) -> DateTime<Utc> {
         self.metadata.recorded_at.unwrap_or_default()
@@ -69,5 +118,82 @@ impl Envelope {
     /// Its stream's entity id (the uuid after the category).
     pub fn entity_id(&self) -> Uuid {
         self.stream_id.id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use marketplace_domain::email_claim::{EmailClaim, EmailClaimEvent, EmailClaimed};
+    use marketplace_domain::review::Review;
+    use marketplace_domain::values::{AccountId, Email};
+    use marketplace_domain::Aggregate;
+    use serde_json::json;
+
+    use super::*;
+
+    fn recorded(category: &str, event_type: &str, data: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            stream_id: StreamId::new(category, Uuid::now_v7()).expect("stream"),
+            revision: 0,
+            position: Position(7),
+            event_id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            data,
+            metadata: EventMetadata::default(),
+        }
+    }
+
+    fn claimed() -> RecordedEvent {
+        let e = EmailClaimed {
+            email: Email::parse("someone@example.com").expect("email"),
+            account_id: AccountId(Uuid::now_v7()),
+            claimed_at: Utc::now(),
+        };
+        let data = serde_json::to_value(&e).expect("encode");
+        recorded(EmailClaim::CATEGORY, "email.claimed", data)
+    }
+
+    fn poison_review() -> RecordedEvent {
+        recorded(
+            Review::CATEGORY,
+            "review.submitted",
+            json!({ "not": "a review" }),
+        )
+    }
+
+    #[test]
+    fn decodes_a_stored_event_into_its_aggregates_variant() {
+        let stored = claimed();
+        let envelope = Envelope::decode(&stored).expect("decodes");
+        assert!(matches!(
+            envelope.event,
+            Event::EmailClaim(EmailClaimEvent::Claimed(_))
+        ));
+        assert_eq!(envelope.entity_id(), stored.stream_id.id());
+        assert_eq!(envelope.position, stored.position);
+    }
+
+    #[test]
+    fn an_undecodable_event_stops_only_the_consumers_that_read_its_aggregate() {
+        let failure = Envelope::decode(&poison_review()).expect_err("poison");
+        assert_eq!(failure.aggregate, Some(AggregateKind::Review));
+        assert!(failure.concerns(|a| a == AggregateKind::Review));
+        assert!(!failure.concerns(|a| a == AggregateKind::Order));
+
+        let batch = [claimed(), poison_review(), claimed()];
+        let passed = decode_for(&batch, |a| a == AggregateKind::EmailClaim).expect("passes over");
+        assert_eq!(passed.len(), 2);
+        let stopped = decode_for(&batch, |_| true).expect_err("stops");
+        assert_eq!(stopped.event_type, "review.submitted");
+    }
+
+    #[test]
+    fn an_event_of_a_stream_no_aggregate_owns_is_passed_over_by_everyone() {
+        let foreign = recorded("tick", "test.ticked", json!({ "n": 1 }));
+        let failure = Envelope::decode(&foreign).expect_err("not an aggregate's");
+        assert_eq!(failure.aggregate, None);
+        assert!(!failure.concerns(|_| true));
+        assert_eq!(Envelope::decode_for(&foreign, |_| true), Ok(None));
     }
 }

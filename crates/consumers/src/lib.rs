@@ -3,7 +3,9 @@
 //!
 //! Every consumer reads the log through the same parts:
 //! - [`envelope`]: [`Envelope`], a stored event decoded once (through the
-//!   codec and its upcasters) into the typed [`marketplace_domain::Event`].
+//!   codec and its upcasters) into the typed [`marketplace_domain::Event`];
+//!   [`decode_for`] decodes a batch for a consumer, passing over what it
+//!   cannot decode and does not read.
 //! - [`subscription`]: [`Subscription`], catch-up then live from a
 //!   position, in batches, resubscribing after the last delivered event
 //!   whenever the log fails. It never gives up; only shutdown ends it.
@@ -33,7 +35,7 @@ pub mod status;
 pub mod subscription;
 
 pub use checkpoints::{Checkpoints, Generation};
-pub use envelope::{DecodeFailure, Envelope};
+pub use envelope::{decode_for, DecodeFailure, Envelope};
 pub use retry::{Backoff, Retry};
 pub use runner::{Handler, HandlerError, LocalStatus, Registry, Runner, RunnerConfig, RunnerState};
 pub use subscription::{Batching, Next, Subscription};

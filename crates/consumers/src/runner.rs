@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use marketplace_domain::AggregateKind;
 use marketplace_store::{EventStore, Position, RecordedEvent};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -68,6 +69,10 @@ pub enum HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Stable name: the checkpoint's key.
     fn name(&self) -> &'static str;
+    /// Whether it reads events of `aggregate`: one of those that cannot be
+    /// decoded FAILs it; an undecodable event of another aggregate is
+    /// passed over.
+    fn reads(&self, aggregate: AggregateKind) -> bool;
     /// Whether `event` concerns it.
     fn wants(&self, event: &Envelope) -> bool;
     /// Which lane handles `event`: events of one lane are handled one after
@@ -649,8 +654,8 @@ impl Runner {
     }
 }
 
-/// Decodes a batch once; keeps the events `handler` wants. An event that
-/// cannot be decoded cuts the batch there: `(what comes before it, (its
+/// Decodes a batch once; keeps the events `handler` wants. An event of an
+/// aggregate it reads that cannot be decoded cuts the batch there: `(what comes before it, (its
 /// position, the error))`.
 fn decode_wanted(
     handler: &dyn Handler,
@@ -658,8 +663,8 @@ fn decode_wanted(
 ) -> (Vec<Envelope>, Option<(Position, String)>) {
     let mut out = Vec::new();
     for recorded in batch {
-        match Envelope::decode(recorded) {
-            Ok(e) if handler.wants(&e) => out.push(e),
+        match Envelope::decode_for(recorded, |a| handler.reads(a)) {
+            Ok(Some(e)) if handler.wants(&e) => out.push(e),
             Ok(_) => {}
             Err(e) => return (out, Some((recorded.position, e.to_string()))),
         }

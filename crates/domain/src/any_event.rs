@@ -3,7 +3,9 @@
 //!
 //! The list of aggregates is written once, in the [`aggregates!`] call
 //! below; it derives the enum, the stream category of each variant (from
-//! [`Aggregate::CATEGORY`]) and [`Event::from_data`]. Consumers match
+//! [`Aggregate::CATEGORY`]), [`Event::from_data`] and [`AggregateKind`],
+//! the aggregates without their events (what a consumer says it reads, and
+//! what an event that could not be decoded still tells). Consumers match
 //! [`Event`] exhaustively, so a new aggregate (or a new event of one) is a
 //! compile error in every consumer that has to decide about it.
 
@@ -19,6 +21,38 @@ macro_rules! aggregates {
                 #[doc = concat!("An event of the `", stringify!($variant), "` aggregate.")]
                 $variant(<$aggregate as Aggregate>::Event)
             ),+
+        }
+
+        /// An aggregate, without its events: one variant per variant of
+        /// [`Event`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AggregateKind {
+            $(
+                #[doc = concat!("The `", stringify!($variant), "` aggregate.")]
+                $variant
+            ),+
+        }
+
+        impl AggregateKind {
+            /// Every aggregate, in the order of [`Event`]'s variants.
+            pub const ALL: &'static [AggregateKind] = &[$(AggregateKind::$variant),+];
+
+            /// The aggregate whose streams are of `category`, if any.
+            pub fn of_category(category: &str) -> Option<AggregateKind> {
+                $(
+                    if category == <$aggregate as Aggregate>::CATEGORY {
+                        return Some(AggregateKind::$variant);
+                    }
+                )+
+                None
+            }
+
+            /// Its stream category.
+            pub fn category(self) -> &'static str {
+                match self {
+                    $(AggregateKind::$variant => <$aggregate as Aggregate>::CATEGORY),+
+                }
+            }
         }
 
         impl Event {
@@ -54,6 +88,13 @@ macro_rules! aggregates {
                 Err(DecodeError::UnknownCategory(category.to_owned()))
             }
 
+            /// The aggregate this event belongs to.
+            pub fn aggregate(&self) -> AggregateKind {
+                match self {
+                    $(Event::$variant(_) => AggregateKind::$variant),+
+                }
+            }
+
             /// The stream category this event belongs in.
             pub fn category(&self) -> &'static str {
                 match self {
@@ -77,4 +118,19 @@ aggregates! {
     Listing(crate::listing::Listing),
     Order(crate::order::Order),
     Review(crate::review::Review),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_aggregate_kind_round_trips_through_its_category() {
+        assert_eq!(AggregateKind::ALL.len(), Event::CATEGORIES.len());
+        for (kind, category) in AggregateKind::ALL.iter().zip(Event::CATEGORIES) {
+            assert_eq!(kind.category(), *category);
+            assert_eq!(AggregateKind::of_category(category), Some(*kind));
+        }
+        assert_eq!(AggregateKind::of_category("tick"), None);
+    }
 }

@@ -12,7 +12,8 @@
 //! - [`event`]: [`DomainEvent`] (the stored name and version, defined once
 //!   beside each event type) and [`EventSet`], the per-aggregate event enum.
 //! - [`any_event`]: [`Event`], an event of any aggregate (one variant per
-//!   aggregate), the one list of aggregates that consumers match on.
+//!   aggregate), the one list of aggregates that consumers match on, and
+//!   [`AggregateKind`], the same list without the events.
 //! - [`values`]: validated value types (ids, [`values::Email`],
 //!   [`values::Money`], …).
 //! - One folder per aggregate — [`account`] (with the wallet and escrow),
@@ -31,5 +32,5 @@ pub mod review;
 pub mod values;
 
 pub use aggregate::Aggregate;
-pub use any_event::Event;
+pub use any_event::{AggregateKind, Event};
 pub use event::{DecodeError, DomainEvent, EventSet};

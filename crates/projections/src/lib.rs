@@ -2,8 +2,9 @@
 //! maintains.
 //!
 //! Depends on `store` (the log, through the `EventStore` port),
-//! `event-schemas` (decoding) and `domain` (event types). Never on
-//! `commands` or the API. GraphQL resolvers call the query functions that
+//! `consumers` (each event decoded once into a typed envelope, through
+//! `event-schemas`) and `domain` (event types). Never on `commands` or the
+//! API. GraphQL resolvers call the query functions that
 //! live beside each read model here.
 //!
 //! Layout:
@@ -32,8 +33,9 @@
 //!   STOPPED).
 //! - [`status`]: [`status::status`], every projection's state, position,
 //!   failure and lag (in events and seconds), readable from any process.
-//! - [`read_models`]: one module per read model with its batch fold and its
-//!   queries: [`read_models::accounts`] (profiles and wallet balances),
+//! - [`read_models`]: one module per read model with its batch fold (over
+//!   typed envelopes, matched exhaustively: wildcard arms are denied there)
+//!   and its queries: [`read_models::accounts`] (profiles and wallet balances),
 //!   [`read_models::listings`] (the catalogue, with stock and rating),
 //!   [`read_models::orders`] (orders and their lines, per buyer and seller)
 //!   [`read_models::notifications`] (what buyers, sellers and authors are

@@ -109,6 +109,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use marketplace_consumers::{DecodeFailure, Envelope};
+use marketplace_domain::AggregateKind;
 use marketplace_store::{EventStore, Position, RecordedEvent, StoreError};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -182,6 +184,16 @@ pub enum ProjectionError {
     },
 }
 
+impl From<DecodeFailure> for ProjectionError {
+    fn from(f: DecodeFailure) -> Self {
+        ProjectionError::Decode {
+            event_type: f.event_type,
+            position: f.position,
+            reason: f.source.to_string(),
+        }
+    }
+}
+
 impl ProjectionError {
     /// Whether the database connection failed (I/O, pool, or the server
     /// closing the session: SQLSTATE classes 08 and 57), rather than the
@@ -219,15 +231,31 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [Table] {
         &[]
     }
-    /// Folds a batch of events, in log order, into its tables inside `tx`,
-    /// naming them unqualified: the transaction's `search_path` starts with
-    /// the schema of the build being folded. Events it does not care about
-    /// must be skipped explicitly.
+    /// Whether it folds events of `aggregate`. An event of such an
+    /// aggregate that cannot be decoded fails the projection at that event;
+    /// one of any other aggregate (or of a stream no aggregate owns) is
+    /// passed over, never handed to [`Projection::apply`].
+    fn reads(&self, aggregate: AggregateKind) -> bool;
+    /// Folds a batch of decoded events, in log order, into its tables
+    /// inside `tx`, naming them unqualified: the transaction's
+    /// `search_path` starts with the schema of the build being folded. It
+    /// matches [`marketplace_domain::Event`] exhaustively, naming the events
+    /// it ignores.
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError>;
+}
+
+/// Decodes `batch` for `projection` (see [`Projection::reads`]).
+pub fn decode_for(
+    projection: &dyn Projection,
+    batch: &[RecordedEvent],
+) -> Result<Vec<Envelope>, ProjectionError> {
+    Ok(marketplace_consumers::decode_for(batch, |a| {
+        projection.reads(a)
+    })?)
 }
 
 /// A leadership epoch of one projection: bumped in its checkpoint row by
@@ -1401,6 +1429,7 @@ impl ProjectorRuntime {
                     let Some(last) = page.last().map(|e| e.position) else {
                         break;
                     };
+                    let page = decode_for(projection, &page)?;
                     match AssertUnwindSafe(projection.apply(&mut *tx, &page))
                         .catch_unwind()
                         .await
@@ -1580,7 +1609,8 @@ impl ProjectorRuntime {
                 name: projection.name().to_owned(),
             });
         }
-        match AssertUnwindSafe(projection.apply(&mut tx, batch))
+        let events = decode_for(projection, batch)?;
+        match AssertUnwindSafe(projection.apply(&mut tx, &events))
             .catch_unwind()
             .await
         {

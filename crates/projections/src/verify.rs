@@ -280,6 +280,7 @@ async fn scratch_build(
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
+        let page = crate::runtime::decode_for(projection, &page)?;
         match AssertUnwindSafe(projection.apply(&mut tx, &page))
             .catch_unwind()
             .await

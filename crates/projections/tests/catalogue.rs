@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use marketplace_domain::listing::{
-    ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
+    Listing, ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
     ListingPublished, ReservationCommitted, StockReserved,
 };
 use marketplace_domain::values::*;
@@ -194,7 +194,7 @@ async fn counts_and_facets_equal_a_direct_count_through_creates_price_changes_sa
         if i % 3 != 0 {
             events.push(published(id, i));
         }
-        head = append(&store, "listing", id, events).await;
+        head = append::<Listing>(&store, id, events).await;
         if i % 40 == 39 {
             assert!(progress.wait_for(&[listings::NAME], head, DEADLINE).await);
         }
@@ -246,7 +246,7 @@ async fn counts_and_facets_equal_a_direct_count_through_creates_price_changes_sa
             );
         }
         if !events.is_empty() {
-            head = append(&store, "listing", *id, events).await;
+            head = append::<Listing>(&store, *id, events).await;
         }
     }
     assert!(progress.wait_for(&[listings::NAME], head, DEADLINE).await);
@@ -333,13 +333,7 @@ async fn every_catalogue_page_shape_is_an_index_read_at_ten_thousand_listings() 
             let seller = sellers[(i % 100) as usize];
             let store = store.clone();
             async move {
-                append(
-                    &store,
-                    "listing",
-                    id,
-                    vec![created(id, seller, i), published(id, i)],
-                )
-                .await
+                append::<Listing>(&store, id, vec![created(id, seller, i), published(id, i)]).await
             }
         });
         for p in futures::future::join_all(appends).await {

@@ -5,18 +5,20 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use marketplace_domain::account::{
-    AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
-    SaleCredited, SaleShare,
+    Account, AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited,
+    FundsHeld, SaleCredited, SaleShare,
 };
 use marketplace_domain::listing::{
-    ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
+    Listing, ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
     ListingPublished, ListingRestocked, ReservationCommitted, ReservationReleased, StockReserved,
 };
 use marketplace_domain::order::{
-    LineSpec, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderPlaced,
+    LineSpec, Order, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderPlaced,
     OrderRejected, OrderShipped,
 };
-use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
+use marketplace_domain::review::{
+    Review, ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted,
+};
 use marketplace_domain::values::*;
 use marketplace_projections::read_models::{accounts, listings, notifications, orders, reviews};
 use marketplace_projections::{
@@ -101,16 +103,9 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
     let (pool, store) = setup().await;
     let seller = Uuid::now_v7();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    append(
+    append::<Account>(&store, seller, vec![account(seller, "shop@example.com")]).await;
+    append::<Listing>(
         &store,
-        "account",
-        seller,
-        vec![account(seller, "shop@example.com")],
-    )
-    .await;
-    append(
-        &store,
-        "listing",
         a,
         vec![
             listing(a, seller, "Red lamp", "home", &["lamp", "red"], 1500, 1),
@@ -118,9 +113,8 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
         ],
     )
     .await;
-    let head = append(
+    let head = append::<Listing>(
         &store,
-        "listing",
         b,
         vec![listing(b, seller, "Blue lamp", "home", &["lamp"], 900, 3)],
     )
@@ -161,7 +155,7 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
     stop.send(true).expect("stop");
     let progress = Progress::default();
     let _stop = spawn_runtime(&pool, &store, &progress);
-    let head = append(&store, "listing", b, vec![published(b, 4)]).await;
+    let head = append::<Listing>(&store, b, vec![published(b, 4)]).await;
     assert!(
         progress
             .wait_for(&[accounts::NAME, listings::NAME], head, DEADLINE)
@@ -200,13 +194,7 @@ async fn folds_accounts_and_listings_and_resumes_from_the_checkpoint_exactly_onc
 async fn a_stale_runner_cannot_commit_a_batch_twice() {
     let (pool, store) = setup().await;
     let seller = Uuid::now_v7();
-    append(
-        &store,
-        "account",
-        seller,
-        vec![account(seller, "fenced@example.com")],
-    )
-    .await;
+    append::<Account>(&store, seller, vec![account(seller, "fenced@example.com")]).await;
     let batch = store.read_all(Position::START, 10).await.expect("read");
     let runtime = ProjectorRuntime::new(pool.clone(), Arc::new(store.clone()), Progress::default());
     let projection = accounts::AccountsProjection;
@@ -242,9 +230,8 @@ async fn searches_the_catalogue_with_filters_keyset_pages_and_facets() {
         let id = Uuid::now_v7();
         let category = if i % 2 == 0 { "home" } else { "garden" };
         let tags: &[&str] = if i < 3 { &["sale", "eco"] } else { &["eco"] };
-        head = append(
+        head = append::<Listing>(
             &store,
-            "listing",
             id,
             vec![
                 listing(
@@ -263,9 +250,8 @@ async fn searches_the_catalogue_with_filters_keyset_pages_and_facets() {
     }
     let draft = Uuid::now_v7();
     head = head.max(
-        append(
+        append::<Listing>(
             &store,
-            "listing",
             draft,
             vec![listing(draft, seller, "Hidden", "home", &[], 50, 40)],
         )
@@ -459,9 +445,8 @@ async fn wallet_balances_follow_deposits_holds_refunds_and_credits() {
     let (o1, o2) = (Uuid::now_v7(), Uuid::now_v7());
     let fee = FEE_ACCOUNT_ID.0;
     // The first batch holds several changes of one wallet.
-    append(
+    append::<Account>(
         &store,
-        "account",
         buyer,
         vec![
             account(buyer, "buyer@example.com"),
@@ -471,13 +456,7 @@ async fn wallet_balances_follow_deposits_holds_refunds_and_credits() {
         ],
     )
     .await;
-    append(
-        &store,
-        "account",
-        seller,
-        vec![account(seller, "seller@example.com")],
-    )
-    .await;
+    append::<Account>(&store, seller, vec![account(seller, "seller@example.com")]).await;
     let head = fold_as_one_batch(&pool, &store).await;
     let progress = Progress::default();
     let _stop = spawn_runtime(&pool, &store, &progress);
@@ -492,9 +471,8 @@ async fn wallet_balances_follow_deposits_holds_refunds_and_credits() {
         .is_empty());
 
     // Later batches add to the stored balances.
-    append(
+    append::<Account>(
         &store,
-        "account",
         buyer,
         vec![
             held(buyer, o2, 2_000),
@@ -503,20 +481,13 @@ async fn wallet_balances_follow_deposits_holds_refunds_and_credits() {
         ],
     )
     .await;
-    append(
+    append::<Account>(
         &store,
-        "account",
         seller,
         vec![credited(seller, o1, 2_850, SaleShare::Payout)],
     )
     .await;
-    let head = append(
-        &store,
-        "account",
-        fee,
-        vec![credited(fee, o1, 150, SaleShare::Fee)],
-    )
-    .await;
+    let head = append::<Account>(&store, fee, vec![credited(fee, o1, 150, SaleShare::Fee)]).await;
     caught_up(&progress, head).await;
     assert_eq!(
         accounts::balances(&pool, buyer).await.expect("q"),
@@ -595,9 +566,8 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
     let (o1, o2, o3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     // Listing `b` is created and sold within the first batch: its whole
     // history folds into its insert.
-    append(
+    append::<Listing>(
         &store,
-        "listing",
         a,
         vec![
             listing(a, seller, "Lamp", "home", &[], 1500, 1),
@@ -605,9 +575,8 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
         ],
     )
     .await;
-    append(
+    append::<Listing>(
         &store,
-        "listing",
         b,
         vec![
             listing(b, seller, "Vase", "home", &[], 800, 1),
@@ -618,9 +587,8 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
         ],
     )
     .await;
-    append(
+    append::<Listing>(
         &store,
-        "listing",
         digital,
         vec![
             ListingCreated {
@@ -654,7 +622,7 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
     assert_eq!((ebook.kind.as_str(), ebook.quantity), ("DIGITAL", 0));
 
     // Updates of stored rows, one batch at a time.
-    let head = append(&store, "listing", a, vec![stock_event(a, o1, 2, "reserve")]).await;
+    let head = append::<Listing>(&store, a, vec![stock_event(a, o1, 2, "reserve")]).await;
     caught_up(&progress, head).await;
     let lamp = row(&pool, a).await;
     assert_eq!((lamp.quantity, lamp.reserved, lamp.sold), (1, 2, 0));
@@ -664,9 +632,8 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
         "reservations are not seller changes"
     );
 
-    let head = append(
+    let head = append::<Listing>(
         &store,
-        "listing",
         a,
         vec![
             stock_event(a, o2, 1, "reserve"),
@@ -679,9 +646,8 @@ async fn listing_stock_follows_reservations_commits_and_restocks() {
     let lamp = row(&pool, a).await;
     assert_eq!((lamp.quantity, lamp.reserved, lamp.sold), (1, 0, 2));
 
-    let head = append(
+    let head = append::<Listing>(
         &store,
-        "listing",
         a,
         vec![
             restocked(a, 4, 20),
@@ -754,9 +720,8 @@ async fn only_approved_reviews_are_listed_and_rated() {
     let (pool, store) = setup().await;
     let (seller, buyer, listing_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let r: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-    append(
+    append::<Listing>(
         &store,
-        "listing",
         listing_id,
         vec![
             listing(listing_id, seller, "Lamp", "home", &[], 1500, 1),
@@ -765,9 +730,8 @@ async fn only_approved_reviews_are_listed_and_rated() {
     )
     .await;
     // r0 is submitted and approved within the first batch.
-    append(
+    append::<Review>(
         &store,
-        "review",
         r[0],
         vec![
             submitted(r[0], listing_id, buyer, 5, 30),
@@ -776,9 +740,8 @@ async fn only_approved_reviews_are_listed_and_rated() {
     )
     .await;
     for (i, stars) in [(1, 2), (2, 4), (3, 1), (4, 3)] {
-        append(
+        append::<Review>(
             &store,
-            "review",
             r[i],
             vec![submitted(r[i], listing_id, buyer, stars, 30 + i as u32)],
         )
@@ -799,9 +762,9 @@ async fn only_approved_reviews_are_listed_and_rated() {
     assert_eq!(ids, r[1..].to_vec(), "the queue is oldest first");
 
     // Moderation in later batches.
-    append(&store, "review", r[1], vec![rejected(r[1], listing_id)]).await;
-    append(&store, "review", r[2], vec![approved(r[2], listing_id, 4)]).await;
-    let head = append(&store, "review", r[3], vec![approved(r[3], listing_id, 1)]).await;
+    append::<Review>(&store, r[1], vec![rejected(r[1], listing_id)]).await;
+    append::<Review>(&store, r[2], vec![approved(r[2], listing_id, 4)]).await;
+    let head = append::<Review>(&store, r[3], vec![approved(r[3], listing_id, 1)]).await;
     caught_up(&progress, head).await;
     let lamp = row(&pool, listing_id).await;
     assert_eq!(lamp.rating_count, 3);
@@ -920,9 +883,8 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
     let item = Uuid::now_v7();
     let o: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
     // The first batch holds o0's whole life.
-    append(
+    append::<Order>(
         &store,
-        "order",
         o[0],
         vec![
             placed(o[0], buyer, seller, item, 1),
@@ -940,9 +902,8 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
         ],
     )
     .await;
-    append(
+    append::<Order>(
         &store,
-        "order",
         o[1],
         vec![
             placed(o[1], buyer, seller, item, 5),
@@ -956,30 +917,16 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
     )
     .await;
     // o2 and o3 share a placement time: the id breaks the tie.
-    append(
+    append::<Order>(&store, o[2], vec![placed(o[2], buyer, seller, item, 7)]).await;
+    append::<Order>(&store, o[3], vec![placed(o[3], buyer, seller, item, 7)]).await;
+    append::<Order>(
         &store,
-        "order",
-        o[2],
-        vec![placed(o[2], buyer, seller, item, 7)],
-    )
-    .await;
-    append(
-        &store,
-        "order",
-        o[3],
-        vec![placed(o[3], buyer, seller, item, 7)],
-    )
-    .await;
-    append(
-        &store,
-        "order",
         o[4],
         vec![placed(o[4], other_buyer, seller, item, 8)],
     )
     .await;
-    append(
+    append::<Order>(
         &store,
-        "order",
         o[5],
         vec![placed(o[5], buyer, other_seller, item, 9)],
     )
@@ -1003,9 +950,8 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
     assert_eq!(order_row(&pool, o[2]).await.status, "PENDING");
 
     // Transitions of stored rows.
-    append(
+    append::<Order>(
         &store,
-        "order",
         o[2],
         vec![
             confirmed(o[2], 10),
@@ -1018,14 +964,14 @@ async fn orders_follow_their_status_and_page_by_buyer_and_seller() {
         ],
     )
     .await;
-    let head = append(&store, "order", o[3], vec![confirmed(o[3], 10)]).await;
+    let head = append::<Order>(&store, o[3], vec![confirmed(o[3], 10)]).await;
     caught_up(&progress, head).await;
     let cancelled = order_row(&pool, o[2]).await;
     assert_eq!(cancelled.status, "CANCELLED");
     assert_eq!(cancelled.status_reason.as_deref(), Some("Changed my mind"));
     assert_eq!(cancelled.updated_at, at(11));
     assert_eq!(order_row(&pool, o[3]).await.status, "CONFIRMED");
-    let head = append(&store, "order", o[3], vec![shipped(o[3], None, 12)]).await;
+    let head = append::<Order>(&store, o[3], vec![shipped(o[3], None, 12)]).await;
     caught_up(&progress, head).await;
     let untracked = order_row(&pool, o[3]).await;
     assert_eq!(untracked.status, "SHIPPED");
@@ -1102,9 +1048,8 @@ async fn the_catalogue_sorts_by_approved_rating_with_unrated_listings_last() {
     let seller = Uuid::now_v7();
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     for (i, id) in ids.iter().enumerate() {
-        append(
+        append::<Listing>(
             &store,
-            "listing",
             *id,
             vec![
                 listing(
@@ -1136,7 +1081,7 @@ async fn the_catalogue_sorts_by_approved_rating_with_unrated_listings_last() {
         } else {
             rejected(review, listing_id)
         });
-        append(&store, "review", review, events).await;
+        append::<Review>(&store, review, events).await;
     }
     fold_as_one_batch(&pool, &store).await;
     let q = listings::ListingQuery {

@@ -16,13 +16,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use common::*;
-use marketplace_domain::account::{AccountEvent, AccountRegistered, FundsDeposited};
+use marketplace_consumers::Envelope;
+use marketplace_domain::account::{Account, AccountEvent, AccountRegistered, FundsDeposited};
 use marketplace_domain::listing::{
-    ListingCreated, ListingEvent, ListingKind, ListingPriceChanged, ListingPublished,
+    Listing, ListingCreated, ListingEvent, ListingKind, ListingPriceChanged, ListingPublished,
 };
-use marketplace_domain::order::{LineSpec, OrderConfirmed, OrderEvent, OrderPlaced};
-use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewSubmitted};
+use marketplace_domain::order::{LineSpec, Order, OrderConfirmed, OrderEvent, OrderPlaced};
+use marketplace_domain::review::{Review, ReviewApproved, ReviewEvent, ReviewSubmitted};
 use marketplace_domain::values::*;
+use marketplace_domain::AggregateKind;
 use marketplace_projections::read_models::listings::{self, ListingQuery, Sort};
 use marketplace_projections::read_models::{accounts, notifications, orders, reviews};
 use marketplace_projections::{
@@ -30,7 +32,7 @@ use marketplace_projections::{
     ProjectorRuntime, RuntimeConfig, Table,
 };
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{EventStore, Position, RecordedEvent};
+use marketplace_store::{EventStore, Position};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -53,10 +55,14 @@ impl Projection for ListingsNext {
         listings::TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        listings::ListingsProjection.reads(aggregate)
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         listings::ListingsProjection.apply(tx, events).await
     }
@@ -112,13 +118,7 @@ fn published(id: Uuid, n: u32) -> ListingEvent {
 /// Appends one published listing (two events); returns its id.
 async fn publish_listing(store: &PostgresEventStore, seller: Uuid, n: u32) -> Uuid {
     let id = Uuid::now_v7();
-    append(
-        store,
-        "listing",
-        id,
-        vec![created(id, seller, n), published(id, n)],
-    )
-    .await;
+    append::<Listing>(store, id, vec![created(id, seller, n), published(id, n)]).await;
     id
 }
 
@@ -128,9 +128,8 @@ async fn publish_listing(store: &PostgresEventStore, seller: Uuid, n: u32) -> Uu
 async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uuid>) {
     let (seller, buyer) = (Uuid::now_v7(), Uuid::now_v7());
     for (id, email) in [(seller, "shop@example.com"), (buyer, "buyer@example.com")] {
-        append(
+        append::<Account>(
             store,
-            "account",
             id,
             vec![
                 AccountEvent::from(AccountRegistered {
@@ -156,9 +155,8 @@ async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uu
     for n in 0..listings {
         let id = publish_listing(store, seller, n).await;
         if n % 7 == 0 {
-            append(
+            append::<Listing>(
                 store,
-                "listing",
                 id,
                 vec![ListingEvent::from(ListingPriceChanged {
                     listing_id: ListingId(id),
@@ -171,9 +169,8 @@ async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uu
         ids.push(id);
     }
     let order = Uuid::now_v7();
-    append(
+    append::<Order>(
         store,
-        "order",
         order,
         vec![
             OrderEvent::from(OrderPlaced {
@@ -199,9 +196,8 @@ async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uu
     )
     .await;
     let review = Uuid::now_v7();
-    append(
+    append::<Review>(
         store,
-        "review",
         review,
         vec![
             ReviewEvent::from(ReviewSubmitted {

@@ -9,14 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use marketplace_domain::review::Review;
+use marketplace_domain::{Aggregate, AggregateKind};
 use marketplace_projections::{
     status, Generation, Progress, ProjectionError, ProjectionState, ProjectorRuntime, RuntimeConfig,
 };
 use marketplace_store::postgres::PostgresEventStore;
-use marketplace_store::{EventStore, Position};
+use marketplace_store::{
+    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
+};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// Small knobs so that takeovers and retries happen quickly.
 fn fast() -> RuntimeConfig {
@@ -363,6 +368,58 @@ async fn a_handler_that_keeps_failing_marks_its_projection_failed_at_that_event(
     assert_eq!(
         (s.state, s.lag_events, s.failed_position),
         (ProjectionState::Running, 0, None)
+    );
+    stop.send(true).expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_that_cannot_be_decoded_fails_only_the_projections_that_read_its_aggregate() {
+    let db = migrated_db().await;
+    let p = Process::start(&db, "runner").await;
+    let (stop, _) = watch::channel(false);
+    append_ticks(&p.store, 2).await;
+    // A stream no aggregate owns, then a review no code can read.
+    let foreign = StreamId::new("tick", Uuid::now_v7()).expect("stream");
+    let odd = |event_type: &str| NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        data: serde_json::json!({ "not": "an event" }),
+        metadata: EventMetadata::default(),
+    };
+    p.store
+        .append(&foreign, ExpectedRevision::Any, vec![odd("test.ticked")])
+        .await
+        .expect("append");
+    let review = StreamId::new(Review::CATEGORY, Uuid::now_v7()).expect("stream");
+    let poison = p
+        .store
+        .append(
+            &review,
+            ExpectedRevision::Any,
+            vec![odd("review.submitted")],
+        )
+        .await
+        .expect("append")
+        .position;
+    let head = append_ticks(&p.store, 2).await;
+
+    let accounts_only = Counting::reading("accounts_only", |a| a == AggregateKind::Account);
+    let everything = Counting::new("everything");
+    let _a = p.run(accounts_only, &stop);
+    let _b = p.run(everything, &stop);
+
+    assert!(p.reaches("accounts_only", head).await);
+    assert_eq!(applied(&p.pool, "accounts_only").await, (4, 1));
+    assert!(p.is("everything", ProjectionState::Failed).await);
+    let (position, _, _, error, failed) = checkpoint_row(&p.pool, "everything").await;
+    assert_eq!(failed, Some(i64::try_from(poison.0).expect("position")));
+    assert_eq!(position, i64::try_from(poison.0 - 1).expect("position"));
+    assert!(error.expect("error").contains("review.submitted"));
+    assert_eq!(
+        applied(&p.pool, "everything").await,
+        (2, 1),
+        "the foreign event is passed over, not applied"
     );
     stop.send(true).expect("stop");
 }

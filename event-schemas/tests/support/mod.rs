@@ -14,7 +14,7 @@ use marketplace_domain::email_claim::EmailClaimEvent;
 use marketplace_domain::listing::ListingEvent;
 use marketplace_domain::order::OrderEvent;
 use marketplace_domain::review::ReviewEvent;
-use marketplace_domain::EventSet;
+use marketplace_domain::{Event, EventSet};
 use marketplace_event_schemas::{decode, encode, CodecError, Encoded};
 use serde_json::Value;
 
@@ -23,16 +23,10 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every stored event type of every aggregate.
+/// Every stored event type of every aggregate, as the domain declares it
+/// ([`Event::versions`]).
 pub fn all_types() -> Vec<&'static str> {
-    AccountEvent::TYPES
-        .iter()
-        .chain(EmailClaimEvent::TYPES)
-        .chain(ListingEvent::TYPES)
-        .chain(OrderEvent::TYPES)
-        .chain(ReviewEvent::TYPES)
-        .copied()
-        .collect()
+    Event::versions().into_iter().map(|(t, _)| t).collect()
 }
 
 /// Reads and parses a JSON file, naming it on failure.

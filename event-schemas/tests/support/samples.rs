@@ -1,5 +1,5 @@
 //! Current events of every type, built through the domain types with
-//! realistic values, and every event type's declared version.
+//! realistic values.
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::{
@@ -21,7 +21,6 @@ use marketplace_domain::values::{
     ListingId, Money, OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId,
     Role, Tags, Title, TrackingCode, FEE_ACCOUNT_ID,
 };
-use marketplace_domain::DomainEvent;
 use marketplace_event_schemas::{encode, Encoded};
 use uuid::Uuid;
 
@@ -374,41 +373,4 @@ pub fn all() -> Vec<Encoded> {
     out.extend(encoded(order_events()));
     out.extend(encoded(review_events()));
     out
-}
-
-macro_rules! declared {
-    ($($ty:ty),+ $(,)?) => {
-        vec![$((<$ty as DomainEvent>::NAME, <$ty as DomainEvent>::VERSION)),+]
-    };
-}
-
-/// `(NAME, VERSION)` of every domain event type, read from the types
-/// themselves.
-pub fn declared_versions() -> Vec<(&'static str, u32)> {
-    declared![
-        AccountRegistered,
-        FundsDeposited,
-        FundsHeld,
-        EscrowReleased,
-        EscrowRefunded,
-        SaleCredited,
-        EmailClaimed,
-        ListingCreated,
-        ListingPublished,
-        ListingPriceChanged,
-        ListingRestocked,
-        ListingDelisted,
-        StockReserved,
-        ReservationReleased,
-        ReservationCommitted,
-        OrderPlaced,
-        OrderConfirmed,
-        OrderRejected,
-        OrderCancelled,
-        OrderShipped,
-        OrderDelivered,
-        ReviewSubmitted,
-        ReviewApproved,
-        ReviewRejected,
-    ]
 }

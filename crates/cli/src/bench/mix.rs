@@ -15,19 +15,20 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use marketplace_domain::account::{
-    AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
-    SaleCredited, SaleShare,
+    Account, AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited,
+    FundsHeld, SaleCredited, SaleShare,
 };
 use marketplace_domain::listing::{
-    ListingCreated, ListingEvent, ListingKind, ListingPriceChanged, ListingPublished,
+    Listing, ListingCreated, ListingKind, ListingPriceChanged, ListingPublished,
     ReservationCommitted, ReservationReleased, StockReserved,
 };
 use marketplace_domain::order::{
-    LineSpec, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderPlaced,
-    OrderRejected, OrderShipped,
+    LineSpec, Order, OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderRejected,
+    OrderShipped,
 };
-use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
+use marketplace_domain::review::{Review, ReviewApproved, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::*;
+use marketplace_domain::Aggregate;
 use marketplace_store::postgres::PostgresEventStore;
 use marketplace_store::{EventStore, ExpectedRevision, NewEvent, StreamId};
 use rand::rngs::StdRng;
@@ -77,13 +78,8 @@ pub async fn prefill(
 struct Batch(Vec<(StreamId, Vec<NewEvent>)>);
 
 impl Batch {
-    fn push<E: marketplace_domain::EventSet>(
-        &mut self,
-        category: &str,
-        id: Uuid,
-        e: impl Into<E>,
-    ) -> anyhow::Result<()> {
-        let stream = StreamId::new(category, id)?;
+    fn push<A: Aggregate>(&mut self, id: Uuid, e: impl Into<A::Event>) -> anyhow::Result<()> {
+        let stream = StreamId::new(A::CATEGORY, id)?;
         let ev = event(e.into())?;
         match self.0.iter_mut().find(|(s, _)| *s == stream) {
             Some((_, v)) => v.push(ev),
@@ -124,7 +120,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
     let now = Utc::now();
     let mut b = Batch::default();
     let seller = Uuid::now_v7();
-    b.push::<AccountEvent>("account", seller, account(seller, Role::Seller, 0)?)?;
+    b.push::<Account>(seller, account(seller, Role::Seller, 0)?)?;
 
     let mut items = Vec::new();
     for i in 0..5usize {
@@ -135,8 +131,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
             ListingKind::Physical
         };
         let price = eur(rng.random_range(500..20_000))?;
-        b.push::<ListingEvent>(
-            "listing",
+        b.push::<Listing>(
             id,
             ListingCreated {
                 listing_id: ListingId(id),
@@ -154,8 +149,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 created_at: now,
             },
         )?;
-        b.push::<ListingEvent>(
-            "listing",
+        b.push::<Listing>(
             id,
             ListingPublished {
                 listing_id: ListingId(id),
@@ -164,8 +158,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
         )?;
         let price = if i == 0 {
             let newer = eur(price.minor + 100)?;
-            b.push::<ListingEvent>(
-                "listing",
+            b.push::<Listing>(
                 id,
                 ListingPriceChanged {
                     listing_id: ListingId(id),
@@ -187,9 +180,8 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
     let mut buyers = Vec::new();
     for n in 0..10 {
         let id = Uuid::now_v7();
-        b.push::<AccountEvent>("account", id, account(id, Role::Buyer, n)?)?;
-        b.push::<AccountEvent>(
-            "account",
+        b.push::<Account>(id, account(id, Role::Buyer, n)?)?;
+        b.push::<Account>(
             id,
             FundsDeposited {
                 account_id: AccountId(id),
@@ -210,8 +202,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
             .price
             .checked_times(quantity.0)
             .ok_or_else(|| anyhow::anyhow!("overflow"))?;
-        b.push::<OrderEvent>(
-            "order",
+        b.push::<Order>(
             order.0,
             OrderPlaced {
                 order_id: order,
@@ -232,8 +223,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
         // 1 in 10 rejected at checkout.
         if o % 10 == 9 {
             if physical {
-                b.push::<ListingEvent>(
-                    "listing",
+                b.push::<Listing>(
                     item.id.0,
                     StockReserved {
                         listing_id: item.id,
@@ -242,8 +232,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                         reserved_at: now,
                     },
                 )?;
-                b.push::<ListingEvent>(
-                    "listing",
+                b.push::<Listing>(
                     item.id.0,
                     ReservationReleased {
                         listing_id: item.id,
@@ -253,8 +242,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     },
                 )?;
             }
-            b.push::<OrderEvent>(
-                "order",
+            b.push::<Order>(
                 order.0,
                 OrderRejected {
                     order_id: order,
@@ -265,8 +253,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
             continue;
         }
         if physical {
-            b.push::<ListingEvent>(
-                "listing",
+            b.push::<Listing>(
                 item.id.0,
                 StockReserved {
                     listing_id: item.id,
@@ -276,8 +263,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 },
             )?;
         }
-        b.push::<AccountEvent>(
-            "account",
+        b.push::<Account>(
             buyer.0,
             FundsHeld {
                 account_id: buyer,
@@ -286,8 +272,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 held_at: now,
             },
         )?;
-        b.push::<OrderEvent>(
-            "order",
+        b.push::<Order>(
             order.0,
             OrderConfirmed {
                 order_id: order,
@@ -296,8 +281,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
         )?;
         // 1 in 10 cancelled before shipping.
         if physical && o % 10 == 8 {
-            b.push::<OrderEvent>(
-                "order",
+            b.push::<Order>(
                 order.0,
                 OrderCancelled {
                     order_id: order,
@@ -305,8 +289,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     cancelled_at: now,
                 },
             )?;
-            b.push::<AccountEvent>(
-                "account",
+            b.push::<Account>(
                 buyer.0,
                 EscrowRefunded {
                     account_id: buyer,
@@ -315,8 +298,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     refunded_at: now,
                 },
             )?;
-            b.push::<ListingEvent>(
-                "listing",
+            b.push::<Listing>(
                 item.id.0,
                 ReservationReleased {
                     listing_id: item.id,
@@ -328,8 +310,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
             continue;
         }
         if physical {
-            b.push::<OrderEvent>(
-                "order",
+            b.push::<Order>(
                 order.0,
                 OrderShipped {
                     order_id: order,
@@ -337,8 +318,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     shipped_at: now,
                 },
             )?;
-            b.push::<ListingEvent>(
-                "listing",
+            b.push::<Listing>(
                 item.id.0,
                 ReservationCommitted {
                     listing_id: item.id,
@@ -352,8 +332,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
             }
         }
         let (payout, fee) = FeeRate::DEFAULT.split(&total);
-        b.push::<OrderEvent>(
-            "order",
+        b.push::<Order>(
             order.0,
             OrderDelivered {
                 order_id: order,
@@ -364,8 +343,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 delivered_at: now,
             },
         )?;
-        b.push::<AccountEvent>(
-            "account",
+        b.push::<Account>(
             buyer.0,
             EscrowReleased {
                 account_id: buyer,
@@ -374,8 +352,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 released_at: now,
             },
         )?;
-        b.push::<AccountEvent>(
-            "account",
+        b.push::<Account>(
             seller,
             SaleCredited {
                 account_id: AccountId(seller),
@@ -385,8 +362,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 credited_at: now,
             },
         )?;
-        b.push::<AccountEvent>(
-            "account",
+        b.push::<Account>(
             FEE_ACCOUNT_ID.0,
             SaleCredited {
                 account_id: FEE_ACCOUNT_ID,
@@ -399,8 +375,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
         if o % 2 == 0 {
             let review = ReviewId::for_line(order, item.id);
             let rating = Rating::parse(rng.random_range(1..=5))?;
-            b.push::<ReviewEvent>(
-                "review",
+            b.push::<Review>(
                 review.0,
                 ReviewSubmitted {
                     review_id: review,
@@ -413,8 +388,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                 },
             )?;
             if o % 8 == 6 {
-                b.push::<ReviewEvent>(
-                    "review",
+                b.push::<Review>(
                     review.0,
                     ReviewRejected {
                         review_id: review,
@@ -425,8 +399,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     },
                 )?;
             } else {
-                b.push::<ReviewEvent>(
-                    "review",
+                b.push::<Review>(
                     review.0,
                     ReviewApproved {
                         review_id: review,

@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
+use marketplace_consumers::Envelope;
 use marketplace_domain::account::{Account, AccountCommand, AccountError, HoldFunds};
 use marketplace_domain::listing::{
     EndReservation, Listing, ListingCommand, ListingError, ReservationOutcome, ReserveStock,
@@ -18,8 +19,7 @@ use marketplace_domain::order::{
     CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderEvent, OrderPlaced, OrderStatus,
 };
 use marketplace_domain::values::{FeeRate, Quantity, Reason};
-use marketplace_domain::DomainEvent;
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 
 use super::{check_fault, FaultHook, ProcessError, ProcessManager};
 use crate::handler::{CommandContext, CommandError, CommandHandler};
@@ -59,11 +59,7 @@ impl CheckoutSaga {
         self
     }
 
-    async fn checkout(
-        &self,
-        trigger: &RecordedEvent,
-        placed: &OrderPlaced,
-    ) -> Result<(), ProcessError> {
+    async fn checkout(&self, trigger: &Envelope, placed: &OrderPlaced) -> Result<(), ProcessError> {
         let order_id = placed.order_id;
         let order = self.handler.load::<Order>(order_id.0).await?;
         if order.state.status != OrderStatus::Pending {
@@ -157,6 +153,26 @@ impl CheckoutSaga {
     }
 }
 
+/// The order this saga checks out, if `event` places one.
+fn placed(event: &Event) -> Option<&OrderPlaced> {
+    match event {
+        Event::Order(order) => match order {
+            OrderEvent::Placed(placed) => Some(placed),
+            // Later steps of an order; this saga records them itself.
+            OrderEvent::Confirmed(_)
+            | OrderEvent::Rejected(_)
+            | OrderEvent::Cancelled(_)
+            | OrderEvent::Shipped(_)
+            | OrderEvent::Delivered(_) => None,
+        },
+        Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => None,
+    }
+}
+
+#[expect(
+    clippy::wildcard_enum_match_arm,
+    reason = "every other refusal reads the same to the buyer"
+)]
 fn listing_reason(e: &ListingError) -> Reason {
     match e {
         ListingError::OutOfStock { .. } => Reason::fixed("out of stock"),
@@ -165,6 +181,10 @@ fn listing_reason(e: &ListingError) -> Reason {
     }
 }
 
+#[expect(
+    clippy::wildcard_enum_match_arm,
+    reason = "every other refusal reads the same to the buyer"
+)]
 fn account_reason(e: &AccountError) -> Reason {
     match e {
         AccountError::InsufficientFunds { .. } => Reason::fixed("insufficient funds"),
@@ -178,33 +198,33 @@ impl ProcessManager for CheckoutSaga {
         NAME
     }
 
-    fn wants(&self, event: &RecordedEvent) -> bool {
-        event.event_type == OrderPlaced::NAME
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Order => true,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Listing
+            | AggregateKind::Review => false,
+        }
+    }
+
+    fn wants(&self, event: &Envelope) -> bool {
+        placed(&event.event).is_some()
     }
 
     /// Orders for the same (first) listing are checked out one after
     /// another, first placed first served; other listings run beside them.
-    fn lane(&self, event: &RecordedEvent) -> u64 {
-        let first = event
-            .data
-            .get("lines")
-            .and_then(|l| l.get(0))
-            .and_then(|l| l.get("listing_id"))
-            .and_then(|id| id.as_str())
-            .unwrap_or_else(|| event.stream_id.as_str());
-        super::hash(first.as_bytes())
+    fn lane(&self, event: &Envelope) -> u64 {
+        match placed(&event.event).and_then(|p| p.lines.first()) {
+            Some(line) => super::hash(line.listing_id.0.as_bytes()),
+            None => super::hash(event.stream_id.as_str().as_bytes()),
+        }
     }
 
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
-        let decoded: OrderEvent = marketplace_event_schemas::decode(
-            &event.event_type,
-            event.schema_version,
-            event.data.clone(),
-        )
-        .map_err(|e| ProcessError::Command(e.to_string()))?;
-        match decoded {
-            OrderEvent::Placed(placed) => self.checkout(event, &placed).await,
-            _ => Ok(()),
+    async fn handle(&self, event: &Envelope) -> Result<(), ProcessError> {
+        match placed(&event.event) {
+            Some(placed) => self.checkout(event, placed).await,
+            None => Ok(()),
         }
     }
 }

@@ -11,14 +11,14 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
+use marketplace_consumers::Envelope;
 use marketplace_domain::account::{
     Account, AccountCommand, CreditSale, EscrowOutcome, SaleShare, SettleEscrow,
 };
 use marketplace_domain::listing::{EndReservation, Listing, ListingCommand, ReservationOutcome};
 use marketplace_domain::order::{Order, OrderCancelled, OrderDelivered, OrderEvent, OrderShipped};
 use marketplace_domain::values::{OrderId, FEE_ACCOUNT_ID};
-use marketplace_domain::{Aggregate, DomainEvent};
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{Aggregate, AggregateKind, Event};
 
 use super::{check_fault, FaultHook, ProcessError, ProcessManager};
 use crate::handler::{CommandContext, CommandError, CommandHandler};
@@ -55,7 +55,7 @@ impl PayoutProcess {
 
     async fn step<A: Aggregate>(
         &self,
-        trigger: &RecordedEvent,
+        trigger: &Envelope,
         step: &str,
         id: uuid::Uuid,
         command: A::Command,
@@ -75,7 +75,7 @@ impl PayoutProcess {
 
     async fn end_reservations(
         &self,
-        trigger: &RecordedEvent,
+        trigger: &Envelope,
         order_id: OrderId,
         outcome: ReservationOutcome,
     ) -> Result<(), ProcessError> {
@@ -96,16 +96,12 @@ impl PayoutProcess {
         Ok(())
     }
 
-    async fn shipped(&self, trigger: &RecordedEvent, e: &OrderShipped) -> Result<(), ProcessError> {
+    async fn shipped(&self, trigger: &Envelope, e: &OrderShipped) -> Result<(), ProcessError> {
         self.end_reservations(trigger, e.order_id, ReservationOutcome::Committed)
             .await
     }
 
-    async fn delivered(
-        &self,
-        trigger: &RecordedEvent,
-        e: &OrderDelivered,
-    ) -> Result<(), ProcessError> {
+    async fn delivered(&self, trigger: &Envelope, e: &OrderDelivered) -> Result<(), ProcessError> {
         let now = Utc::now();
         self.step::<Account>(
             trigger,
@@ -149,11 +145,7 @@ impl PayoutProcess {
         Ok(())
     }
 
-    async fn cancelled(
-        &self,
-        trigger: &RecordedEvent,
-        e: &OrderCancelled,
-    ) -> Result<(), ProcessError> {
+    async fn cancelled(&self, trigger: &Envelope, e: &OrderCancelled) -> Result<(), ProcessError> {
         let order = self.handler.load::<Order>(e.order_id.0).await?;
         if let Some(buyer) = order.state.buyer_id {
             self.step::<Account>(
@@ -174,33 +166,53 @@ impl PayoutProcess {
     }
 }
 
+/// What the payout process settles.
+enum Settle<'a> {
+    Shipped(&'a OrderShipped),
+    Delivered(&'a OrderDelivered),
+    Cancelled(&'a OrderCancelled),
+}
+
+/// What `event` calls for, if anything.
+fn settle(event: &Event) -> Option<Settle<'_>> {
+    match event {
+        Event::Order(order) => match order {
+            OrderEvent::Shipped(e) => Some(Settle::Shipped(e)),
+            OrderEvent::Delivered(e) => Some(Settle::Delivered(e)),
+            OrderEvent::Cancelled(e) => Some(Settle::Cancelled(e)),
+            // The checkout saga's part of an order.
+            OrderEvent::Placed(_) | OrderEvent::Confirmed(_) | OrderEvent::Rejected(_) => None,
+        },
+        Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => None,
+    }
+}
+
 #[async_trait]
 impl ProcessManager for PayoutProcess {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn wants(&self, event: &RecordedEvent) -> bool {
-        [
-            OrderShipped::NAME,
-            OrderDelivered::NAME,
-            OrderCancelled::NAME,
-        ]
-        .contains(&event.event_type.as_str())
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Order => true,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Listing
+            | AggregateKind::Review => false,
+        }
     }
 
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProcessError> {
-        let decoded: OrderEvent = marketplace_event_schemas::decode(
-            &event.event_type,
-            event.schema_version,
-            event.data.clone(),
-        )
-        .map_err(|e| ProcessError::Command(e.to_string()))?;
-        match decoded {
-            OrderEvent::Shipped(e) => self.shipped(event, &e).await,
-            OrderEvent::Delivered(e) => self.delivered(event, &e).await,
-            OrderEvent::Cancelled(e) => self.cancelled(event, &e).await,
-            OrderEvent::Placed(_) | OrderEvent::Confirmed(_) | OrderEvent::Rejected(_) => Ok(()),
+    fn wants(&self, event: &Envelope) -> bool {
+        settle(&event.event).is_some()
+    }
+
+    async fn handle(&self, event: &Envelope) -> Result<(), ProcessError> {
+        match settle(&event.event) {
+            Some(Settle::Shipped(e)) => self.shipped(event, e).await,
+            Some(Settle::Delivered(e)) => self.delivered(event, e).await,
+            Some(Settle::Cancelled(e)) => self.cancelled(event, e).await,
+            None => Ok(()),
         }
     }
 }

@@ -12,8 +12,9 @@ use chrono::Utc;
 use marketplace_commands::flows::place_order::price_lines;
 use marketplace_commands::process::checkout::CheckoutSaga;
 use marketplace_commands::process::payout::PayoutProcess;
-use marketplace_commands::process::{self, PgCheckpoints, ProcessError, RunnerPolicy};
+use marketplace_commands::process::{self, ProcessManager};
 use marketplace_commands::{CommandContext, CommandHandler};
+use marketplace_consumers::{LocalStatus, Registry, Runner, RunnerConfig, RunnerState};
 use marketplace_domain::account::{
     Account, AccountCommand, DepositFunds, RegisterAccount, RegistrationChannel,
 };
@@ -26,6 +27,7 @@ use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::postgres::PostgresEventStore;
 use marketplace_store::EventStore;
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -159,30 +161,32 @@ impl Market {
         id
     }
 
-    pub fn start_checkout(&self, saga: CheckoutSaga) -> JoinHandle<Result<(), ProcessError>> {
-        tokio::spawn(process::run(
-            Arc::new(saga),
-            self.store.clone(),
-            Arc::new(PgCheckpoints(self.pool.clone())),
-            RunnerPolicy {
-                max_attempts: 1,
-                ..RunnerPolicy::default()
-            },
-            None,
-        ))
+    pub fn start_checkout(&self, saga: CheckoutSaga) -> Running {
+        self.start(Arc::new(saga))
     }
 
-    pub fn start_payout(&self, payout: PayoutProcess) -> JoinHandle<Result<(), ProcessError>> {
-        tokio::spawn(process::run(
-            Arc::new(payout),
-            self.store.clone(),
-            Arc::new(PgCheckpoints(self.pool.clone())),
-            RunnerPolicy {
+    pub fn start_payout(&self, payout: PayoutProcess) -> Running {
+        self.start(Arc::new(payout))
+    }
+
+    /// Runs `pm` on the real consumer runtime: one attempt per event (a
+    /// failure makes it FAILED at once), quick lock retries.
+    pub fn start(&self, pm: Arc<dyn ProcessManager>) -> Running {
+        let registry = Registry::default();
+        let runner = Runner::new(self.pool.clone(), self.store.clone(), registry.clone())
+            .with_config(RunnerConfig {
                 max_attempts: 1,
-                ..RunnerPolicy::default()
-            },
-            None,
-        ))
+                lock_retry: Duration::from_millis(50),
+                ..RunnerConfig::default()
+            });
+        let (stop, stop_rx) = watch::channel(false);
+        let name = pm.name();
+        Running {
+            name,
+            status: registry.watch(name),
+            task: tokio::spawn(process::run(pm, runner, stop_rx)),
+            _stop: stop,
+        }
     }
 
     pub fn saga(&self) -> CheckoutSaga {
@@ -235,4 +239,33 @@ impl Market {
 
 pub fn settled(o: &Order) -> bool {
     o.status != OrderStatus::Pending
+}
+
+/// A process manager running in this test.
+pub struct Running {
+    name: &'static str,
+    status: watch::Receiver<LocalStatus>,
+    task: JoinHandle<()>,
+    _stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Waits (with a deadline) until it is FAILED; returns its status.
+    pub async fn failed(&mut self) -> LocalStatus {
+        let name = self.name;
+        tokio::time::timeout(
+            DEADLINE,
+            self.status.wait_for(|s| s.state == RunnerState::Failed),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not fail"))
+        .expect("the runner is alive")
+        .clone()
+    }
+
+    /// Kills it, as a crash of its process would (its lock connection
+    /// closes with the task).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
 }

@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use marketplace_consumers::Envelope;
 use marketplace_domain::account::AccountEvent;
 use marketplace_domain::values::{AccountId, Money};
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::decode;
 use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
@@ -78,10 +78,20 @@ impl Projection for AccountsProjection {
         TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Account => true,
+            AggregateKind::EmailClaim
+            | AggregateKind::Listing
+            | AggregateKind::Order
+            | AggregateKind::Review => false,
+        }
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let mut ids = Vec::new();
         let mut emails = Vec::new();
@@ -92,8 +102,8 @@ impl Projection for AccountsProjection {
         // position of the first event that touched it).
         let mut balances: BTreeMap<(Uuid, String), (i64, i64)> = BTreeMap::new();
         for e in events {
-            match e.stream_id.category() {
-                "account" => match decode::<AccountEvent>(e)? {
+            match &e.event {
+                Event::Account(account) => match account {
                     AccountEvent::Registered(r) => {
                         ids.push(r.account_id.0);
                         emails.push(r.email.as_str().to_owned());
@@ -124,9 +134,8 @@ impl Projection for AccountsProjection {
                     // The hold already left the wallet; the credits pay out.
                     AccountEvent::EscrowReleased(_) => {}
                 },
-                // Categories this read model does not show.
-                "email" | "listing" | "order" | "review" => {}
-                other => tracing::trace!(category = other, "accounts: category not projected"),
+                // Aggregates this read model does not show.
+                Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) | Event::Review(_) => {}
             }
         }
         if !ids.is_empty() {
@@ -180,7 +189,7 @@ impl Projection for AccountsProjection {
 /// noting where (event `e`) its currency first appeared in the batch.
 fn add(
     balances: &mut BTreeMap<(Uuid, String), (i64, i64)>,
-    e: &RecordedEvent,
+    e: &Envelope,
     account: AccountId,
     amount: &Money,
     sign: i64,

@@ -30,14 +30,15 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use marketplace_consumers::Envelope;
 use marketplace_domain::listing::{ListingEvent, ListingKind};
 use marketplace_domain::review::ReviewEvent;
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::cursor;
 pub use super::InvalidCursor;
-use super::{cursor, decode};
 use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
@@ -246,18 +247,25 @@ impl Projection for ListingsProjection {
         TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Listing | AggregateKind::Review => true,
+            AggregateKind::Account | AggregateKind::EmailClaim | AggregateKind::Order => false,
+        }
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         // Fold the batch in memory first: a listing created and published in
         // the same batch becomes one insert, not an insert and an update.
         let mut created: Vec<NewRow> = Vec::new();
         let mut changes: HashMap<Uuid, Change> = HashMap::new();
         for e in events {
-            match e.stream_id.category() {
-                "listing" => match decode::<ListingEvent>(e)? {
+            match &e.event {
+                Event::Listing(listing) => match listing {
                     ListingEvent::Created(c) => {
                         created.push(NewRow {
                             id: c.listing_id.0,
@@ -282,7 +290,7 @@ impl Projection for ListingsProjection {
                             price_minor: c.price.minor,
                             currency: c.price.currency.as_str().to_owned(),
                             status: "DRAFT",
-                            content_hash: c.content_hash.map(|h| h.as_str().to_owned()),
+                            content_hash: c.content_hash.as_ref().map(|h| h.as_str().to_owned()),
                             created_at: c.created_at,
                             updated_at: c.created_at,
                             counters: Counters {
@@ -327,7 +335,7 @@ impl Projection for ListingsProjection {
                         counters.sold += units(r.quantity);
                     }
                 },
-                "review" => match decode::<ReviewEvent>(e)? {
+                Event::Review(review) => match review {
                     ReviewEvent::Approved(a) => {
                         let counters = &mut changes.entry(a.listing_id.0).or_default().counters;
                         counters.rating_sum += i64::from(a.rating.stars());
@@ -336,9 +344,8 @@ impl Projection for ListingsProjection {
                     // Only approved reviews count toward the rating.
                     ReviewEvent::Submitted(_) | ReviewEvent::Rejected(_) => {}
                 },
-                // Categories this read model does not show.
-                "account" | "email" | "order" => {}
-                other => tracing::trace!(category = other, "listings: category not projected"),
+                // Aggregates this read model does not show.
+                Event::Account(_) | Event::EmailClaim(_) | Event::Order(_) => {}
             }
         }
         // Listings created in this batch take everything that followed into

@@ -1,8 +1,15 @@
 //! One module per read model: its batch fold (a [`crate::Projection`]) and
 //! the queries the API runs against it.
 //!
-//! Shared here: decoding a recorded event, the opaque keyset cursor, and the
-//! [`Page`] and [`InvalidCursor`] types of the paginated queries.
+//! Each fold matches the decoded [`marketplace_domain::Event`] exhaustively
+//! and names what it ignores; `clippy::wildcard_enum_match_arm` is denied
+//! in every read model, so a new event (or aggregate) is an error in each
+//! fold until it decides about it.
+//!
+//! Shared here: the opaque keyset cursor, and the [`Page`] and
+//! [`InvalidCursor`] types of the paginated queries.
+
+#![deny(clippy::wildcard_enum_match_arm)]
 
 pub mod accounts;
 pub mod listings;
@@ -11,11 +18,7 @@ pub mod orders;
 pub mod reviews;
 
 use chrono::{DateTime, Utc};
-use marketplace_domain::EventSet;
-use marketplace_store::RecordedEvent;
 use uuid::Uuid;
-
-use crate::runtime::ProjectionError;
 
 /// The cursor could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,17 +77,6 @@ pub(crate) async fn page_and_total<R: serde::de::DeserializeOwned + Send + Unpin
     let (rows, total): (sqlx::types::Json<Vec<R>>, i64) =
         qb.build_query_as().fetch_one(pool).await?;
     Ok((rows.0, total))
-}
-
-/// Decodes a recorded event as one aggregate's event set (upcasting old versions).
-pub(crate) fn decode<E: EventSet>(e: &RecordedEvent) -> Result<E, ProjectionError> {
-    marketplace_event_schemas::decode(&e.event_type, e.schema_version, e.data.clone()).map_err(
-        |err| ProjectionError::Decode {
-            event_type: e.event_type.clone(),
-            position: e.position,
-            reason: err.to_string(),
-        },
-    )
 }
 
 /// An opaque keyset cursor over (sort key, id).

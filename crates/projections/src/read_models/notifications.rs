@@ -13,15 +13,16 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use marketplace_consumers::Envelope;
 use marketplace_domain::account::{AccountEvent, SaleShare};
 use marketplace_domain::order::OrderEvent;
 use marketplace_domain::review::ReviewEvent;
 use marketplace_domain::values::{Currency, Money};
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
+use super::{limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
 use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
@@ -109,18 +110,22 @@ impl Projection for NotificationsProjection {
         TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        can_notify(aggregate)
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let mut orders: Vec<(Uuid, Uuid, Uuid, i64, String)> = Vec::new();
         let mut reviews: Vec<(Uuid, Uuid)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         for e in events {
             let short = |id: Uuid| id.simple().to_string()[..8].to_owned();
-            match e.stream_id.category() {
-                "order" => match decode::<OrderEvent>(e)? {
+            match &e.event {
+                Event::Order(order) => match order {
                     OrderEvent::Placed(p) => orders.push((
                         p.order_id.0,
                         p.buyer_id.0,
@@ -179,7 +184,7 @@ impl Projection for NotificationsProjection {
                     }),
                     OrderEvent::Cancelled(_) => {}
                 },
-                "account" => match decode::<AccountEvent>(e)? {
+                Event::Account(account) => match account {
                     AccountEvent::SaleCredited(c) if c.share == SaleShare::Payout => {
                         pending.push(Pending {
                             event_id: e.event_id,
@@ -200,7 +205,7 @@ impl Projection for NotificationsProjection {
                     | AccountEvent::EscrowReleased(_)
                     | AccountEvent::EscrowRefunded(_) => {}
                 },
-                "review" => match decode::<ReviewEvent>(e)? {
+                Event::Review(review) => match review {
                     ReviewEvent::Submitted(s) => reviews.push((s.review_id.0, s.author_id.0)),
                     ReviewEvent::Approved(a) => pending.push(Pending {
                         event_id: e.event_id,
@@ -217,9 +222,8 @@ impl Projection for NotificationsProjection {
                         at: r.rejected_at,
                     }),
                 },
-                // Categories this read model does not show.
-                "listing" | "email" => {}
-                other => tracing::trace!(category = other, "notifications: category not projected"),
+                // Aggregates nobody is notified about.
+                Event::Listing(_) | Event::EmailClaim(_) => {}
             }
         }
         if !orders.is_empty() {
@@ -266,7 +270,7 @@ impl Projection for NotificationsProjection {
             .iter()
             .filter_map(|p| match p.to {
                 To::Buyer(o) | To::Seller(o) => Some(o),
-                _ => None,
+                To::Author(_) | To::Account(_) => None,
             })
             .collect();
         let parties: std::collections::HashMap<Uuid, (Uuid, Uuid, i64, String)> =
@@ -284,7 +288,7 @@ impl Projection for NotificationsProjection {
             .iter()
             .filter_map(|p| match p.to {
                 To::Author(r) => Some(r),
-                _ => None,
+                To::Buyer(_) | To::Seller(_) | To::Account(_) => None,
             })
             .collect();
         let authors: std::collections::HashMap<Uuid, Uuid> = sqlx::query_as::<_, (Uuid, Uuid)>(
@@ -355,8 +359,14 @@ impl Projection for NotificationsProjection {
     }
 }
 
-/// The categories whose events can notify someone.
-pub const SOURCE_CATEGORIES: &[&str] = &["order", "account", "review"];
+/// Whether events of `aggregate` can notify someone: the aggregates this
+/// read model reads, and the events a live feed of notifications waits for.
+pub fn can_notify(aggregate: AggregateKind) -> bool {
+    match aggregate {
+        AggregateKind::Order | AggregateKind::Account | AggregateKind::Review => true,
+        AggregateKind::Listing | AggregateKind::EmailClaim => false,
+    }
+}
 
 /// The id of the notification the event `event_id` gives `account`, if it
 /// gives it one: deterministic, so a replay writes the same rows and a live

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use marketplace_consumers::Envelope;
 use marketplace_domain::order::OrderEvent;
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
+use super::{limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
 use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
@@ -142,17 +143,27 @@ impl Projection for OrdersProjection {
         TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Order => true,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Listing
+            | AggregateKind::Review => false,
+        }
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let mut placed: Vec<NewOrder> = Vec::new();
         let mut lines = Lines::default();
         let mut changes: HashMap<Uuid, Transition> = HashMap::new();
         for e in events {
-            match e.stream_id.category() {
-                "order" => match decode::<OrderEvent>(e)? {
+            match &e.event {
+                Event::Order(order) => match order {
                     OrderEvent::Placed(p) => {
                         for (no, line) in (1..).zip(&p.lines) {
                             lines.order.push(p.order_id.0);
@@ -206,7 +217,7 @@ impl Projection for OrdersProjection {
                         s.order_id.0,
                         "SHIPPED",
                         None,
-                        s.tracking_code.map(|t| t.as_str().to_owned()),
+                        s.tracking_code.as_ref().map(|t| t.as_str().to_owned()),
                         s.shipped_at,
                     ),
                     OrderEvent::Delivered(d) => transition(
@@ -218,9 +229,9 @@ impl Projection for OrdersProjection {
                         d.delivered_at,
                     ),
                 },
-                // Categories this read model does not show.
-                "account" | "email" | "listing" | "review" => {}
-                other => tracing::trace!(category = other, "orders: category not projected"),
+                // Aggregates this read model does not show.
+                Event::Account(_) | Event::EmailClaim(_) => {}
+                Event::Listing(_) | Event::Review(_) => {}
             }
         }
         // Orders placed in this batch are inserted in their latest status

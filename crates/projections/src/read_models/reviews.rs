@@ -13,12 +13,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use marketplace_consumers::Envelope;
 use marketplace_domain::review::ReviewEvent;
-use marketplace_store::RecordedEvent;
+use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use super::{decode, limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
+use super::{limit_for, time_cursor, time_cursor_of, InvalidCursor, Page};
 use crate::builds::Table;
 use crate::runtime::{Projection, ProjectionError};
 
@@ -92,16 +93,26 @@ impl Projection for ReviewsProjection {
         TABLES
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        match aggregate {
+            AggregateKind::Review => true,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Listing
+            | AggregateKind::Order => false,
+        }
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let mut submitted: Vec<NewReview> = Vec::new();
         let mut moderated: HashMap<Uuid, Moderation> = HashMap::new();
         for e in events {
-            match e.stream_id.category() {
-                "review" => match decode::<ReviewEvent>(e)? {
+            match &e.event {
+                Event::Review(review) => match review {
                     ReviewEvent::Submitted(s) => submitted.push(NewReview {
                         id: s.review_id.0,
                         listing: s.listing_id.0,
@@ -135,9 +146,8 @@ impl Projection for ReviewsProjection {
                         );
                     }
                 },
-                // Categories this read model does not show.
-                "account" | "email" | "listing" | "order" => {}
-                other => tracing::trace!(category = other, "reviews: category not projected"),
+                // Aggregates this read model does not show.
+                Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) => {}
             }
         }
         for review in &mut submitted {

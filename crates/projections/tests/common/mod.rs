@@ -10,11 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use marketplace_consumers::Envelope;
+use marketplace_domain::account::{Account, AccountEvent, FundsDeposited};
+use marketplace_domain::values::AccountId;
+use marketplace_domain::{Aggregate, AggregateKind};
 use marketplace_embedded_postgres::testdb::{test_cluster_admin_url, TestDatabase};
 use marketplace_projections::{Projection, ProjectionError};
 use marketplace_store::postgres::{migrate, PostgresEventStore};
 use marketplace_store::{
-    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, RecordedEvent, StreamId,
+    EventMetadata, EventStore, ExpectedRevision, NewEvent, Position, StreamId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -89,16 +93,19 @@ pub async fn terminate(db: &TestDatabase, app: &str) -> i64 {
     n
 }
 
-/// Appends `n` test events to one new stream; returns the last position.
+/// Appends `n` deposits to one new account's stream; returns the last
+/// position.
 pub async fn append_ticks(store: &PostgresEventStore, n: usize) -> Position {
-    let stream = StreamId::new("tick", Uuid::now_v7()).expect("stream");
+    let account = Uuid::now_v7();
+    let stream = StreamId::new(Account::CATEGORY, account).expect("stream");
     let events = (0..n)
-        .map(|i| NewEvent {
-            event_id: Uuid::now_v7(),
-            event_type: "test.ticked".to_owned(),
-            schema_version: 1,
-            data: serde_json::json!({ "n": i }),
-            metadata: EventMetadata::default(),
+        .map(|i| {
+            new_event(AccountEvent::FundsDeposited(FundsDeposited {
+                account_id: AccountId(account),
+                deposit_id: Uuid::now_v7(),
+                amount: eur(i64::try_from(i).expect("small") + 1),
+                deposited_at: chrono::Utc::now(),
+            }))
         })
         .collect();
     store
@@ -145,16 +152,25 @@ pub enum Fault {
 /// `test_applied` (a double application shows as `applications = 2`).
 pub struct Counting {
     name: &'static str,
+    reads: fn(AggregateKind) -> bool,
     fault: Mutex<Fault>,
     /// Signalled when a [`Fault::HangOnce`] is hit.
     pub hung: Notify,
 }
 
 impl Counting {
-    /// A counting projection called `name`, with no fault.
+    /// A counting projection called `name` that reads every aggregate,
+    /// with no fault.
     pub fn new(name: &'static str) -> Arc<Self> {
+        Self::reading(name, |_| true)
+    }
+
+    /// A counting projection called `name` that reads the aggregates
+    /// `reads` holds for, with no fault.
+    pub fn reading(name: &'static str, reads: fn(AggregateKind) -> bool) -> Arc<Self> {
         Arc::new(Self {
             name,
+            reads,
             fault: Mutex::new(Fault::None),
             hung: Notify::new(),
         })
@@ -166,9 +182,9 @@ impl Counting {
     }
 }
 
-fn injected(e: &RecordedEvent) -> ProjectionError {
+fn injected(e: &Envelope) -> ProjectionError {
     ProjectionError::Decode {
-        event_type: e.event_type.clone(),
+        event_type: e.event.event_type().to_owned(),
         position: e.position,
         reason: "injected failure".to_owned(),
     }
@@ -184,10 +200,14 @@ impl Projection for Counting {
         1
     }
 
+    fn reads(&self, aggregate: AggregateKind) -> bool {
+        (self.reads)(aggregate)
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let positions: Vec<i64> = events
@@ -276,15 +296,14 @@ pub fn new_event<E: marketplace_domain::EventSet>(e: E) -> NewEvent {
     }
 }
 
-/// Appends `events` to the `category` stream of `id`; returns the position
-/// of the last.
-pub async fn append<E: marketplace_domain::EventSet>(
+/// Appends `events` to the stream of aggregate `A` with `id`; returns the
+/// position of the last.
+pub async fn append<A: Aggregate>(
     store: &PostgresEventStore,
-    category: &str,
     id: Uuid,
-    events: Vec<E>,
+    events: Vec<A::Event>,
 ) -> Position {
-    let s = StreamId::new(category, id).expect("stream");
+    let s = StreamId::new(A::CATEGORY, id).expect("stream");
     store
         .append(
             &s,

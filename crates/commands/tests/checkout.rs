@@ -257,3 +257,75 @@ async fn a_payout_interrupted_between_release_and_credit_pays_exactly_once_on_re
     );
     assert_eq!(m.money_in(&everyone).await, 10_000);
 }
+
+/// Two saga instances (a stale leader and its successor during a takeover)
+/// handle the same `order.placed` events at the same time, for orders some
+/// of whose buyers cannot pay and more orders than stock. Whatever the
+/// interleaving, every order ends CONFIRMED with its reservation and its
+/// escrow, or REJECTED with neither, and stock is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_saga_instances_racing_on_the_same_orders_leave_nothing_held_for_a_rejected_one() {
+    use marketplace_commands::process::ProcessManager;
+    use marketplace_consumers::Envelope;
+    use marketplace_store::StreamId;
+
+    let m = market().await;
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let listing = m
+        .listing(
+            &seller,
+            ListingSpec::Physical {
+                quantity: Quantity(6),
+            },
+            1_000,
+        )
+        .await;
+    let mut placed = Vec::new();
+    for i in 0..12 {
+        // Every third buyer cannot pay.
+        let funds = if i % 3 == 0 { 500 } else { 5_000 };
+        let buyer = m.account(vec![Role::Buyer], funds).await;
+        let order = m.place(&buyer, listing, 1).await;
+        let stream = StreamId::new(Order::CATEGORY, order.0).expect("stream");
+        let first = m.store.read_stream(&stream, 0).await.expect("read");
+        let envelope = Envelope::decode(&first[0]).expect("decode");
+        placed.push((order, buyer, envelope));
+    }
+    let (a, b) = (Arc::new(m.saga()), Arc::new(m.saga()));
+    let mut races = Vec::new();
+    for (_, _, envelope) in &placed {
+        for saga in [a.clone(), b.clone()] {
+            let envelope = envelope.clone();
+            races.push(tokio::spawn(async move { saga.handle(&envelope).await }));
+        }
+    }
+    for race in races {
+        race.await.expect("task").expect("handled");
+    }
+
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    let mut confirmed = 0;
+    for (order, buyer, _) in &placed {
+        let o = m.order(*order).await;
+        let w = m.wallet(buyer.account_id).await;
+        let held = w.escrow.get(order).map(|x| x.minor);
+        let reserved = l.reserved.get(order).copied();
+        match o.status {
+            OrderStatus::Confirmed => {
+                confirmed += 1;
+                assert_eq!((held, reserved), (Some(1_000), Some(1)), "{order}");
+            }
+            OrderStatus::Rejected => {
+                assert_eq!((held, reserved), (None, None), "{order} keeps nothing");
+            }
+            s => panic!("order {order} undecided: {s:?}"),
+        }
+    }
+    assert_eq!(l.reserved_total(), confirmed, "stock is exact");
+    assert!(confirmed <= 6 && confirmed >= 1, "{confirmed} confirmed");
+}

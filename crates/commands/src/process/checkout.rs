@@ -1,6 +1,6 @@
 //! The checkout saga: `order.placed` → reserve stock for every line, hold
-//! the buyer's funds, confirm; on any refusal release what was reserved and
-//! reject the order with the reason.
+//! the buyer's funds, confirm; on any refusal reject the order with the
+//! reason, then give back whatever it holds (reservations, escrow).
 //!
 //! Every step is idempotent: reserving or holding again for the same order
 //! is a no-op, releasing what is not reserved is a no-op, and the verdict is
@@ -11,7 +11,9 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use marketplace_consumers::Envelope;
-use marketplace_domain::account::{Account, AccountCommand, AccountError, HoldFunds};
+use marketplace_domain::account::{
+    Account, AccountCommand, AccountError, EscrowOutcome, HoldFunds, SettleEscrow,
+};
 use marketplace_domain::listing::{
     EndReservation, Listing, ListingCommand, ListingError, ReservationOutcome, ReserveStock,
 };
@@ -60,11 +62,38 @@ impl CheckoutSaga {
     }
 
     async fn checkout(&self, trigger: &Envelope, placed: &OrderPlaced) -> Result<(), ProcessError> {
-        let order_id = placed.order_id;
-        let order = self.handler.load::<Order>(order_id.0).await?;
-        if order.state.status != OrderStatus::Pending {
-            return Ok(()); // decided already: a repeated delivery of the event
+        match self.status(placed).await? {
+            OrderStatus::Pending => self.decide(trigger, placed).await,
+            // Rejected, perhaps by another instance (a stale leader during a
+            // takeover) or before a crash: make sure nothing stays held.
+            OrderStatus::Rejected => self.compensate(trigger, placed).await,
+            // Decided and moved on: a repeated delivery of the event.
+            OrderStatus::Absent
+            | OrderStatus::Confirmed
+            | OrderStatus::Shipped
+            | OrderStatus::Delivered
+            | OrderStatus::Cancelled => Ok(()),
         }
+    }
+
+    async fn status(&self, placed: &OrderPlaced) -> Result<OrderStatus, ProcessError> {
+        Ok(self
+            .handler
+            .load::<Order>(placed.order_id.0)
+            .await?
+            .state
+            .status)
+    }
+
+    /// Reserves every line, holds the funds, records the verdict — then
+    /// looks at the verdict that stands: if the order ended REJECTED
+    /// (here or by another instance), whatever this instance reserved or
+    /// held is given back. Compensation only ever follows a recorded
+    /// rejection, so a CONFIRMED order never loses its reservation, and
+    /// every instance that took a step sees the verdict after it, so a
+    /// REJECTED order never keeps one.
+    async fn decide(&self, trigger: &Envelope, placed: &OrderPlaced) -> Result<(), ProcessError> {
+        let order_id = placed.order_id;
         let now = Utc::now();
         let mut refusal: Option<Reason> = None;
         for line in &placed.lines {
@@ -89,7 +118,8 @@ impl CheckoutSaga {
                 Err(e) => return Err(ProcessError::command(e)),
             }
         }
-        if refusal.is_none() {
+        // Funds are held only for an order still waiting for its verdict.
+        if refusal.is_none() && self.status(placed).await? == OrderStatus::Pending {
             let ctx = CommandContext::caused_by(trigger, NAME, "hold");
             let hold = AccountCommand::Hold(HoldFunds {
                 order_id,
@@ -108,31 +138,7 @@ impl CheckoutSaga {
         }
         let outcome = match refusal {
             None => CheckoutOutcome::Confirmed { fee: self.fee },
-            Some(reason) => {
-                // Compensate: give back every reservation this order holds.
-                for line in &placed.lines {
-                    let ctx = CommandContext::caused_by(
-                        trigger,
-                        NAME,
-                        &format!("release:{}", line.listing_id),
-                    );
-                    let release = ListingCommand::EndReservation(EndReservation {
-                        order_id,
-                        outcome: ReservationOutcome::Released,
-                        at: now,
-                    });
-                    match self
-                        .handler
-                        .execute::<Listing>(line.listing_id.0, &ctx, &release)
-                        .await
-                    {
-                        Ok(_) | Err(CommandError::Rejected(ListingError::NotFound)) => {}
-                        Err(e) => return Err(ProcessError::command(e)),
-                    }
-                }
-                check_fault(&self.fault, "after-release")?;
-                CheckoutOutcome::Rejected(reason)
-            }
+            Some(reason) => CheckoutOutcome::Rejected(reason),
         };
         let ctx = CommandContext::caused_by(trigger, NAME, "verdict");
         let verdict = OrderCommand::CompleteCheckout(CompleteCheckout { outcome, at: now });
@@ -141,13 +147,60 @@ impl CheckoutSaga {
             .execute::<Order>(order_id.0, &ctx, &verdict)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
+            // Decided meanwhile by another instance: its verdict stands.
             Err(CommandError::Rejected(e)) => {
-                // Cannot happen while only this saga moves PENDING orders;
-                // logged rather than retried forever.
-                tracing::error!(order = %order_id, error = %e, "checkout verdict refused");
-                Ok(())
+                tracing::info!(order = %order_id, error = %e, "checkout verdict already recorded")
             }
+            Err(e) => return Err(ProcessError::command(e)),
+        }
+        check_fault(&self.fault, "after-verdict")?;
+        if self.status(placed).await? == OrderStatus::Rejected {
+            self.compensate(trigger, placed).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back what a REJECTED order holds: every line's reservation and
+    /// the buyer's escrow. Each step is a no-op when there is nothing to
+    /// give back, so it can run any number of times.
+    async fn compensate(
+        &self,
+        trigger: &Envelope,
+        placed: &OrderPlaced,
+    ) -> Result<(), ProcessError> {
+        let order_id = placed.order_id;
+        let now = Utc::now();
+        for line in &placed.lines {
+            let ctx =
+                CommandContext::caused_by(trigger, NAME, &format!("release:{}", line.listing_id));
+            let release = ListingCommand::EndReservation(EndReservation {
+                order_id,
+                outcome: ReservationOutcome::Released,
+                at: now,
+            });
+            match self
+                .handler
+                .execute::<Listing>(line.listing_id.0, &ctx, &release)
+                .await
+            {
+                Ok(_) | Err(CommandError::Rejected(ListingError::NotFound)) => {}
+                Err(e) => return Err(ProcessError::command(e)),
+            }
+        }
+        check_fault(&self.fault, "after-release")?;
+        let ctx = CommandContext::caused_by(trigger, NAME, "refund");
+        let refund = AccountCommand::Settle(SettleEscrow {
+            order_id,
+            outcome: EscrowOutcome::Refunded,
+            at: now,
+        });
+        match self
+            .handler
+            .execute::<Account>(placed.buyer_id.0, &ctx, &refund)
+            .await
+        {
+            Ok(_) | Err(CommandError::Rejected(AccountError::NoEscrow)) => Ok(()),
             Err(e) => Err(ProcessError::command(e)),
         }
     }

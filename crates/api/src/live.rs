@@ -31,8 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use marketplace_consumers::Envelope;
+use marketplace_consumers::{Backoff, Batching, Envelope, Next, Subscription};
 use marketplace_domain::Event;
 use marketplace_projections::read_models::notifications;
 use marketplace_projections::Progress;
@@ -175,75 +174,33 @@ fn decoded(feed: &str, batch: &[RecordedEvent]) -> Vec<Envelope> {
         .collect()
 }
 
-/// Follows the log from its head, batch by batch, resubscribing after the
-/// last delivered position if the subscription fails.
+/// Follows the log from its head, batch by batch, through the shared
+/// self-healing [`Subscription`] (which resubscribes after the last
+/// delivered position, with the shared backoff, if the log fails).
 async fn feed(
     name: &'static str,
     store: Arc<dyn EventStore>,
     mut stop: watch::Receiver<bool>,
     mut sink: impl Sink,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut from = loop {
-        match store.head().await {
-            Ok(head) => break head,
-            Err(e) => {
-                tracing::warn!(feed = name, error = %e, "live feed: the event store is unreachable; retrying");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let Some(mut events) =
+        Subscription::from_head(name, store, Backoff::default(), &mut stop).await
+    else {
+        return;
     };
-    sink.started(from);
+    sink.started(events.position());
+    let batching = Batching {
+        max_events: BATCH,
+        max_wait: Duration::ZERO,
+    };
     loop {
-        let mut events = match store.subscribe_all(from).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(feed = name, error = %e, "live feed: could not subscribe; retrying");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        loop {
-            let first = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                next = events.next() => next,
-            };
-            let mut batch = Vec::new();
-            let mut failed = None;
-            let mut next = first;
-            loop {
-                match next {
-                    Some(Ok(event)) => batch.push(event),
-                    Some(Err(e)) => failed = Some(e.to_string()),
-                    None => failed = Some("the subscription ended".into()),
-                }
-                if failed.is_some() || batch.len() >= BATCH {
-                    break;
-                }
-                // Take what is already there without waiting.
-                match events.next().now_or_never() {
-                    Some(n) => next = n,
-                    None => break,
-                }
-            }
-            if let Some(last) = batch.last() {
-                from = last.position;
-                backoff = Duration::from_millis(100);
+        match events.next_batch(batching, None, &mut stop).await {
+            Next::Stopped => return,
+            Next::Idle => {}
+            Next::Batch(batch) => {
                 if sink.listening() {
                     sink.deliver(decoded(name, &batch)).await;
                 }
-            }
-            if let Some(e) = failed {
-                tracing::warn!(feed = name, error = %e, "live feed: subscription failed; resubscribing");
-                break;
             }
         }
     }

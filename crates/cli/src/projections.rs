@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
+use marketplace_projections::status::ConsumerKind;
 use marketplace_projections::{
     Projection, ProjectionCheck, ProjectionStatus, ProjectorRuntime, RuntimeConfig,
 };
@@ -34,12 +35,21 @@ use marketplace_api::database::{connect, migrate};
 /// What to do with the read models.
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
-    /// Show each projection's live version, position, lag, state and leader,
-    /// and the progress of any rebuild beside it.
+    /// Show every consumer of the log — each projection's live version and
+    /// the process managers (`saga`) — with position, lag, state and
+    /// leader, the progress of any rebuild, and the last failure of each.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Clear the FAILED state of a projection or a process manager (say,
+    /// `checkout` or `payout`) once the cause is fixed: its leader, in
+    /// whichever process, resumes from its checkpoint at the event it
+    /// failed on. Nothing is skipped.
+    Retry {
+        /// The projection or process manager.
+        name: String,
     },
     /// Rebuild one projection at this binary's version into a new schema,
     /// without downtime: the live build keeps serving until the new one has
@@ -92,6 +102,24 @@ pub async fn run(
                     print!("{}", status_table(&all));
                 }
                 Ok(())
+            }
+            ProjectionsCommand::Retry { name } => {
+                if runtime(1).reset_failed(&name).await? {
+                    println!("{name}: no longer FAILED; its leader resumes from its checkpoint");
+                    return Ok(());
+                }
+                let mut known: Vec<&str> = marketplace_projections::all()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect();
+                known.extend([
+                    marketplace_commands::process::checkout::NAME,
+                    marketplace_commands::process::payout::NAME,
+                ]);
+                if known.contains(&name.as_str()) {
+                    anyhow::bail!("{name} is not FAILED: nothing to retry")
+                }
+                anyhow::bail!("unknown consumer {name:?} (known: {})", known.join(", "))
             }
             ProjectionsCommand::Rebuild { name, batch } => {
                 rebuild(runtime(batch), &name, store.as_ref()).await
@@ -153,7 +181,11 @@ pub fn status_table(all: &[ProjectionStatus]) -> String {
         rows.push(vec![
             s.name.clone(),
             s.version.to_string(),
-            "live".to_owned(),
+            match s.kind {
+                ConsumerKind::Projection => "live",
+                ConsumerKind::ProcessManager => "saga",
+            }
+            .to_owned(),
             schema,
             s.position.to_string(),
             s.head.to_string(),

@@ -327,5 +327,5 @@ async fn two_saga_instances_racing_on_the_same_orders_leave_nothing_held_for_a_r
         }
     }
     assert_eq!(l.reserved_total(), confirmed, "stock is exact");
-    assert!(confirmed <= 6 && confirmed >= 1, "{confirmed} confirmed");
+    assert!((1..=6).contains(&confirmed), "{confirmed} confirmed");
 }

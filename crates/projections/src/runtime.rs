@@ -329,9 +329,6 @@ impl std::fmt::Debug for ProjectorRuntime {
     }
 }
 
-/// `state`, `failed_position` and `last_error` of a checkpoint row.
-type FailureRow = (String, Option<i64>, Option<String>);
-
 /// How a leader's term ended.
 enum Term {
     /// Shutdown was asked for.
@@ -500,17 +497,6 @@ impl ProjectorRuntime {
         Ok(self.target(projection).await?.position)
     }
 
-    /// The live build's checkpoint of `name`, if it has one.
-    async fn live_position(&self, name: &str) -> Result<Option<Position>, sqlx::Error> {
-        let p: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM projection_checkpoints WHERE name = $1 AND live",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(p.map(to_position))
-    }
-
     /// Makes this caller the leader of the build `projection` leads at its
     /// code version (see [`builds`]): takes a new generation for its row
     /// (fencing out every earlier leader), sets it RUNNING (even if it was
@@ -522,33 +508,11 @@ impl ProjectorRuntime {
         projection: &dyn Projection,
     ) -> Result<(Generation, Position), ProjectionError> {
         let build = self.target(projection).await?;
-        self.take_over_build(&build.schema, true)
+        builds::take_over(&self.pool, &build.schema, true)
             .await?
             .ok_or_else(|| ProjectionError::Fenced {
                 name: projection.name().to_owned(),
             })
-    }
-
-    /// Takes a new generation for the build in `schema` unless it is
-    /// retired (or gone), or FAILED and `resume_failed` is false (then
-    /// `None`).
-    async fn take_over_build(
-        &self,
-        schema: &str,
-        resume_failed: bool,
-    ) -> Result<Option<(Generation, Position)>, ProjectionError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "UPDATE projection_checkpoints \
-             SET generation = nextval('projection_generations'), \
-                 state = 'RUNNING', updated_at = now() \
-             WHERE schema_name = $1 AND NOT retired AND (state <> 'FAILED' OR $2) \
-             RETURNING generation, position",
-        )
-        .bind(schema)
-        .bind(resume_failed)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(g, p)| (Generation(g), to_position(p))))
     }
 
     /// Runs `projection` until `shutdown` turns true (or its sender is
@@ -568,7 +532,7 @@ impl ProjectorRuntime {
         self.progress
             .set_runner(name, RunnerStatus::new(ProjectionState::Standby));
         let first = builds::resolve(&self.pool, projection.as_ref()).await?;
-        if let Some(position) = self.live_position(name).await? {
+        if let Some(position) = builds::live_position(&self.pool, name).await? {
             self.progress.advance(name, position);
         }
         // Started on a FAILED build: a restart, which retries it.
@@ -631,7 +595,7 @@ impl ProjectorRuntime {
                     // Follow the live build; look again after `lock_retry`.
                     let until = Instant::now() + self.config.lock_retry;
                     loop {
-                        if let Ok(Some(position)) = self.live_position(name).await {
+                        if let Ok(Some(position)) = builds::live_position(&self.pool, name).await {
                             self.progress.advance(name, position);
                         }
                         if pause(self.config.follow_interval, shutdown).await {
@@ -659,9 +623,12 @@ impl ProjectorRuntime {
             if !self.stand_by(name, lock, shutdown).await {
                 return Ok(());
             }
-            let (generation, position) = match self
-                .take_over_build(&build.schema, resume_failed)
-                .await
+            let (generation, position) = match builds::take_over(
+                &self.pool,
+                &build.schema,
+                resume_failed,
+            )
+            .await
             {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
@@ -724,7 +691,10 @@ impl ProjectorRuntime {
                 .await
             {
                 Term::Stopped => {
-                    if let Err(e) = self.mark(name, generation, "STOPPED", None).await {
+                    if let Err(e) =
+                        builds::mark(&self.pool, name, generation, ProjectionState::Stopped, None)
+                            .await
+                    {
                         tracing::warn!(projection = name, error = %e, "could not mark STOPPED");
                     }
                     return Ok(());
@@ -738,9 +708,15 @@ impl ProjectorRuntime {
                 }
                 Term::Failed { position, error } => {
                     tracing::error!(projection = name, %position, error = %error, "projection FAILED");
-                    if let Err(e) = self
-                        .mark(name, generation, "FAILED", Some((position, &error)))
-                        .await
+                    let failure = Some((position, error.as_str()));
+                    if let Err(e) = builds::mark(
+                        &self.pool,
+                        name,
+                        generation,
+                        ProjectionState::Failed,
+                        failure,
+                    )
+                    .await
                     {
                         tracing::warn!(projection = name, error = %e, "could not mark FAILED");
                     }
@@ -878,7 +854,9 @@ impl ProjectorRuntime {
                     continue;
                 }
             }
-            let Some((generation, from)) = self.take_over_build(&build.schema, true).await? else {
+            let Some((generation, from)) =
+                builds::take_over(&self.pool, &build.schema, true).await?
+            else {
                 lock.release().await;
                 continue;
             };
@@ -899,12 +877,16 @@ impl ProjectorRuntime {
                 .await
             {
                 Term::Switched { replaced, position } => {
-                    let _ = self.mark(name, generation, "STOPPED", None).await;
+                    let _ =
+                        builds::mark(&self.pool, name, generation, ProjectionState::Stopped, None)
+                            .await;
                     lock.release().await;
                     return Ok((true, replaced, position));
                 }
                 Term::Stopped => {
-                    let _ = self.mark(name, generation, "STOPPED", None).await;
+                    let _ =
+                        builds::mark(&self.pool, name, generation, ProjectionState::Stopped, None)
+                            .await;
                     return Ok((false, None, self.progress_of(&build.schema).await));
                 }
                 Term::SteppedDown => {
@@ -914,9 +896,15 @@ impl ProjectorRuntime {
                     }
                 }
                 Term::Failed { position, error } => {
-                    let _ = self
-                        .mark(name, generation, "FAILED", Some((position, &error)))
-                        .await;
+                    let failure = Some((position, error.as_str()));
+                    let _ = builds::mark(
+                        &self.pool,
+                        name,
+                        generation,
+                        ProjectionState::Failed,
+                        failure,
+                    )
+                    .await;
                     lock.release().await;
                     return Err(ProjectionError::Failed {
                         name: name.to_owned(),
@@ -972,7 +960,7 @@ impl ProjectorRuntime {
 
     fn follow(&self, name: &str, position: Option<i64>) {
         if let Some(p) = position {
-            self.progress.advance(name, to_position(p));
+            self.progress.advance(name, builds::to_position(p));
         }
     }
 
@@ -982,7 +970,7 @@ impl ProjectorRuntime {
         let (runtime, name) = (self.clone(), name.to_owned());
         AbortOnDrop(tokio::spawn(async move {
             loop {
-                if let Ok(Some(p)) = runtime.live_position(&name).await {
+                if let Ok(Some(p)) = builds::live_position(&runtime.pool, &name).await {
                     runtime.progress.advance(&name, p);
                 }
                 tokio::time::sleep(runtime.config.follow_interval).await;
@@ -1016,19 +1004,10 @@ impl ProjectorRuntime {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         loop {
-            let row: Result<Option<FailureRow>, sqlx::Error> = sqlx::query_as(
-                "SELECT state, failed_position, last_error FROM projection_checkpoints \
-                     WHERE schema_name = $1 AND NOT retired",
-            )
-            .bind(schema)
-            .fetch_optional(&self.pool)
-            .await;
-            match row {
-                Ok(Some((state, position, error)))
-                    if ProjectionState::parse(&state) == ProjectionState::Failed =>
-                {
-                    if let (Some(p), Some(e)) = (position, error) {
-                        failure = Some((to_position(p), e));
+            match builds::failure_of(&self.pool, schema).await {
+                Ok(Some(row)) if row.state == ProjectionState::Failed => {
+                    if let (Some(p), Some(e)) = (row.failed_position, row.last_error) {
+                        failure = Some((p, e));
                     }
                 }
                 Ok(_) => {
@@ -1310,18 +1289,7 @@ impl ProjectorRuntime {
         position: Position,
     ) -> Result<(), ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        let fenced: Option<String> = sqlx::query_scalar(
-            "UPDATE projection_checkpoints SET indexed = true, updated_at = now() \
-             WHERE schema_name = $1 AND generation = $2 AND position = $3 AND NOT retired \
-             RETURNING set_config('search_path', \
-                 quote_ident(schema_name) || ', ' || current_setting('search_path'), true)",
-        )
-        .bind(schema)
-        .bind(generation.0)
-        .bind(to_i64(position))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if fenced.is_none() {
+        if !builds::mark_indexed_fenced(&mut tx, schema, generation, position).await? {
             tx.rollback().await?;
             return Err(ProjectionError::Fenced {
                 name: projection.name().to_owned(),
@@ -1344,7 +1312,7 @@ impl ProjectorRuntime {
     ) -> Result<Option<Switched>, ProjectionError> {
         let reach = u64::try_from(self.config.bulk_batch.max(1)).unwrap_or(u64::MAX);
         // A first look without locks: is the live build within reach?
-        if let Some(live) = self.live_position(projection.name()).await? {
+        if let Some(live) = builds::live_position(&self.pool, projection.name()).await? {
             if live.0 > position.0.saturating_add(reach) {
                 return Ok(None);
             }
@@ -1388,29 +1356,15 @@ impl ProjectorRuntime {
             .execute(&mut *tx)
             .await?;
         // The live build's row first: its leader's next commit waits for us.
-        let old: Option<(String, i64)> = sqlx::query_as(
-            "SELECT schema_name, position FROM projection_checkpoints \
-             WHERE name = $1 AND live FOR UPDATE",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mine: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM projection_checkpoints \
-             WHERE schema_name = $1 AND generation = $2 AND NOT retired AND NOT live FOR UPDATE",
-        )
-        .bind(&build.schema)
-        .bind(generation.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if mine.map(to_position) != Some(position) {
+        let old = builds::lock_live(&mut *tx, name).await?;
+        let mine = builds::lock_pending(&mut *tx, &build.schema, generation).await?;
+        if mine != Some(position) {
             return Err(ProjectionError::Fenced {
                 name: name.to_owned(),
             });
         }
         let mut at = position;
-        if let Some((_, old_position)) = &old {
-            let target = to_position(*old_position);
+        if let Some(&(_, target)) = old.as_ref() {
             if target > at {
                 if target.0 - at.0 > reach {
                     return Ok(None);
@@ -1441,40 +1395,12 @@ impl ProjectorRuntime {
                     }
                     at = last;
                 }
-                sqlx::query(
-                    "UPDATE projection_checkpoints SET position = $2, updated_at = now() \
-                     WHERE schema_name = $1",
-                )
-                .bind(&build.schema)
-                .bind(to_i64(at))
-                .execute(&mut *tx)
-                .await?;
+                builds::set_position(&mut *tx, &build.schema, at).await?;
             }
         }
-        if let Some((old_schema, _)) = &old {
-            sqlx::query(
-                "UPDATE projection_checkpoints \
-                 SET live = false, retired = true, state = 'STOPPED', updated_at = now() \
-                 WHERE schema_name = $1",
-            )
-            .bind(old_schema)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE projection_checkpoints SET live = true, live_since = now(), updated_at = now() \
-             WHERE schema_name = $1",
-        )
-        .bind(&build.schema)
-        .execute(&mut *tx)
-        .await?;
-        builds::point_views(
-            &mut *tx,
-            old.as_ref().map(|(s, _)| s.as_str()),
-            &build.schema,
-            projection.tables(),
-        )
-        .await?;
+        let old_schema = old.as_ref().map(|(s, _)| s.as_str());
+        builds::go_live(&mut *tx, old_schema, &build.schema).await?;
+        builds::point_views(&mut *tx, old_schema, &build.schema, projection.tables()).await?;
         Ok(Some(Switched {
             position: at,
             replaced: old.map(|(s, _)| s),
@@ -1588,22 +1514,10 @@ impl ProjectorRuntime {
         let mut tx = self.pool.begin().await?;
         // The fencing check goes first: it locks the row, so a takeover or a
         // switch waits for this commit, and a stale leader folds nothing.
-        let moved: Option<(String, Option<String>)> = sqlx::query_as(
-            "UPDATE projection_checkpoints SET position = $4, state = 'RUNNING', \
-             last_error = NULL, failed_position = NULL, updated_at = now() \
-             WHERE name = $1 AND position = $2 AND generation = $3 AND NOT retired \
-             RETURNING set_config('search_path', \
-                           quote_ident(schema_name) || ', ' || current_setting('search_path'), \
-                           true), \
-                       CASE WHEN NOT live THEN set_config('synchronous_commit', 'off', true) END",
-        )
-        .bind(projection.name())
-        .bind(to_i64(from))
-        .bind(generation.0)
-        .bind(to_i64(last.position))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if moved.is_none() {
+        let moved =
+            builds::advance_fenced(&mut tx, projection.name(), generation, from, last.position)
+                .await?;
+        if !moved {
             tx.rollback().await?;
             return Err(ProjectionError::Fenced {
                 name: projection.name().to_owned(),
@@ -1620,30 +1534,6 @@ impl ProjectorRuntime {
         tx.commit().await?;
         Ok(last.position)
     }
-
-    /// Sets the row's state, if this runner's generation still owns it.
-    async fn mark(
-        &self,
-        name: &str,
-        generation: Generation,
-        state: &str,
-        failure: Option<(Position, &str)>,
-    ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE projection_checkpoints SET state = $3, updated_at = now(), \
-             failed_position = COALESCE($4, failed_position), \
-             last_error = COALESCE($5, last_error) \
-             WHERE name = $1 AND generation = $2",
-        )
-        .bind(name)
-        .bind(generation.0)
-        .bind(state)
-        .bind(failure.map(|f| to_i64(f.0)))
-        .bind(failure.map(|f| f.1))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -1654,12 +1544,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "non-string panic payload".to_owned()
     }
-}
-
-pub(crate) fn to_position(p: i64) -> Position {
-    Position(u64::try_from(p).unwrap_or(0))
-}
-
-pub(crate) fn to_i64(p: Position) -> i64 {
-    i64::try_from(p.0).unwrap_or(i64::MAX)
 }

@@ -36,9 +36,9 @@
 //!
 //! This is the one module with SQL on `projection_checkpoints` (and the
 //! `projection_generations` sequence): the runtime's takeover, fenced
-//! commits, state marks and switch, the status and `verify` read and write
-//! build rows through the functions here (the tables themselves are in
-//! `migrations/`).
+//! commits, state marks and switch, the status, `verify` and an API-only
+//! process ([`live_positions`]) read and write build rows through the
+//! functions here (the tables themselves are in `migrations/`).
 //!
 //! Operating notes:
 //! - During a rolling deploy the old binaries' queries read the views too,
@@ -232,6 +232,20 @@ pub(crate) async fn live_position(
         .fetch_optional(pool)
         .await?;
     Ok(p.map(to_position))
+}
+
+/// The checkpoint of every projection's live build, by name: what a
+/// process that runs no projector follows so that consistency tokens still
+/// work there.
+pub async fn live_positions(pool: &PgPool) -> Result<Vec<(String, Position)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, position FROM projection_checkpoints WHERE live")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, p)| (name, to_position(p)))
+        .collect())
 }
 
 /// A build's row as the status shows it: the build, its leadership

@@ -10,8 +10,7 @@ use anyhow::Context;
 use marketplace_commands::process;
 use marketplace_commands::CommandHandler;
 use marketplace_consumers::{Registry, Runner};
-use marketplace_projections::{Progress, ProjectorRuntime};
-use marketplace_store::Position;
+use marketplace_projections::{builds, Progress, ProjectorRuntime};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -168,15 +167,10 @@ impl Application {
 /// builds count: a rebuild in progress is not what the queries read.
 async fn follow_checkpoints(pool: PgPool, progress: Progress, mut stop: watch::Receiver<bool>) {
     loop {
-        match sqlx::query_as::<_, (String, i64)>(
-            "SELECT name, position FROM projection_checkpoints WHERE live",
-        )
-        .fetch_all(&pool)
-        .await
-        {
+        match builds::live_positions(&pool).await {
             Ok(rows) => {
-                for (name, pos) in rows {
-                    progress.advance(&name, Position(u64::try_from(pos).unwrap_or(0)));
+                for (name, position) in rows {
+                    progress.advance(&name, position);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read projection checkpoints"),

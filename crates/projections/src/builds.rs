@@ -34,6 +34,12 @@
 //! advisory lock ([`BUILD_LOCK_NAMESPACE`]), so several processes agree on
 //! one build per version.
 //!
+//! This is the one module with SQL on `projection_checkpoints` (and the
+//! `projection_generations` sequence): the runtime's takeover, fenced
+//! commits, state marks and switch, the status, `verify` and an API-only
+//! process ([`live_positions`]) read and write build rows through the
+//! functions here (the tables themselves are in `migrations/`).
+//!
 //! Operating notes:
 //! - During a rolling deploy the old binaries' queries read the views too,
 //!   so after the switch they read the new version's tables: change tables
@@ -46,11 +52,12 @@
 //!   `rm_listings_v2_r1` may be built into `rm_listings_v2` again after that
 //!   was dropped.
 
+use chrono::{DateTime, Utc};
 use marketplace_store::Position;
 use sqlx::{PgConnection, PgPool};
 
 use crate::progress::ProjectionState;
-use crate::runtime::{to_position, Projection, ProjectionError};
+use crate::runtime::{Generation, Projection, ProjectionError};
 use marketplace_consumers::leader::lock_key;
 
 /// Schema of the stable views the queries read.
@@ -198,6 +205,326 @@ pub async fn build(pool: &PgPool, schema: &str) -> Result<Option<Build>, sqlx::E
     .fetch_optional(pool)
     .await?;
     Ok(row.map(to_build))
+}
+
+/// The live build of `name`, if it has one, read on `conn` (inside the
+/// caller's transaction, e.g. a snapshot).
+pub(crate) async fn live_build(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Build>, sqlx::Error> {
+    let row: Option<BuildRow> = sqlx::query_as(&format!(
+        "SELECT {BUILD_COLUMNS} FROM projection_checkpoints WHERE name = $1 AND live"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(to_build))
+}
+
+/// The live build's checkpoint of `name`, if it has one.
+pub(crate) async fn live_position(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<Position>, sqlx::Error> {
+    let p: Option<i64> = sqlx::query_scalar(LIVE_POSITION_SQL)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(p.map(to_position))
+}
+
+/// The checkpoint of every projection's live build, by name: what a
+/// process that runs no projector follows so that consistency tokens still
+/// work there.
+pub async fn live_positions(pool: &PgPool) -> Result<Vec<(String, Position)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, position FROM projection_checkpoints WHERE live")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, p)| (name, to_position(p)))
+        .collect())
+}
+
+/// A build's row as the status shows it: the build, its leadership
+/// generation, its last failure and its timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BuildRecord {
+    pub build: Build,
+    pub generation: i64,
+    pub last_error: Option<String>,
+    pub failed_position: Option<Position>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+}
+
+type RecordRow = (
+    String,
+    i32,
+    String,
+    bool,
+    bool,
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// Every build that is not retired, by name, live first, then by version
+/// and start.
+pub(crate) async fn rows_for_status(pool: &PgPool) -> Result<Vec<BuildRecord>, sqlx::Error> {
+    let rows: Vec<RecordRow> = sqlx::query_as(&format!(
+        "SELECT {BUILD_COLUMNS}, generation, last_error, failed_position, updated_at, started_at \
+         FROM projection_checkpoints WHERE NOT retired \
+         ORDER BY name, live DESC, version, started_at"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| BuildRecord {
+            build: to_build((r.0, r.1, r.2, r.3, r.4, r.5, r.6)),
+            generation: r.7,
+            last_error: r.8,
+            failed_position: r.9.map(to_position),
+            updated_at: r.10,
+            started_at: r.11,
+        })
+        .collect())
+}
+
+/// Makes the caller the leader of the build in `schema`: a new generation
+/// from the `projection_generations` sequence (fencing out every earlier
+/// leader) and state RUNNING (even if it was FAILED, when `resume_failed`).
+/// Returns the generation with the checkpoint, or `None` if the build is
+/// retired (or gone), or FAILED and `resume_failed` is false.
+pub(crate) async fn take_over(
+    pool: &PgPool,
+    schema: &str,
+    resume_failed: bool,
+) -> Result<Option<(Generation, Position)>, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE projection_checkpoints \
+         SET generation = nextval('projection_generations'), \
+             state = 'RUNNING', updated_at = now() \
+         WHERE schema_name = $1 AND NOT retired AND (state <> 'FAILED' OR $2) \
+         RETURNING generation, position",
+    )
+    .bind(schema)
+    .bind(resume_failed)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(g, p)| (Generation(g), to_position(p))))
+}
+
+/// The fencing check of a batch commit, first in its transaction `tx`:
+/// moves the checkpoint of `name`'s build from `from` to `to` (RUNNING, the
+/// last failure cleared) provided its row is still at `from` and at
+/// `generation` and not retired; `false` (nothing changed) otherwise. It
+/// locks the row, so a takeover or a switch waits for this transaction, and
+/// it puts the build's schema first on the transaction's `search_path`; a
+/// build that is not live commits asynchronously (`synchronous_commit =
+/// off`).
+pub(crate) async fn advance_fenced(
+    tx: &mut PgConnection,
+    name: &str,
+    generation: Generation,
+    from: Position,
+    to: Position,
+) -> Result<bool, sqlx::Error> {
+    let moved: Option<(String, Option<String>)> = sqlx::query_as(
+        "UPDATE projection_checkpoints SET position = $4, state = 'RUNNING', \
+         last_error = NULL, failed_position = NULL, updated_at = now() \
+         WHERE name = $1 AND position = $2 AND generation = $3 AND NOT retired \
+         RETURNING set_config('search_path', \
+                       quote_ident(schema_name) || ', ' || current_setting('search_path'), \
+                       true), \
+                   CASE WHEN NOT live THEN set_config('synchronous_commit', 'off', true) END",
+    )
+    .bind(name)
+    .bind(to_i64(from))
+    .bind(generation.0)
+    .bind(to_i64(to))
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(moved.is_some())
+}
+
+/// Marks the build in `schema` `indexed` inside `tx`, fenced like a batch
+/// commit (still at `position` and `generation`, not retired), and puts its
+/// schema first on the transaction's `search_path`; `false` if fenced.
+pub(crate) async fn mark_indexed_fenced(
+    tx: &mut PgConnection,
+    schema: &str,
+    generation: Generation,
+    position: Position,
+) -> Result<bool, sqlx::Error> {
+    let fenced: Option<String> = sqlx::query_scalar(
+        "UPDATE projection_checkpoints SET indexed = true, updated_at = now() \
+         WHERE schema_name = $1 AND generation = $2 AND position = $3 AND NOT retired \
+         RETURNING set_config('search_path', \
+             quote_ident(schema_name) || ', ' || current_setting('search_path'), true)",
+    )
+    .bind(schema)
+    .bind(generation.0)
+    .bind(to_i64(position))
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(fenced.is_some())
+}
+
+/// Sets the state of `name`'s build led under `generation` (and, for
+/// FAILED, the failed position and error), if that generation still owns
+/// it. Returns whether it did.
+pub(crate) async fn mark(
+    pool: &PgPool,
+    name: &str,
+    generation: Generation,
+    state: ProjectionState,
+    failure: Option<(Position, &str)>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE projection_checkpoints SET state = $3, updated_at = now(), \
+         failed_position = COALESCE($4, failed_position), \
+         last_error = COALESCE($5, last_error) \
+         WHERE name = $1 AND generation = $2",
+    )
+    .bind(name)
+    .bind(generation.0)
+    .bind(state.as_str())
+    .bind(failure.map(|f| to_i64(f.0)))
+    .bind(failure.map(|f| f.1))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `state`, `failed_position` and `last_error` of a build's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FailureRow {
+    pub state: ProjectionState,
+    pub failed_position: Option<Position>,
+    pub last_error: Option<String>,
+}
+
+/// The state and last failure of the build in `schema`, unless it is
+/// retired (or gone).
+pub(crate) async fn failure_of(
+    pool: &PgPool,
+    schema: &str,
+) -> Result<Option<FailureRow>, sqlx::Error> {
+    let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT state, failed_position, last_error FROM projection_checkpoints \
+             WHERE schema_name = $1 AND NOT retired",
+    )
+    .bind(schema)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(state, position, error)| FailureRow {
+        state: ProjectionState::parse(&state),
+        failed_position: position.map(to_position),
+        last_error: error,
+    }))
+}
+
+/// Sets `name`'s FAILED builds (not retired) to STOPPED; `last_error` and
+/// `failed_position` stay until a batch commits. Returns whether one was
+/// FAILED.
+pub(crate) async fn clear_failed(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE projection_checkpoints SET state = 'STOPPED', updated_at = now() \
+         WHERE name = $1 AND state = 'FAILED' AND NOT retired",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() >= 1)
+}
+
+/// In the switch transaction: locks the live build's row of `name` (`FOR
+/// UPDATE`: its leader's next commit waits, one in flight finishes first)
+/// and returns its schema and checkpoint.
+pub(crate) async fn lock_live(
+    tx: &mut PgConnection,
+    name: &str,
+) -> Result<Option<(String, Position)>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT schema_name, position FROM projection_checkpoints \
+         WHERE name = $1 AND live FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(row.map(|(schema, p)| (schema, to_position(p))))
+}
+
+/// In the switch transaction: locks the row of the build in `schema`
+/// (`FOR UPDATE`) and returns its checkpoint, if `generation` still leads
+/// it and it is neither retired nor live.
+pub(crate) async fn lock_pending(
+    tx: &mut PgConnection,
+    schema: &str,
+    generation: Generation,
+) -> Result<Option<Position>, sqlx::Error> {
+    let p: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM projection_checkpoints \
+         WHERE schema_name = $1 AND generation = $2 AND NOT retired AND NOT live FOR UPDATE",
+    )
+    .bind(schema)
+    .bind(generation.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(p.map(to_position))
+}
+
+/// In the switch transaction: sets the checkpoint of the build in `schema`,
+/// whose row the caller has locked ([`lock_pending`]).
+pub(crate) async fn set_position(
+    tx: &mut PgConnection,
+    schema: &str,
+    position: Position,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = $2, updated_at = now() \
+         WHERE schema_name = $1",
+    )
+    .bind(schema)
+    .bind(to_i64(position))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// In the switch transaction: retires the build in `old` (if any) and
+/// makes the one in `schema` live (the views are [`point_views`]' part).
+pub(crate) async fn go_live(
+    tx: &mut PgConnection,
+    old: Option<&str>,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    if let Some(old) = old {
+        sqlx::query(
+            "UPDATE projection_checkpoints \
+             SET live = false, retired = true, state = 'STOPPED', updated_at = now() \
+             WHERE schema_name = $1",
+        )
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints SET live = true, live_since = now(), updated_at = now() \
+         WHERE schema_name = $1",
+    )
+    .bind(schema)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Starts a transaction holding the build lock of `name`.
@@ -526,6 +853,16 @@ pub async fn drop_retired(pool: &PgPool, name: Option<&str>) -> Result<Vec<Strin
         dropped.push(schema);
     }
     Ok(dropped)
+}
+
+/// A checkpoint column as a [`Position`] (never negative in practice).
+pub(crate) fn to_position(p: i64) -> Position {
+    Position(u64::try_from(p).unwrap_or(0))
+}
+
+/// A [`Position`] as a checkpoint column.
+pub(crate) fn to_i64(p: Position) -> i64 {
+    i64::try_from(p.0).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -17,11 +17,16 @@
 //!   live build, its runners rebuild it beside the live one (bulk load,
 //!   then indexes, then live batching) and switch it in once it has caught
 //!   up, without downtime; [`ProjectorRuntime::rebuild`] forces such a
-//!   rebuild (`marketplace projections rebuild NAME`).
+//!   rebuild (`marketplace projections rebuild NAME`). Its module
+//!   documentation is the design; `runtime/mod.rs` holds the runner's
+//!   lifecycle (leader, standby, FAILED), `lead.rs` the batch loop,
+//!   `commit.rs` the fenced commit and `rebuild.rs` the rebuild and switch.
 //! - [`builds`]: each version of a projection in its own schema
 //!   (`rm_<name>_v<N>`), the stable views in `public` that the queries read
 //!   (`rm_listings`, …), installing, creating, switching and dropping
-//!   builds.
+//!   builds. It is the one module with SQL on `projection_checkpoints`
+//!   (takeover, fenced checkpoint moves, state marks, the switch's rows,
+//!   the rows the status reads).
 //! - [`verify`]: [`verify::verify`] rebuilds every read model into scratch
 //!   schemas and compares checksums with the live builds, table by table.
 //! - leadership: the per-build advisory lock that elects the leader is

@@ -4,10 +4,10 @@
 //! [`ConsumerKind`]; the process managers' rows come from
 //! `marketplace_consumers::status`.
 //!
-//! It reads the `projection_checkpoints` table (one row per build, see
-//! [`crate::builds`]), the advisory locks held in the database (`pg_locks`,
-//! to tell whether a build's leader is alive) and the log head through the
-//! [`EventStore`] port.
+//! It reads the builds' checkpoint rows (`projection_checkpoints`, one row
+//! per build, through [`crate::builds`]), the advisory locks held in the
+//! database (`pg_locks`, to tell whether a build's leader is alive) and the
+//! log head through the [`EventStore`] port.
 //!
 //! Lag is measured two ways:
 //! - `lag_events`: the log head's position minus the checkpoint (positions
@@ -29,8 +29,9 @@ use marketplace_store::{EventStore, Position};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::builds::{self, Build, BuildRecord};
 use crate::progress::{fraction, ProjectionState};
-use crate::runtime::{to_position, ProjectionError};
+use crate::runtime::ProjectionError;
 use marketplace_consumers::leader::{lock_key, PROJECTION_LOCKS as LOCK_NAMESPACE};
 
 /// What kind of log consumer a status row is about.
@@ -126,34 +127,12 @@ pub struct RebuildStatus {
     pub started_at: DateTime<Utc>,
 }
 
-type Row = (
-    String,
-    i32,
-    String,
-    bool,
-    bool,
-    i64,
-    String,
-    i64,
-    Option<String>,
-    Option<i64>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
 /// Every projection of [`crate::all`] plus any other with a build, by name.
 pub async fn status(
     pool: &PgPool,
     store: &dyn EventStore,
 ) -> Result<Vec<ProjectionStatus>, ProjectionError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, version, schema_name, live, indexed, position, state, generation, \
-         last_error, failed_position, updated_at, started_at \
-         FROM projection_checkpoints WHERE NOT retired \
-         ORDER BY name, live DESC, version, started_at",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = builds::rows_for_status(pool).await?;
     let held: Vec<i64> = sqlx::query_scalar(
         "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND objsubid = 2 AND classid::bigint = $1 \
@@ -194,12 +173,24 @@ pub async fn status(
     }
     // Live builds first (the query's order), then rebuilds.
     for row in rows {
-        let (name, version, schema, live, indexed, position, state, generation) =
-            (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
-        let (last_error, failed, updated_at, started_at) = (row.8, row.9, row.10, row.11);
-        let position = to_position(position);
+        let BuildRecord {
+            build,
+            generation,
+            last_error,
+            failed_position: failed,
+            updated_at,
+            started_at,
+        } = row;
+        let Build {
+            name,
+            version,
+            schema,
+            live,
+            indexed,
+            position,
+            mut state,
+        } = build;
         let has_leader = leads(&schema);
-        let mut state = ProjectionState::parse(&state);
         if state == ProjectionState::Running && !has_leader {
             state = ProjectionState::Stopped;
         }
@@ -219,7 +210,7 @@ pub async fn status(
                     has_leader,
                     generation,
                     last_error,
-                    failed_position: failed.map(to_position),
+                    failed_position: failed,
                     updated_at: Some(updated_at),
                     building_version: None,
                     rebuild_progress: None,
@@ -239,7 +230,7 @@ pub async fn status(
             has_leader,
             generation,
             last_error,
-            failed_position: failed.map(to_position),
+            failed_position: failed,
             started_at,
         };
         let entry = all.entry(name.clone()).or_insert_with(|| ProjectionStatus {
@@ -323,12 +314,6 @@ pub async fn reset_failed(pool: &PgPool, name: &str) -> Result<bool, ProjectionE
     let manager = marketplace_consumers::Checkpoints::new(pool.clone())
         .reset_failed(name)
         .await?;
-    let done = sqlx::query(
-        "UPDATE projection_checkpoints SET state = 'STOPPED', updated_at = now() \
-         WHERE name = $1 AND state = 'FAILED' AND NOT retired",
-    )
-    .bind(name)
-    .execute(pool)
-    .await?;
-    Ok(manager || done.rows_affected() >= 1)
+    let projection = builds::clear_failed(pool, name).await?;
+    Ok(manager || projection)
 }

@@ -33,7 +33,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::builds::{self, quote};
-use crate::runtime::{to_position, Projection, ProjectionError};
+use crate::runtime::{Projection, ProjectionError};
 use marketplace_consumers::leader::{lock_key, PROJECTION_LOCKS as LOCK_NAMESPACE};
 
 /// One table compared.
@@ -185,19 +185,13 @@ async fn verify_one(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let live: Option<(String, i32, i64)> = sqlx::query_as(
-        "SELECT schema_name, version, position FROM projection_checkpoints \
-         WHERE name = $1 AND live",
-    )
-    .bind(name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((schema, version, position)) = live else {
+    let Some(live) = builds::live_build(&mut tx, name).await? else {
         check.skipped = Some("it has no live build".to_owned());
         return Ok(check);
     };
+    let (schema, version) = (live.schema, live.version);
     check.live_schema = Some(schema.clone());
-    check.position = to_position(position);
+    check.position = live.position;
     if version != projection.version() {
         check.skipped = Some(format!(
             "its live build is version {version} and this binary's is {} \

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use super::{decode_for, Generation, Projection, ProjectionError, ProjectorRuntime};
 use crate::builds;
 
+pub(super) use marketplace_consumers::runner::panic_message;
+
 /// Why committing a batch stopped short.
 pub(super) enum Halt {
     Fenced,
@@ -136,15 +138,5 @@ impl ProjectorRuntime {
         }
         tx.commit().await?;
         Ok(last.position)
-    }
-}
-
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marketplace_domain::order::Order;
+use marketplace_domain::Aggregate;
 use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_embedded_postgres::EmbeddedPostgres;
 use serde_json::{json, Value};
@@ -360,10 +362,10 @@ async fn check_exactly_once(database_url: &str, orders: &[(usize, String)]) {
     let pool = sqlx::PgPool::connect(database_url).await.expect("connect");
     for (_, id) in orders {
         let verdicts: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE stream_id = 'order-' || $1 \
+            "SELECT count(*) FROM events WHERE stream_id = $1 \
              AND event_type IN ('order.confirmed', 'order.rejected')",
         )
-        .bind(id)
+        .bind(format!("{}-{id}", Order::CATEGORY))
         .fetch_one(&pool)
         .await
         .expect("verdicts");

@@ -94,19 +94,16 @@ impl Envelope {
     }
 
     /// Decodes `recorded` for a consumer that reads the aggregates `reads`
-    /// holds for: `Ok(None)` for an event it cannot decode and does not read
-    /// (see [`DecodeFailure::concerns`]).
+    /// holds for: `Ok(None)`, without decoding it at all, for an event of
+    /// an aggregate it does not read (or of a stream no aggregate owns); an
+    /// event it reads that cannot be decoded is an error.
     pub fn decode_for(
         recorded: &RecordedEvent,
         reads: impl FnOnce(AggregateKind) -> bool,
     ) -> Result<Option<Envelope>, DecodeFailure> {
-        match Envelope::decode(recorded) {
-            Ok(envelope) => Ok(Some(envelope)),
-            Err(failure) if failure.concerns(reads) => Err(failure),
-            Err(failure) => {
-                tracing::debug!(%failure, "passed over: an event this consumer does not read");
-                Ok(None)
-            }
+        match AggregateKind::of_category(recorded.stream_id.category()) {
+            Some(aggregate) if reads(aggregate) => Envelope::decode(recorded).map(Some),
+            Some(_) | None => Ok(None),
         }
     }
 

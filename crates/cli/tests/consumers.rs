@@ -582,3 +582,62 @@ async fn acknowledged_orders_are_all_decided_after_postgres_restarts_under_load(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_retry_names_what_it_cannot_retry_and_clears_a_failed_process_manager() {
+    let db = TestDatabase::create().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_marketplace"))
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run the binary");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run(&["projections", "retry", "nope"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown consumer \"nope\"") && err.contains("checkout"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["projections", "retry", "payout"]);
+    assert!(!ok);
+    assert!(err.contains("payout is not FAILED"), "{err}");
+
+    // A FAILED process manager (as its runner records it) is cleared.
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::query(
+        "INSERT INTO consumer_checkpoints (name, position, state, failed_position, last_error) \
+         VALUES ('payout', 41, 'FAILED', 42, 'settle refused: no escrow')",
+    )
+    .execute(&pool)
+    .await
+    .expect("a failed row");
+    let (_, table, _) = run(&["projections", "status"]);
+    assert!(
+        table.contains("payout") && table.contains("saga") && table.contains("FAILED"),
+        "{table}"
+    );
+    assert!(
+        table.contains("failed at 42: settle refused: no escrow"),
+        "{table}"
+    );
+    let (ok, out, err) = run(&["projections", "retry", "payout"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("payout: no longer FAILED"), "{out}");
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM consumer_checkpoints WHERE name = 'payout'")
+            .fetch_one(&pool)
+            .await
+            .expect("state");
+    assert_eq!(
+        state, "STOPPED",
+        "a runner in any process takes it from here"
+    );
+    pool.close().await;
+}

@@ -5,6 +5,7 @@
 //! except `bench read`, which keeps its seeded catalogue between runs (see
 //! [`read`]).
 
+pub mod checkout;
 mod mix;
 pub mod read;
 
@@ -58,6 +59,12 @@ pub enum BenchCommand {
     /// runs, with `{ __typename }` as the ceiling measured in the same run.
     /// Fails if any shape answers an error.
     Read(read::ReadArgs),
+    /// Orders/s through the served API over real HTTP, from `placeOrder`
+    /// to a final status, in four flash-sale cases: (a) one hot listing,
+    /// (b) 1,000 listings, (c) a hot listing with a long past, (d) demand
+    /// 10x the stock. Prints placements/s (p50, p99), orders/s final and
+    /// peak memory; fails if the books do not balance.
+    Checkout(checkout::CheckoutArgs),
 }
 
 /// Runs a benchmark against the server at `url`.
@@ -85,6 +92,7 @@ pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
             result
         }
         BenchCommand::Read(args) => read::run(url, &args).await,
+        BenchCommand::Checkout(args) => checkout::run(url, &args).await,
     }
 }
 

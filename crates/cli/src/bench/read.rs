@@ -337,7 +337,7 @@ async fn exists(admin: &mut PgConnection, name: &str) -> anyhow::Result<bool> {
 }
 
 /// `url` with its database (path) replaced, query string kept.
-fn with_database(url: &str, database: &str) -> String {
+pub(crate) fn with_database(url: &str, database: &str) -> String {
     let (base, query) = url.split_at(url.find('?').unwrap_or(url.len()));
     let authority = base.find("://").map_or(0, |at| at + 3);
     let path = base[authority..]

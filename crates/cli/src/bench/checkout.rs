@@ -1,0 +1,514 @@
+//! `marketplace bench checkout`: orders per second through the served API,
+//! from `placeOrder` over real HTTP to a final status, in the four shapes of
+//! a flash sale.
+//!
+//! Each case runs in a fresh scratch database (`marketplace_bench`) with the
+//! API, the projectors and the process managers in this process
+//! (`Application::build`, port 0, rate limits lifted), as `serve` runs them:
+//!
+//! - **a**: one hot listing with deep stock;
+//! - **b**: 1,000 listings, each order for one of them;
+//! - **c**: the hot listing of (a) with `--past-orders` orders in its past
+//!   (appended to its stream before the run: reserved, then committed);
+//! - **d**: demand 10× the stock: exactly the stock must sell, every other
+//!   order must be REJECTED.
+//!
+//! `--concurrency` buyers, each with its own token and keep-alive
+//! connection, place one-unit orders until `--orders` are placed. The bench
+//! prints placements/s with p50/p99, then orders/s reaching a final status
+//! (CONFIRMED or REJECTED), measured from the first placement until the
+//! last order is final. It checks the books — units sold never above the
+//! stock, every buyer's balance plus escrow equal to what they deposited —
+//! and prints this process's peak resident memory (client and server share
+//! it; the peak is reset before each case).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use marketplace_api::application::Application;
+use marketplace_api::config::Settings;
+use marketplace_api::ratelimit::RateLimits;
+use marketplace_commands::CommandHandler;
+use marketplace_domain::account::Account;
+use marketplace_domain::listing::{Listing, ListingEvent, ReservationCommitted, StockReserved};
+use marketplace_domain::values::{ListingId, OrderId, Quantity};
+use marketplace_domain::Aggregate;
+use marketplace_store::{ExpectedRevision, Position, StreamId};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{eur, event, scratch_database};
+
+/// The price of every listing, in cents.
+const PRICE: i64 = 100;
+/// How long orders may make no progress towards a final status before the
+/// bench gives up.
+const STALL: Duration = Duration::from_secs(120);
+
+/// One shape of a flash sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Case {
+    /// One hot listing with deep stock.
+    A,
+    /// 1,000 listings.
+    B,
+    /// One hot listing with a long past.
+    C,
+    /// Demand ten times the stock.
+    D,
+}
+
+impl Case {
+    fn describe(self) -> &'static str {
+        match self {
+            Case::A => "(a) one hot listing",
+            Case::B => "(b) 1,000 listings",
+            Case::C => "(c) a hot listing with a long past",
+            Case::D => "(d) demand 10x the stock",
+        }
+    }
+}
+
+/// Options of `marketplace bench checkout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckoutArgs {
+    /// Cases to run, comma-separated: a (one hot listing), b (1,000
+    /// listings), c (a hot listing with --past-orders past orders), d
+    /// (demand 10x the stock).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c,d")]
+    pub cases: Vec<Case>,
+    /// Concurrent buyers, each with its own token and connection.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Orders placed in each case (in d, the demand; the stock is a tenth).
+    #[arg(long, default_value_t = 4_000)]
+    pub orders: usize,
+    /// Past orders on the hot listing of case c.
+    #[arg(long, default_value_t = 100_000)]
+    pub past_orders: usize,
+}
+
+/// What one case measured.
+#[derive(Debug, Clone)]
+pub struct CaseFigures {
+    /// Which case.
+    pub case: Case,
+    /// Orders acknowledged by `placeOrder`.
+    pub placed: usize,
+    /// Placements that failed.
+    pub failed: usize,
+    /// Placements per second.
+    pub placed_per_sec: f64,
+    /// Placement latency, median.
+    pub p50: Duration,
+    /// Placement latency, 99th percentile.
+    pub p99: Duration,
+    /// Orders final per second, first placement to last verdict.
+    pub final_per_sec: f64,
+    /// First placement to last verdict.
+    pub until_final: Duration,
+    /// Orders CONFIRMED.
+    pub confirmed: u64,
+    /// Orders REJECTED.
+    pub rejected: u64,
+    /// Peak resident memory of this process during the case, in bytes.
+    pub peak_rss: u64,
+}
+
+/// Runs every case of `args` against the PostgreSQL at `url`.
+pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.orders > 0, "--orders must be at least 1");
+    let mut cases = args.cases.clone();
+    cases.sort();
+    cases.dedup();
+    for case in cases {
+        let f = run_case(url, case, args).await?;
+        println!(
+            "{}: {} orders by {} buyers: placed {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {} failed); \
+             final {:.0} orders/s ({} in {:.2} s: {} confirmed, {} rejected); books balanced; \
+             peak RSS {} MB",
+            case.describe(),
+            f.placed,
+            args.concurrency,
+            f.placed_per_sec,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.failed,
+            f.final_per_sec,
+            f.placed,
+            f.until_final.as_secs_f64(),
+            f.confirmed,
+            f.rejected,
+            f.peak_rss / (1024 * 1024)
+        );
+    }
+    Ok(())
+}
+
+/// `url` with its database replaced by `marketplace_bench`.
+fn bench_url(url: &str) -> String {
+    super::read::with_database(url, "marketplace_bench")
+}
+
+async fn run_case(url: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
+    let scratch = scratch_database(url).await?;
+    scratch.close().await;
+    let settings = Settings {
+        rate_limits: RateLimits::DISABLED,
+        ..Settings::for_database(bench_url(url))
+    };
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr().context("the API did not bind")?;
+    let pool = app.state().pool.clone();
+    let handler = app.state().handler.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let result = Bench {
+        endpoint: format!("http://{addr}/graphql"),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency.max(16))
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        handler,
+        pool: pool.clone(),
+    }
+    .case(case, args)
+    .await;
+    let _ = stop.send(());
+    let served = server.await;
+    pool.close().await;
+    let figures = result?;
+    served.context("the API task panicked")??;
+    Ok(figures)
+}
+
+struct Bench {
+    endpoint: String,
+    http: reqwest::Client,
+    handler: CommandHandler,
+    pool: sqlx::PgPool,
+}
+
+struct Buyer {
+    token: String,
+    account: Uuid,
+    deposit: i64,
+}
+
+impl Bench {
+    async fn gql(
+        &self,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut r = self
+            .http
+            .post(&self.endpoint)
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let answer: Value = r.send().await?.json().await?;
+        if answer.get("errors").is_some() {
+            anyhow::bail!("{answer}");
+        }
+        Ok(answer)
+    }
+
+    async fn register(&self, email: &str, role: &str) -> anyhow::Result<(String, Uuid)> {
+        let r = self
+            .gql(
+                "mutation($input: RegisterInput!) { register(input: $input) { token account { id } } }",
+                json!({ "input": { "email": email, "password": "correct horse battery",
+                        "displayName": "Bench", "roles": [role] } }),
+                None,
+            )
+            .await?;
+        let token = r
+            .pointer("/data/register/token")
+            .and_then(Value::as_str)
+            .context("no token")?
+            .to_owned();
+        let id = r
+            .pointer("/data/register/account/id")
+            .and_then(Value::as_str)
+            .context("no account id")?
+            .parse()?;
+        Ok((token, id))
+    }
+
+    async fn listing(&self, seller: &str, n: usize, stock: usize) -> anyhow::Result<String> {
+        let r = self
+            .gql(
+                "mutation($input: CreateListingInput!) { createListing(input: $input) { listing { id } } }",
+                json!({ "input": {
+                    "kind": "PHYSICAL", "title": format!("Flash lamp {n}"),
+                    "description": "For the sale", "category": "home", "tags": ["sale"],
+                    "price": { "amount": format!("{}.{:02}", PRICE / 100, PRICE % 100), "currencyCode": "EUR" },
+                    "quantity": stock
+                } }),
+                Some(seller),
+            )
+            .await?;
+        let id = r
+            .pointer("/data/createListing/listing/id")
+            .and_then(Value::as_str)
+            .context("no listing id")?
+            .to_owned();
+        self.gql(
+            "mutation($id: ID!) { publishListing(id: $id) { listing { status } } }",
+            json!({ "id": id }),
+            Some(seller),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    async fn case(&self, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
+        let orders = args.orders;
+        let (listings, stock) = match case {
+            Case::A | Case::C => (1, orders + 10),
+            Case::B => (1_000, orders / 1_000 + 10),
+            Case::D => (1, (orders / 10).max(1)),
+        };
+        let past = if case == Case::C { args.past_orders } else { 0 };
+        let (seller, _) = self.register("seller@bench.example", "SELLER").await?;
+        let mut ids = Vec::with_capacity(listings);
+        for chunk in (0..listings).collect::<Vec<_>>().chunks(16) {
+            let made = futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|&n| self.listing(&seller, n, stock + past)),
+            )
+            .await;
+            for id in made {
+                ids.push(id?);
+            }
+        }
+        if past > 0 {
+            self.past_orders(&ids[0], past).await?;
+        }
+        let per_buyer = orders.div_ceil(args.concurrency) as i64 + 1;
+        let mut buyers = Vec::with_capacity(args.concurrency);
+        for chunk in (0..args.concurrency).collect::<Vec<_>>().chunks(16) {
+            let made = futures::future::join_all(chunk.iter().map(|&i| async move {
+                let (token, account) = self
+                    .register(&format!("buyer{i}@bench.example"), "BUYER")
+                    .await?;
+                let deposit = per_buyer * PRICE;
+                self.gql(
+                    "mutation($amount: MoneyInput!) { depositFunds(amount: $amount) { consistencyToken } }",
+                    json!({ "amount": { "amount": format!("{}.{:02}", deposit / 100, deposit % 100), "currencyCode": "EUR" } }),
+                    Some(&token),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(Buyer {
+                    token,
+                    account,
+                    deposit,
+                })
+            }))
+            .await;
+            for b in made {
+                buyers.push(b?);
+            }
+        }
+        let start = self.handler.store().head().await?;
+        reset_peak_rss();
+
+        // Place.
+        let next = Arc::new(AtomicUsize::new(0));
+        let began = Instant::now();
+        let clients = buyers.iter().map(|b| {
+            let (next, ids) = (next.clone(), &ids);
+            async move {
+                let mut latencies = Vec::new();
+                let mut failed = 0usize;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= orders {
+                        break;
+                    }
+                    let listing = &ids[i % ids.len()];
+                    let sent = Instant::now();
+                    let placed = self
+                        .gql(
+                            "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { order { id } } }",
+                            json!({ "input": { "lines": [{ "listingId": listing, "quantity": 1 }] } }),
+                            Some(&b.token),
+                        )
+                        .await;
+                    match placed {
+                        Ok(_) => latencies.push(sent.elapsed()),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (latencies, failed)
+            }
+        });
+        let results = futures::future::join_all(clients).await;
+        let placing = began.elapsed();
+        let mut latencies: Vec<Duration> = Vec::with_capacity(orders);
+        let mut failed = 0;
+        for (l, f) in results {
+            latencies.extend(l);
+            failed += f;
+        }
+        latencies.sort_unstable();
+        let placed = latencies.len();
+
+        // Wait until every acknowledged order is final.
+        let (confirmed, rejected) = self.settle(start, placed as u64).await?;
+        let until_final = began.elapsed();
+        let peak_rss = peak_rss();
+
+        // The books.
+        let sold = confirmed;
+        anyhow::ensure!(
+            sold <= (stock * listings) as u64,
+            "oversold: {sold} confirmed, stock {}",
+            stock * listings
+        );
+        if case == Case::D {
+            anyhow::ensure!(
+                sold == stock as u64,
+                "exactly the stock must sell: {sold} of {stock}"
+            );
+            let out_of_stock: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE position > $1 AND event_type = 'order.rejected' \
+                 AND data->>'reason' = 'out of stock'",
+            )
+            .bind(i64::try_from(start.0)?)
+            .fetch_one(&self.pool)
+            .await?;
+            anyhow::ensure!(
+                out_of_stock == rejected as i64,
+                "every other order is rejected as out of stock: {out_of_stock} of {rejected}"
+            );
+        }
+        self.check_money(&buyers).await?;
+        let pct = |q: f64| latencies[((placed as f64 * q) as usize).min(placed.saturating_sub(1))];
+        anyhow::ensure!(placed > 0, "no order was placed ({failed} failed)");
+        Ok(CaseFigures {
+            case,
+            placed,
+            failed,
+            placed_per_sec: placed as f64 / placing.as_secs_f64(),
+            p50: pct(0.50),
+            p99: pct(0.99),
+            final_per_sec: placed as f64 / until_final.as_secs_f64(),
+            until_final,
+            confirmed,
+            rejected,
+            peak_rss,
+        })
+    }
+
+    /// Appends `n` past orders to the listing's stream: each reserved one
+    /// unit, then committed it as sold.
+    async fn past_orders(&self, listing: &str, n: usize) -> anyhow::Result<()> {
+        let listing_id = ListingId(listing.parse()?);
+        let stream = StreamId::new(Listing::CATEGORY, listing_id.0)?;
+        let now = chrono::Utc::now();
+        let mut done = 0;
+        while done < n {
+            let batch = (n - done).min(500);
+            let mut events = Vec::with_capacity(batch * 2);
+            for _ in 0..batch {
+                let order_id = OrderId(Uuid::now_v7());
+                events.push(event(ListingEvent::StockReserved(StockReserved {
+                    listing_id,
+                    order_id,
+                    quantity: Quantity(1),
+                    reserved_at: now,
+                }))?);
+                events.push(event(ListingEvent::ReservationCommitted(
+                    ReservationCommitted {
+                        listing_id,
+                        order_id,
+                        quantity: Quantity(1),
+                        committed_at: now,
+                    },
+                ))?);
+            }
+            self.handler
+                .store()
+                .append(&stream, ExpectedRevision::Any, events)
+                .await?;
+            done += batch;
+        }
+        Ok(())
+    }
+
+    /// Polls the log until `placed` orders placed after `start` have a
+    /// verdict; returns (confirmed, rejected).
+    async fn settle(&self, start: Position, placed: u64) -> anyhow::Result<(u64, u64)> {
+        let mut last = (0u64, Instant::now());
+        loop {
+            let (confirmed, rejected): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE event_type = 'order.confirmed'), \
+                        count(*) FILTER (WHERE event_type = 'order.rejected') \
+                 FROM events WHERE position > $1 \
+                 AND event_type IN ('order.confirmed', 'order.rejected')",
+            )
+            .bind(i64::try_from(start.0)?)
+            .fetch_one(&self.pool)
+            .await?;
+            let (confirmed, rejected) = (confirmed as u64, rejected as u64);
+            if confirmed + rejected >= placed {
+                return Ok((confirmed, rejected));
+            }
+            if confirmed + rejected > last.0 {
+                last = (confirmed + rejected, Instant::now());
+            }
+            anyhow::ensure!(
+                last.1.elapsed() < STALL,
+                "orders stopped reaching a final status: {} of {placed}",
+                confirmed + rejected
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every buyer's balance plus escrow is what they deposited.
+    async fn check_money(&self, buyers: &[Buyer]) -> anyhow::Result<()> {
+        let currency = eur(0)?.currency;
+        let mut off = BTreeMap::new();
+        for b in buyers {
+            let a = self.handler.load::<Account>(b.account).await?.state;
+            let held: i64 = a.escrow.values().map(|m| m.minor).sum();
+            let total = a.balance(&currency).minor + held;
+            if total != b.deposit {
+                off.insert(b.account, (total, b.deposit));
+            }
+        }
+        anyhow::ensure!(off.is_empty(), "money not conserved: {off:?}");
+        Ok(())
+    }
+}
+
+/// Resets this process's peak resident set (`VmHWM`), where the kernel
+/// allows it.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident set since the last reset, in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

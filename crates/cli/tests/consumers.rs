@@ -338,21 +338,29 @@ async fn check_books(
             "buyer {i}: no funds stay held for a rejected order"
         );
     }
+    // A rejected order gives its reservations back right after its
+    // verdict: poll, with a deadline, for the stock to add up.
     for l in listings {
-        let r = s
-            .try_gql(
-                "query($id: ID!) { listing(id: $id) { availableQuantity } }",
-                json!({ "id": l }),
-                None,
-                Some(&head),
-            )
-            .await
-            .expect("listing");
-        assert_eq!(
-            r["data"]["listing"]["availableQuantity"],
-            stock - confirmed,
-            "stock is exact: {r}"
-        );
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let r = s
+                .try_gql(
+                    "query($id: ID!) { listing(id: $id) { availableQuantity } }",
+                    json!({ "id": l }),
+                    None,
+                    Some(&s.head().await),
+                )
+                .await
+                .expect("listing");
+            if r["data"]["listing"]["availableQuantity"] == stock - confirmed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stock is exact: {r}, {confirmed} confirmed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -468,6 +468,95 @@ impl CommandHandler {
         })
     }
 
+    /// Executes several commands against one aggregate, in order, each
+    /// decided against the state the ones before it left, and appends the
+    /// events of all of them in **one** append with one expected revision:
+    /// a hot aggregate takes many commands per round trip. Each command
+    /// keeps its own outcome (a refusal refuses only it) and the event ids
+    /// it would get executed alone at that revision. On a conflict all are
+    /// decided again from the reloaded state; steps that are idempotent in
+    /// the domain (a reservation already held) then append nothing twice.
+    pub async fn execute_many<A: Aggregate>(
+        &self,
+        id: Uuid,
+        commands: &[(CommandContext, A::Command)],
+    ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
+        let stream = stream_of::<A>(id);
+        for attempt in 1..=self.retry.max_attempts {
+            let loaded = self.load::<A>(id).await?;
+            let base = loaded.revision;
+            let mut state = loaded.state;
+            let mut revision = base;
+            let mut outcomes = Vec::with_capacity(commands.len());
+            let mut new_events = Vec::new();
+            for (ctx, command) in commands {
+                match state.decide(command) {
+                    Ok(events) => {
+                        let expected =
+                            revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+                        for (i, e) in events.iter().enumerate() {
+                            new_events.push(to_new_event(
+                                e,
+                                ctx,
+                                ctx.event_id(&stream, expected, i),
+                            )?);
+                        }
+                        if !events.is_empty() {
+                            let n = events.len() as u64;
+                            revision = Some(revision.map_or(n - 1, |r| r + n));
+                        }
+                        state = events.iter().fold(state, |s, e| s.evolve(e));
+                        outcomes.push(Ok(()));
+                    }
+                    Err(refusal) => outcomes.push(Err(refusal)),
+                }
+            }
+            let count = |outcomes: &[Result<(), A::Error>]| {
+                for o in outcomes {
+                    self.stats.outcome(
+                        A::CATEGORY,
+                        if o.is_ok() {
+                            Outcome::Appended
+                        } else {
+                            Outcome::Rejected
+                        },
+                    );
+                }
+            };
+            if new_events.is_empty() {
+                count(&outcomes);
+                return Ok(outcomes);
+            }
+            let expected = base.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            match self
+                .append_retrying_transient(A::CATEGORY, &stream, expected, new_events, None)
+                .await
+            {
+                Ok(outcome) => {
+                    if Some(outcome.revision) == revision {
+                        self.cache
+                            .put(&stream, state, outcome.revision, outcome.position);
+                    }
+                    count(&outcomes);
+                    return Ok(outcomes);
+                }
+                Err(StoreError::WrongExpectedRevision { .. }) => {
+                    tracing::debug!(%stream, attempt, "conflict on a batch; reloading");
+                    self.stats.conflict(A::CATEGORY);
+                    if attempt < self.retry.max_attempts {
+                        self.stats.retry(A::CATEGORY);
+                        tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    }
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+        Err(CommandError::Conflict {
+            stream,
+            attempts: self.retry.max_attempts,
+        })
+    }
+
     /// Appends, re-sending the very same events (same ids, so idempotent) when
     /// the store reports a transient failure.
     async fn append_retrying_transient(

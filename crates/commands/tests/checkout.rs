@@ -63,18 +63,25 @@ async fn crash_and_recover(step: &'static str, buyer_funds: i64) -> (Vec<Order>,
 
     let restarted = m.start_checkout(m.saga());
     let decided = m.wait_orders(&orders, settled).await;
-    restarted.abort();
-
-    let l = m
-        .handler
-        .load::<Listing>(listing.0)
-        .await
-        .expect("listing")
-        .state;
     let confirmed: u32 = decided
         .iter()
         .filter(|o| o.status == OrderStatus::Confirmed)
         .count() as u32;
+    // A rejected order gives its reservation back right after its verdict.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let l = loop {
+        let l = m
+            .handler
+            .load::<Listing>(listing.0)
+            .await
+            .expect("listing")
+            .state;
+        if l.reserved_total() == confirmed || std::time::Instant::now() > deadline {
+            break l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    restarted.abort();
     assert_eq!(
         l.reserved_total(),
         confirmed,
@@ -328,4 +335,80 @@ async fn two_saga_instances_racing_on_the_same_orders_leave_nothing_held_for_a_r
     }
     assert_eq!(l.reserved_total(), confirmed, "stock is exact");
     assert!((1..=6).contains(&confirmed), "{confirmed} confirmed");
+}
+
+/// Many reservations decided against one listing and appended together
+/// keep their own outcomes: the first come are served, the rest refused as
+/// out of stock, and deciding the same batch again appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_reservations_keeps_each_outcome_and_is_idempotent() {
+    use marketplace_domain::listing::{ListingCommand, ListingError, ReserveStock};
+    use marketplace_store::StreamId;
+
+    let m = market().await;
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let listing = m
+        .listing(
+            &seller,
+            ListingSpec::Physical {
+                quantity: Quantity(3),
+            },
+            1_000,
+        )
+        .await;
+    let buyer = m.account(vec![Role::Buyer], 0).await;
+    let orders: Vec<OrderId> = (0..5).map(|_| OrderId(uuid::Uuid::now_v7())).collect();
+    let batch: Vec<_> = orders
+        .iter()
+        .map(|o| {
+            (
+                m.ctx(),
+                ListingCommand::Reserve(ReserveStock {
+                    order_id: *o,
+                    buyer_id: buyer.account_id,
+                    quantity: Quantity(1),
+                    at: Utc::now(),
+                }),
+            )
+        })
+        .collect();
+    let stream = StreamId::new(Listing::CATEGORY, listing.0).expect("stream");
+    let before = m.store.read_stream(&stream, 0).await.expect("read").len();
+    let outcomes = m
+        .handler
+        .execute_many::<Listing>(listing.0, &batch)
+        .await
+        .expect("batch");
+    assert_eq!(outcomes[..3], [Ok(()), Ok(()), Ok(())]);
+    for refused in &outcomes[3..] {
+        assert!(
+            matches!(refused, Err(ListingError::OutOfStock { available: 0, .. })),
+            "{refused:?}"
+        );
+    }
+    let after = m.store.read_stream(&stream, 0).await.expect("read").len();
+    assert_eq!(
+        after - before,
+        3,
+        "one event per reservation, in one append"
+    );
+    let again = m
+        .handler
+        .execute_many::<Listing>(listing.0, &batch)
+        .await
+        .expect("batch again");
+    assert_eq!(again[..3], [Ok(()), Ok(()), Ok(())]);
+    assert_eq!(
+        m.store.read_stream(&stream, 0).await.expect("read").len(),
+        after,
+        "deciding the same batch again appends nothing"
+    );
+    let l = m
+        .handler
+        .load::<Listing>(listing.0)
+        .await
+        .expect("listing")
+        .state;
+    assert_eq!(l.reserved_total(), 3);
+    assert!(orders[..3].iter().all(|o| l.reserved.contains_key(o)));
 }

@@ -8,6 +8,8 @@
 //! `order.placed` again finishes the job without doing anything twice, and
 //! a rejected order never leaves stock reserved.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::Utc;
 use marketplace_consumers::Envelope;
@@ -20,7 +22,7 @@ use marketplace_domain::listing::{
 use marketplace_domain::order::{
     CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderEvent, OrderPlaced, OrderStatus,
 };
-use marketplace_domain::values::{FeeRate, Quantity, Reason};
+use marketplace_domain::values::{AccountId, FeeRate, Quantity, Reason};
 use marketplace_domain::{AggregateKind, Event};
 
 use super::{check_fault, FaultHook, ProcessError, ProcessManager};
@@ -28,6 +30,10 @@ use crate::handler::{CommandContext, CommandError, CommandHandler};
 
 /// Name of the saga (its checkpoint key and the actor of its commands).
 pub const NAME: &str = "checkout";
+
+/// An order of a run after its reservation: its trigger, itself, and why
+/// it could not be reserved (if so).
+type Reserved<'a> = (&'a Envelope, &'a OrderPlaced, Option<Reason>);
 
 /// The checkout saga.
 pub struct CheckoutSaga {
@@ -118,6 +124,20 @@ impl CheckoutSaga {
                 Err(e) => return Err(ProcessError::command(e)),
             }
         }
+        self.finish(trigger, placed, refusal).await.map(|_| ())
+    }
+
+    /// The rest of a checkout once its lines are reserved (`refusal`: why
+    /// one could not be): holds the funds if the order is still PENDING,
+    /// records the verdict, and gives back what a REJECTED order holds.
+    async fn finish(
+        &self,
+        trigger: &Envelope,
+        placed: &OrderPlaced,
+        mut refusal: Option<Reason>,
+    ) -> Result<OrderStatus, ProcessError> {
+        let order_id = placed.order_id;
+        let now = Utc::now();
         // Funds are held only for an order still waiting for its verdict.
         if refusal.is_none() && self.status(placed).await? == OrderStatus::Pending {
             let ctx = CommandContext::caused_by(trigger, NAME, "hold");
@@ -155,10 +175,120 @@ impl CheckoutSaga {
             Err(e) => return Err(ProcessError::command(e)),
         }
         check_fault(&self.fault, "after-verdict")?;
-        if self.status(placed).await? == OrderStatus::Rejected {
+        let status = self.status(placed).await?;
+        if status == OrderStatus::Rejected {
             self.compensate(trigger, placed).await?;
         }
-        Ok(())
+        Ok(status)
+    }
+
+    /// Checks out a run of single-line orders for one listing, in log
+    /// order: their reservations are decided one after another against the
+    /// listing and appended together (first placed, first served); then
+    /// each order's hold, verdict and compensation go on side by side, the
+    /// orders of one buyer one after another.
+    async fn checkout_run(&self, run: &[(&Envelope, &OrderPlaced)]) -> Result<(), ProcessError> {
+        let Some(listing) = run
+            .first()
+            .and_then(|(_, p)| p.lines.first())
+            .map(|l| l.listing_id)
+        else {
+            return Ok(());
+        };
+        let statuses =
+            futures::future::try_join_all(run.iter().map(|(_, p)| self.status(p))).await?;
+        let mut pending = Vec::with_capacity(run.len());
+        for (&(trigger, placed), status) in run.iter().zip(statuses) {
+            match status {
+                OrderStatus::Pending => pending.push((trigger, placed)),
+                OrderStatus::Rejected => self.compensate(trigger, placed).await?,
+                OrderStatus::Absent
+                | OrderStatus::Confirmed
+                | OrderStatus::Shipped
+                | OrderStatus::Delivered
+                | OrderStatus::Cancelled => {}
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Rounds: reserve for every candidate in one append; finish the
+        // reserved (and the refused for another reason); an order refused
+        // as out of stock waits for the next round if orders before it
+        // gave their units back (their buyer could not pay), else it is
+        // rejected. So the stock goes to the first placed who can pay.
+        let mut candidates = pending;
+        loop {
+            let now = Utc::now();
+            let reserves: Vec<(CommandContext, ListingCommand)> = candidates
+                .iter()
+                .map(|(trigger, placed)| {
+                    (
+                        CommandContext::caused_by(trigger, NAME, &format!("reserve:{listing}")),
+                        ListingCommand::Reserve(ReserveStock {
+                            order_id: placed.order_id,
+                            buyer_id: placed.buyer_id,
+                            quantity: Quantity(placed.lines.iter().map(|l| l.quantity).sum()),
+                            at: now,
+                        }),
+                    )
+                })
+                .collect();
+            let reserved = self
+                .handler
+                .execute_many::<Listing>(listing.0, &reserves)
+                .await
+                .map_err(ProcessError::command)?;
+            let mut waiting = Vec::new();
+            let mut decided: Vec<Reserved<'_>> = Vec::new();
+            for ((trigger, placed), outcome) in candidates.into_iter().zip(reserved) {
+                match outcome {
+                    Ok(()) => {
+                        check_fault(&self.fault, "after-reserve")?;
+                        decided.push((trigger, placed, None));
+                    }
+                    Err(ListingError::OutOfStock { .. }) => waiting.push((trigger, placed)),
+                    Err(e) => decided.push((trigger, placed, Some(listing_reason(&e)))),
+                }
+            }
+            let freed = self.finish_all(decided).await?;
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if freed == 0 {
+                let out_of_stock = waiting
+                    .into_iter()
+                    .map(|(t, p)| (t, p, Some(Reason::fixed("out of stock"))))
+                    .collect();
+                self.finish_all(out_of_stock).await?;
+                return Ok(());
+            }
+            candidates = waiting;
+        }
+    }
+
+    /// Finishes orders side by side, those of one buyer one after another;
+    /// returns how many that held a reservation ended REJECTED (their units
+    /// are back).
+    async fn finish_all(&self, orders: Vec<Reserved<'_>>) -> Result<usize, ProcessError> {
+        let mut by_buyer: BTreeMap<AccountId, Vec<Reserved<'_>>> = BTreeMap::new();
+        for order in orders {
+            by_buyer.entry(order.1.buyer_id).or_default().push(order);
+        }
+        let freed =
+            futures::future::try_join_all(by_buyer.into_values().map(|orders| async move {
+                let mut freed = 0;
+                for (trigger, placed, refusal) in orders {
+                    let reserved = refusal.is_none();
+                    let status = self.finish(trigger, placed, refusal).await?;
+                    if reserved && status == OrderStatus::Rejected {
+                        freed += 1;
+                    }
+                }
+                Ok::<usize, ProcessError>(freed)
+            }))
+            .await?;
+        Ok(freed.into_iter().sum())
     }
 
     /// Gives back what a REJECTED order holds: every line's reservation and
@@ -279,5 +409,42 @@ impl ProcessManager for CheckoutSaga {
             Some(placed) => self.checkout(event, placed).await,
             None => Ok(()),
         }
+    }
+
+    /// Runs of single-line orders for one listing are checked out together
+    /// ([`CheckoutSaga::checkout_run`]); any other order alone, in log
+    /// order. A failure is reported at the first order of its run.
+    async fn handle_many(&self, events: &[&Envelope]) -> Result<(), (usize, ProcessError)> {
+        let orders: Vec<(usize, &Envelope, &OrderPlaced)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| placed(&e.event).map(|p| (i, *e, p)))
+            .collect();
+        let single = |p: &OrderPlaced| match p.lines.as_slice() {
+            [line] => Some(line.listing_id),
+            _ => None,
+        };
+        let mut k = 0;
+        while k < orders.len() {
+            let (at, trigger, first) = orders[k];
+            let Some(listing) = single(first) else {
+                self.checkout(trigger, first).await.map_err(|e| (at, e))?;
+                k += 1;
+                continue;
+            };
+            let end = orders[k..]
+                .iter()
+                .position(|(_, _, p)| single(p) != Some(listing))
+                .map_or(orders.len(), |n| k + n);
+            if end - k == 1 {
+                self.checkout(trigger, first).await.map_err(|e| (at, e))?;
+            } else {
+                let run: Vec<(&Envelope, &OrderPlaced)> =
+                    orders[k..end].iter().map(|(_, e, p)| (*e, *p)).collect();
+                self.checkout_run(&run).await.map_err(|e| (at, e))?;
+            }
+            k = end;
+        }
+        Ok(())
     }
 }

@@ -120,6 +120,16 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// the same event.
     async fn handle(&self, event: &Envelope) -> Result<(), ProcessError>;
 
+    /// Handles the events of one lane in log order, several at once where
+    /// that pays; on failure, says at which event (those before it are
+    /// done). By default one [`ProcessManager::handle`] after another.
+    async fn handle_many(&self, events: &[&Envelope]) -> Result<(), (usize, ProcessError)> {
+        for (i, e) in events.iter().enumerate() {
+            self.handle(e).await.map_err(|err| (i, err))?;
+        }
+        Ok(())
+    }
+
     /// Which lane handles `event` when the runner runs several: events of
     /// one lane are handled one after another, in log order; lanes run
     /// concurrently. By default, the event's stream.
@@ -155,13 +165,22 @@ impl Handler for Managed {
     }
 
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        self.0.handle(event).await.map_err(|e| {
-            if e.is_unavailable() {
-                HandlerError::Unavailable(e.to_string())
-            } else {
-                HandlerError::Failed(e.to_string())
-            }
-        })
+        self.0.handle(event).await.map_err(handler_error)
+    }
+
+    async fn handle_many(&self, events: &[&Envelope]) -> Result<(), (usize, HandlerError)> {
+        self.0
+            .handle_many(events)
+            .await
+            .map_err(|(at, e)| (at, handler_error(e)))
+    }
+}
+
+fn handler_error(e: ProcessError) -> HandlerError {
+    if e.is_unavailable() {
+        HandlerError::Unavailable(e.to_string())
+    } else {
+        HandlerError::Failed(e.to_string())
     }
 }
 

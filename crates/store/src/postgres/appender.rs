@@ -226,9 +226,15 @@ pub(crate) async fn write_batch(
         .flat_map(|w| w.events.iter().map(|e| e.event_id))
         .collect();
     let mut existing: HashMap<Uuid, (StreamId, u64, Position)> = HashMap::new();
+    // Not a cached prepared statement: a generic plan made while the table
+    // was small (a fresh database, a pool whose servers use
+    // `force_generic_plan`) would keep scanning the whole table for the
+    // rest of the connection's life; planned per call it uses the
+    // `event_id` index.
     for row in sqlx::query(
         "SELECT event_id, stream_id, revision, position FROM events WHERE event_id = ANY($1)",
     )
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?

@@ -20,21 +20,13 @@ async fn a_flash_sale_sells_exactly_the_stock_and_conserves_money_to_the_cent() 
     flash_sale::sells_exactly_the_stock_and_conserves_money(market().await).await;
 }
 
-/// Runs the saga with a fault at `step` on its `nth` call, shows the runner
-/// stops there (as a crash would), restarts it without the fault, and
+/// Runs the saga with a fault at `step` on its second call, in the middle
+/// of one batch of four orders, shows the runner stops there (as a crash
+/// would), restarts it without the fault, and
 /// checks that every order ends decided with stock and funds consistent.
 async fn crash_and_recover(step: &'static str, buyer_funds: i64) -> (Vec<Order>, Listing) {
     let m = market().await;
-    let seller = m.account(vec![Role::Seller], 0).await;
-    let listing = m
-        .listing(
-            &seller,
-            ListingSpec::Physical {
-                quantity: Quantity(3),
-            },
-            1_000,
-        )
-        .await;
+    let (_, listing) = m.stocked(3, 1_000).await;
     let mut buyers = Vec::new();
     let mut orders = Vec::new();
     for _ in 0..4 {
@@ -56,10 +48,15 @@ async fn crash_and_recover(step: &'static str, buyer_funds: i64) -> (Vec<Order>,
         "the saga stopped at the fault: {failed:?}"
     );
     crashed.abort();
-    assert!(
-        m.order(orders[1]).await.status == OrderStatus::Pending,
-        "the order being handled at the crash is still pending"
-    );
+    // The four orders are one batch: the crash leaves some undecided
+    // (which ones depends on how the buyers' holds interleaved).
+    let mut pending = 0;
+    for o in &orders {
+        if m.order(*o).await.status == OrderStatus::Pending {
+            pending += 1;
+        }
+    }
+    assert!(pending > 0, "the crash left orders undecided");
 
     let restarted = m.start_checkout(m.saga());
     let decided = m.wait_orders(&orders, settled).await;
@@ -277,16 +274,7 @@ async fn two_saga_instances_racing_on_the_same_orders_leave_nothing_held_for_a_r
     use marketplace_store::StreamId;
 
     let m = market().await;
-    let seller = m.account(vec![Role::Seller], 0).await;
-    let listing = m
-        .listing(
-            &seller,
-            ListingSpec::Physical {
-                quantity: Quantity(6),
-            },
-            1_000,
-        )
-        .await;
+    let (_, listing) = m.stocked(6, 1_000).await;
     let mut placed = Vec::new();
     for i in 0..12 {
         // Every third buyer cannot pay.
@@ -346,16 +334,7 @@ async fn a_batch_of_reservations_keeps_each_outcome_and_is_idempotent() {
     use marketplace_store::StreamId;
 
     let m = market().await;
-    let seller = m.account(vec![Role::Seller], 0).await;
-    let listing = m
-        .listing(
-            &seller,
-            ListingSpec::Physical {
-                quantity: Quantity(3),
-            },
-            1_000,
-        )
-        .await;
+    let (_, listing) = m.stocked(3, 1_000).await;
     let buyer = m.account(vec![Role::Buyer], 0).await;
     let orders: Vec<OrderId> = (0..5).map(|_| OrderId(uuid::Uuid::now_v7())).collect();
     let batch: Vec<_> = orders

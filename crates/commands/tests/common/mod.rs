@@ -111,6 +111,22 @@ impl Market {
         }
     }
 
+    /// A new seller with one published physical listing of `stock` units
+    /// at `price` cents.
+    pub async fn stocked(&self, stock: u32, price: i64) -> (Actor, ListingId) {
+        let seller = self.account(vec![Role::Seller], 0).await;
+        let listing = self
+            .listing(
+                &seller,
+                ListingSpec::Physical {
+                    quantity: Quantity(stock),
+                },
+                price,
+            )
+            .await;
+        (seller, listing)
+    }
+
     pub async fn listing(&self, seller: &Actor, spec: ListingSpec, price: i64) -> ListingId {
         let id = ListingId(Uuid::now_v7());
         let create = ListingCommand::Create(CreateListing {

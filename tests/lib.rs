@@ -162,7 +162,7 @@ impl TestApp {
     /// Polls `order(id)` as `token` until its status satisfies `done`, with a
     /// deadline; returns the order's JSON.
     pub async fn wait_order(&self, token: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let r = self
                 .gql(

@@ -33,7 +33,7 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
     .expect("admin");
     let admin = app.login("admin@example.com", "admin password 1").await;
     // Wait (bounded) for every projection to be running and caught up.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let all = loop {
         let r = app
             .gql(
@@ -333,7 +333,7 @@ async fn a_poison_event_fails_the_payout_process_visibly_and_a_retry_after_the_f
     );
 
     // FAILED, in readiness (503, named) …
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let body = loop {
         let ready = reqwest::get(format!("{}/readyz", app.base))
             .await
@@ -406,7 +406,7 @@ async fn a_poison_event_fails_the_payout_process_visibly_and_a_retry_after_the_f
     )
     .await;
     assert!(status::reset_failed(&pool, "payout").await.expect("reset"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let committed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE event_type = 'listing.reservation_committed' \

@@ -122,7 +122,7 @@ async fn the_catalogue_is_rebuilt_while_clients_write_and_query_without_a_failed
     assert!(report.switched, "the new build went live: {report:?}");
     // Keep the clients going a little past the switch.
     let after = reads.load(Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while reads.load(Ordering::Relaxed) < after + 20 {
         assert!(
             std::time::Instant::now() < deadline,

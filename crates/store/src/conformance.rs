@@ -72,7 +72,7 @@ impl Conformance for PostgresEventStore {
 }
 
 /// Generous bound for "this must arrive"; only reached when a test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn new_stream(category: &str) -> StreamId {
     StreamId::new(category, Uuid::now_v7()).expect("valid stream id")

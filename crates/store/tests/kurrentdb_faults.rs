@@ -13,7 +13,7 @@ use marketplace_store::{
 use serde_json::json;
 use uuid::Uuid;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn event(n: u64) -> NewEvent {
     NewEvent {

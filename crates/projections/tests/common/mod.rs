@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// How long any convergence may take before a test fails.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A fresh database with the store's and the read models' migrations and
 /// the `test_applied` table of [`Counting`].

@@ -480,7 +480,7 @@ mod tests {
     use marketplace_embedded_postgres::testdb::TestDatabase;
 
     /// Generous bound for "this must happen"; only reached when a test fails.
-    const DEADLINE: Duration = Duration::from_secs(30);
+    const DEADLINE: Duration = Duration::from_secs(120);
 
     async fn migrated_pool() -> PgPool {
         let pool = TestDatabase::create().await.pool().await;

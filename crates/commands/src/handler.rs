@@ -11,7 +11,7 @@ use crate::stats::{CommandStats, Outcome};
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, StoreError, StreamId,
+    Position, Snapshot, StoreError, StreamId,
 };
 use rand::Rng;
 use uuid::Uuid;
@@ -27,9 +27,10 @@ pub struct CommandContext {
     pub actor: Option<String>,
     /// The client's idempotency key, if any.
     pub idempotency_key: Option<String>,
-    /// Makes event ids deterministic: the same decision from the same
-    /// stream revision gets the same ids, so a process manager that repeats
-    /// a step after a crash is deduplicated by the store. Unset: fresh ids.
+    /// Makes event ids deterministic: the same step (trigger and name, or
+    /// idempotency key) gets the same ids on the same stream whenever it is
+    /// decided, so a process manager that repeats a step after a crash is
+    /// deduplicated by the store. Unset: fresh ids.
     pub event_id_seed: Option<Uuid>,
 }
 
@@ -56,16 +57,15 @@ impl CommandContext {
         }
     }
 
-    fn event_id(&self, stream: &StreamId, expected: ExpectedRevision, index: usize) -> Uuid {
+    /// The id of the `index`-th event this context appends to `stream`.
+    /// Seeded, it does not depend on the stream's revision: a step repeated
+    /// later (a saga replaying after a crash, a client retrying with its
+    /// key) carries the very ids it was first stored with, and the store
+    /// recognises it as the same append at any time. That is what keeps
+    /// the aggregates free of ever-growing "already done" sets.
+    fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
         match self.event_id_seed {
-            Some(seed) => {
-                let at = match expected {
-                    ExpectedRevision::Exact(r) => r.to_string(),
-                    ExpectedRevision::NoStream => "new".to_owned(),
-                    ExpectedRevision::Any => "any".to_owned(),
-                };
-                Uuid::new_v5(&seed, format!("{stream}@{at}#{index}").as_bytes())
-            }
+            Some(seed) => Uuid::new_v5(&seed, format!("{stream}#{index}").as_bytes()),
             None => Uuid::now_v7(),
         }
     }
@@ -194,10 +194,15 @@ pub struct CommandHandler {
     retry: RetryPolicy,
     cache: Arc<AggregateCache>,
     stats: Arc<CommandStats>,
+    snapshot_every: u64,
 }
 
 /// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
 pub const DEFAULT_CACHE_CAPACITY: usize = 50_000;
+
+/// Events between two snapshots of a snapshotted aggregate, by default (see
+/// [`CommandHandler::with_snapshot_every`]).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
 
 impl std::fmt::Debug for CommandHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,7 +228,16 @@ impl CommandHandler {
             retry: RetryPolicy::default(),
             cache: Arc::new(AggregateCache::new(DEFAULT_CACHE_CAPACITY)),
             stats: Arc::new(CommandStats::default()),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
+    }
+
+    /// Snapshots a snapshotted aggregate (`Aggregate::SNAPSHOT_VERSION` > 0)
+    /// every `events` events of its stream (0: never). A load after a cache
+    /// miss or a restart then folds only the events after the snapshot.
+    pub fn with_snapshot_every(mut self, events: u64) -> Self {
+        self.snapshot_every = events;
+        self
     }
 
     /// Replaces the aggregate cache with one of `capacity` entries (0: no
@@ -252,18 +266,15 @@ impl CommandHandler {
     /// Rebuilds aggregate `A` with id `id` from its stream.
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, LoadError> {
         let stream = stream_of::<A>(id);
-        // Start from the cached state, if any, and read only the tail.
+        // Start from the cached state, else the snapshot, if any, and read
+        // only the tail.
         let mut loaded = match self.cache.get::<A>(&stream) {
             Some((state, revision, position)) => Loaded {
                 state,
                 revision: Some(revision),
                 position,
             },
-            None => Loaded {
-                state: A::default(),
-                revision: None,
-                position: Position::START,
-            },
+            None => self.load_snapshot::<A>(&stream).await,
         };
         let from = loaded.revision.map_or(0, |r| r + 1);
         let events = self
@@ -282,8 +293,90 @@ impl CommandHandler {
         if let (Some(revision), true) = (loaded.revision, read > 0) {
             self.cache
                 .put(&stream, loaded.state.clone(), revision, loaded.position);
+            if self.snapshot_every > 0 && read as u64 >= self.snapshot_every {
+                self.snapshot(&stream, &loaded.state, revision, loaded.position);
+            }
         }
         Ok(loaded)
+    }
+
+    /// The state `stream`'s snapshot holds, or the empty state: a snapshot
+    /// of another version, one that does not read, or one the store cannot
+    /// give is passed over (the events are folded instead).
+    async fn load_snapshot<A: Aggregate>(&self, stream: &StreamId) -> Loaded<A> {
+        let empty = Loaded {
+            state: A::default(),
+            revision: None,
+            position: Position::START,
+        };
+        if A::SNAPSHOT_VERSION == 0 || self.snapshot_every == 0 {
+            return empty;
+        }
+        match self.store.read_snapshot(stream).await {
+            Ok(Some(snapshot)) if snapshot.version == A::SNAPSHOT_VERSION => {
+                match A::from_snapshot(snapshot.state) {
+                    Some(state) => Loaded {
+                        state,
+                        revision: Some(snapshot.revision),
+                        position: snapshot.position,
+                    },
+                    None => {
+                        tracing::warn!(%stream, "a snapshot does not read; folding the events");
+                        empty
+                    }
+                }
+            }
+            Ok(_) => empty,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "could not read a snapshot; folding the events");
+                empty
+            }
+        }
+    }
+
+    /// Stores a snapshot of `state` at `revision` in the background, if `A`
+    /// is snapshotted and this state may be (never one with personal data).
+    fn snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        state: &A,
+        revision: u64,
+        position: Position,
+    ) {
+        if A::SNAPSHOT_VERSION == 0 || self.snapshot_every == 0 {
+            return;
+        }
+        let Some(data) = state.snapshot() else {
+            return;
+        };
+        let (store, stream) = (self.store.clone(), stream.clone());
+        let snapshot = Snapshot {
+            revision,
+            position,
+            version: A::SNAPSHOT_VERSION,
+            state: data,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.write_snapshot(&stream, snapshot).await {
+                tracing::warn!(%stream, error = %e, "could not store a snapshot");
+            }
+        });
+    }
+
+    /// Snapshots after an append that took `stream` from `before` to
+    /// `after` across a multiple of the snapshot interval.
+    fn snapshot_if_due<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        state: &A,
+        before: Option<u64>,
+        after: u64,
+        position: Position,
+    ) {
+        let every = self.snapshot_every;
+        if every > 0 && before.map_or(0, |b| (b + 1) / every) != (after + 1) / every {
+            self.snapshot(stream, state, after, position);
+        }
     }
 
     /// Executes `command` against aggregate `A` with id `id`: load, decide,
@@ -423,7 +516,7 @@ impl CommandHandler {
             let new_events = events
                 .iter()
                 .enumerate()
-                .map(|(i, e)| to_new_event(e, ctx, ctx.event_id(&stream, expected, i)))
+                .map(|(i, e)| to_new_event(e, ctx, ctx.event_id(&stream, i)))
                 .collect::<Result<Vec<_>, CodecError>>()?;
             match self
                 .append_retrying_transient(A::CATEGORY, &stream, expected, new_events, key.as_ref())
@@ -435,10 +528,26 @@ impl CommandHandler {
                     let expected_revision = loaded
                         .revision
                         .map_or(appended as u64 - 1, |r| r + appended as u64);
-                    if outcome.revision == expected_revision {
-                        self.cache
-                            .put(&stream, state.clone(), outcome.revision, outcome.position);
+                    if outcome.revision != expected_revision {
+                        // The store already held these events (a repeated
+                        // step): nothing was appended; the state is the
+                        // stream's as it stands.
+                        let loaded = self.load::<A>(id).await?;
+                        return Ok(Idempotent::Fresh(Executed {
+                            state: loaded.state,
+                            appended: 0,
+                            position: outcome.position,
+                        }));
                     }
+                    self.snapshot_if_due(
+                        &stream,
+                        &state,
+                        loaded.revision,
+                        outcome.revision,
+                        outcome.position,
+                    );
+                    self.cache
+                        .put(&stream, state.clone(), outcome.revision, outcome.position);
                     return Ok(Idempotent::Fresh(Executed {
                         state,
                         appended,
@@ -492,14 +601,8 @@ impl CommandHandler {
             for (ctx, command) in commands {
                 match state.decide(command) {
                     Ok(events) => {
-                        let expected =
-                            revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
                         for (i, e) in events.iter().enumerate() {
-                            new_events.push(to_new_event(
-                                e,
-                                ctx,
-                                ctx.event_id(&stream, expected, i),
-                            )?);
+                            new_events.push(to_new_event(e, ctx, ctx.event_id(&stream, i))?);
                         }
                         if !events.is_empty() {
                             let n = events.len() as u64;
@@ -534,10 +637,33 @@ impl CommandHandler {
             {
                 Ok(outcome) => {
                     if Some(outcome.revision) == revision {
+                        self.snapshot_if_due(
+                            &stream,
+                            &state,
+                            base,
+                            outcome.revision,
+                            outcome.position,
+                        );
                         self.cache
                             .put(&stream, state, outcome.revision, outcome.position);
                     }
                     count(&outcomes);
+                    return Ok(outcomes);
+                }
+                // Some of the batch was stored before (a step repeated after
+                // a crash, whose "already done" the state no longer shows):
+                // each command alone, in order, so the store recognises the
+                // repeated ones and appends the others.
+                Err(StoreError::DuplicateEventId(_)) => {
+                    tracing::debug!(%stream, "a batch repeats stored steps; one by one");
+                    let mut outcomes = Vec::with_capacity(commands.len());
+                    for (ctx, command) in commands {
+                        match self.execute::<A>(id, ctx, command).await {
+                            Ok(_) => outcomes.push(Ok(())),
+                            Err(CommandError::Rejected(refusal)) => outcomes.push(Err(refusal)),
+                            Err(e) => return Err(e),
+                        }
+                    }
                     return Ok(outcomes);
                 }
                 Err(StoreError::WrongExpectedRevision { .. }) => {
@@ -985,6 +1111,199 @@ mod tests {
         }
         assert_eq!(ids[0], ids[1], "same key, same revision: same event id");
         assert_ne!(ids[0], ids[2], "another key: another event id");
+    }
+
+    /// A listing with 100 units on sale, created and published by `handler`.
+    async fn on_sale(handler: &CommandHandler) -> (Uuid, Actor) {
+        let (id, actor) = (Uuid::now_v7(), seller());
+        let ctx = CommandContext::new("test");
+        let mut create = create(id, actor.clone());
+        if let ListingCommand::Create(c) = &mut create {
+            c.spec = ListingSpec::Physical {
+                quantity: Quantity(100),
+            };
+        }
+        handler
+            .execute::<Listing>(id, &ctx, &create)
+            .await
+            .expect("create");
+        let publish = ListingCommand::Publish(PublishListing {
+            actor: actor.clone(),
+            at: Utc::now(),
+        });
+        handler
+            .execute::<Listing>(id, &ctx, &publish)
+            .await
+            .expect("publish");
+        (id, actor)
+    }
+
+    /// A saga step's context: ids derive from the step, as in a process
+    /// manager.
+    fn step(trigger: Uuid, name: &str) -> CommandContext {
+        CommandContext {
+            event_id_seed: Some(Uuid::new_v5(&trigger, name.as_bytes())),
+            ..CommandContext::new("saga")
+        }
+    }
+
+    fn reserve(order: Uuid) -> ListingCommand {
+        ListingCommand::Reserve(marketplace_domain::listing::ReserveStock {
+            order_id: marketplace_domain::values::OrderId(order),
+            buyer_id: AccountId(Uuid::now_v7()),
+            quantity: Quantity(1),
+            at: Utc::now(),
+        })
+    }
+
+    fn commit(order: Uuid) -> ListingCommand {
+        ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
+            order_id: marketplace_domain::values::OrderId(order),
+            outcome: marketplace_domain::listing::ReservationOutcome::Committed,
+            at: Utc::now(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_step_repeated_after_its_reservation_ended_is_recognised_by_the_store() {
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone()));
+        let (id, _) = on_sale(&handler).await;
+        let order = Uuid::now_v7();
+        let (trigger, shipped) = (Uuid::now_v7(), Uuid::now_v7());
+        handler
+            .execute::<Listing>(id, &step(trigger, "reserve"), &reserve(order))
+            .await
+            .expect("reserve");
+        // Other orders move the stream on; then this one's reservation is
+        // committed (the listing forgets the order).
+        for _ in 0..3 {
+            let other = Uuid::now_v7();
+            handler
+                .execute::<Listing>(id, &step(other, "reserve"), &reserve(other))
+                .await
+                .expect("another reservation");
+        }
+        handler
+            .execute::<Listing>(id, &step(shipped, "commit"), &commit(order))
+            .await
+            .expect("commit");
+        let before = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
+        // The saga repeats the old reserve step (a replay after a crash),
+        // from a fresh process (no cache), and the commit too.
+        let fresh = CommandHandler::new(Arc::new(store.clone()));
+        let again = fresh
+            .execute::<Listing>(id, &step(trigger, "reserve"), &reserve(order))
+            .await
+            .expect("repeated reserve");
+        assert_eq!(again.appended, 0, "recognised as already stored");
+        let again = fresh
+            .execute::<Listing>(id, &step(shipped, "commit"), &commit(order))
+            .await
+            .expect("repeated commit");
+        assert_eq!(again.appended, 0);
+        let after = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
+        assert_eq!(after.len(), before.len(), "nothing appended twice");
+        let state = fresh.load::<Listing>(id).await.expect("load").state;
+        assert_eq!(
+            (state.sold, state.reserved.len(), state.available()),
+            (1, 3, 96)
+        );
+        assert_eq!(again.state, state, "the state returned is the stream's");
+
+        // In a batch, beside new orders: the repeated one appends nothing,
+        // the others are reserved, in order.
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let batch = vec![
+            (step(a, "reserve"), reserve(a)),
+            (step(trigger, "reserve"), reserve(order)),
+            (step(b, "reserve"), reserve(b)),
+        ];
+        let outcomes = fresh
+            .execute_many::<Listing>(id, &batch)
+            .await
+            .expect("batch");
+        assert_eq!(outcomes, vec![Ok(()), Ok(()), Ok(())]);
+        let state = fresh.load::<Listing>(id).await.expect("load").state;
+        assert_eq!(
+            (state.sold, state.reserved.len(), state.available()),
+            (1, 5, 94)
+        );
+        let stored = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
+        assert_eq!(stored.len(), before.len() + 2);
+    }
+
+    #[tokio::test]
+    async fn a_load_after_a_miss_starts_from_the_snapshot() {
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone())).with_snapshot_every(10);
+        let (id, _) = on_sale(&handler).await;
+        let stream = stream_of::<Listing>(id);
+        for _ in 0..12 {
+            let order = Uuid::now_v7();
+            handler
+                .execute::<Listing>(id, &step(order, "reserve"), &reserve(order))
+                .await
+                .expect("reserve");
+            handler
+                .execute::<Listing>(id, &step(order, "commit"), &commit(order))
+                .await
+                .expect("commit");
+        }
+        // 26 events: snapshots were due at the 10th and the 20th.
+        let snapshot = {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match store.read_snapshot(&stream).await.expect("read") {
+                    Some(s) if s.revision == 19 => break s,
+                    _ => {
+                        assert!(tokio::time::Instant::now() < deadline, "no snapshot at 19");
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        };
+        assert_eq!(snapshot.version, Listing::SNAPSHOT_VERSION);
+        // A new process folds the snapshot and the six events after it; so
+        // a snapshot whose state was wrong would show.
+        let mut doctored = snapshot.clone();
+        doctored.state["stock"] = serde_json::json!(1_000);
+        store
+            .write_snapshot(&stream, doctored)
+            .await
+            .expect("write");
+        let fresh = CommandHandler::new(Arc::new(store.clone()));
+        let loaded = fresh.load::<Listing>(id).await.expect("load");
+        assert_eq!((loaded.revision, loaded.state.sold), (Some(25), 12));
+        assert_eq!(loaded.state.stock, 1_000, "it started from the snapshot");
+        // Another version is passed over: the events are folded.
+        let mut other = snapshot;
+        other.version += 1;
+        other.state["stock"] = serde_json::json!(7);
+        store.write_snapshot(&stream, other).await.expect("write");
+        let folded = CommandHandler::new(Arc::new(store.clone()))
+            .with_snapshot_every(0)
+            .load::<Listing>(id)
+            .await
+            .expect("load");
+        assert_eq!((folded.state.stock, folded.state.sold), (100, 12));
+        let from_other = CommandHandler::new(Arc::new(store.clone()))
+            .load::<Listing>(id)
+            .await
+            .expect("load");
+        assert_eq!(
+            from_other.state, folded.state,
+            "a snapshot of another version is ignored"
+        );
     }
 
     #[test]

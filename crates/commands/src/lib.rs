@@ -17,7 +17,11 @@
 //! - [`audit`]: a stream's history with the state after each event, and an
 //!   aggregate as of a moment (events decoded as the live system does).
 //! - `cache`: the aggregate cache — recent states with their revision, so
-//!   a command reads only its stream's tail.
+//!   a command reads only its stream's tail. After a miss the handler
+//!   starts from the store's snapshot of a snapshotted aggregate (listings,
+//!   the fee ledger), taken every [`handler::DEFAULT_SNAPSHOT_EVERY`] events.
+//!   Saga steps derive their event ids from the step, so a repeated step is
+//!   recognised by the store and the aggregates keep no "already done" sets.
 //! - [`flows`]: one file per use case that spans aggregates or that the API
 //!   and the tools share — registering an account (claim the email, then
 //!   open the account), finding an account to log in, pricing a new order's

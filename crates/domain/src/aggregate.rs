@@ -35,6 +35,25 @@ pub trait Aggregate: Default + Clone + Debug + Serialize + Send + Sync + 'static
     fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
         events.into_iter().fold(Self::default(), Self::evolve)
     }
+
+    /// The version of this aggregate's snapshot form; 0 (the default): it
+    /// is never snapshotted. Bump it whenever `evolve` or the state's
+    /// fields change meaning: snapshots of another version are ignored,
+    /// and the state is folded from the events again.
+    const SNAPSHOT_VERSION: u32 = 0;
+
+    /// The state as a snapshot, if this aggregate (and this state) is
+    /// snapshotted. A snapshot outlives any erasure of the log, so it never
+    /// holds personal data: a state that has some is not snapshotted.
+    fn snapshot(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A state back from [`snapshot`](Self::snapshot); `None` if it does not
+    /// read (then the events are folded instead).
+    fn from_snapshot(_snapshot: serde_json::Value) -> Option<Self> {
+        None
+    }
 }
 
 /// Given some history, when a command is decided, then expect events or an

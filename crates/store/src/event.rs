@@ -193,6 +193,21 @@ impl RecordedEvent {
     }
 }
 
+/// A stored state of one stream's aggregate at one revision, so a load
+/// after a cache miss or a restart folds only the tail after it. The
+/// version is the aggregate's snapshot form: a reader ignores any other.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The revision of the last event folded into it.
+    pub revision: u64,
+    /// That event's position.
+    pub position: Position,
+    /// The aggregate's snapshot version.
+    pub version: u32,
+    /// The state.
+    pub state: serde_json::Value,
+}
+
 /// The result of a successful append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendOutcome {

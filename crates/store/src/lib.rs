@@ -9,18 +9,22 @@
 //! Layout:
 //! - [`event`]: the value types of the contract — [`StreamId`], [`NewEvent`],
 //!   [`RecordedEvent`], [`Position`], [`ExpectedRevision`], [`EventMetadata`],
-//!   [`IdempotencyKey`], [`IdempotencyRecord`].
+//!   [`IdempotencyKey`], [`IdempotencyRecord`], [`Snapshot`].
 //! - [`error`]: [`StoreError`], whose variants say how a caller must treat them.
 //! - [`port`]: the [`EventStore`] trait (append, append_idempotent,
-//!   idempotency_record, read_stream, read_all, subscribe_all, head) that
-//!   every backend implements.
+//!   idempotency_record, read_stream, read_all, subscribe_all, head, and
+//!   the optional read_snapshot/write_snapshot) that every backend
+//!   implements.
 //! - [`postgres`]: the embedded default backend (one append-only `events`
 //!   table, an `idempotency_keys` table written in the same transaction as
-//!   the append, a serialising appender, LISTEN/NOTIFY for live delivery).
+//!   the append, a serialising appender, LISTEN/NOTIFY for live delivery,
+//!   a `snapshots` table beside the log).
 //! - [`kurrentdb`]: the KurrentDB backend through the official `kurrentdb`
 //!   gRPC client (streams and revisions, `$all` commit positions, catch-up
 //!   subscriptions; event-id claims and per-key streams for what KurrentDB
-//!   has no transaction for). Its module docs explain the mapping.
+//!   has no transaction for). Its module docs explain the mapping. It keeps
+//!   no snapshots (known difference: loads after a cache miss fold the
+//!   whole stream).
 //! - [`memory`]: an in-process backend for unit tests of other crates.
 //! - `conformance` (feature `testing`): the one conformance suite every
 //!   backend must pass.
@@ -42,7 +46,7 @@ pub mod conformance;
 pub use error::StoreError;
 pub use event::{
     AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, RecordedEvent, StreamId, StreamIdError,
+    Position, RecordedEvent, Snapshot, StreamId, StreamIdError,
 };
 pub use kurrentdb::KurrentDbEventStore;
 pub use memory::InMemoryEventStore;

@@ -8,7 +8,7 @@ use futures::Stream;
 use crate::error::StoreError;
 use crate::event::{
     AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
-    RecordedEvent, StreamId,
+    RecordedEvent, Snapshot, StreamId,
 };
 
 /// A stream of events from a subscription. It ends only on an error the
@@ -91,5 +91,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// order means anything.
     fn dense_positions(&self) -> bool {
         true
+    }
+
+    /// The snapshot stored for `stream`, if any. Snapshots are a cache of
+    /// states the events determine: a backend may keep none (the default),
+    /// and then every load after a cache miss folds the whole stream.
+    async fn read_snapshot(&self, _stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(None)
+    }
+
+    /// Stores `snapshot` for `stream`, replacing one of the same or a lower
+    /// revision, or of another version; one of a higher revision stays. Not part of any
+    /// append: losing it loses nothing but time.
+    async fn write_snapshot(
+        &self,
+        _stream: &StreamId,
+        _snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -330,7 +330,7 @@ impl CheckoutSaga {
             .execute::<Account>(placed.buyer_id.0, &ctx, &refund)
             .await
         {
-            Ok(_) | Err(CommandError::Rejected(AccountError::NoEscrow)) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) => Err(ProcessError::command(e)),
         }
     }

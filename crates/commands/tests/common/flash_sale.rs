@@ -160,7 +160,7 @@ pub async fn sells_exactly_the_stock_and_conserves_money(m: Market) {
             .await
             .expect("listing")
             .state;
-        if seller_wallet.credited.len() == STOCK as usize && l.sold == STOCK {
+        if seller_wallet.credits == u64::from(STOCK) && l.sold == STOCK {
             break;
         }
         assert!(
@@ -171,7 +171,7 @@ pub async fn sells_exactly_the_stock_and_conserves_money(m: Market) {
     }
     let fees = loop {
         let f = m.wallet(FEE_ACCOUNT_ID).await;
-        if f.credited.len() == STOCK as usize {
+        if f.credits == u64::from(STOCK) {
             break f;
         }
         assert!(std::time::Instant::now() < deadline, "fees did not arrive");

@@ -1,14 +1,14 @@
 //! State of the account aggregate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::values::{AccountId, Currency, DisplayName, Email, Money, OrderId, PasswordHash, Role};
 
 /// An account as its events leave it. `None` fields mean "not registered".
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     /// Its id, once registered.
     pub id: Option<AccountId>,
@@ -21,16 +21,15 @@ pub struct Account {
     /// When it was opened.
     pub registered_at: Option<DateTime<Utc>>,
     /// The argon2 hash login verifies against; never shown in audit output.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, default)]
     pub password_hash: Option<PasswordHash>,
     /// Available funds per currency, in minor units; never negative.
     pub balances: BTreeMap<Currency, i64>,
-    /// Funds held for orders not settled yet.
+    /// Funds held for orders not settled yet (open escrows only: the state
+    /// does not grow with the orders it is done with).
     pub escrow: BTreeMap<OrderId, Money>,
-    /// Orders whose escrow was released or refunded.
-    pub settled: BTreeSet<OrderId>,
-    /// Orders this account was credited for (payouts or fees).
-    pub credited: BTreeSet<OrderId>,
+    /// How many sales this account was credited for (payouts or fees).
+    pub credits: u64,
 }
 
 impl Account {

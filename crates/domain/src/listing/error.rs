@@ -50,7 +50,4 @@ pub enum ListingError {
         /// Units asked for.
         requested: u32,
     },
-    /// Committing a reservation that does not exist.
-    #[error("no stock is reserved for this order")]
-    NoReservation,
 }

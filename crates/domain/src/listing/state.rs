@@ -1,15 +1,15 @@
 //! State of the listing aggregate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::event::ListingKind;
 use crate::values::{AccountId, ListingId, Money, OrderId};
 
 /// Where a listing is in its life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ListingStatus {
     /// Not created yet.
@@ -24,7 +24,7 @@ pub enum ListingStatus {
 }
 
 /// A listing as its events leave it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Listing {
     /// Its id.
     pub id: Option<ListingId>,
@@ -36,12 +36,12 @@ pub struct Listing {
     pub price: Option<Money>,
     /// Units ever stocked (initial plus restocks; physical).
     pub stock: u32,
-    /// Units reserved per pending or confirmed order.
+    /// Units reserved per open reservation (an order pending, or confirmed
+    /// and not shipped yet). Only open ones: a listing's state does not grow
+    /// with the orders it has seen.
     pub reserved: BTreeMap<OrderId, u32>,
-    /// Units sold.
+    /// Units sold (reservations committed).
     pub sold: u32,
-    /// Orders whose reservation was committed as sold.
-    pub committed: BTreeSet<OrderId>,
     /// Status.
     pub status: ListingStatus,
     /// Last change.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{
     chain_hash, check_storable, AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    NewEvent, Position, RecordedEvent, StreamId,
+    NewEvent, Position, RecordedEvent, Snapshot, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::catch_up_then_live;
@@ -30,6 +30,7 @@ struct Log {
     streams: HashMap<StreamId, Vec<usize>>,
     by_event_id: HashMap<Uuid, usize>,
     idempotency: HashMap<String, IdempotencyRecord>,
+    snapshots: HashMap<StreamId, Snapshot>,
 }
 
 struct Inner {
@@ -355,5 +356,25 @@ impl EventStore for InMemoryEventStore {
             .events
             .last()
             .map_or(Position::START, |e| e.position))
+    }
+
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.read_log().snapshots.get(stream).cloned())
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let mut log = self.write_log();
+        let keep = log
+            .snapshots
+            .get(stream)
+            .is_some_and(|s| s.version == snapshot.version && s.revision > snapshot.revision);
+        if !keep {
+            log.snapshots.insert(stream.clone(), snapshot);
+        }
+        Ok(())
     }
 }

@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::StoreError;
 use crate::event::{
     check_storable, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey,
-    IdempotencyRecord, NewEvent, Position, RecordedEvent, StreamId,
+    IdempotencyRecord, NewEvent, Position, RecordedEvent, Snapshot, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::{catch_up_then_live, PAGE};
@@ -341,5 +341,44 @@ impl EventStore for PostgresEventStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(Position(max.map_or(0, |m| u64::try_from(m).unwrap_or(0))))
+    }
+
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, i64, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT revision, position, version, state FROM snapshots WHERE stream_id = $1",
+        )
+        .bind(stream.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(revision, position, version, state)| Snapshot {
+            revision: u64::try_from(revision).unwrap_or(0),
+            position: Position(u64::try_from(position).unwrap_or(0)),
+            version: u32::try_from(version).unwrap_or(0),
+            state,
+        }))
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, revision, position, version, state) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET revision = EXCLUDED.revision, \
+                 position = EXCLUDED.position, version = EXCLUDED.version, \
+                 state = EXCLUDED.state, taken_at = now() \
+             WHERE snapshots.revision <= EXCLUDED.revision \
+                OR snapshots.version <> EXCLUDED.version",
+        )
+        .bind(stream.as_str())
+        .bind(to_i64(snapshot.revision))
+        .bind(to_i64(snapshot.position.0))
+        .bind(i32::try_from(snapshot.version).unwrap_or(i32::MAX))
+        .bind(&snapshot.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

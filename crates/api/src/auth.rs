@@ -17,8 +17,23 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 /// Passwords longer than this are refused (hashing cost is bounded).
 pub const MAX_PASSWORD_LEN: usize = 128;
 
-/// Hashes a password with argon2id and a random salt (CPU-heavy: call from a
-/// blocking thread).
+/// Runs `f` (an argon2 hash or check) on a blocking thread, at most one per
+/// core at a time. Each takes a core for tens of milliseconds and argon2's
+/// 19 MiB of memory: unbounded, a burst of registrations or logins (64 at
+/// once) took a gigabyte that the allocator then kept. Waiting callers
+/// queue here, in order.
+pub async fn hashing<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    static PERMITS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let _permit = PERMITS.acquire().await;
+    tokio::task::spawn_blocking(f).await
+}
+
+/// Hashes a password with argon2id and a random salt (CPU-heavy: call
+/// through [`hashing`]).
 pub fn hash_password(password: &str) -> Result<PasswordHash, String> {
     use rand::Rng;
     let salt_bytes: [u8; 16] = rand::rng().random();
@@ -30,7 +45,7 @@ pub fn hash_password(password: &str) -> Result<PasswordHash, String> {
     PasswordHash::from_phc(phc).map_err(|e| e.to_string())
 }
 
-/// Whether `password` matches `hash` (CPU-heavy: call from a blocking thread).
+/// Whether `password` matches `hash` (CPU-heavy: call through [`hashing`]).
 pub fn verify_password(password: &str, hash: &PasswordHash) -> bool {
     argon2::password_hash::PasswordHash::new(hash.as_phc())
         .map(|parsed| {
@@ -120,6 +135,34 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn hashing_runs_at_most_one_per_core_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let calls: Vec<_> = (0..cores * 8)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(hashing(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let h = hash_password("correct horse").expect("hash");
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    h
+                }))
+            })
+            .collect();
+        for call in calls {
+            call.await.expect("task").expect("hashed");
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (1..=cores).contains(&most),
+            "{most} hashes ran at once on {cores} cores"
+        );
+    }
 
     #[test]
     fn verifies_the_right_password_only() {

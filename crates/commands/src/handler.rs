@@ -200,6 +200,9 @@ pub struct CommandHandler {
 /// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
 pub const DEFAULT_CACHE_CAPACITY: usize = 50_000;
 
+/// Events read per round trip when a load folds a stream's tail.
+const LOAD_PAGE: usize = 1_000;
+
 /// Events between two snapshots of a snapshotted aggregate, by default (see
 /// [`CommandHandler::with_snapshot_every`]).
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
@@ -276,19 +279,28 @@ impl CommandHandler {
             },
             None => self.load_snapshot::<A>(&stream).await,
         };
-        let from = loaded.revision.map_or(0, |r| r + 1);
-        let events = self
-            .store
-            .read_stream(&stream, from)
-            .await
-            .map_err(LoadError::Store)?;
-        let read = events.len();
-        for recorded in events {
-            let event: A::Event =
-                decode(&recorded.event_type, recorded.schema_version, recorded.data)?;
-            loaded.state = loaded.state.evolve(&event);
-            loaded.revision = Some(recorded.revision);
-            loaded.position = recorded.position;
+        // A page at a time: a long tail (a stream without a snapshot) is
+        // never all in memory at once.
+        let mut read = 0usize;
+        loop {
+            let from = loaded.revision.map_or(0, |r| r + 1);
+            let page = self
+                .store
+                .read_stream_page(&stream, from, LOAD_PAGE)
+                .await
+                .map_err(LoadError::Store)?;
+            let full = page.len() == LOAD_PAGE;
+            read += page.len();
+            for recorded in page {
+                let event: A::Event =
+                    decode(&recorded.event_type, recorded.schema_version, recorded.data)?;
+                loaded.state = loaded.state.evolve(&event);
+                loaded.revision = Some(recorded.revision);
+                loaded.position = recorded.position;
+            }
+            if !full {
+                break;
+            }
         }
         if let (Some(revision), true) = (loaded.revision, read > 0) {
             self.cache

@@ -67,6 +67,21 @@ pub trait EventStore: Send + Sync + 'static {
         from_revision: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events of `stream` from `from_revision` (inclusive),
+    /// oldest first: a long stream read a page at a time, so loading it
+    /// never holds all of it in memory. The default reads the whole tail
+    /// and cuts it; backends override it with a bounded read.
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = self.read_stream(stream, from_revision).await?;
+        events.truncate(limit);
+        Ok(events)
+    }
+
     /// Up to `limit` events of the global log strictly after `from`, in
     /// position order. Never returns an event below one a later call could
     /// return first: what it returns is final.

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::types::*;
 use super::Viewer;
-use crate::auth::{hash_password, verify_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::auth::{hash_password, hashing, verify_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{retry_after_seconds, EmailKey};
 use crate::state::AppState;
@@ -89,14 +89,6 @@ pub(crate) fn validate_idempotency_key(key: &Option<String>) -> Result<(), ApiEr
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)
-}
-
 /// Reads a listing back after a write, once the catalogue has caught up.
 pub(crate) async fn listing_after(
     state: &AppState,
@@ -138,8 +130,9 @@ impl MutationRoot {
             .map(Into::into)
             .collect();
         let password = input.password;
-        let password_hash = blocking(move || hash_password(&password))
-            .await?
+        let password_hash = hashing(move || hash_password(&password))
+            .await
+            .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
         let registered = register(
             &state.handler,
@@ -210,7 +203,7 @@ impl MutationRoot {
             Err(_) => None,
         };
         let hash = account.as_ref().and_then(|a| a.password_hash.clone());
-        let ok = blocking(move || match hash {
+        let ok = hashing(move || match hash {
             Some(h) => verify_password(&password, &h),
             None => {
                 // Spend the same time as a real check, so response times do
@@ -219,7 +212,8 @@ impl MutationRoot {
                 false
             }
         })
-        .await?;
+        .await
+        .map_err(ApiError::internal)?;
         let Some(account) = account.filter(|_| ok) else {
             return Err(refused());
         };

@@ -687,6 +687,30 @@ impl EventStore for KurrentDbEventStore {
         }
     }
 
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let name = self.server_stream_name(stream);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let want = (limit - out.len()).min(PAGE);
+            let page = self
+                .read_raw(&name, from_revision + out.len() as u64, want)
+                .await?;
+            let done = page.len() < want;
+            for e in &page {
+                out.push(self.decode(e)?);
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_all(
         &self,
         from: Position,

@@ -327,6 +327,27 @@ impl EventStore for InMemoryEventStore {
             .unwrap_or_default())
     }
 
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = self.read_log();
+        Ok(log
+            .streams
+            .get(stream)
+            .map(|idx| {
+                idx.iter()
+                    .map(|&i| &log.events[i])
+                    .filter(|e| e.revision >= from_revision)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn read_all(
         &self,
         from: Position,

@@ -316,6 +316,24 @@ impl EventStore for PostgresEventStore {
         rows.iter().map(decode_row).collect()
     }
 
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "{SELECT_EVENT} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from_revision))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     async fn read_all(
         &self,
         from: Position,

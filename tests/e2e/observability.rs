@@ -156,6 +156,7 @@ fn used_metrics() -> Vec<(String, String)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     for path in files {

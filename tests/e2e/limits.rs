@@ -228,9 +228,11 @@ async fn app_behind_a_proxy_at_127_0_0_2() -> TestApp {
             },
             ..RateLimits::DISABLED
         };
-        s.trusted_proxies = marketplace_api::proxy::TrustedProxies::new(vec![
-            marketplace_api::proxy::Cidr::parse("127.0.0.2/32").expect("a CIDR"),
-        ]);
+        s.trusted_proxies =
+            marketplace_api::proxy::TrustedProxies::new(vec![marketplace_api::proxy::Cidr::parse(
+                "127.0.0.2/32",
+            )
+            .expect("a CIDR")]);
     })
     .await
 }

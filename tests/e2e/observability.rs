@@ -17,9 +17,34 @@ fn deploy_dir() -> PathBuf {
 
 /// Aggregation operators and PromQL keywords: never metric names.
 const NOT_METRICS: &[&str] = &[
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
-    "topk", "quantile", "limitk", "limit_ratio", "and", "or", "unless", "bool", "offset", "by",
-    "without", "on", "ignoring", "group_left", "group_right", "inf", "nan", "atan2",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
 ];
 
 /// The metric names a PromQL expression selects: identifiers outside
@@ -161,11 +186,18 @@ fn used_metrics() -> Vec<(String, String)> {
     files.sort();
     for path in files {
         let text = std::fs::read_to_string(&path).expect("readable");
-        let name = path.file_name().expect("a name").to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .to_string();
         let exprs = match path.extension().and_then(|e| e.to_str()) {
             Some("json") => {
                 let mut exprs = Vec::new();
-                dashboard_exprs(&serde_json::from_str(&text).expect("dashboard JSON"), &mut exprs);
+                dashboard_exprs(
+                    &serde_json::from_str(&text).expect("dashboard JSON"),
+                    &mut exprs,
+                );
                 exprs
             }
             Some("yaml" | "yml") => yaml_exprs(&text),
@@ -215,7 +247,13 @@ fn metric_names_are_read_out_of_promql() {
     .collect();
     assert_eq!(names, expected);
     let yaml = "groups:\n  - rules:\n      - alert: A\n        expr: |\n          max(a_metric)\n            > 3\n        for: 5m\n      - expr: 'b_metric{x=''y''}'\n";
-    assert_eq!(yaml_exprs(yaml), ["          max(a_metric)\n            > 3", "b_metric{x='y'}"]);
+    assert_eq!(
+        yaml_exprs(yaml),
+        [
+            "          max(a_metric)\n            > 3",
+            "b_metric{x='y'}"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +273,10 @@ async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
         "marketplace_db_pool_connections",
         "marketplace_db_pool_max_connections",
     ] {
-        assert!(names.contains(required), "nothing uses {required}: {names:?}");
+        assert!(
+            names.contains(required),
+            "nothing uses {required}: {names:?}"
+        );
     }
 
     let app = spawn_app().await;
@@ -266,7 +307,10 @@ async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
     assert!(missing.is_empty(), "not exported: {missing:?}\n{page}");
     // The checker itself can tell a missing metric.
     assert!(!exported(&page, "marketplace_no_such_metric"));
-    assert!(exported(&page, "marketplace_graphql_request_duration_seconds_count"));
+    assert!(exported(
+        &page,
+        "marketplace_graphql_request_duration_seconds_count"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +326,15 @@ async fn a_projector_process_serves_probes_and_metrics_but_no_graphql() {
     tokio::spawn(projector.run_until_stopped(std::future::pending()));
     let base = format!("http://{addr}");
 
-    let live = reqwest::get(format!("{base}/healthz")).await.expect("healthz");
+    let live = reqwest::get(format!("{base}/healthz"))
+        .await
+        .expect("healthz");
     assert_eq!(live.status().as_u16(), 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let ready = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+        let ready = reqwest::get(format!("{base}/readyz"))
+            .await
+            .expect("readyz");
         let status = ready.status().as_u16();
         let body: Value = ready.json().await.expect("json");
         if status == 200 {
@@ -302,8 +350,14 @@ async fn a_projector_process_serves_probes_and_metrics_but_no_graphql() {
         .text()
         .await
         .expect("text");
-    assert!(page.contains("# TYPE marketplace_consumer_lag_events gauge"), "{page}");
-    assert!(page.contains("marketplace_db_pool_max_connections "), "{page}");
+    assert!(
+        page.contains("# TYPE marketplace_consumer_lag_events gauge"),
+        "{page}"
+    );
+    assert!(
+        page.contains("marketplace_db_pool_max_connections "),
+        "{page}"
+    );
     let graphql = reqwest::Client::new()
         .post(format!("{base}/graphql"))
         .json(&json!({ "query": "{ __typename }" }))

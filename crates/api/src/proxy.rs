@@ -202,7 +202,9 @@ mod tests {
         assert!(host.contains(ip("192.0.2.7")) && !host.contains(ip("192.0.2.8")));
         let v6 = Cidr::parse("fd00::/8").expect("parses");
         assert!(v6.contains(ip("fdab::1")) && !v6.contains(ip("fe80::1")));
-        assert!(Cidr::parse("0.0.0.0/0").expect("all").contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("all")
+            .contains(ip("8.8.8.8")));
     }
 
     #[test]
@@ -243,7 +245,10 @@ mod tests {
         );
         // Ports and brackets are tolerated.
         let headers = forwarded(&["[2001:db8::5]:443, 10.1.0.1:80"]);
-        assert_eq!(proxies.client_ip(ip("fd00::9"), &headers), ip("2001:db8::5"));
+        assert_eq!(
+            proxies.client_ip(ip("fd00::9"), &headers),
+            ip("2001:db8::5")
+        );
     }
 
     #[test]

@@ -192,3 +192,87 @@ async fn too_deep_too_complex_and_too_large_requests_are_bad_user_input() {
     let body: Value = resp.json().await.expect("json body");
     assert_eq!(code(&body), "BAD_USER_INPUT");
 }
+
+/// POSTs an anonymous `{ __typename }` from the loopback address `from`,
+/// with `X-Forwarded-For: forwarded` if given; returns the status.
+async fn ping_from(app: &TestApp, from: [u8; 4], forwarded: Option<&str>) -> u16 {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .expect("client");
+    let mut req = client
+        .post(format!("{}/graphql", app.base))
+        .json(&json!({ "query": "{ __typename }" }));
+    if let Some(f) = forwarded {
+        req = req.header("x-forwarded-for", f);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("json body");
+    match status {
+        200 => assert_eq!(body["data"]["__typename"], "Query", "{body}"),
+        429 => assert_eq!(code(&body), "RATE_LIMITED"),
+        other => panic!("unexpected status {other}: {body}"),
+    }
+    status
+}
+
+/// Anonymous limits of two requests, refilling too slowly to matter, with
+/// 127.0.0.2 as the only trusted proxy.
+async fn app_behind_a_proxy_at_127_0_0_2() -> TestApp {
+    spawn_app_with(|s| {
+        s.rate_limits = RateLimits {
+            anonymous: Limit {
+                burst: 2,
+                per_sec: 0.01,
+            },
+            ..RateLimits::DISABLED
+        };
+        s.trusted_proxies =
+            marketplace_api::proxy::TrustedProxies::new(vec![marketplace_api::proxy::Cidr::parse(
+                "127.0.0.2/32",
+            )
+            .expect("a CIDR")]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_behind_a_trusted_proxy_get_buckets_of_their_own() {
+    let app = app_behind_a_proxy_at_127_0_0_2().await;
+    const PROXY: [u8; 4] = [127, 0, 0, 2];
+    for _ in 0..2 {
+        assert_eq!(ping_from(&app, PROXY, Some("203.0.113.1")).await, 200);
+    }
+    assert_eq!(ping_from(&app, PROXY, Some("203.0.113.1")).await, 429);
+    // Another shopper through the same proxy is not held up…
+    assert_eq!(ping_from(&app, PROXY, Some("203.0.113.2")).await, 200);
+    // …and the first cannot escape by prepending an address of its own:
+    // the proxy appended the real one, the right-most untrusted entry.
+    assert_eq!(
+        ping_from(&app, PROXY, Some("198.51.100.77, 203.0.113.1")).await,
+        429
+    );
+    // The proxy's own address has a bucket of its own, untouched so far.
+    assert_eq!(ping_from(&app, PROXY, None).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
+    let app = app_behind_a_proxy_at_127_0_0_2().await;
+    const STRANGER: [u8; 4] = [127, 0, 0, 3];
+    // A caller that is not a trusted proxy names a new address every time:
+    // every request is still counted against its own.
+    assert_eq!(ping_from(&app, STRANGER, Some("203.0.113.10")).await, 200);
+    assert_eq!(ping_from(&app, STRANGER, Some("203.0.113.11")).await, 200);
+    assert_eq!(ping_from(&app, STRANGER, Some("203.0.113.12")).await, 429);
+    assert_eq!(ping_from(&app, STRANGER, None).await, 429);
+    // The addresses it claimed were never charged: through the real proxy
+    // they still have their full buckets.
+    for _ in 0..2 {
+        assert_eq!(
+            ping_from(&app, [127, 0, 0, 2], Some("203.0.113.10")).await,
+            200
+        );
+    }
+}

@@ -10,6 +10,7 @@ mod flow;
 mod http;
 mod kurrentdb;
 mod limits;
+mod observability;
 mod ops;
 mod rebuild;
 mod subscriptions;

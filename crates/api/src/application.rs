@@ -20,13 +20,14 @@ use crate::auth::Tokens;
 use crate::config::{ServeRole, Settings};
 use crate::database::{connect, migrate, open_event_store};
 use crate::graphql::build_schema;
-use crate::http::app;
+use crate::http::{app, ops_app};
 use crate::live::Live;
 use crate::state::AppState;
 
 /// A built, not yet running, marketplace.
 pub struct Application {
     listener: Option<TcpListener>,
+    role: ServeRole,
     state: AppState,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -42,7 +43,9 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Connects, migrates, starts the projectors (roles `all`, `projector`)
-    /// and binds the listener (roles `all`, `api`). A projector whose code
+    /// and binds the listener: the whole API (roles `all`, `api`), or only
+    /// `/healthz`, `/readyz` and `/metrics` (role `projector`, for its
+    /// probes and Prometheus). A projector whose code
     /// version is newer than its live build rebuilds it in the background
     /// while the old build keeps serving, and switches it in once it has
     /// caught up (see `marketplace_projections::runtime`).
@@ -108,25 +111,22 @@ impl Application {
             tokens: Tokens::new(&settings.jwt_secret, settings.token_ttl),
             consistency_wait: settings.consistency_wait,
             consumers,
+            trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
         };
-        let listener = if settings.role == ServeRole::Projector {
-            None
-        } else {
-            Some(
-                TcpListener::bind(settings.listen)
-                    .await
-                    .with_context(|| format!("could not listen on {}", settings.listen))?,
-            )
-        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
         Ok(Self {
-            listener,
+            listener: Some(listener),
+            role: settings.role,
             state,
             stop,
             tasks,
         })
     }
 
-    /// Where the API listens (None for a projector-only process).
+    /// Where it listens: the API, or a projector-only process's operational
+    /// routes (None once serving has started).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -143,7 +143,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         match self.listener.take() {
             Some(listener) => {
-                let router = app(self.state.clone(), build_schema(self.state.clone()));
+                let schema = build_schema(self.state.clone());
+                let router = match self.role {
+                    ServeRole::Projector => ops_app(self.state.clone(), schema),
+                    ServeRole::Api | ServeRole::All => app(self.state.clone(), schema),
+                };
                 // Connect info gives the handlers the peer address, which
                 // keys the anonymous rate limit.
                 axum::serve(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use marketplace_domain::values::FeeRate;
 
+use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimits;
 use std::time::Duration;
 
@@ -89,7 +90,8 @@ impl std::fmt::Debug for Secret {
 pub enum ServeRole {
     /// The GraphQL API only (stateless; scale out behind a load balancer).
     Api,
-    /// The projectors only.
+    /// The projectors and process managers only; it serves `/healthz`,
+    /// `/readyz` and `/metrics` (no GraphQL).
     Projector,
     /// Everything in one process.
     All,
@@ -144,6 +146,9 @@ pub struct Settings {
     /// Per-client rate limits on `/graphql` (per account, and per IP for
     /// anonymous calls); a `per_sec` of 0 disables a limit.
     pub rate_limits: RateLimits,
+    /// Load balancers and ingresses whose `X-Forwarded-For` is believed
+    /// (empty: anonymous callers are keyed by the TCP peer).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -161,6 +166,7 @@ impl Settings {
             role: ServeRole::All,
             fee: FeeRate::DEFAULT,
             rate_limits: RateLimits::DISABLED,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

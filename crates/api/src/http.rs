@@ -1,6 +1,6 @@
 //! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`, `/metrics`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use marketplace_projections::status::ConsumerKind;
@@ -43,7 +43,8 @@ struct Http {
 
 /// The whole HTTP surface, for the server and for tests. `/graphql` is rate
 /// limited per client with the state's limiter (see [`crate::ratelimit`]);
-/// anonymous calls are keyed by the peer address, so serve it with
+/// anonymous calls are keyed by the peer address (or, from a trusted proxy,
+/// the client it forwards for: [`crate::proxy`]), so serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (without it,
 /// anonymous calls are not limited).
 pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
@@ -59,6 +60,20 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         // Every log line of a request (an INTERNAL error's included) carries
         // its request id, which the response echoes in `x-request-id`.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(Http { state, schema })
+}
+
+/// Only the operational routes, `/healthz`, `/readyz` and `/metrics`: what a
+/// projector-only process serves, for its probes and for Prometheus.
+pub fn ops_app(state: AppState, schema: MarketplaceSchema) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -252,12 +267,19 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     )
 }
 
-/// The TCP peer, when the server was built with connect info.
-fn peer(request: &Request) -> Option<SocketAddr> {
-    request
+/// The address an anonymous caller is keyed by: the TCP peer (when the
+/// server was built with connect info), or behind a trusted proxy the
+/// client it forwards for (see [`crate::proxy`]).
+fn client_ip(http: &Http, request: &Request) -> Option<IpAddr> {
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+        .map(|c| c.0.ip())?;
+    Some(
+        http.state
+            .trusted_proxies
+            .client_ip(peer, request.headers()),
+    )
 }
 
 /// The caller of a request, from its `Authorization` header. The token
@@ -285,10 +307,10 @@ async fn viewer_from(http: &Http, authorization: Option<&HeaderValue>) -> Result
 
 /// The bucket a caller is charged to: an account as itself; everyone else
 /// (anonymous, or with a bad token) by address.
-fn client_of(viewer: &Viewer, peer: Option<SocketAddr>) -> Option<ClientKey> {
+fn client_of(viewer: &Viewer, client_ip: Option<IpAddr>) -> Option<ClientKey> {
     match viewer {
         Viewer(Some(claims)) => Some(ClientKey::Account(claims.sub)),
-        Viewer(None) => peer.map(|p| ClientKey::ip(p.ip())),
+        Viewer(None) => client_ip.map(ClientKey::ip),
     }
 }
 
@@ -298,10 +320,10 @@ fn client_of(viewer: &Viewer, peer: Option<SocketAddr>) -> Option<ClientKey> {
 async fn admit(
     http: &Http,
     headers: &HeaderMap,
-    peer: Option<SocketAddr>,
+    client_ip: Option<IpAddr>,
 ) -> Result<(Viewer, Caller), ApiError> {
     let viewer = viewer_from(http, headers.get(header::AUTHORIZATION)).await;
-    let client = client_of(viewer.as_ref().unwrap_or(&Viewer(None)), peer);
+    let client = client_of(viewer.as_ref().unwrap_or(&Viewer(None)), client_ip);
     if let Some(client) = client {
         if let Err(wait) = http.state.limiter.check(client) {
             return Err(ApiError::RateLimited {
@@ -346,11 +368,11 @@ fn read_models_for(request: &mut async_graphql::Request) -> Vec<&'static str> {
 async fn execute(
     http: &Http,
     headers: &HeaderMap,
-    peer: Option<SocketAddr>,
+    client_ip: Option<IpAddr>,
     media: Media,
     mut request: async_graphql::Request,
 ) -> Response {
-    let (viewer, caller) = match admit(http, headers, peer).await {
+    let (viewer, caller) = match admit(http, headers, client_ip).await {
         Ok(admitted) => admitted,
         Err(refused) => return error_response(refused, media),
     };
@@ -417,7 +439,7 @@ async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
     let Some(media) = Media::negotiate(request.headers()) else {
         return not_acceptable();
     };
-    let peer = peer(&request);
+    let client_ip = client_ip(&http, &request);
     let headers = request.headers().clone();
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -454,7 +476,7 @@ async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
     *buffered.method_mut() = Method::POST;
     *buffered.headers_mut() = headers.clone();
     match GraphQLRequest::<GraphQLRejection>::from_request(buffered, &()).await {
-        Ok(request) => execute(&http, &headers, peer, media, request.into_inner()).await,
+        Ok(request) => execute(&http, &headers, client_ip, media, request.into_inner()).await,
         Err(GraphQLRejection(ParseRequestError::PayloadTooLarge)) => too_large(media),
         Err(GraphQLRejection(e)) => error_response(
             ApiError::BadUserInput(format!("malformed GraphQL request: {e}")),
@@ -464,14 +486,14 @@ async fn graphql_post(State(http): State<Http>, request: Request) -> Response {
 }
 
 async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
-    let peer = peer(&request);
+    let client_ip = client_ip(&http, &request);
     if request
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
     {
-        return graphql_ws(http, peer, request).await;
+        return graphql_ws(http, client_ip, request).await;
     }
     let query = request.uri().query().unwrap_or_default();
     let wants_html = request
@@ -498,7 +520,7 @@ async fn graphql_get(State(http): State<Http>, request: Request) -> Response {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             response
         }
-        Ok(graphql) => execute(&http, request.headers(), peer, media, graphql).await,
+        Ok(graphql) => execute(&http, request.headers(), client_ip, media, graphql).await,
         Err(e) => error_response(
             ApiError::BadUserInput(format!("malformed GraphQL GET request: {e}")),
             media,
@@ -557,7 +579,7 @@ pub const WS_PROTOCOL: &str = "graphql-transport-ws";
 /// `Authorization` header or from `ConnectionInit`'s payload
 /// (`{"Authorization": "Bearer …"}`, as browsers cannot set headers); a bad
 /// token in the payload closes the socket with 4403.
-async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> Response {
+async fn graphql_ws(http: Http, client_ip: Option<IpAddr>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     let offered = parts
         .headers
@@ -572,7 +594,7 @@ async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> R
             Media::Json,
         );
     }
-    let (viewer, _) = match admit(&http, &parts.headers, peer).await {
+    let (viewer, _) = match admit(&http, &parts.headers, client_ip).await {
         Ok(admitted) => admitted,
         Err(refused) => return error_response(refused, Media::Json),
     };
@@ -591,7 +613,7 @@ async fn graphql_ws(http: Http, peer: Option<SocketAddr>, request: Request) -> R
     let schema = http.schema.clone();
     upgrade
         .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer, peer))
+        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer, client_ip))
         .into_response()
 }
 
@@ -603,7 +625,7 @@ async fn serve_ws(
     http: Http,
     schema: MarketplaceSchema,
     header_viewer: Viewer,
-    peer: Option<SocketAddr>,
+    client_ip: Option<IpAddr>,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
@@ -626,7 +648,7 @@ async fn serve_ws(
         // Every operation on this socket draws from the same buckets as
         // HTTP requests do (nothing is prepaid here).
         let caller = Caller {
-            client: client_of(&viewer, peer),
+            client: client_of(&viewer, client_ip),
             prepaid: 0,
         };
         let mut data = async_graphql::Data::default();

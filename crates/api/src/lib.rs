@@ -10,14 +10,17 @@
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
-//!   `/metrics`), auth header and consistency-token handling, the body
-//!   size limit.
+//!   `/metrics`; a projector-only process serves the last three), auth
+//!   header and consistency-token handling, the body size limit.
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
-//!   operation, command outcomes/conflicts/retries, projection lag.
+//!   operation, command outcomes/conflicts/retries, projection and consumer
+//!   lag, the connection pool's use.
 //! - [`graphiql`]: the self-hosted GraphiQL page and its embedded assets.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls; every operation draws, a mutation per root field)
 //!   and the failed-login throttle, behind `RATE_LIMITED`.
+//! - [`proxy`]: the `--trusted-proxy` networks, and the client address
+//!   behind them (the right-most untrusted `X-Forwarded-For` entry).
 //! - [`read_cache`]: the first catalogue pages, listings and accounts by
 //!   id, cached in process and invalidated by their read models' commits.
 //! - [`roles`]: the roles an account holds now, looked up on the write side
@@ -45,6 +48,7 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod proxy;
 pub mod ratelimit;
 pub mod read_cache;
 pub mod roles;

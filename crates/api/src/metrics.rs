@@ -1,6 +1,14 @@
 //! Prometheus metrics: GraphQL request latency histograms by operation, the
-//! command handler's outcome/conflict/retry counters, and projection
-//! positions, lag and failures. [`render`] writes the `/metrics` page.
+//! command handler's outcome/conflict/retry counters, projection and
+//! consumer positions, lag and failures, and this process's Postgres pool
+//! use. [`render`] writes the `/metrics` page.
+//!
+//! Every family is described (`# HELP`, `# TYPE`) on every page while the
+//! database answers, even before it has a series, so dashboards and alerts can be checked against
+//! a fresh server (`deploy/observability/`, and the e2e test that reads
+//! it). The `marketplace_projection_*` and `marketplace_consumer_*` lag and
+//! state gauges are cluster-wide (read from the checkpoints), so every
+//! process exports the same values: aggregate them with `max`, not `sum`.
 //!
 //! Request latency is measured by a GraphQL extension ([`RequestMetrics`])
 //! around the whole execution (parse, validate, resolve) of each query and
@@ -297,7 +305,35 @@ pub async fn render(state: &AppState) -> String {
         Err(e) => tracing::warn!(error = %e, "metrics: projection status unavailable"),
     }
     write_local_consumers(&mut out, &state.consumers);
+    write_pool(&mut out, &state.pool);
     out
+}
+
+/// This process's Postgres pool: connections in use and idle, and the
+/// most it opens. In use close to the maximum means requests queue for a
+/// connection.
+fn write_pool(out: &mut String, pool: &sqlx::PgPool) {
+    let size = pool.size();
+    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+    out.push_str(
+        "# HELP marketplace_db_pool_connections Open connections of this process's Postgres pool, by state.\n\
+         # TYPE marketplace_db_pool_connections gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_db_pool_connections{{state=\"in_use\"}} {}\n\
+         marketplace_db_pool_connections{{state=\"idle\"}} {idle}",
+        size - idle
+    );
+    out.push_str(
+        "# HELP marketplace_db_pool_max_connections Most connections this process's Postgres pool opens.\n\
+         # TYPE marketplace_db_pool_max_connections gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_db_pool_max_connections {}",
+        pool.options().get_max_connections()
+    );
 }
 
 /// A gauge per consumer: name suffix, help for the projection series, help

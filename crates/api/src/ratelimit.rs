@@ -2,9 +2,10 @@
 //!
 //! A client is the authenticated account (the Bearer token's subject) or,
 //! for anonymous calls, the peer IP address (IPv6 addresses by their /64,
-//! which is what one host usually gets). The peer is the TCP peer: behind a
-//! proxy or load balancer every anonymous caller shares the proxy's bucket,
-//! since forwarded headers are not trusted.
+//! which is what one host usually gets). The peer is the TCP peer, unless it
+//! is one of the `--trusted-proxy` networks: then it is the client the
+//! proxy forwards for ([`crate::proxy`]). Without trusted proxies, behind a
+//! load balancer every anonymous caller shares the balancer's bucket.
 //!
 //! Each bucket holds up to `burst` tokens and refills at `per_sec` tokens per
 //! second. Every GraphQL operation takes tokens, on HTTP and over the

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use crate::auth::Tokens;
 use crate::live::Live;
 use crate::metrics::RequestRegistry;
+use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimiter;
 use crate::read_cache::ReadCache;
 use crate::roles::CurrentRoles;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub cache: Arc<ReadCache>,
     /// What this process's process-manager runners are doing.
     pub consumers: marketplace_consumers::Registry,
+    /// The proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Every projection the API reads from.

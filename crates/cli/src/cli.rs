@@ -12,6 +12,7 @@ use crate::seed::SeedArgs;
 use marketplace_api::application::{shutdown_signal, Application};
 use marketplace_api::config::{EventStoreChoice, Secret, ServeRole, Settings};
 use marketplace_api::database::{connect, migrate, Database};
+use marketplace_api::proxy::{Cidr, TrustedProxies};
 use marketplace_api::ratelimit::{Limit, RateLimits};
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
@@ -66,7 +67,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "MARKETPLACE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Which parts to run: api, projector, or all.
+    /// Which parts to run: api, projector, or all. A projector serves only
+    /// /healthz, /readyz and /metrics on --listen (for probes and scraping).
     #[arg(long, value_enum, default_value = "all")]
     role: ServeRole,
     /// Key that signs login tokens: at least 32 bytes, and not a placeholder
@@ -105,7 +107,8 @@ pub struct ServeArgs {
     rate_limit_anon_burst: u32,
     /// Rate limit per client IP for anonymous calls: sustained requests per
     /// second. 0 disables the anonymous limit. The IP is the TCP peer, so
-    /// behind a proxy all anonymous callers share one bucket.
+    /// behind a proxy all anonymous callers share one bucket unless the
+    /// proxy is a --trusted-proxy.
     #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ANON_PER_SEC", default_value_t = 10.0,
           value_parser = non_negative_rate)]
     rate_limit_anon_per_sec: f64,
@@ -130,6 +133,17 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_LOGIN_PER_CLIENT_PER_SEC", default_value_t = 0.2,
           value_parser = non_negative_rate)]
     login_per_client_per_sec: f64,
+    /// A load balancer or ingress whose X-Forwarded-For is believed, as a
+    /// CIDR (10.0.0.0/8, fd00::/8, or one address); repeat it, or give a
+    /// comma-separated list. A request from one of them is keyed (for the
+    /// anonymous rate limit and the login throttle) by the right-most
+    /// X-Forwarded-For address that is not itself a trusted proxy; from any
+    /// other peer the header is ignored, so clients cannot spoof it. Unset:
+    /// the TCP peer is the client.
+    #[arg(long = "trusted-proxy", visible_alias = "trusted-proxies", value_name = "CIDR",
+          env = "MARKETPLACE_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = Cidr::parse)]
+    trusted_proxies: Vec<Cidr>,
 }
 
 fn non_negative_rate(s: &str) -> Result<f64, String> {
@@ -337,18 +351,59 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
                 per_sec: args.login_per_client_per_sec,
             },
         },
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies),
     };
     let result = async {
         let app = Application::build(settings).await?;
-        match app.local_addr() {
-            Some(addr) => {
+        match (app.local_addr(), args.role) {
+            (Some(addr), ServeRole::Projector) => println!(
+                "marketplace projector running (no API in this process); /healthz, /readyz and /metrics on http://{addr}"
+            ),
+            (Some(addr), ServeRole::Api | ServeRole::All) => {
                 println!("marketplace listening on http://{addr}/graphql (open it in a browser for GraphiQL)");
             }
-            None => println!("marketplace projector running (no API in this process)"),
+            (None, _) => println!("marketplace running"),
         }
         app.run_until_stopped(shutdown_signal()).await
     }
     .await;
     db.shutdown().await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(argv)?;
+        match cli.command {
+            Some(Command::Serve(args)) => Ok(args),
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_repeatable_and_comma_separated() {
+        let args = serve_args(&[
+            "marketplace",
+            "serve",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxies",
+            "fd00::/8,192.0.2.1",
+        ])
+        .expect("parses");
+        let shown: Vec<String> = args.trusted_proxies.iter().map(Cidr::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
+        let none = serve_args(&["marketplace", "serve"]).expect("parses");
+        assert!(none.trusted_proxies.is_empty(), "none by default");
+    }
+
+    #[test]
+    fn a_malformed_trusted_proxy_is_refused() {
+        let err = serve_args(&["marketplace", "serve", "--trusted-proxy", "10.1.2.3/8"])
+            .expect_err("host bits set");
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+    }
 }

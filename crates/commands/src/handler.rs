@@ -495,8 +495,15 @@ impl CommandHandler {
                     return replay(record, key);
                 }
             }
-            let loaded = self.load::<A>(id).await?;
-            let events = match loaded.state.decide(command) {
+            let (mut loaded, verified) = self.for_decision::<A>(id, &stream, attempt).await?;
+            let mut decision = loaded.state.decide(command);
+            // Appending nothing, or refusing, is checked by no append: taken
+            // on a state read to the stream's end.
+            if !verified && !matches!(&decision, Ok(events) if !events.is_empty()) {
+                loaded = self.load::<A>(id).await?;
+                decision = loaded.state.decide(command);
+            }
+            let events = match decision {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A duplicate may have committed between the key check and
@@ -569,7 +576,7 @@ impl CommandHandler {
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict; reloading");
                     self.stats.conflict(A::CATEGORY);
-                    if attempt < self.retry.max_attempts {
+                    if verified && attempt < self.retry.max_attempts {
                         self.stats.retry(A::CATEGORY);
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
@@ -604,28 +611,21 @@ impl CommandHandler {
     ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
         for attempt in 1..=self.retry.max_attempts {
-            let loaded = self.load::<A>(id).await?;
-            let base = loaded.revision;
-            let mut state = loaded.state;
-            let mut revision = base;
-            let mut outcomes = Vec::with_capacity(commands.len());
-            let mut new_events = Vec::new();
-            for (ctx, command) in commands {
-                match state.decide(command) {
-                    Ok(events) => {
-                        for (i, e) in events.iter().enumerate() {
-                            new_events.push(to_new_event(e, ctx, ctx.event_id(&stream, i))?);
-                        }
-                        if !events.is_empty() {
-                            let n = events.len() as u64;
-                            revision = Some(revision.map_or(n - 1, |r| r + n));
-                        }
-                        state = events.iter().fold(state, |s, e| s.evolve(e));
-                        outcomes.push(Ok(()));
-                    }
-                    Err(refusal) => outcomes.push(Err(refusal)),
+            let (mut loaded, mut verified) = self.for_decision::<A>(id, &stream, attempt).await?;
+            let (base, state, revision, outcomes, new_events) = loop {
+                let base = loaded.revision;
+                let decided = Self::decide_all(&stream, loaded.state, base, commands)?;
+                // A batch that appends nothing is checked by no append:
+                // decided again on a state read to the stream's end. One
+                // that appends is, refusals and no-ops included: the
+                // expected revision proves the state was the latest.
+                if !verified && decided.3.is_empty() {
+                    loaded = self.load::<A>(id).await?;
+                    verified = true;
+                    continue;
                 }
-            }
+                break (base, decided.0, decided.1, decided.2, decided.3);
+            };
             let count = |outcomes: &[Result<(), A::Error>]| {
                 for o in outcomes {
                     self.stats.outcome(
@@ -681,7 +681,9 @@ impl CommandHandler {
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict on a batch; reloading");
                     self.stats.conflict(A::CATEGORY);
-                    if attempt < self.retry.max_attempts {
+                    // A cached state another process moved past: reload at
+                    // once. A race lost on the latest state: back off.
+                    if verified && attempt < self.retry.max_attempts {
                         self.stats.retry(A::CATEGORY);
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
@@ -693,6 +695,59 @@ impl CommandHandler {
             stream,
             attempts: self.retry.max_attempts,
         })
+    }
+
+    /// The aggregate to decide on, and whether it is known to be the
+    /// stream's latest state: on a first attempt the cached state alone,
+    /// without reading the tail (an append of what is decided is checked
+    /// by its expected revision anyway); otherwise, or on a miss, a load.
+    async fn for_decision<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: &StreamId,
+        attempt: u32,
+    ) -> Result<(Loaded<A>, bool), LoadError> {
+        if attempt == 1 {
+            if let Some((state, revision, position)) = self.cache.get::<A>(stream) {
+                let loaded = Loaded {
+                    state,
+                    revision: Some(revision),
+                    position,
+                };
+                return Ok((loaded, false));
+            }
+        }
+        Ok((self.load::<A>(id).await?, true))
+    }
+
+    /// Decides `commands` one after another from `state` at `revision`:
+    /// (state after, revision after, each outcome, the events to append).
+    #[expect(clippy::type_complexity, reason = "a private tuple of one call site")]
+    fn decide_all<A: Aggregate>(
+        stream: &StreamId,
+        mut state: A,
+        mut revision: Option<u64>,
+        commands: &[(CommandContext, A::Command)],
+    ) -> Result<(A, Option<u64>, Vec<Result<(), A::Error>>, Vec<NewEvent>), CodecError> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut new_events = Vec::new();
+        for (ctx, command) in commands {
+            match state.decide(command) {
+                Ok(events) => {
+                    for (i, e) in events.iter().enumerate() {
+                        new_events.push(to_new_event(e, ctx, ctx.event_id(stream, i))?);
+                    }
+                    if !events.is_empty() {
+                        let n = events.len() as u64;
+                        revision = Some(revision.map_or(n - 1, |r| r + n));
+                    }
+                    state = events.iter().fold(state, |s, e| s.evolve(e));
+                    outcomes.push(Ok(()));
+                }
+                Err(refusal) => outcomes.push(Err(refusal)),
+            }
+        }
+        Ok((state, revision, outcomes, new_events))
     }
 
     /// Appends, re-sending the very same events (same ids, so idempotent) when
@@ -1252,6 +1307,87 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(stored.len(), before.len() + 2);
+    }
+
+    /// Two processes (handlers with their own caches) on one log: what one
+    /// decides on its cached state without reading the tail is right even
+    /// when the other moved the stream on.
+    #[tokio::test]
+    async fn decisions_on_a_stale_cache_are_checked_or_taken_again() {
+        let store = InMemoryEventStore::new();
+        let (a, b) = (
+            CommandHandler::new(Arc::new(store.clone())),
+            CommandHandler::new(Arc::new(store.clone())),
+        );
+        let (id, _) = on_sale(&a).await;
+        let take = |order: Uuid, units: u32| {
+            ListingCommand::Reserve(marketplace_domain::listing::ReserveStock {
+                order_id: marketplace_domain::values::OrderId(order),
+                buyer_id: AccountId(Uuid::now_v7()),
+                quantity: Quantity(units),
+                at: Utc::now(),
+            })
+        };
+        let release = |order: Uuid| {
+            ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
+                order_id: marketplace_domain::values::OrderId(order),
+                outcome: marketplace_domain::listing::ReservationOutcome::Released,
+                at: Utc::now(),
+            })
+        };
+        let ctx = || CommandContext::new("test");
+        // A appends: its state would append; B took all the stock meanwhile
+        // (A's cache does not know): the append conflicts, A reloads and
+        // refuses.
+        let big = Uuid::now_v7();
+        b.execute::<Listing>(id, &ctx(), &take(big, 100))
+            .await
+            .expect("B takes it all");
+        let refused = a
+            .execute::<Listing>(id, &ctx(), &take(Uuid::now_v7(), 1))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(CommandError::Rejected(ListingError::OutOfStock {
+                    available: 0,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        // A's cache now says sold out; B releases: A's refusal on the cached
+        // state is taken again on the latest and it reserves.
+        b.execute::<Listing>(id, &ctx(), &release(big))
+            .await
+            .expect("B releases");
+        let order = Uuid::now_v7();
+        let done = a
+            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .await
+            .expect("A reserves");
+        assert_eq!((done.appended, done.state.available()), (1, 99));
+        // A's cache says `order` holds a unit; B releases it: A's no-op on
+        // the cached state is taken again and reserves anew.
+        b.execute::<Listing>(id, &ctx(), &release(order))
+            .await
+            .expect("B releases");
+        let again = a
+            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .await
+            .expect("A reserves again");
+        assert_eq!((again.appended, again.state.available()), (1, 99));
+        // The same in a batch that appends nothing on the cached state.
+        b.execute::<Listing>(id, &ctx(), &release(order))
+            .await
+            .expect("B releases");
+        let outcomes = a
+            .execute_many::<Listing>(id, &[(ctx(), take(order, 1))])
+            .await
+            .expect("batch");
+        assert_eq!(outcomes, vec![Ok(())]);
+        let state = b.load::<Listing>(id).await.expect("load").state;
+        assert_eq!((state.reserved.len(), state.available()), (1, 99));
     }
 
     #[tokio::test]

@@ -167,20 +167,26 @@ impl CheckoutSaga {
         };
         let ctx = CommandContext::caused_by(trigger, NAME, "verdict");
         let verdict = OrderCommand::CompleteCheckout(CompleteCheckout { outcome, at: now });
-        match self
+        let recorded = match self
             .handler
             .execute::<Order>(order_id.0, &ctx, &verdict)
             .await
         {
-            Ok(_) => {}
+            // Ours stands: the state it left says which.
+            Ok(done) if done.appended > 0 => Some(done.state.status),
+            Ok(_) => None,
             // Decided meanwhile by another instance: its verdict stands.
             Err(CommandError::Rejected(e)) => {
-                tracing::info!(order = %order_id, error = %e, "checkout verdict already recorded")
+                tracing::info!(order = %order_id, error = %e, "checkout verdict already recorded");
+                None
             }
             Err(e) => return Err(ProcessError::command(e)),
-        }
+        };
         check_fault(&self.fault, "after-verdict")?;
-        let status = self.status(placed).await?;
+        let status = match recorded {
+            Some(status) => status,
+            None => self.status(placed).await?,
+        };
         if status == OrderStatus::Rejected {
             self.compensate(trigger, placed).await?;
         }

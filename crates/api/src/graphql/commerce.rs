@@ -149,7 +149,9 @@ fn account_error(e: AccountError) -> ApiError {
         AccountError::NonPositiveAmount | AccountError::AmountTooLarge => {
             ApiError::BadUserInput(e.to_string())
         }
-        AccountError::InsufficientFunds { .. } => ApiError::Conflict(e.to_string()),
+        AccountError::InsufficientFunds { .. } | AccountError::NoEscrow => {
+            ApiError::Conflict(e.to_string())
+        }
         AccountError::AlreadyRegistered => ApiError::Conflict(e.to_string()),
         AccountError::AdminNotSelfAssignable => ApiError::Forbidden(e.to_string()),
     }

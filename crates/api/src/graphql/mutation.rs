@@ -76,7 +76,8 @@ pub(crate) fn listing_error(e: ListingError) -> ApiError {
         ListingError::NotPublished
         | ListingError::NotAvailable
         | ListingError::OwnListing
-        | ListingError::OutOfStock { .. } => ApiError::Conflict(e.to_string()),
+        | ListingError::OutOfStock { .. }
+        | ListingError::NoReservation => ApiError::Conflict(e.to_string()),
     }
 }
 

@@ -359,7 +359,8 @@ impl CheckoutSaga {
             .execute::<Account>(placed.buyer_id.0, &ctx, &refund)
             .await
         {
-            Ok(_) => Ok(()),
+            // Nothing was held for it (refused before the hold).
+            Ok(_) | Err(CommandError::Rejected(AccountError::NoEscrow)) => Ok(()),
             Err(e) => Err(ProcessError::command(e)),
         }
     }

@@ -28,4 +28,7 @@ pub enum AccountError {
         /// What is needed.
         required: Money,
     },
+    /// Settling an escrow that was never held.
+    #[error("no funds are held for this order")]
+    NoEscrow,
 }

@@ -5,11 +5,12 @@
 //! releases the escrow, which is then credited to the seller and the fee
 //! account; cancellation or rejection refunds it. Every step after a hold is
 //! keyed by the order, so a process manager that repeats a step after a
-//! crash changes nothing: holding what is held and settling what is not
-//! held are no-ops, and a repeated hold or credit carries the event ids it
-//! was first stored with, which the store recognises. The state keeps open
-//! escrows only, never the orders it is done with, so it does not grow
-//! with the account's history.
+//! crash changes nothing: holding what is held and settling what was
+//! settled lately are no-ops, and a repeated hold or credit carries the
+//! event ids it was first stored with, which the store recognises. The
+//! state keeps open escrows and a bounded memory of the last settled ones,
+//! never every order it is done with, so it does not grow with the
+//! account's history.
 
 mod command;
 mod error;
@@ -102,9 +103,13 @@ impl Aggregate for Account {
             }
             AccountCommand::Settle(c) => {
                 let id = self.id.ok_or(AccountError::NotFound)?;
-                // Nothing held: settled already (a repeated step).
+                // Nothing held: settled lately (a repeated step: a no-op),
+                // or never held (refused).
                 let Some(amount) = self.escrow.get(&c.order_id).cloned() else {
-                    return Ok(vec![]);
+                    if self.recently_settled.contains(&c.order_id) {
+                        return Ok(vec![]);
+                    }
+                    return Err(AccountError::NoEscrow);
                 };
                 Ok(vec![match c.outcome {
                     EscrowOutcome::Released => EscrowReleased {
@@ -169,9 +174,11 @@ impl Aggregate for Account {
             }
             AccountEvent::EscrowReleased(e) => {
                 self.escrow.remove(&e.order_id);
+                self.settled(e.order_id);
             }
             AccountEvent::EscrowRefunded(e) => {
                 self.escrow.remove(&e.order_id);
+                self.settled(e.order_id);
                 self.add(&e.amount);
             }
             AccountEvent::SaleCredited(e) => {
@@ -454,10 +461,10 @@ mod tests {
     }
 
     #[test]
-    fn settling_what_is_not_held_is_a_no_op() {
+    fn refuses_to_settle_an_escrow_never_held() {
         given::<Account>([opened()])
             .when(settle(EscrowOutcome::Released))
-            .then_events([]);
+            .then_error(AccountError::NoEscrow);
     }
 
     /// The state does not remember which orders it was credited for (it

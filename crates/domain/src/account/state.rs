@@ -1,6 +1,6 @@
 //! State of the account aggregate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,11 @@ pub struct Account {
     /// Funds held for orders not settled yet (open escrows only: the state
     /// does not grow with the orders it is done with).
     pub escrow: BTreeMap<OrderId, Money>,
+    /// The orders whose escrow was settled last (released or refunded), at
+    /// most [`Account::RECENTLY_SETTLED`]: tells a repeated step (a no-op)
+    /// from settling an escrow never held (a refusal).
+    #[serde(default)]
+    pub recently_settled: VecDeque<OrderId>,
     /// How many sales this account was credited for (payouts or fees).
     pub credits: u64,
 }
@@ -43,6 +48,16 @@ impl Account {
         Money {
             minor: self.balances.get(currency).copied().unwrap_or(0),
             currency: currency.clone(),
+        }
+    }
+
+    /// How many settled escrows an account remembers.
+    pub const RECENTLY_SETTLED: usize = 1_024;
+
+    pub(super) fn settled(&mut self, order: OrderId) {
+        self.recently_settled.push_back(order);
+        if self.recently_settled.len() > Self::RECENTLY_SETTLED {
+            self.recently_settled.pop_front();
         }
     }
 

@@ -50,4 +50,7 @@ pub enum ListingError {
         /// Units asked for.
         requested: u32,
     },
+    /// Committing a reservation that does not exist.
+    #[error("no stock is reserved for this order")]
+    NoReservation,
 }

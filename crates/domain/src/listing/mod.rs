@@ -172,10 +172,21 @@ impl Aggregate for Listing {
             }
             ListingCommand::EndReservation(c) => {
                 let id = self.id.ok_or(ListingError::NotFound)?;
-                // Nothing reserved: digital, or ended already (a repeated
-                // step). Either way there is nothing to end.
+                // Nothing reserved: digital, released (releasing is always
+                // a no-op then), or committed lately (a repeated step). A
+                // commit of a reservation that is not there is refused: the
+                // books disagree with the order.
                 let Some(&units) = self.reserved.get(&c.order_id) else {
-                    return Ok(vec![]);
+                    return match c.outcome {
+                        ReservationOutcome::Released => Ok(vec![]),
+                        ReservationOutcome::Committed
+                            if self.kind == Some(ListingKind::Digital)
+                                || self.recently_committed.contains(&c.order_id) =>
+                        {
+                            Ok(vec![])
+                        }
+                        ReservationOutcome::Committed => Err(ListingError::NoReservation),
+                    };
                 };
                 let quantity = Quantity(units);
                 Ok(vec![match c.outcome {
@@ -233,6 +244,7 @@ impl Aggregate for Listing {
             }
             ListingEvent::ReservationCommitted(e) => {
                 self.reserved.remove(&e.order_id);
+                self.committed(e.order_id);
                 self.sold = self.sold.saturating_add(e.quantity.0);
             }
         }
@@ -667,6 +679,9 @@ mod tests {
         given::<Listing>(history)
             .when(end(ORDER, ReservationOutcome::Committed))
             .then_events([]);
+        given::<Listing>(on_sale(3))
+            .when(end(ORDER, ReservationOutcome::Committed))
+            .then_error(ListingError::NoReservation);
     }
 
     #[test]
@@ -691,6 +706,25 @@ mod tests {
             (state.reserved.len(), state.sold, state.available()),
             (1, 500, 498),
             "500 orders done with, one open"
+        );
+        let mut longer = history.clone();
+        for n in 0..2_000u128 {
+            let order = OrderId(Uuid::from_u128(10_000 + n));
+            longer.push(reserved(order, 0));
+            longer.push(
+                ReservationCommitted {
+                    listing_id: ListingId(Uuid::from_u128(42)),
+                    order_id: order,
+                    quantity: Quantity(0),
+                    committed_at: at(),
+                }
+                .into(),
+            );
+        }
+        assert_eq!(
+            Listing::replay(&longer).recently_committed.len(),
+            Listing::RECENTLY_COMMITTED,
+            "the memory of committed reservations is bounded"
         );
         let back = Listing::from_snapshot(state.snapshot().expect("snapshotted"));
         assert_eq!(

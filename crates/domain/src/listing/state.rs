@@ -1,6 +1,6 @@
 //! State of the listing aggregate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,12 @@ pub struct Listing {
     pub reserved: BTreeMap<OrderId, u32>,
     /// Units sold (reservations committed).
     pub sold: u32,
+    /// The orders whose reservation was committed last, at most
+    /// [`Listing::RECENTLY_COMMITTED`]: a bounded memory that tells a
+    /// repeated commit (a no-op) from committing a reservation that is not
+    /// there (a refusal: the books disagree with the order).
+    #[serde(default)]
+    pub recently_committed: VecDeque<OrderId>,
     /// Status.
     pub status: ListingStatus,
     /// Last change.
@@ -49,6 +55,16 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// How many committed reservations a listing remembers.
+    pub const RECENTLY_COMMITTED: usize = 1_024;
+
+    pub(super) fn committed(&mut self, order: OrderId) {
+        self.recently_committed.push_back(order);
+        if self.recently_committed.len() > Self::RECENTLY_COMMITTED {
+            self.recently_committed.pop_front();
+        }
+    }
+
     /// Units reserved across all orders.
     pub fn reserved_total(&self) -> u32 {
         self.reserved.values().sum()

@@ -30,6 +30,9 @@ pub struct Account {
     pub escrow: BTreeMap<OrderId, Money>,
     /// How many sales this account was credited for (payouts or fees).
     pub credits: u64,
+    /// Whether its personal data was erased.
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl Account {

@@ -21,7 +21,15 @@ pub async fn create_admin(
     display_name: &str,
 ) -> anyhow::Result<uuid::Uuid> {
     let postgres = crate::config::EventStoreChoice::Postgres;
-    create_admin_in(database_url, &postgres, master, email, password, display_name).await
+    create_admin_in(
+        database_url,
+        &postgres,
+        master,
+        email,
+        password,
+        display_name,
+    )
+    .await
 }
 
 /// [`create_admin`] with the event log in `event_store`.

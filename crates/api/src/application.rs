@@ -228,7 +228,8 @@ async fn write_anchors(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match marketplace_keys::anchor::anchor_head(&*raw, &schedule.key, chrono::Utc::now()).await {
+        match marketplace_keys::anchor::anchor_head(&*raw, &schedule.key, chrono::Utc::now()).await
+        {
             Ok(anchor) if last == Some(anchor.position) => {}
             Ok(anchor) => match crate::anchors::append_to_file(&schedule.file, &anchor) {
                 Ok(()) => last = Some(anchor.position),

@@ -175,7 +175,10 @@ pub const DEV_MASTER_KEY_FILE: &str = "master.key";
 /// `<data_dir>/master.key`, generated (mode 0600) on first use. Losing the
 /// master key makes every personal field unreadable, as if erased: a
 /// production deployment configures it from its secret store.
-pub fn master_key(configured: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<MasterKey> {
+pub fn master_key(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<MasterKey> {
     use anyhow::Context;
     if let Some(k) = configured.filter(|k| !k.trim().is_empty()) {
         return MasterKey::from_hex(k).context("MARKETPLACE_MASTER_KEY");

@@ -91,7 +91,10 @@ pub async fn open_event_store(
     master: &MasterKey,
 ) -> anyhow::Result<SealingStore> {
     let raw = open_raw_event_store(pool, choice).await?;
-    Ok(SealingStore::new(raw, Keyring::new(pool.clone(), master.clone())))
+    Ok(SealingStore::new(
+        raw,
+        Keyring::new(pool.clone(), master.clone()),
+    ))
 }
 
 /// A command handler over `store` that names email claims with the key

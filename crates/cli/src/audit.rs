@@ -5,9 +5,9 @@
 //! erasure); every other command reads them opened, as the live system
 //! does, with erased fields `null`.
 
+use anyhow::Context;
 use clap::Subcommand;
 use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, AsOf};
-use anyhow::Context;
 use marketplace_keys::anchor::{anchor_head, check as check_anchors};
 use marketplace_store::{EventStore, StreamId};
 

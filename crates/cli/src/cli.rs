@@ -11,10 +11,10 @@ use crate::projections::{self, ProjectionsCommand};
 use crate::seed::SeedArgs;
 use marketplace_api::application::{shutdown_signal, Application};
 use marketplace_api::config::{AnchorSchedule, EventStoreChoice, Secret, ServeRole, Settings};
-use marketplace_keys::{AnchorKey, MasterKey};
 use marketplace_api::database::{connect, migrate, Database};
 use marketplace_api::proxy::{Cidr, TrustedProxies};
 use marketplace_api::ratelimit::{Limit, RateLimits};
+use marketplace_keys::{AnchorKey, MasterKey};
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
 ///
@@ -65,12 +65,22 @@ pub struct DbArgs {
     /// one marketplace. Unset: a development key kept in
     /// `<data-dir>/master.key`, generated on first use. Without the key no
     /// personal data can be read.
-    #[arg(long, env = "MARKETPLACE_MASTER_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub master_key: Option<String>,
     /// The Ed25519 key (its 32-byte secret seed, 64 hex characters) that
     /// signs head anchors (`audit anchor`, `serve --anchor-every`) and
     /// whose public half `audit verify --anchor` checks them with.
-    #[arg(long, env = "MARKETPLACE_ANCHOR_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_ANCHOR_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub anchor_key: Option<String>,
 }
 
@@ -85,7 +95,9 @@ impl DbArgs {
         self.anchor_key
             .as_deref()
             .filter(|k| !k.trim().is_empty())
-            .map(|k| AnchorKey::from_hex(k).map_err(|e| anyhow::anyhow!("MARKETPLACE_ANCHOR_KEY: {e}")))
+            .map(|k| {
+                AnchorKey::from_hex(k).map_err(|e| anyhow::anyhow!("MARKETPLACE_ANCHOR_KEY: {e}"))
+            })
             .transpose()
     }
 }
@@ -189,7 +201,9 @@ fn parse_every(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 10m or 1h"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 10m or 1h"))?;
     let secs = match unit {
         "s" => n,
         "m" => n.saturating_mul(60),
@@ -380,10 +394,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .master_key
                 .as_deref()
                 .is_none_or(|k| k.trim().is_empty())
-                .then(|| cli.db.data_dir.join(marketplace_api::config::DEV_MASTER_KEY_FILE));
+                .then(|| {
+                    cli.db
+                        .data_dir
+                        .join(marketplace_api::config::DEV_MASTER_KEY_FILE)
+                });
             if let Some(path) = dev_file {
                 std::fs::write(&path, new.to_hex())?;
-                println!("the development master key in {} is replaced", path.display());
+                println!(
+                    "the development master key in {} is replaced",
+                    path.display()
+                );
             }
             println!(
                 "rotated: {} key(s) re-wrapped under master key {} ({} already were); no event was touched. Configure the new key as MARKETPLACE_MASTER_KEY everywhere.",
@@ -451,7 +472,9 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             every,
             file: args.anchor_file.clone(),
         }),
-        (Some(_), None) => anyhow::bail!("--anchor-every needs MARKETPLACE_ANCHOR_KEY (or --anchor-key)"),
+        (Some(_), None) => {
+            anyhow::bail!("--anchor-every needs MARKETPLACE_ANCHOR_KEY (or --anchor-key)")
+        }
     };
     let db = Database::acquire(db_args.database_url, &db_args.data_dir).await?;
     let jwt_secret = match configured {

@@ -568,4 +568,15 @@ mod tests {
             .expect_err("host bits set");
         assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
     }
+
+    #[test]
+    fn the_anchor_interval_takes_seconds_minutes_or_hours() {
+        let args = serve_args(&["marketplace", "serve", "--anchor-every", "10m"]).expect("parses");
+        assert_eq!(args.anchor_every, Some(Duration::from_secs(600)));
+        assert_eq!(parse_every("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_every("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_every("0s").is_err());
+        assert!(parse_every("5d").is_err());
+        assert!(serve_args(&["marketplace", "serve", "--anchor-every", "soon"]).is_err());
+    }
 }

@@ -332,3 +332,41 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
     assert_ne!(new_id, buyer_id);
     app.login(EMAIL, PASSWORD).await;
 }
+
+/// `serve --anchor-every`: the server signs the head periodically into the
+/// anchor file, and the anchors it wrote hold against the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_writes_signed_anchors_of_the_head_periodically() {
+    let dir = std::env::temp_dir().join(format!("anchors-e2e-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("anchors.jsonl");
+    let key = marketplace_keys::AnchorKey::from_hex(&"3c".repeat(32)).expect("key");
+    let app = {
+        let (key, file) = (key.clone(), file.clone());
+        marketplace_e2e::spawn_app_with(move |s| {
+            s.anchors = Some(marketplace_api::config::AnchorSchedule {
+                key,
+                every: Duration::from_millis(100),
+                file,
+            });
+        })
+        .await
+    };
+    app.register("anchored@example.com", &["BUYER"]).await;
+    let head = u64::try_from(app.head().await).expect("head");
+    let mut anchors = Vec::new();
+    wait_until("an anchor of the head", async || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        anchors = marketplace_keys::anchor::parse_file(&text).expect("anchor lines");
+        anchors.last().is_some_and(|a| a.position == head)
+    })
+    .await;
+    let store = sealing_store(&app).await;
+    let report = marketplace_keys::anchor::check(&*store.raw(), &anchors, &key.verifying_key())
+        .await
+        .expect("check");
+    assert!(report.breaks.is_empty(), "{report:?}");
+    assert_eq!(report.anchored_up_to, head);
+    assert_eq!(report.held, anchors.len());
+    std::fs::remove_dir_all(&dir).ok();
+}

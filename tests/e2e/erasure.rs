@@ -331,6 +331,41 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
         .to_owned();
     assert_ne!(new_id, buyer_id);
     app.login(EMAIL, PASSWORD).await;
+
+    // An admin may erase any account; an unknown one is not found.
+    let by_admin = app
+        .gql(
+            "mutation($id: ID!) { eraseAccount(id: $id) { consistencyToken } }",
+            json!({ "id": new_id }),
+            auth(&admin),
+        )
+        .await;
+    by_admin.data("eraseAccount.consistencyToken");
+    let unknown = app
+        .gql(
+            "mutation($id: ID!) { eraseAccount(id: $id) { consistencyToken } }",
+            json!({ "id": uuid::Uuid::now_v7().to_string() }),
+            auth(&admin),
+        )
+        .await;
+    assert_eq!(unknown.error_code(), "NOT_FOUND");
+    // Erasing again is harmless.
+    let again = app
+        .gql(
+            "mutation($id: ID!) { eraseAccount(id: $id) { consistencyToken } }",
+            json!({ "id": new_id }),
+            auth(&admin),
+        )
+        .await;
+    again.data("eraseAccount.consistencyToken");
+    let login = app
+        .gql(
+            "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+            json!({ "e": EMAIL, "p": PASSWORD }),
+            Req::default(),
+        )
+        .await;
+    assert_eq!(login.error_code(), "UNAUTHENTICATED");
 }
 
 /// `serve --anchor-every`: the server signs the head periodically into the

@@ -69,6 +69,39 @@ async fn an_anchor_catches_the_deletion_of_the_last_event_that_chains_cannot_see
     let kept = std::fs::read_to_string(&file).expect("the anchor file");
     assert_eq!(kept.lines().count(), 1);
 
+    // `--url` posts the anchor as JSON.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/anchors", listener.local_addr().expect("addr"));
+    let received = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let (mut request_line, mut length) = (String::new(), 0usize);
+        reader.read_line(&mut request_line).expect("request line");
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).expect("header");
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .expect("answer");
+        (request_line, body)
+    });
+    let posted = marketplace(&["audit", "anchor", "--url", &url], &db.url, MASTER);
+    assert!(posted.status.success(), "{}", text(&posted));
+    let (request_line, body) = received.join().expect("the server thread");
+    assert!(request_line.starts_with("POST /anchors"), "{request_line}");
+    let sent: serde_json::Value = serde_json::from_slice(&body).expect("a JSON anchor");
+    assert_eq!(sent["position"], 4);
+    assert_eq!(sent["hash"], line["hash"]);
+
     let holds = marketplace(&["audit", "verify", "--anchor", file_arg], &db.url, MASTER);
     assert!(holds.status.success(), "{}", text(&holds));
     assert!(

@@ -600,6 +600,7 @@ async fn projections_retry_names_what_it_cannot_retry_and_clears_a_failed_proces
         let out = Command::new(env!("CARGO_BIN_EXE_marketplace"))
             .args(args)
             .env("DATABASE_URL", &db.url)
+            .env("MARKETPLACE_MASTER_KEY", "0f".repeat(32))
             .env("RUST_LOG", "warn")
             .output()
             .expect("run the binary");

@@ -16,6 +16,8 @@ pub struct TestApp {
     pub base: String,
     /// The database it runs on.
     pub db: TestDatabase,
+    /// The master key it serves with (tools must use the same one).
+    pub master_key: marketplace_keys::MasterKey,
     client: reqwest::Client,
 }
 
@@ -30,6 +32,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDatabase::create().await;
     let mut settings = Settings::for_database(db.url.clone());
     tweak(&mut settings);
+    let master_key = settings.master_key.clone();
     let app = Application::build(settings)
         .await
         .expect("build the application");
@@ -38,6 +41,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         base: format!("http://{addr}"),
         db,
+        master_key,
         client: reqwest::Client::new(),
     }
 }

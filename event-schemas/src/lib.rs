@@ -16,9 +16,17 @@
 //! - [`upcast`]: the registry of upcasters (old version → current), written
 //!   as typed `v1` structs with `From<v1> for v2`.
 //!
+//! - [`personal`]: which fields of which events are personal
+//!   ([`personal::PERSONAL`]), sealing them under their owner's data key
+//!   and opening them again (`null`, i.e. erased, without the key), and
+//!   the email index key that names claim streams. The keys themselves,
+//!   and the event store that seals on append and opens on read, live in
+//!   `marketplace-keys`.
+//!
 //! `README.md` explains how to add a version and its upcaster.
 
 pub mod codec;
+pub mod personal;
 pub mod upcast;
 
 pub use codec::{decode, decode_any, encode, CodecError, Encoded};

@@ -30,7 +30,11 @@ pub static CURRENT_VERSIONS: LazyLock<Vec<(&'static str, u32)>> = LazyLock::new(
 type Step = fn(serde_json::Value) -> Result<serde_json::Value, String>;
 
 /// Every upcasting step this build knows, as `(event_type, from, step)`.
-pub const UPCASTERS: &[(&str, u32, Step)] = &[("order.placed", 1, order_placed::v1_to_v2)];
+pub const UPCASTERS: &[(&str, u32, Step)] = &[
+    ("order.placed", 1, order_placed::v1_to_v2),
+    ("account.registered", 1, account_registered::v1_to_v2),
+    ("email.claimed", 1, email_claimed::v1_to_v2),
+];
 
 /// The version this build writes for `event_type`, if it knows the type.
 pub fn current_version(event_type: &str) -> Option<u32> {
@@ -191,6 +195,116 @@ pub mod order_placed {
     }
 }
 
+/// `account.registered`: v1 stored the email, display name and password
+/// hash in the clear; v2 stores them sealed under the account's data key
+/// (see [`crate::personal`]). Upcasting runs after the store opened the
+/// sealed fields, so both versions read the same here: the step only
+/// carries the fields over. A field is `null` when its owner was erased
+/// (an erased v1 document is hidden the same way on read).
+pub mod account_registered {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    /// `account.registered` as version 1 stored it (plain text).
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V1 {
+        /// The account.
+        pub account_id: Uuid,
+        /// Its email; `null` once erased.
+        pub email: Option<String>,
+        /// Its public name; `null` once erased.
+        pub display_name: Option<String>,
+        /// Its argon2 hash; `null` once erased.
+        pub password_hash: Option<String>,
+        /// Its roles.
+        pub roles: Vec<String>,
+        /// When.
+        pub registered_at: DateTime<Utc>,
+    }
+
+    /// `account.registered` as version 2 reads once its sealed fields are
+    /// opened.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V2 {
+        /// The account.
+        pub account_id: Uuid,
+        /// Its email; `null` once erased.
+        pub email: Option<String>,
+        /// Its public name; `null` once erased.
+        pub display_name: Option<String>,
+        /// Its argon2 hash; `null` once erased.
+        pub password_hash: Option<String>,
+        /// Its roles.
+        pub roles: Vec<String>,
+        /// When.
+        pub registered_at: DateTime<Utc>,
+    }
+
+    impl From<V1> for V2 {
+        fn from(v1: V1) -> Self {
+            V2 {
+                account_id: v1.account_id,
+                email: v1.email,
+                display_name: v1.display_name,
+                password_hash: v1.password_hash,
+                roles: v1.roles,
+                registered_at: v1.registered_at,
+            }
+        }
+    }
+
+    /// The registered step: v1 document → v2 document.
+    pub fn v1_to_v2(data: serde_json::Value) -> Result<serde_json::Value, String> {
+        let v1: V1 = serde_json::from_value(data).map_err(|e| e.to_string())?;
+        serde_json::to_value(V2::from(v1)).map_err(|e| e.to_string())
+    }
+}
+
+/// `email.claimed`: v1 stored the email in the clear; v2 stores no email
+/// at all (the claim's stream name, a keyed hash of the email, is the
+/// claim). The step drops the field.
+pub mod email_claimed {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    /// `email.claimed` as version 1 stored it.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V1 {
+        /// The email; `null` once its owner was erased.
+        pub email: Option<String>,
+        /// The account holding it.
+        pub account_id: Uuid,
+        /// When.
+        pub claimed_at: DateTime<Utc>,
+    }
+
+    /// `email.claimed` as version 2 stores it.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V2 {
+        /// The account holding it.
+        pub account_id: Uuid,
+        /// When.
+        pub claimed_at: DateTime<Utc>,
+    }
+
+    impl From<V1> for V2 {
+        fn from(v1: V1) -> Self {
+            V2 {
+                account_id: v1.account_id,
+                claimed_at: v1.claimed_at,
+            }
+        }
+    }
+
+    /// The registered step: v1 document → v2 document.
+    pub fn v1_to_v2(data: serde_json::Value) -> Result<serde_json::Value, String> {
+        let v1: V1 = serde_json::from_value(data).map_err(|e| e.to_string())?;
+        serde_json::to_value(V2::from(v1)).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +450,38 @@ mod tests {
             to_current("listing.published", 0, json!({})),
             Err(CodecError::UnsupportedVersion { .. })
         ));
+    }
+
+    #[test]
+    fn a_plain_v1_registration_reads_as_version_2() {
+        let v1 = json!({
+            "account_id": "01932c4e-8a5b-7c3d-9e1f-2a3b4c5d6e7f",
+            "email": "ada@example.org",
+            "display_name": "Ada",
+            "password_hash": "$argon2id$v=19$x",
+            "roles": ["BUYER"],
+            "registered_at": "2024-10-01T08:15:42.311Z"
+        });
+        let v2 = to_current("account.registered", 1, v1.clone()).expect("upcast");
+        assert_eq!(v2, v1);
+        let mut broken = v1;
+        broken.as_object_mut().expect("object").remove("roles");
+        let err = to_current("account.registered", 1, broken).expect_err("must fail");
+        assert!(err.to_string().contains("roles"), "{err}");
+    }
+
+    #[test]
+    fn a_v1_claim_loses_its_email_on_the_way_to_version_2() {
+        let v1 = json!({
+            "email": "ada@example.org",
+            "account_id": "01932c4e-8a5b-7c3d-9e1f-2a3b4c5d6e7f",
+            "claimed_at": "2024-10-01T08:15:42.311Z"
+        });
+        let v2 = to_current("email.claimed", 1, v1).expect("upcast");
+        assert_eq!(v2.get("email"), None);
+        assert_eq!(v2["account_id"], "01932c4e-8a5b-7c3d-9e1f-2a3b4c5d6e7f");
+        let err =
+            to_current("email.claimed", 1, json!({ "email": "a@b.c" })).expect_err("must fail");
+        assert!(err.to_string().contains("account_id"), "{err}");
     }
 }

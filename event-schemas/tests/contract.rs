@@ -74,8 +74,13 @@ fn every_fixture_decodes_into_the_current_type() {
         );
         if f.version == current {
             // A current fixture is exactly what this build writes: it
-            // survives decode → encode unchanged.
-            assert_eq!(back.data, f.data, "{what}: changed by decode → encode");
+            // survives decode → encode unchanged (sealed fields compared
+            // opened: every sealing draws a fresh nonce).
+            assert_eq!(
+                support::opened(&f.event_type, current, back.data),
+                support::opened(&f.event_type, current, f.data.clone()),
+                "{what}: changed by decode → encode"
+            );
         }
     }
 }
@@ -201,6 +206,67 @@ fn every_schema_is_a_strict_draft_2020_12_document() {
             assert_eq!(listed, required, "{what}: every field is required");
         }
     }
+}
+
+/// The schemas say which fields are personal (`"x-personal": true`), and
+/// say it exactly as `personal::PERSONAL` does for the current version;
+/// a sealed fixture's personal fields hold no plain text.
+#[test]
+fn the_current_schemas_mark_exactly_the_personal_fields() {
+    use marketplace_event_schemas::personal::personal_fields;
+    for t in all_types() {
+        let version = current(t);
+        let schema = read_json(&schema_path(t, version));
+        let marked: BTreeSet<String> = schema["properties"]
+            .as_object()
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, v)| v["x-personal"] == json!(true))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let listed: BTreeSet<String> = personal_fields(t, version)
+            .map(|p| p.fields.iter().map(|f| (*f).to_owned()).collect())
+            .unwrap_or_default();
+        assert_eq!(marked, listed, "{t} v{version}: x-personal marks");
+        if let Some(p) = personal_fields(t, version) {
+            assert!(
+                p.sealed,
+                "{t} v{version}: current personal fields are sealed"
+            );
+        }
+    }
+    let v2 = read_json(&support::root().join("fixtures/account.registered/v2.json"));
+    assert!(!v2.to_string().contains("ada.lovelace"), "{v2}");
+    let plain = support::opened("account.registered", 2, v2);
+    assert_eq!(plain["email"], json!("ada.lovelace@example.org"));
+}
+
+/// The historic plain-text registration (v1) still decodes, and after an
+/// erasure (no key) reads with its personal fields erased.
+#[test]
+fn a_historic_plain_registration_decodes_and_reads_as_erased_without_its_key() {
+    use marketplace_domain::account::AccountEvent;
+    use marketplace_domain::values::Personal;
+    let v1 = read_json(&support::root().join("fixtures/account.registered/v1.json"));
+    let event: AccountEvent = decode("account.registered", 1, v1.clone()).expect("decodes");
+    let AccountEvent::Registered(r) = event else {
+        panic!("decoded into {event:?}")
+    };
+    assert_eq!(
+        r.email.known().map(|e| e.as_str().to_owned()),
+        Some("ada.lovelace@example.org".to_owned())
+    );
+    let shredded =
+        marketplace_event_schemas::personal::open("account.registered", 1, v1, None).expect("open");
+    let event: AccountEvent = decode("account.registered", 1, shredded).expect("decodes");
+    let AccountEvent::Registered(r) = event else {
+        panic!("decoded into {event:?}")
+    };
+    assert_eq!(r.email, Personal::Erased);
+    assert_eq!(r.display_name, Personal::Erased);
+    assert!(r.password_hash.is_erased());
 }
 
 /// Each event type is declared once, with one current version, and the

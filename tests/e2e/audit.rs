@@ -68,6 +68,7 @@ async fn an_admin_sees_an_order_pending_before_confirmation_and_confirmed_after(
 
     marketplace_api::admin::create_admin(
         &app.db.url,
+        &app.master_key,
         "admin@example.com",
         "admin password 1",
         "Admin",

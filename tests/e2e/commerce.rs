@@ -227,6 +227,7 @@ async fn a_purchase_goes_from_deposit_through_escrow_to_payout_and_an_approved_r
     assert_eq!(not_admin.error_code(), "FORBIDDEN");
     marketplace_api::admin::create_admin(
         &app.db.url,
+        &app.master_key,
         "admin@example.com",
         "admin password 1",
         "Admin",

@@ -5,6 +5,7 @@ mod abuse;
 mod audit;
 mod catalog;
 mod commerce;
+mod erasure;
 mod errors;
 mod flow;
 mod http;

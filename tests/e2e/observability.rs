@@ -319,6 +319,7 @@ async fn a_projector_process_serves_probes_and_metrics_but_no_graphql() {
     let app = spawn_app().await;
     let settings = Settings {
         role: ServeRole::Projector,
+        master_key: app.master_key.clone(),
         ..Settings::for_database(app.db.url.clone())
     };
     let projector = Application::build(settings).await.expect("build");

@@ -25,6 +25,7 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
 
     marketplace_api::admin::create_admin(
         &app.db.url,
+        &app.master_key,
         "admin@example.com",
         "admin password 1",
         "Admin",

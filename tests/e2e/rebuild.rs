@@ -8,7 +8,6 @@ use std::sync::Arc;
 use marketplace_e2e::{spawn_app, Req};
 use marketplace_projections::read_models::listings::ListingsProjection;
 use marketplace_projections::{Progress, ProjectorRuntime};
-use marketplace_store::PostgresEventStore;
 use serde_json::json;
 
 const CREATE: &str = "mutation($input: CreateListingInput!) {
@@ -112,7 +111,16 @@ async fn the_catalogue_is_rebuilt_while_clients_write_and_query_without_a_failed
 
     // Rebuild the catalogue into a fresh schema while all that goes on.
     let pool = app.db.pool().await;
-    let store = Arc::new(PostgresEventStore::new(pool.clone()).await.expect("store"));
+    // Through the sealing store, as every reader of the log does.
+    let store = Arc::new(
+        marketplace_api::database::open_event_store(
+            &pool,
+            &marketplace_api::config::EventStoreChoice::Postgres,
+            &app.master_key,
+        )
+        .await
+        .expect("store"),
+    );
     let runtime = ProjectorRuntime::new(pool.clone(), store, Progress::default());
     let (_keep, rx) = tokio::sync::watch::channel(false);
     let report = runtime

@@ -2,29 +2,41 @@
 
 use chrono::Utc;
 use marketplace_commands::flows::register::{register, RegisterError, Registration};
-use marketplace_commands::{CommandContext, CommandHandler};
+use marketplace_commands::CommandContext;
 use marketplace_domain::account::RegistrationChannel;
 use marketplace_domain::values::{DisplayName, Email, Role};
+use marketplace_keys::MasterKey;
 
 use crate::auth::{hash_password, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::database::{connect, migrate};
 
 /// Creates an ADMIN account through the registration flow (unique email),
 /// as the operator. Returns its id.
+/// `master` must be the master key the marketplace serves with.
 pub async fn create_admin(
     database_url: &str,
+    master: &MasterKey,
     email: &str,
     password: &str,
     display_name: &str,
 ) -> anyhow::Result<uuid::Uuid> {
     let postgres = crate::config::EventStoreChoice::Postgres;
-    create_admin_in(database_url, &postgres, email, password, display_name).await
+    create_admin_in(
+        database_url,
+        &postgres,
+        master,
+        email,
+        password,
+        display_name,
+    )
+    .await
 }
 
 /// [`create_admin`] with the event log in `event_store`.
 pub async fn create_admin_in(
     database_url: &str,
     event_store: &crate::config::EventStoreChoice,
+    master: &MasterKey,
     email: &str,
     password: &str,
     display_name: &str,
@@ -38,8 +50,8 @@ pub async fn create_admin_in(
     let password_hash = hash_password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = connect(database_url, 4).await?;
     migrate(&pool).await?;
-    let store = crate::database::open_event_store(&pool, event_store).await?;
-    let handler = CommandHandler::new(store);
+    let store = crate::database::open_event_store(&pool, event_store, master).await?;
+    let handler = crate::database::command_handler(&store).await?;
     let registered = register(
         &handler,
         &CommandContext::new("operator"),

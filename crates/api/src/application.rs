@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marketplace_commands::process;
-use marketplace_commands::CommandHandler;
 use marketplace_consumers::{Registry, Runner};
 use marketplace_projections::{builds, Progress, ProjectorRuntime};
 use sqlx::PgPool;
@@ -52,7 +51,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect(&settings.database_url, 32).await?;
         migrate(&pool).await?;
-        let store = open_event_store(&pool, &settings.event_store).await?;
+        let sealing = open_event_store(&pool, &settings.event_store, &settings.master_key).await?;
+        let store: Arc<dyn marketplace_store::EventStore> = Arc::new(sealing.clone());
         let progress = Progress::default();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -74,7 +74,7 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        let handler = CommandHandler::new(store.clone());
+        let handler = crate::database::command_handler(&sealing).await?;
         let consumers = Registry::default();
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
@@ -112,7 +112,11 @@ impl Application {
             consistency_wait: settings.consistency_wait,
             consumers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
+            keyring: sealing.keyring().clone(),
         };
+        if let Some(schedule) = settings.anchors.clone() {
+            tasks.spawn(write_anchors(sealing.raw(), schedule, stop_rx.clone()));
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -207,4 +211,32 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `serve --anchor-every`: signs the log's head every `schedule.every` and
+/// appends the anchor to `schedule.file` (a head already anchored is not
+/// signed again). Failures are logged and retried at the next tick.
+async fn write_anchors(
+    raw: Arc<dyn marketplace_store::EventStore>,
+    schedule: crate::config::AnchorSchedule,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(schedule.every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match marketplace_keys::anchor::anchor_head(&*raw, &schedule.key, chrono::Utc::now()).await
+        {
+            Ok(anchor) if last == Some(anchor.position) => {}
+            Ok(anchor) => match crate::anchors::append_to_file(&schedule.file, &anchor) {
+                Ok(()) => last = Some(anchor.position),
+                Err(e) => tracing::warn!(error = %e, "could not write an anchor"),
+            },
+            Err(marketplace_keys::anchor::AnchorError::EmptyLog) => {}
+            Err(e) => tracing::warn!(error = %e, "could not anchor the log's head"),
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marketplace_domain::values::FeeRate;
+use marketplace_keys::{AnchorKey, MasterKey};
 
 use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimits;
@@ -149,6 +150,71 @@ pub struct Settings {
     /// Load balancers and ingresses whose `X-Forwarded-For` is believed
     /// (empty: anonymous callers are keyed by the TCP peer).
     pub trusted_proxies: TrustedProxies,
+    /// The master key that wraps every data key (see [`master_key`]).
+    pub master_key: MasterKey,
+    /// Periodic signed head anchors (`serve --anchor-every`), if any.
+    pub anchors: Option<AnchorSchedule>,
+}
+
+/// Where and how often `serve` writes signed head anchors.
+#[derive(Clone, Debug)]
+pub struct AnchorSchedule {
+    /// The signing key.
+    pub key: AnchorKey,
+    /// How often.
+    pub every: Duration,
+    /// The anchor file lines are appended to.
+    pub file: PathBuf,
+}
+
+/// The file a development master key is kept in, under the data directory.
+pub const DEV_MASTER_KEY_FILE: &str = "master.key";
+
+/// The master key: the configured one (`MARKETPLACE_MASTER_KEY`, 64 hex
+/// characters), or else the development key kept in
+/// `<data_dir>/master.key`, generated (mode 0600) on first use. Losing the
+/// master key makes every personal field unreadable, as if erased: a
+/// production deployment configures it from its secret store.
+pub fn master_key(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<MasterKey> {
+    use anyhow::Context;
+    if let Some(k) = configured.filter(|k| !k.trim().is_empty()) {
+        return MasterKey::from_hex(k).context("MARKETPLACE_MASTER_KEY");
+    }
+    let path = data_dir.join(DEV_MASTER_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return MasterKey::from_hex(&text).with_context(|| format!("{}", path.display()));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("could not create {}", data_dir.display()))?;
+    let key = MasterKey::generate();
+    write_private(&path, &key.to_hex())?;
+    tracing::warn!(
+        file = %path.display(),
+        "MARKETPLACE_MASTER_KEY is unset: generated a development master key; keep the file, \
+         without it no personal data can be read"
+    );
+    Ok(key)
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("could not write {}", path.display()))
 }
 
 impl Settings {
@@ -167,6 +233,8 @@ impl Settings {
             fee: FeeRate::DEFAULT,
             rate_limits: RateLimits::DISABLED,
             trusted_proxies: TrustedProxies::default(),
+            master_key: MasterKey::generate(),
+            anchors: None,
         }
     }
 }

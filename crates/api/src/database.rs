@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use marketplace_embedded_postgres::EmbeddedPostgres;
+use marketplace_keys::{Keyring, MasterKey, SealingStore};
 use marketplace_store::{EventStore, KurrentDbEventStore, PostgresEventStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -69,17 +70,50 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .context("could not connect to PostgreSQL")
 }
 
-/// Applies every migration: event store first, then read models.
+/// Applies every migration: event store first, then the key table, then
+/// read models.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     marketplace_store::postgres::migrate(pool).await?;
+    marketplace_keys::migrate(pool).await?;
     marketplace_projections::migrate(pool).await?;
     marketplace_commands::process::migrate(pool).await?;
     Ok(())
 }
 
-/// Opens the event store `choice` names: the Postgres one on `pool`, or a
-/// KurrentDB (connected lazily; the read models stay on `pool`).
+/// Opens the event store `choice` names, behind the [`SealingStore`] that
+/// seals personal fields on append and opens them on read with the data
+/// keys on `pool` (wrapped by `master`). Everything reads and writes the
+/// log through it; only `audit verify` and anchors read
+/// [`SealingStore::raw`].
 pub async fn open_event_store(
+    pool: &PgPool,
+    choice: &EventStoreChoice,
+    master: &MasterKey,
+) -> anyhow::Result<SealingStore> {
+    let raw = open_raw_event_store(pool, choice).await?;
+    Ok(SealingStore::new(
+        raw,
+        Keyring::new(pool.clone(), master.clone()),
+    ))
+}
+
+/// A command handler over `store` that names email claims with the key
+/// table's email index key.
+pub async fn command_handler(
+    store: &SealingStore,
+) -> anyhow::Result<marketplace_commands::CommandHandler> {
+    let index = store
+        .keyring()
+        .email_index_key()
+        .await
+        .context("could not read the email index key")?;
+    Ok(marketplace_commands::CommandHandler::new(Arc::new(store.clone())).with_email_index(index))
+}
+
+/// Opens the event store `choice` names: the Postgres one on `pool`, or a
+/// KurrentDB (connected lazily; the read models stay on `pool`). Events
+/// come as stored: personal fields sealed.
+pub async fn open_raw_event_store(
     pool: &PgPool,
     choice: &EventStoreChoice,
 ) -> anyhow::Result<Arc<dyn EventStore>> {

@@ -34,10 +34,16 @@
 //! - [`auth`]: argon2 password hashing and JWT tokens.
 //! - [`admin`]: operator actions that never go through the public API
 //!   (creating an ADMIN account).
-//! - [`config`], [`database`] (`DATABASE_URL` or the embedded cluster,
-//!   migrations, the event store), [`state`], [`telemetry`].
+//! - [`anchors`]: where signed head anchors go (a file).
+//! - [`config`] (the master key: `MARKETPLACE_MASTER_KEY`, or a development
+//!   key generated under the data directory), [`database`] (`DATABASE_URL`
+//!   or the embedded cluster, migrations, the event store behind the
+//!   sealing store of `marketplace-keys`), [`state`], [`telemetry`].
+//! - `graphql::erasure`: `eraseAccount`, crypto-shredding for the owner or
+//!   an ADMIN.
 
 pub mod admin;
+pub mod anchors;
 pub mod application;
 pub mod auth;
 pub mod config;

@@ -60,7 +60,8 @@ impl CurrentRoles {
             .load::<Account>(account)
             .await
             .map_err(|e| e.to_string())?;
-        let roles: Arc<[Role]> = if loaded.state.id.is_some() {
+        // An erased account keeps its money and orders but acts no more.
+        let roles: Arc<[Role]> = if loaded.state.id.is_some() && !loaded.state.erased {
             loaded.state.roles.clone().into()
         } else {
             Arc::from(Vec::new())
@@ -71,6 +72,11 @@ impl CurrentRoles {
         }
         cache.insert(account, (now, roles.clone()));
         Ok(roles)
+    }
+
+    /// Drops what is cached for `account` (after its roles changed).
+    pub fn forget(&self, account: Uuid) {
+        self.lock().remove(&account);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {

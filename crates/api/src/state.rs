@@ -46,6 +46,8 @@ pub struct AppState {
     pub consumers: marketplace_consumers::Registry,
     /// The proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// The key table (erasure destroys data keys here).
+    pub keyring: marketplace_keys::Keyring,
 }
 
 /// Every projection the API reads from.

@@ -1,8 +1,15 @@
 //! `marketplace audit …`: reading the log itself for auditors.
+//!
+//! `verify` and `anchor` read the events as stored (personal fields
+//! sealed: the chains cover the ciphertext, so they hold after an
+//! erasure); every other command reads them opened, as the live system
+//! does, with erased fields `null`.
 
+use anyhow::Context;
 use clap::Subcommand;
 use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, AsOf};
-use marketplace_store::StreamId;
+use marketplace_keys::anchor::{anchor_head, check as check_anchors};
+use marketplace_store::{EventStore, StreamId};
 
 use crate::bench::bar;
 use marketplace_api::database::connect;
@@ -13,10 +20,30 @@ pub enum AuditCommand {
     /// Walk the whole log (or one stream) and report every event whose hash
     /// chain breaks: edited content, a deleted event, a broken link, a
     /// missing position. Exits non-zero when any is found.
+    ///
+    /// Chains cannot tell that the newest events were cut from the end:
+    /// with --anchor, every signed anchor in FILE must still hold (its
+    /// position holds the very event it signed). Without it, the head is
+    /// reported unanchored.
     Verify {
         /// Only this stream (`<category>-<uuid>`).
         #[arg(long)]
         stream: Option<String>,
+        /// An anchor file (`audit anchor --file`, `serve --anchor-every`),
+        /// checked with the public half of MARKETPLACE_ANCHOR_KEY.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<std::path::PathBuf>,
+    },
+    /// Sign the log's head (position, last hash, time) with
+    /// MARKETPLACE_ANCHOR_KEY and print the anchor as a JSON line; keep it
+    /// away from the database. `audit verify --anchor` checks it later.
+    Anchor {
+        /// Also append it to this file.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        /// Also POST it (JSON) to this http:// URL.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// An aggregate (any type) as it stood at a moment or a log position,
     /// as JSON.
@@ -59,21 +86,72 @@ pub enum AuditCommand {
     },
 }
 
+/// The keys an audit reads with.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The master key (opening personal fields).
+    pub master: marketplace_keys::MasterKey,
+    /// The anchor key (signing and checking anchors), if configured.
+    pub anchor: Option<marketplace_keys::AnchorKey>,
+}
+
+impl Keys {
+    fn anchor(&self) -> anyhow::Result<&marketplace_keys::AnchorKey> {
+        self.anchor.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("set MARKETPLACE_ANCHOR_KEY (or --anchor-key): 64 hex characters, e.g. `openssl rand -hex 32`")
+        })
+    }
+}
+
 /// Runs an audit command against the database at `url`.
 pub async fn run(
     url: &str,
     event_store: &marketplace_api::config::EventStoreChoice,
+    keys: &Keys,
     which: AuditCommand,
 ) -> anyhow::Result<()> {
     let pool = connect(url, 4).await?;
     marketplace_api::database::migrate(&pool).await?;
-    let store = marketplace_api::database::open_event_store(&pool, event_store).await?;
+    let sealing =
+        marketplace_api::database::open_event_store(&pool, event_store, &keys.master).await?;
+    let raw = sealing.raw();
+    let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(sealing);
     let parse = |s: &str| {
         StreamId::parse(s)
             .map_err(|_| anyhow::anyhow!("{s:?} is not a stream id: use <category>-<uuid>"))
     };
     match which {
-        AuditCommand::Verify { stream } => {
+        AuditCommand::Anchor { file, url } => {
+            let anchor = anchor_head(&*raw, keys.anchor()?, chrono::Utc::now()).await?;
+            if let Some(path) = &file {
+                marketplace_api::anchors::append_to_file(path, &anchor)?;
+            }
+            if let Some(url) = &url {
+                let response = reqwest::Client::new()
+                    .post(url)
+                    .json(&anchor)
+                    .send()
+                    .await
+                    .with_context(|| format!("could not post the anchor to {url}"))?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "{url} refused the anchor: HTTP {}",
+                    response.status()
+                );
+            }
+            println!("{}", anchor.to_line());
+            Ok(())
+        }
+        AuditCommand::Verify { stream, anchor } => {
+            let store = raw;
+            let anchors = match &anchor {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("could not read {}", path.display()))?;
+                    Some(marketplace_keys::anchor::parse_file(&text)?)
+                }
+                None => None,
+            };
             let only = stream.as_deref().map(parse).transpose()?;
             let head = store.head().await?;
             let pb = bar(head.0, "verify");
@@ -94,6 +172,32 @@ pub async fn run(
             };
             pb.finish_and_clear();
             let took = started.elapsed().as_secs_f64();
+            let mut verified: Vec<String> = verified.iter().map(ToString::to_string).collect();
+            match &anchors {
+                Some(anchors) => {
+                    let key = keys.anchor()?.verifying_key();
+                    let report = check_anchors(&*store, anchors, &key).await?;
+                    verified.extend(report.breaks.iter().cloned());
+                    if report.breaks.is_empty() {
+                        println!(
+                            "anchors: {} hold; the log holds everything up to position {}",
+                            report.held, report.anchored_up_to
+                        );
+                    }
+                    if report.unanchored() > 0 {
+                        println!(
+                            "unanchored: the head (position {}) is {} position(s) past the newest anchor",
+                            report.head,
+                            report.unanchored()
+                        );
+                    }
+                }
+                None if only.is_none() => println!(
+                    "unanchored: the head (position {}) is not covered by any anchor; cutting the newest events cannot be detected without one (audit verify --anchor FILE)",
+                    head.0
+                ),
+                None => {}
+            }
             if verified.is_empty() {
                 if store.dense_positions() && only.is_none() {
                     println!(
@@ -114,7 +218,7 @@ pub async fn run(
                 for b in &verified {
                     println!("BROKEN {b}");
                 }
-                anyhow::bail!("{} break(s) in the hash chains", verified.len())
+                anyhow::bail!("{} break(s) in the hash chains or anchors", verified.len())
             }
         }
         AuditCommand::AsOf {
@@ -182,6 +286,7 @@ pub async fn run(
             crate::projections::run(
                 url,
                 event_store,
+                &keys.master,
                 crate::projections::ProjectionsCommand::Verify {
                     names: Vec::new(),
                     batch,

@@ -10,10 +10,11 @@ use crate::bench::{self, BenchCommand};
 use crate::projections::{self, ProjectionsCommand};
 use crate::seed::SeedArgs;
 use marketplace_api::application::{shutdown_signal, Application};
-use marketplace_api::config::{EventStoreChoice, Secret, ServeRole, Settings};
+use marketplace_api::config::{AnchorSchedule, EventStoreChoice, Secret, ServeRole, Settings};
 use marketplace_api::database::{connect, migrate, Database};
 use marketplace_api::proxy::{Cidr, TrustedProxies};
 use marketplace_api::ratelimit::{Limit, RateLimits};
+use marketplace_keys::{AnchorKey, MasterKey};
 
 /// An event-sourced marketplace: GraphQL API, event store, projectors.
 ///
@@ -59,6 +60,46 @@ pub struct DbArgs {
         value_parser = EventStoreChoice::parse
     )]
     pub event_store: EventStoreChoice,
+    /// The master key that wraps every account's data key: 64 hex
+    /// characters (`openssl rand -hex 32`), the same for every process of
+    /// one marketplace. Unset: a development key kept in
+    /// `<data-dir>/master.key`, generated on first use. Without the key no
+    /// personal data can be read.
+    #[arg(
+        long,
+        env = "MARKETPLACE_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
+    /// The Ed25519 key (its 32-byte secret seed, 64 hex characters) that
+    /// signs head anchors (`audit anchor`, `serve --anchor-every`) and
+    /// whose public half `audit verify --anchor` checks them with.
+    #[arg(
+        long,
+        env = "MARKETPLACE_ANCHOR_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub anchor_key: Option<String>,
+}
+
+impl DbArgs {
+    /// The master key: configured, or the development key file.
+    pub fn master(&self) -> anyhow::Result<MasterKey> {
+        marketplace_api::config::master_key(self.master_key.as_deref(), &self.data_dir)
+    }
+
+    /// The anchor key, if configured.
+    pub fn anchor(&self) -> anyhow::Result<Option<AnchorKey>> {
+        self.anchor_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                AnchorKey::from_hex(k).map_err(|e| anyhow::anyhow!("MARKETPLACE_ANCHOR_KEY: {e}"))
+            })
+            .transpose()
+    }
 }
 
 /// Options of `serve`.
@@ -144,6 +185,35 @@ pub struct ServeArgs {
           env = "MARKETPLACE_TRUSTED_PROXIES", value_delimiter = ',',
           value_parser = Cidr::parse)]
     trusted_proxies: Vec<Cidr>,
+    /// Sign the log's head this often (e.g. `10m`, `1h`, `30s`) and append
+    /// the anchor to --anchor-file; needs MARKETPLACE_ANCHOR_KEY.
+    #[arg(long, env = "MARKETPLACE_ANCHOR_EVERY", value_parser = parse_every)]
+    anchor_every: Option<Duration>,
+    /// The file `--anchor-every` appends anchors to (keep it, or a copy,
+    /// away from the database: it is what proves nothing was cut).
+    #[arg(long, env = "MARKETPLACE_ANCHOR_FILE", default_value = "anchors.jsonl")]
+    anchor_file: PathBuf,
+}
+
+/// Parses `30s`, `10m`, `1h` (or bare seconds).
+fn parse_every(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 10m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the anchor interval must be above zero".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn non_negative_rate(s: &str) -> Result<f64, String> {
@@ -183,12 +253,31 @@ enum Command {
         #[command(subcommand)]
         which: crate::audit::AuditCommand,
     },
+    /// The key table: rotate the master key.
+    Keys {
+        #[command(subcommand)]
+        which: KeysCommand,
+    },
     /// Inspect, rebuild and verify the read models (projections). `serve`
     /// rebuilds a projection whose version changed on start-up by itself,
     /// without downtime.
     Projections {
         #[command(subcommand)]
         which: ProjectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Re-wrap every data key (and the email index key) under a new master
+    /// key, in one transaction; no event is touched. Then configure the
+    /// new key as MARKETPLACE_MASTER_KEY everywhere (with the development
+    /// key file, the file is replaced).
+    Rotate {
+        /// The new master key, 64 hex characters. Prefer the environment
+        /// variable, which keeps it out of shell history.
+        #[arg(long, env = "MARKETPLACE_NEW_MASTER_KEY", hide_env_values = true)]
+        new_master_key: String,
     },
 }
 
@@ -235,10 +324,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     display_name,
                 },
         }) => {
+            let master = cli.db.master()?;
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let result = marketplace_api::admin::create_admin_in(
                 &db.url,
                 &cli.db.event_store,
+                &master,
                 &email,
                 &password,
                 &display_name,
@@ -259,9 +350,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .database_url
                 .as_deref()
                 .is_some_and(|u| !u.trim().is_empty());
+            let master = cli.db.master()?;
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let result = tokio::select! {
-                r = crate::seed::run(&db.url, &args) => r,
+                r = crate::seed::run(&db.url, &master, &args) => r,
                 () = shutdown_signal() => Err(anyhow::anyhow!("interrupted: the database is partly seeded")),
             };
             db.shutdown().await?;
@@ -278,25 +370,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Audit { which }) => {
+            let keys = crate::audit::Keys {
+                master: cli.db.master()?,
+                anchor: cli.db.anchor()?,
+            };
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = crate::audit::run(&db.url, &cli.db.event_store, which).await;
+            let result = crate::audit::run(&db.url, &cli.db.event_store, &keys, which).await;
             db.shutdown().await?;
             result
         }
-        Some(Command::Projections { which }) => {
+        Some(Command::Keys {
+            which: KeysCommand::Rotate { new_master_key },
+        }) => {
+            let master = cli.db.master()?;
+            let new = MasterKey::from_hex(&new_master_key)
+                .map_err(|e| anyhow::anyhow!("MARKETPLACE_NEW_MASTER_KEY: {e}"))?;
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = projections::run(&db.url, &cli.db.event_store, which).await;
+            let result = rotate(&db.url, master, &new).await;
+            db.shutdown().await?;
+            let rotation = result?;
+            let dev_file = cli
+                .db
+                .master_key
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
+                .then(|| {
+                    cli.db
+                        .data_dir
+                        .join(marketplace_api::config::DEV_MASTER_KEY_FILE)
+                });
+            if let Some(path) = dev_file {
+                std::fs::write(&path, new.to_hex())?;
+                println!(
+                    "the development master key in {} is replaced",
+                    path.display()
+                );
+            }
+            println!(
+                "rotated: {} key(s) re-wrapped under master key {} ({} already were); no event was touched. Configure the new key as MARKETPLACE_MASTER_KEY everywhere.",
+                rotation.rewrapped,
+                new.id(),
+                rotation.already
+            );
+            Ok(())
+        }
+        Some(Command::Projections { which }) => {
+            let master = cli.db.master()?;
+            let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
+            let result = projections::run(&db.url, &cli.db.event_store, &master, which).await;
             db.shutdown().await?;
             result
         }
         Some(Command::Bench { which }) => {
             postgres_only(&cli.db.event_store, "bench")?;
+            let master = cli.db.master()?;
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
-            let result = bench::run(&db.url, which).await;
+            let result = bench::run(&db.url, &master, which).await;
             db.shutdown().await?;
             result
         }
     }
+}
+
+/// `keys rotate`: re-wraps the key table under `new`.
+async fn rotate(
+    url: &str,
+    master: MasterKey,
+    new: &MasterKey,
+) -> anyhow::Result<marketplace_keys::Rotation> {
+    let pool = connect(url, 2).await?;
+    migrate(&pool).await?;
+    let rotation = marketplace_keys::Keyring::new(pool.clone(), master)
+        .rotate(new)
+        .await;
+    pool.close().await;
+    Ok(rotation?)
 }
 
 /// `seed` and `bench` measure and count the Postgres events table itself.
@@ -316,6 +464,18 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(|s| Secret::for_jwt(s).map_err(anyhow::Error::msg))
         .transpose()?;
+    let master_key = db_args.master()?;
+    let anchors = match (args.anchor_every, db_args.anchor()?) {
+        (None, _) => None,
+        (Some(every), Some(key)) => Some(AnchorSchedule {
+            key,
+            every,
+            file: args.anchor_file.clone(),
+        }),
+        (Some(_), None) => {
+            anyhow::bail!("--anchor-every needs MARKETPLACE_ANCHOR_KEY (or --anchor-key)")
+        }
+    };
     let db = Database::acquire(db_args.database_url, &db_args.data_dir).await?;
     let jwt_secret = match configured {
         Some(s) => s,
@@ -352,6 +512,8 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             },
         },
         trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+        master_key,
+        anchors,
     };
     let result = async {
         let app = Application::build(settings).await?;
@@ -405,5 +567,16 @@ mod tests {
         let err = serve_args(&["marketplace", "serve", "--trusted-proxy", "10.1.2.3/8"])
             .expect_err("host bits set");
         assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+    }
+
+    #[test]
+    fn the_anchor_interval_takes_seconds_minutes_or_hours() {
+        let args = serve_args(&["marketplace", "serve", "--anchor-every", "10m"]).expect("parses");
+        assert_eq!(args.anchor_every, Some(Duration::from_secs(600)));
+        assert_eq!(parse_every("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_every("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_every("0s").is_err());
+        assert!(parse_every("5d").is_err());
+        assert!(serve_args(&["marketplace", "serve", "--anchor-every", "soon"]).is_err());
     }
 }

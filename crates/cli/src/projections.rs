@@ -79,12 +79,15 @@ pub enum ProjectionsCommand {
 pub async fn run(
     url: &str,
     event_store: &marketplace_api::config::EventStoreChoice,
+    master: &marketplace_keys::MasterKey,
     which: ProjectionsCommand,
 ) -> anyhow::Result<()> {
     let pool = connect(url, 8).await?;
     let result = async {
         migrate(&pool).await?;
-        let store = marketplace_api::database::open_event_store(&pool, event_store).await?;
+        let store: std::sync::Arc<dyn marketplace_store::EventStore> = std::sync::Arc::new(
+            marketplace_api::database::open_event_store(&pool, event_store, master).await?,
+        );
         let runtime = |bulk_batch: usize| {
             ProjectorRuntime::new(pool.clone(), store.clone(), Default::default()).with_config(
                 RuntimeConfig {

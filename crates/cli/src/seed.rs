@@ -50,7 +50,7 @@ use marketplace_domain::values::{
     OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId, Role, Tags, Title,
     TrackingCode,
 };
-use marketplace_store::{EventStore, Position, PostgresEventStore};
+use marketplace_store::{EventStore, Position};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -922,7 +922,8 @@ async fn refuse_if_seeded(handler: &CommandHandler, args: &SeedArgs) -> anyhow::
     }
     for email in emails {
         let parsed = Email::parse(&email)?;
-        let claim = handler.load::<EmailClaim>(claim_id(&parsed)).await?;
+        let stream = claim_id(&handler.email_index().digest(&parsed));
+        let claim = handler.load::<EmailClaim>(stream).await?;
         if claim.state.claimant.is_some() {
             return Err(AlreadySeeded { email }.into());
         }
@@ -1077,7 +1078,12 @@ async fn count_events(pool: &PgPool) -> anyhow::Result<u64> {
 /// Seeds the database at `database_url` (migrating it first), with the
 /// checkout saga and payout process running in this process. Refuses with
 /// [`AlreadySeeded`], writing nothing, if the database was seeded before.
-pub async fn run(database_url: &str, args: &SeedArgs) -> anyhow::Result<SeedReport> {
+/// `master` must be the master key the marketplace serves with.
+pub async fn run(
+    database_url: &str,
+    master: &marketplace_keys::MasterKey,
+    args: &SeedArgs,
+) -> anyhow::Result<SeedReport> {
     let started = Instant::now();
     let n = args.password.chars().count();
     if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
@@ -1089,24 +1095,27 @@ pub async fn run(database_url: &str, args: &SeedArgs) -> anyhow::Result<SeedRepo
     let concurrency = args.concurrency.max(1);
     let pool_size = u32::try_from(concurrency.saturating_mul(2).clamp(8, 40)).unwrap_or(40) + 4;
     let pool = connect(database_url, pool_size).await?;
-    let result = seed(&pool, args, concurrency, started).await;
+    let result = seed(&pool, master, args, concurrency, started).await;
     pool.close().await;
     result
 }
 
 async fn seed(
     pool: &PgPool,
+    master: &marketplace_keys::MasterKey,
     args: &SeedArgs,
     concurrency: usize,
     started: Instant,
 ) -> anyhow::Result<SeedReport> {
     migrate(pool).await?;
-    let store: Arc<dyn EventStore> = Arc::new(
-        PostgresEventStore::new(pool.clone())
-            .await
-            .context("could not start the event store")?,
-    );
-    let handler = CommandHandler::new(store.clone());
+    let sealing = marketplace_api::database::open_event_store(
+        pool,
+        &marketplace_api::config::EventStoreChoice::Postgres,
+        master,
+    )
+    .await?;
+    let handler = marketplace_api::database::command_handler(&sealing).await?;
+    let store: Arc<dyn EventStore> = Arc::new(sealing);
     refuse_if_seeded(&handler, args).await?;
     let events_before = count_events(pool).await?;
 

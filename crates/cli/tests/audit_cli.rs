@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use marketplace_api::{Application, Settings};
 use marketplace_cli::seed::{self, SeedArgs};
 use marketplace_embedded_postgres::testdb::TestDatabase;
+use marketplace_keys::MasterKey;
 use marketplace_projections::ProjectionState;
 use marketplace_store::{EventStore, PostgresEventStore};
 
-fn marketplace(args: &[&str], database_url: &str) -> Output {
+fn marketplace(args: &[&str], database_url: &str, master: &MasterKey) -> Output {
     Command::new(env!("CARGO_BIN_EXE_marketplace"))
         .args(args)
         .args(["--database-url", database_url])
+        .env("MARKETPLACE_MASTER_KEY", master.to_hex())
         .env("RUST_LOG", "warn")
         .output()
         .expect("run the binary")
@@ -37,8 +39,10 @@ async fn replay_check_passes_on_a_served_database_and_names_a_tampered_table() {
     marketplace_api::telemetry::init_for_tests();
     let db = TestDatabase::create().await;
     // A realistic log: orders in every state, payouts, moderated reviews.
+    let master = marketplace_keys::MasterKey::generate();
     seed::run(
         &db.url,
+        &master,
         &SeedArgs {
             sellers: 3,
             listings_per_seller: 4,
@@ -53,9 +57,12 @@ async fn replay_check_passes_on_a_served_database_and_names_a_tampered_table() {
     .expect("seed");
 
     // Serve it: the projectors fold the log into the live read models.
-    let app = Application::build(Settings::for_database(db.url.clone()))
-        .await
-        .expect("build");
+    let app = Application::build(Settings {
+        master_key: master.clone(),
+        ..Settings::for_database(db.url.clone())
+    })
+    .await
+    .expect("build");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -82,10 +89,10 @@ async fn replay_check_passes_on_a_served_database_and_names_a_tampered_table() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let verified = marketplace(&["audit", "verify"], &db.url);
+    let verified = marketplace(&["audit", "verify"], &db.url, &master);
     assert!(verified.status.success(), "{}", text(&verified));
 
-    let parity = marketplace(&["audit", "replay-check"], &db.url);
+    let parity = marketplace(&["audit", "replay-check"], &db.url, &master);
     assert!(parity.status.success(), "{}", text(&parity));
     assert!(
         String::from_utf8_lossy(&parity.stdout).contains("parity"),
@@ -110,7 +117,7 @@ async fn replay_check_passes_on_a_served_database_and_names_a_tampered_table() {
     .rows_affected();
     assert_eq!(changed, 1);
 
-    let differs = marketplace(&["audit", "replay-check"], &db.url);
+    let differs = marketplace(&["audit", "replay-check"], &db.url, &master);
     assert!(!differs.status.success(), "{}", text(&differs));
     let stdout = String::from_utf8_lossy(&differs.stdout);
     // That table, and only that one.

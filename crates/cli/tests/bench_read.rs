@@ -13,7 +13,8 @@ async fn every_shape_answers_data_and_no_errors_on_a_tiny_catalogue() {
     marketplace_api::telemetry::init_for_tests();
     let db = TestDatabase::create().await;
     let plan = read::seed_plan(20, 40, 6).expect("plan");
-    seed::run(&db.url, &plan).await.expect("seed");
+    let master = marketplace_keys::MasterKey::generate();
+    seed::run(&db.url, &master, &plan).await.expect("seed");
 
     // A title word and the category of a listing that stayed published: the
     // default search word and category may not occur among 20 listings.
@@ -38,7 +39,9 @@ async fn every_shape_answers_data_and_no_errors_on_a_tiny_catalogue() {
         category,
         ..ReadArgs::default()
     };
-    let report = read::measure(&db.url, &args).await.expect("measure");
+    let report = read::measure(&db.url, &master, &args)
+        .await
+        .expect("measure");
 
     let keys: Vec<&str> = report.shapes.iter().map(|s| s.key).collect();
     assert_eq!(

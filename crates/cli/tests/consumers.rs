@@ -42,6 +42,8 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("DATABASE_URL", database_url)
             .env("MARKETPLACE_JWT_SECRET", SECRET)
+            // Every process of one marketplace shares the master key.
+            .env("MARKETPLACE_MASTER_KEY", "0f".repeat(32))
             // Load tests lift the per-client limits (they have their own tests).
             .env("MARKETPLACE_RATE_LIMIT_ACCOUNT_BURST", "1000000")
             .env("MARKETPLACE_RATE_LIMIT_ACCOUNT_PER_SEC", "1000000")
@@ -598,6 +600,7 @@ async fn projections_retry_names_what_it_cannot_retry_and_clears_a_failed_proces
         let out = Command::new(env!("CARGO_BIN_EXE_marketplace"))
             .args(args)
             .env("DATABASE_URL", &db.url)
+            .env("MARKETPLACE_MASTER_KEY", "0f".repeat(32))
             .env("RUST_LOG", "warn")
             .output()
             .expect("run the binary");

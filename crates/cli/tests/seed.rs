@@ -7,14 +7,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use marketplace_cli::seed::{self, AlreadySeeded, SeedArgs};
-use marketplace_commands::CommandHandler;
 use marketplace_consumers::Envelope;
 use marketplace_domain::account::Account;
 use marketplace_domain::order::{Order, OrderStatus};
 use marketplace_domain::review::{Review, ReviewStatus};
 use marketplace_domain::Event;
 use marketplace_embedded_postgres::testdb::TestDatabase;
-use marketplace_store::{EventStore, Position, PostgresEventStore};
+use marketplace_store::{EventStore, Position};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -60,12 +59,21 @@ async fn streams(store: &dyn EventStore, of: fn(&Event) -> bool) -> BTreeSet<Uui
 async fn seeds_orders_in_every_state_and_refuses_a_second_run() {
     marketplace_api::telemetry::init_for_tests();
     let db = TestDatabase::create().await;
-    let report = seed::run(&db.url, &small()).await.expect("seed");
+    let master = marketplace_keys::MasterKey::generate();
+    let report = seed::run(&db.url, &master, &small()).await.expect("seed");
 
     let pool = db.pool().await;
-    let store: Arc<dyn EventStore> =
-        Arc::new(PostgresEventStore::new(pool.clone()).await.expect("store"));
-    let handler = CommandHandler::new(store.clone());
+    let sealing = marketplace_api::database::open_event_store(
+        &pool,
+        &marketplace_api::config::EventStoreChoice::Postgres,
+        &master,
+    )
+    .await
+    .expect("store");
+    let handler = marketplace_api::database::command_handler(&sealing)
+        .await
+        .expect("handler");
+    let store: Arc<dyn EventStore> = Arc::new(sealing);
 
     let mut orders = Vec::new();
     for id in streams(store.as_ref(), |e| matches!(e, Event::Order(_))).await {
@@ -124,7 +132,7 @@ async fn seeds_orders_in_every_state_and_refuses_a_second_run() {
 
     let before = events(&pool).await;
     assert_eq!(u64::try_from(before).expect("count"), report.events_total);
-    let err = seed::run(&db.url, &small())
+    let err = seed::run(&db.url, &master, &small())
         .await
         .expect_err("a second run is refused");
     assert!(err.downcast_ref::<AlreadySeeded>().is_some(), "{err:#}");

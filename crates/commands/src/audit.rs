@@ -4,7 +4,9 @@
 //! Events are decoded (and upcast) exactly as the live system decodes them,
 //! and folded with the aggregates' own `evolve`. Secrets never leave: the
 //! password hash in `account.registered` is redacted from the data shown,
-//! and the account state does not serialise it.
+//! and the account state does not serialise it. Personal fields arrive
+//! opened by the store (`marketplace-keys`), or `null` once their owner
+//! was erased: an audit shows them erased like every other read.
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::Account;
@@ -50,7 +52,7 @@ pub struct HistoryEntry {
 pub fn redact(event_type: &str, mut data: serde_json::Value) -> serde_json::Value {
     if event_type == "account.registered" {
         if let Some(obj) = data.as_object_mut() {
-            if obj.contains_key("password_hash") {
+            if obj.get("password_hash").is_some_and(|h| !h.is_null()) {
                 obj.insert("password_hash".into(), "<redacted>".into());
             }
         }

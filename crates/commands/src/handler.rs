@@ -9,6 +9,7 @@ use marketplace_domain::Aggregate;
 use crate::cache::AggregateCache;
 use crate::hot::{Entry, HotStreams, Waiting};
 use crate::stats::{CommandStats, Outcome};
+use marketplace_event_schemas::personal::{EmailIndexKey, SecretKey};
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
@@ -197,7 +198,13 @@ pub struct CommandHandler {
     stats: Arc<CommandStats>,
     snapshot_every: u64,
     hot: Arc<HotStreams>,
+    email_index: EmailIndexKey,
 }
+
+/// The email index key of a handler nobody gave one (in-memory unit tests
+/// only: anything that serves sets the key table's with
+/// [`CommandHandler::with_email_index`]).
+const UNCONFIGURED_EMAIL_INDEX: [u8; 32] = [0; 32];
 
 /// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
 pub const DEFAULT_CACHE_CAPACITY: usize = 50_000;
@@ -262,7 +269,21 @@ impl CommandHandler {
             stats: Arc::new(CommandStats::default()),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             hot: Arc::new(HotStreams::default()),
+            email_index: EmailIndexKey(SecretKey::from_bytes(UNCONFIGURED_EMAIL_INDEX)),
         }
+    }
+
+    /// Names email claim streams with `key` (the key table's email index
+    /// key). Every process serving one marketplace must use the same key:
+    /// the server and the tools set it from `marketplace-keys`.
+    pub fn with_email_index(mut self, key: EmailIndexKey) -> Self {
+        self.email_index = key;
+        self
+    }
+
+    /// The key that names email claim streams.
+    pub fn email_index(&self) -> &EmailIndexKey {
+        &self.email_index
     }
 
     /// Snapshots a snapshotted aggregate (`Aggregate::SNAPSHOT_VERSION` > 0)

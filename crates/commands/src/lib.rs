@@ -12,6 +12,8 @@
 //!   and the [`CommandError`] taxonomy.
 //!   [`CommandHandler::execute_idempotent`] runs a command once per client
 //!   idempotency key (recorded by the store in the append's transaction).
+//!   [`CommandHandler::with_email_index`] gives it the key that names email
+//!   claim streams (an HMAC of the email; the server sets the key table's).
 //! - [`stats`]: counters of command outcomes, conflicts and retries per
 //!   aggregate category (the API's `/metrics` reads them).
 //! - [`audit`]: a stream's history with the state after each event, and an
@@ -27,8 +29,10 @@
 //!   recognised by the store and the aggregates keep no "already done" sets.
 //! - [`flows`]: one file per use case that spans aggregates or that the API
 //!   and the tools share — registering an account (claim the email, then
-//!   open the account), finding an account to log in, pricing a new order's
-//!   lines.
+//!   open the account; an erased account's email is free again), finding
+//!   an account to log in, pricing a new order's lines. Erasure itself is
+//!   the API's (`eraseAccount`): it destroys the data key, which lives
+//!   outside this crate, then runs `AccountCommand::Erase`.
 //! - [`process`]: process managers (sagas) with their own checkpoints: the
 //!   checkout saga and the payout process, the one list of them
 //!   ([`process::managers`]), and the runner that feeds them the log.

@@ -122,7 +122,7 @@ impl Envelope {
 mod tests {
     use marketplace_domain::email_claim::{EmailClaim, EmailClaimEvent, EmailClaimed};
     use marketplace_domain::review::Review;
-    use marketplace_domain::values::{AccountId, Email};
+    use marketplace_domain::values::AccountId;
     use marketplace_domain::Aggregate;
     use serde_json::json;
 
@@ -143,12 +143,14 @@ mod tests {
 
     fn claimed() -> RecordedEvent {
         let e = EmailClaimed {
-            email: Email::parse("someone@example.com").expect("email"),
             account_id: AccountId(Uuid::now_v7()),
             claimed_at: Utc::now(),
         };
         let data = serde_json::to_value(&e).expect("encode");
-        recorded(EmailClaim::CATEGORY, "email.claimed", data)
+        RecordedEvent {
+            schema_version: 2,
+            ..recorded(EmailClaim::CATEGORY, "email.claimed", data)
+        }
     }
 
     fn poison_review() -> RecordedEvent {

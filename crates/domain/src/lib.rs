@@ -15,7 +15,8 @@
 //!   aggregate), the one list of aggregates that consumers match on, and
 //!   [`AggregateKind`], the same list without the events.
 //! - [`values`]: validated value types (ids, [`values::Email`],
-//!   [`values::Money`], …).
+//!   [`values::Money`], …), and [`values::Personal`], a personal field of
+//!   an event that reads as erased once its owner's key is destroyed.
 //! - One folder per aggregate — [`account`] (with the wallet and escrow),
 //!   [`email_claim`], [`listing`] (with stock), [`order`], [`review`] —
 //!   each with `command.rs`, `event.rs`, `state.rs`, `error.rs`, and

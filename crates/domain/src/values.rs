@@ -317,6 +317,69 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
+/// A personal field of an event (DESIGN.md §6b): its value, or `Erased`
+/// once the data key of the person it belongs to was destroyed.
+///
+/// The log stores such a field sealed under that person's data key (see
+/// `marketplace-event-schemas`' `personal` module); a decoded event
+/// carries the opened value, and the field reads as JSON `null`, hence
+/// `Erased`, once the key is gone. Decisions never depend on a personal
+/// field being known, so replaying an erased account decides the same.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Personal<T> {
+    /// The value, readable.
+    Known(T),
+    /// Crypto-shredded: the key it was sealed under no longer exists.
+    Erased,
+}
+
+impl<T> Personal<T> {
+    /// The value, if it was not erased.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Personal::Known(v) => Some(v),
+            Personal::Erased => None,
+        }
+    }
+
+    /// The value, if it was not erased.
+    pub fn into_known(self) -> Option<T> {
+        match self {
+            Personal::Known(v) => Some(v),
+            Personal::Erased => None,
+        }
+    }
+
+    /// Whether the value was erased.
+    pub fn is_erased(&self) -> bool {
+        matches!(self, Personal::Erased)
+    }
+}
+
+impl<T> From<T> for Personal<T> {
+    fn from(v: T) -> Self {
+        Personal::Known(v)
+    }
+}
+
+impl<T: Serialize> Serialize for Personal<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Personal::Known(v) => v.serialize(s),
+            Personal::Erased => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(d)? {
+            Some(v) => Personal::Known(v),
+            None => Personal::Erased,
+        })
+    }
+}
+
 /// An amount of money: integer minor units plus a currency. Never floating point.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {

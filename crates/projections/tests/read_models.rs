@@ -42,9 +42,11 @@ fn at(min: u32) -> chrono::DateTime<Utc> {
 fn account(id: Uuid, email: &str) -> AccountEvent {
     AccountRegistered {
         account_id: AccountId(id),
-        email: Email::parse(email).expect("valid"),
-        display_name: DisplayName::parse("Shop").expect("valid"),
-        password_hash: PasswordHash::from_phc("$argon2id$x".into()).expect("valid"),
+        email: Email::parse(email).expect("valid").into(),
+        display_name: DisplayName::parse("Shop").expect("valid").into(),
+        password_hash: PasswordHash::from_phc("$argon2id$x".into())
+            .expect("valid")
+            .into(),
         roles: vec![Role::Seller],
         registered_at: at(0),
     }

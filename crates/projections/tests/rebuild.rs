@@ -134,9 +134,11 @@ async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uu
             vec![
                 AccountEvent::from(AccountRegistered {
                     account_id: AccountId(id),
-                    email: Email::parse(email).expect("valid"),
-                    display_name: DisplayName::parse("Someone").expect("valid"),
-                    password_hash: PasswordHash::from_phc("$argon2id$x".into()).expect("valid"),
+                    email: Email::parse(email).expect("valid").into(),
+                    display_name: DisplayName::parse("Someone").expect("valid").into(),
+                    password_hash: PasswordHash::from_phc("$argon2id$x".into())
+                        .expect("valid")
+                        .into(),
                     roles: vec![Role::Seller, Role::Buyer],
                     registered_at: at(0),
                 }),

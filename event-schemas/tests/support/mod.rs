@@ -15,8 +15,36 @@ use marketplace_domain::listing::ListingEvent;
 use marketplace_domain::order::OrderEvent;
 use marketplace_domain::review::ReviewEvent;
 use marketplace_domain::{Event, EventSet};
+use marketplace_event_schemas::personal::{self, DataKey};
 use marketplace_event_schemas::{decode, encode, CodecError, Encoded};
 use serde_json::Value;
+
+/// The data key the sealed fixtures (`account.registered` v2) were sealed
+/// under: every fixture belongs to one made-up person.
+pub const FIXTURE_KEY: [u8; 32] = [0x42; 32];
+
+/// The fixtures' data key.
+pub fn fixture_key() -> DataKey {
+    DataKey::from_bytes(FIXTURE_KEY)
+}
+
+/// `encoded` with its personal fields sealed as the store keeps them.
+pub fn sealed(mut encoded: Encoded) -> Encoded {
+    encoded.data = personal::seal(
+        encoded.event_type,
+        encoded.schema_version,
+        encoded.data,
+        &fixture_key(),
+    )
+    .unwrap_or_else(|e| panic!("seal {}: {e}", encoded.event_type));
+    encoded
+}
+
+/// Stored `data` with its personal fields opened with the fixture key.
+pub fn opened(event_type: &str, version: u32, data: Value) -> Value {
+    personal::open(event_type, version, data, Some(&fixture_key()))
+        .unwrap_or_else(|e| panic!("open {event_type} v{version}: {e}"))
+}
 
 /// `event-schemas/`.
 pub fn root() -> PathBuf {
@@ -186,13 +214,19 @@ fn through<E: EventSet>(
 }
 
 /// Decodes stored data into the current domain type of the aggregate that
-/// owns `event_type` (upcasting when old), and encodes it again at the
-/// current version.
+/// owns `event_type` (opening its personal fields with the fixture key,
+/// upcasting when old), and encodes (and seals) it again at the current
+/// version, as the store would.
 pub fn decode_and_reencode(
     event_type: &str,
     version: u32,
     data: Value,
 ) -> Result<Encoded, CodecError> {
+    let data = opened(event_type, version, data);
+    decode_plain(event_type, version, data).map(sealed)
+}
+
+fn decode_plain(event_type: &str, version: u32, data: Value) -> Result<Encoded, CodecError> {
     if AccountEvent::TYPES.contains(&event_type) {
         through::<AccountEvent>(event_type, version, data)
     } else if EmailClaimEvent::TYPES.contains(&event_type) {

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::{
-    AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
-    SaleCredited, SaleShare,
+    AccountErased, AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited,
+    FundsHeld, SaleCredited, SaleShare,
 };
 use marketplace_domain::email_claim::{EmailClaimEvent, EmailClaimed};
 use marketplace_domain::listing::{
@@ -85,18 +85,26 @@ fn account_events() -> Vec<AccountEvent> {
     vec![
         AccountRegistered {
             account_id: buyer(),
-            email: Email::parse("  Ada.Lovelace@Example.ORG ").expect("valid email"),
-            display_name: DisplayName::parse("Ada Lovelace").expect("valid name"),
-            password_hash: hash("dGhpc2lzYXNhbHQxMjM"),
+            email: Email::parse("  Ada.Lovelace@Example.ORG ")
+                .expect("valid email")
+                .into(),
+            display_name: DisplayName::parse("Ada Lovelace")
+                .expect("valid name")
+                .into(),
+            password_hash: hash("dGhpc2lzYXNhbHQxMjM").into(),
             roles: vec![Role::Buyer],
             registered_at: at("2024-10-01T08:15:42.311Z"),
         }
         .into(),
         AccountRegistered {
             account_id: admin(),
-            email: Email::parse("moderation+eu@marketplace.example.com").expect("valid email"),
-            display_name: DisplayName::parse("Zoë — Trust & Safety").expect("valid name"),
-            password_hash: hash("YW5vdGhlcnNhbHQ0NTY"),
+            email: Email::parse("moderation+eu@marketplace.example.com")
+                .expect("valid email")
+                .into(),
+            display_name: DisplayName::parse("Zoë — Trust & Safety")
+                .expect("valid name")
+                .into(),
+            password_hash: hash("YW5vdGhlcnNhbHQ0NTY").into(),
             roles: vec![Role::Buyer, Role::Seller, Role::Admin],
             registered_at: at("2024-09-30T23:59:59.999999Z"),
         }
@@ -152,12 +160,17 @@ fn account_events() -> Vec<AccountEvent> {
             credited_at: at("2025-01-16T11:05:00.250Z"),
         }
         .into(),
+        AccountErased {
+            account_id: buyer(),
+            erased_by: admin(),
+            erased_at: at("2026-12-01T09:00:00Z"),
+        }
+        .into(),
     ]
 }
 
 fn email_claim_events() -> Vec<EmailClaimEvent> {
     vec![EmailClaimed {
-        email: Email::parse("ada.lovelace@example.org").expect("valid email"),
         account_id: buyer(),
         claimed_at: at("2024-10-01T08:15:42.311Z"),
     }
@@ -362,10 +375,12 @@ fn encoded<E: marketplace_domain::EventSet>(events: Vec<E>) -> Vec<Encoded> {
     events
         .iter()
         .map(|e| encode(e).unwrap_or_else(|err| panic!("encode {e:?}: {err}")))
+        .map(super::sealed)
         .collect()
 }
 
-/// Every sample event, encoded with the crate's codec.
+/// Every sample event, encoded with the crate's codec and its personal
+/// fields sealed (under [`super::FIXTURE_KEY`]) as the store keeps them.
 pub fn all() -> Vec<Encoded> {
     let mut out = encoded(account_events());
     out.extend(encoded(email_claim_events()));

@@ -5,6 +5,7 @@
 
 pub mod admission;
 mod commerce;
+mod erasure;
 mod mutation;
 mod query;
 mod read;
@@ -33,9 +34,14 @@ pub struct Query(
     read::AuditQuery,
 );
 
-/// Every mutation: accounts and listings, money, orders and reviews.
+/// Every mutation: accounts and listings, money, orders and reviews, and
+/// erasure.
 #[derive(MergedObject, Default, Debug)]
-pub struct Mutation(MutationRoot, commerce::CommerceMutation);
+pub struct Mutation(
+    MutationRoot,
+    commerce::CommerceMutation,
+    erasure::ErasureMutation,
+);
 
 /// The served schema.
 pub type MarketplaceSchema = Schema<Query, Mutation, SubscriptionRoot>;

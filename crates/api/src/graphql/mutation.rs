@@ -369,6 +369,7 @@ fn write_side_account(a: &marketplace_domain::account::Account) -> Account {
             })
             .collect(),
         created_at: a.registered_at.unwrap_or_default(),
+        erased: a.erased,
         email_address: a
             .email
             .as_ref()

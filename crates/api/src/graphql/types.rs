@@ -212,6 +212,9 @@ pub struct Account {
     pub roles: Vec<Role>,
     /// Opened.
     pub created_at: DateTime<Utc>,
+    /// Whether its personal data was erased (`eraseAccount`): it then shows
+    /// as "Erased account" with an empty email.
+    pub erased: bool,
     #[graphql(skip)]
     pub email_address: String,
     /// Set when the payload goes to the account's own holder (register, login).
@@ -226,7 +229,7 @@ impl Account {
         let viewer = ctx.data_opt::<Viewer>().and_then(|v| v.0.as_deref());
         let own = viewer.is_some_and(|c| c.sub.to_string() == self.id.as_str());
         let admin = viewer.is_some_and(|c| c.has(DomainRole::Admin));
-        if self.for_owner || own || admin {
+        if self.for_owner || own || admin || self.erased {
             self.email_address.clone()
         } else {
             mask_email(&self.email_address)
@@ -298,6 +301,7 @@ impl From<AccountRow> for Account {
             display_name: r.display_name,
             roles: r.roles.iter().filter_map(|s| Role::from_name(s)).collect(),
             created_at: r.created_at,
+            erased: r.erased,
             email_address: r.email,
             for_owner: false,
         }

@@ -101,9 +101,9 @@ impl Batch {
 fn account(id: Uuid, role: Role, n: usize) -> anyhow::Result<AccountEvent> {
     Ok(AccountRegistered {
         account_id: AccountId(id),
-        email: Email::parse(&format!("{}-{n}@bench.example", id.simple()))?,
-        display_name: DisplayName::parse("Bench account")?,
-        password_hash: PasswordHash::from_phc("$argon2id$bench".into())?,
+        email: Email::parse(&format!("{}-{n}@bench.example", id.simple()))?.into(),
+        display_name: DisplayName::parse("Bench account")?.into(),
+        password_hash: PasswordHash::from_phc("$argon2id$bench".into())?.into(),
         roles: vec![role],
         registered_at: Utc::now(),
     }

@@ -68,7 +68,11 @@ pub enum BenchCommand {
 }
 
 /// Runs a benchmark against the server at `url`.
-pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    master: &marketplace_keys::MasterKey,
+    which: BenchCommand,
+) -> anyhow::Result<()> {
     println!(
         "machine: {} cores; PostgreSQL at {}",
         num_cpus(),
@@ -91,7 +95,7 @@ pub async fn run(url: &str, which: BenchCommand) -> anyhow::Result<()> {
             pool.close().await;
             result
         }
-        BenchCommand::Read(args) => read::run(url, &args).await,
+        BenchCommand::Read(args) => read::run(url, master, &args).await,
         BenchCommand::Checkout(args) => checkout::run(url, &args).await,
     }
 }

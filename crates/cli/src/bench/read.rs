@@ -210,9 +210,13 @@ pub fn seed_plan(listings: usize, orders: usize, buyers: usize) -> anyhow::Resul
 
 /// Seeds (or reuses) the catalogue on the server at `server_url`, measures
 /// it, prints the figures, and fails if any shape had errors.
-pub async fn run(server_url: &str, args: &ReadArgs) -> anyhow::Result<()> {
-    let database_url = prepare(server_url, args).await?;
-    let report = measure(&database_url, args).await?;
+pub async fn run(
+    server_url: &str,
+    master: &marketplace_keys::MasterKey,
+    args: &ReadArgs,
+) -> anyhow::Result<()> {
+    let database_url = prepare(server_url, master, args).await?;
+    let report = measure(&database_url, master, args).await?;
     report.print(args);
     report.check()
 }
@@ -273,7 +277,11 @@ impl std::fmt::Display for Seeded {
 
 /// The URL of the catalogue's database, seeded now unless a whole seed of
 /// the same plan is there already.
-async fn prepare(server_url: &str, args: &ReadArgs) -> anyhow::Result<String> {
+async fn prepare(
+    server_url: &str,
+    master: &marketplace_keys::MasterKey,
+    args: &ReadArgs,
+) -> anyhow::Result<String> {
     let listings = args.listing_count();
     let plan = seed_plan(listings, args.orders, args.buyers)?;
     let expected = Seeded::of(&plan);
@@ -309,7 +317,7 @@ async fn prepare(server_url: &str, args: &ReadArgs) -> anyhow::Result<String> {
         .execute(&mut admin)
         .await?;
     println!("seeding database {name}: {expected}");
-    let report = seed::run(&with_database(server_url, &seeding), &plan).await?;
+    let report = seed::run(&with_database(server_url, &seeding), master, &plan).await?;
     println!("{report}");
     // Seeding has finished: anything still connected is a leftover of it.
     sqlx::query(
@@ -424,9 +432,14 @@ fn page_shape(key: &'static str, label: String, arguments: &str, extra: &str) ->
 
 /// Serves the catalogue at `database_url` in this process, waits for the
 /// read models, and drives every selected shape.
-pub async fn measure(database_url: &str, args: &ReadArgs) -> anyhow::Result<ReadReport> {
+pub async fn measure(
+    database_url: &str,
+    master: &marketplace_keys::MasterKey,
+    args: &ReadArgs,
+) -> anyhow::Result<ReadReport> {
     let settings = Settings {
         rate_limits: RateLimits::DISABLED,
+        master_key: master.clone(),
         ..Settings::for_database(database_url)
     };
     let app = Application::build(settings).await?;

@@ -1,21 +1,23 @@
 //! Registering an account: claim the email, then open the account.
 //!
-//! The claim stream (`email-<uuid v5 of the email>`) is what makes emails
-//! unique: two registrations racing for one email conflict on it, and the
-//! loser's retry sees the winner's claim and is refused `EmailTaken`.
+//! The claim stream (`email-<uuid of the email's keyed digest>`) is what
+//! makes emails unique: two registrations racing for one email conflict on
+//! it, and the loser's retry sees the winner's claim and is refused
+//! `EmailTaken`. A claim made before digests (a legacy stream named by the
+//! unkeyed uuid v5) still counts while its account holds the email. A claim
+//! whose account was erased is free at once.
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::{
     Account, AccountCommand, AccountError, RegisterAccount, RegistrationChannel,
 };
-use marketplace_domain::email_claim::{
-    claim_id, ClaimEmail, EmailClaim, EmailClaimCommand, EmailClaimError,
-};
+use marketplace_domain::email_claim::{ClaimEmail, EmailClaim, EmailClaimCommand, EmailClaimError};
 use marketplace_domain::values::{AccountId, DisplayName, Email, PasswordHash, Role};
 use marketplace_domain::Aggregate;
 use marketplace_store::Position;
 use uuid::Uuid;
 
+use crate::flows::find_account::claim_streams;
 use crate::handler::{CommandContext, CommandError, CommandHandler, LoadError};
 
 /// What a new account is opened with.
@@ -85,7 +87,7 @@ pub async fn register(
     now: DateTime<Utc>,
 ) -> Result<Registered, RegisterError> {
     let account_id = AccountId(Uuid::now_v7());
-    let claim_stream = claim_id(&registration.email);
+    let [claim_stream, legacy_stream] = claim_streams(handler, &registration.email);
     let command = AccountCommand::Register(RegisterAccount {
         account_id,
         email: registration.email.clone(),
@@ -101,24 +103,34 @@ pub async fn register(
         .decide(&command)
         .map_err(RegisterError::Rejected)?;
 
-    // Look up the fact the claim decision needs: does the current claimant exist?
+    // A claim from before keyed digests holds while its account holds the
+    // email (it was registered, and not erased since).
+    let legacy = handler.load::<EmailClaim>(legacy_stream).await?;
+    if let Some(holder) = legacy.state.claimant {
+        let account = handler.load::<Account>(holder.0).await?.state;
+        if account.is_registered() && !account.erased {
+            return Err(RegisterError::EmailTaken(EmailClaimError::EmailTaken));
+        }
+    }
+
+    // Look up the facts the claim decision needs: does the current
+    // claimant exist, and was it erased?
     let claim = handler.load::<EmailClaim>(claim_stream).await?;
-    let current_claimant_registered = match claim.state.claimant {
-        Some(holder) => handler
-            .load::<Account>(holder.0)
-            .await?
-            .state
-            .is_registered(),
-        None => false,
+    let (current_claimant_registered, current_claimant_erased) = match claim.state.claimant {
+        Some(holder) => {
+            let account = handler.load::<Account>(holder.0).await?.state;
+            (account.is_registered(), account.erased)
+        }
+        None => (false, false),
     };
     handler
         .execute::<EmailClaim>(
             claim_stream,
             ctx,
             &EmailClaimCommand::Claim(ClaimEmail {
-                email: registration.email.clone(),
                 account_id,
                 current_claimant_registered,
+                current_claimant_erased,
                 at: now,
             }),
         )
@@ -221,5 +233,42 @@ mod tests {
             .await
             .expect("find")
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn an_erased_accounts_email_can_register_again() {
+        use marketplace_domain::account::EraseAccount;
+        let handler = CommandHandler::new(Arc::new(InMemoryEventStore::new()));
+        let ctx = CommandContext::default();
+        let first = register(&handler, &ctx, registration("ada@example.com"), Utc::now())
+            .await
+            .expect("first");
+        assert!(matches!(
+            register(&handler, &ctx, registration("ada@example.com"), Utc::now()).await,
+            Err(RegisterError::EmailTaken(_))
+        ));
+        handler
+            .execute::<Account>(
+                first.account_id.0,
+                &ctx,
+                &AccountCommand::Erase(EraseAccount {
+                    by: first.account_id,
+                    at: Utc::now(),
+                }),
+            )
+            .await
+            .expect("erase");
+        let email = Email::parse("ada@example.com").expect("valid");
+        let found = find_account_by_email(&handler, &email).await.expect("find");
+        assert!(found.is_none(), "an erased account cannot log in");
+        let second = register(&handler, &ctx, registration("ada@example.com"), Utc::now())
+            .await
+            .expect("the email is free again");
+        assert_ne!(second.account_id, first.account_id);
+        let found = find_account_by_email(&handler, &email)
+            .await
+            .expect("find")
+            .expect("the new account");
+        assert_eq!(found.id, Some(second.account_id));
     }
 }

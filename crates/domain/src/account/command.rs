@@ -46,6 +46,19 @@ pub enum AccountCommand {
     Settle(SettleEscrow),
     /// See [`CreditSale`].
     Credit(CreditSale),
+    /// See [`EraseAccount`].
+    Erase(EraseAccount),
+}
+
+/// Erases the account's personal data. The caller has checked that the
+/// actor is the owner or an ADMIN, and destroys the data key with it.
+/// Erasing an erased account is a no-op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EraseAccount {
+    /// Who asks.
+    pub by: AccountId,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// Adds funds to the wallet (from outside the marketplace: a card, a bank).

@@ -5,19 +5,23 @@ use serde::{Deserialize, Serialize};
 
 use super::command::SaleShare;
 use crate::event::DomainEvent;
-use crate::values::{AccountId, DisplayName, Email, Money, OrderId, PasswordHash, Role};
+use crate::values::{AccountId, DisplayName, Email, Money, OrderId, PasswordHash, Personal, Role};
 
 /// An account was opened.
+///
+/// Version 2 stores the personal fields (email, display name, password
+/// hash) sealed under the account's data key; version 1 stored them in the
+/// clear. Decoded, either reads the same, and `Erased` after an erasure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AccountRegistered {
     /// Its id.
     pub account_id: AccountId,
-    /// Its normalised email.
-    pub email: Email,
-    /// Its public name.
-    pub display_name: DisplayName,
-    /// The argon2 hash of its password.
-    pub password_hash: PasswordHash,
+    /// Its normalised email (personal).
+    pub email: Personal<Email>,
+    /// Its public name (personal).
+    pub display_name: Personal<DisplayName>,
+    /// The argon2 hash of its password (personal).
+    pub password_hash: Personal<PasswordHash>,
     /// Its roles, sorted, at least one.
     pub roles: Vec<Role>,
     /// When.
@@ -26,7 +30,7 @@ pub struct AccountRegistered {
 
 impl DomainEvent for AccountRegistered {
     const NAME: &'static str = "account.registered";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 /// Money came into the wallet from outside.
@@ -121,6 +125,24 @@ impl DomainEvent for SaleCredited {
     const VERSION: u32 = 1;
 }
 
+/// The account's personal data was erased (GDPR art. 17): its data key is
+/// destroyed, so every personal field sealed under it reads as erased from
+/// now on, and its email is free again. Its money, orders and reviews stay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccountErased {
+    /// The account.
+    pub account_id: AccountId,
+    /// Who asked: the owner or an ADMIN.
+    pub erased_by: AccountId,
+    /// When.
+    pub erased_at: DateTime<Utc>,
+}
+
+impl DomainEvent for AccountErased {
+    const NAME: &'static str = "account.erased";
+    const VERSION: u32 = 1;
+}
+
 crate::event_set! {
     /// Every event of the account aggregate.
     pub enum AccountEvent {
@@ -130,5 +152,6 @@ crate::event_set! {
         EscrowReleased(EscrowReleased),
         EscrowRefunded(EscrowRefunded),
         SaleCredited(SaleCredited),
+        Erased(AccountErased),
     }
 }

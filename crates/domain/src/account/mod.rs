@@ -18,13 +18,13 @@ mod event;
 mod state;
 
 pub use command::{
-    AccountCommand, CreditSale, DepositFunds, EscrowOutcome, HoldFunds, RegisterAccount,
-    RegistrationChannel, SaleShare, SettleEscrow,
+    AccountCommand, CreditSale, DepositFunds, EraseAccount, EscrowOutcome, HoldFunds,
+    RegisterAccount, RegistrationChannel, SaleShare, SettleEscrow,
 };
 pub use error::AccountError;
 pub use event::{
-    AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
-    SaleCredited,
+    AccountErased, AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited,
+    FundsHeld, SaleCredited,
 };
 pub use state::Account;
 
@@ -54,9 +54,9 @@ impl Aggregate for Account {
                 }
                 Ok(vec![AccountRegistered {
                     account_id: c.account_id,
-                    email: c.email.clone(),
-                    display_name: c.display_name.clone(),
-                    password_hash: c.password_hash.clone(),
+                    email: c.email.clone().into(),
+                    display_name: c.display_name.clone().into(),
+                    password_hash: c.password_hash.clone().into(),
                     roles,
                     registered_at: c.at,
                 }
@@ -151,6 +151,18 @@ impl Aggregate for Account {
                 }
                 .into()])
             }
+            AccountCommand::Erase(c) => {
+                let id = self.id.ok_or(AccountError::NotFound)?;
+                if self.erased {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountErased {
+                    account_id: id,
+                    erased_by: c.by,
+                    erased_at: c.at,
+                }
+                .into()])
+            }
         }
     }
 
@@ -158,11 +170,11 @@ impl Aggregate for Account {
         match event {
             AccountEvent::Registered(e) => {
                 self.id = Some(e.account_id);
-                self.email = Some(e.email.clone());
-                self.display_name = Some(e.display_name.clone());
+                self.email = e.email.known().cloned();
+                self.display_name = e.display_name.known().cloned();
                 self.roles = e.roles.clone();
                 self.registered_at = Some(e.registered_at);
-                self.password_hash = Some(e.password_hash.clone());
+                self.password_hash = e.password_hash.known().cloned();
             }
             AccountEvent::FundsDeposited(e) => self.add(&e.amount),
             AccountEvent::FundsHeld(e) => {
@@ -184,6 +196,12 @@ impl Aggregate for Account {
             AccountEvent::SaleCredited(e) => {
                 self.credits += 1;
                 self.add(&e.amount);
+            }
+            AccountEvent::Erased(_) => {
+                self.email = None;
+                self.display_name = None;
+                self.password_hash = None;
+                self.erased = true;
             }
         }
         self
@@ -233,9 +251,9 @@ mod tests {
     fn registered(c: &RegisterAccount, roles: Vec<Role>) -> AccountEvent {
         AccountRegistered {
             account_id: c.account_id,
-            email: c.email.clone(),
-            display_name: c.display_name.clone(),
-            password_hash: c.password_hash.clone(),
+            email: c.email.clone().into(),
+            display_name: c.display_name.clone().into(),
+            password_hash: c.password_hash.clone().into(),
             roles,
             registered_at: c.at,
         }
@@ -538,5 +556,79 @@ mod tests {
     fn pins_the_stored_event_name() {
         use crate::event::DomainEvent;
         assert_eq!(AccountRegistered::NAME, "account.registered");
+    }
+
+    fn erase(by: u128) -> AccountCommand {
+        AccountCommand::Erase(EraseAccount {
+            by: AccountId(Uuid::from_u128(by)),
+            at: chrono::Utc
+                .with_ymd_and_hms(2026, 12, 1, 9, 0, 0)
+                .single()
+                .expect("date"),
+        })
+    }
+
+    #[test]
+    fn erasing_forgets_the_personal_data_and_keeps_the_money() {
+        let c = register(vec![], RegistrationChannel::SelfService);
+        let deposit = FundsDeposited {
+            account_id: c.account_id,
+            deposit_id: Uuid::from_u128(9),
+            amount: Money::parse_decimal("10.00", Currency::parse("EUR").expect("eur"))
+                .expect("money"),
+            deposited_at: c.at,
+        };
+        let state = given::<Account>([registered(&c, vec![Role::Buyer]), deposit.into()])
+            .when(erase(1))
+            .then_events([AccountErased {
+                account_id: c.account_id,
+                erased_by: AccountId(Uuid::from_u128(1)),
+                erased_at: chrono::Utc
+                    .with_ymd_and_hms(2026, 12, 1, 9, 0, 0)
+                    .single()
+                    .expect("date"),
+            }
+            .into()]);
+        assert!(state.erased);
+        assert_eq!((&state.email, &state.display_name), (&None, &None));
+        assert!(state.password_hash.is_none());
+        assert_eq!(state.balances.values().sum::<i64>(), 1000);
+        assert!(
+            state.snapshot().is_some(),
+            "nothing personal is left to keep out"
+        );
+    }
+
+    #[test]
+    fn erasing_twice_is_a_no_op_and_an_unknown_account_is_not_found() {
+        let c = register(vec![], RegistrationChannel::SelfService);
+        let erased = AccountErased {
+            account_id: c.account_id,
+            erased_by: c.account_id,
+            erased_at: c.at,
+        };
+        given::<Account>([registered(&c, vec![Role::Buyer]), erased.into()])
+            .when(erase(1))
+            .then_events([]);
+        given::<Account>([])
+            .when(erase(1))
+            .then_error(AccountError::NotFound);
+    }
+
+    #[test]
+    fn an_erased_registration_replays_to_an_account_without_personal_data() {
+        let c = register(vec![], RegistrationChannel::SelfService);
+        let shredded = AccountRegistered {
+            account_id: c.account_id,
+            email: crate::values::Personal::Erased,
+            display_name: crate::values::Personal::Erased,
+            password_hash: crate::values::Personal::Erased,
+            roles: vec![Role::Buyer],
+            registered_at: c.at,
+        };
+        let state = Account::default().evolve(&shredded.into());
+        assert!(state.is_registered());
+        assert_eq!(state.email, None);
+        assert!(state.snapshot().is_some());
     }
 }

@@ -35,6 +35,9 @@ pub struct Account {
     pub recently_settled: VecDeque<OrderId>,
     /// How many sales this account was credited for (payouts or fees).
     pub credits: u64,
+    /// Whether its personal data was erased.
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl Account {

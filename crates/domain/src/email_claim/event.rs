@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::DomainEvent;
-use crate::values::{AccountId, Email};
+use crate::values::AccountId;
 
 /// An email was claimed by an account.
+///
+/// Version 1 stored the email in the clear; version 2 stores none (the
+/// stream's name, a keyed hash of the email, is the claim), and its
+/// upcaster drops the old field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmailClaimed {
-    /// The normalised email.
-    pub email: Email,
     /// The account that holds it.
     pub account_id: AccountId,
     /// When.
@@ -19,7 +21,7 @@ pub struct EmailClaimed {
 
 impl DomainEvent for EmailClaimed {
     const NAME: &'static str = "email.claimed";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 crate::event_set! {

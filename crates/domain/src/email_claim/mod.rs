@@ -1,7 +1,15 @@
 //! Email uniqueness, the event-sourced way: one stream per normalised email
-//! (`email-<uuid v5 of the email>`), claimed with `NoStream` before the
-//! account is registered. Two registrations racing for one email collide on
-//! that stream's expected revision, so exactly one wins.
+//! (`email-<uuid of a keyed hash of the email>`), claimed before the account
+//! is registered. Two registrations racing for one email collide on that
+//! stream's expected revision, so exactly one wins.
+//!
+//! The stream id is an HMAC of the normalised email under the marketplace's
+//! email index key ([`EmailDigest`], computed outside the domain, which
+//! holds no keys), so neither the log nor the stream names reveal an email,
+//! and nobody without the key can test whether an email is registered.
+//! Streams of claims written before that were named by an unkeyed uuid v5
+//! of the email ([`legacy_claim_id`]); the flows still consult them. A claim
+//! whose account was erased is free at once.
 
 mod command;
 mod error;
@@ -26,8 +34,28 @@ pub const STALE_CLAIM_AFTER: Duration = Duration::minutes(5);
 /// Namespace for the uuid v5 of claim streams.
 const NAMESPACE: Uuid = Uuid::from_u128(0x5d0c_3a51_8f0e_4e3c_9a49_6d61_696c_0001);
 
-/// The stream id (uuid part) that holds the claim on `email`.
-pub fn claim_id(email: &Email) -> Uuid {
+/// A keyed hash (HMAC-SHA-256 under the email index key) of a normalised
+/// email: what names its claim stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EmailDigest(pub [u8; 32]);
+
+impl std::fmt::Debug for EmailDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmailDigest(..)")
+    }
+}
+
+/// The stream id (uuid part) that holds the claim on the email `digest`
+/// is the hash of (a version 8 uuid of its first 16 bytes).
+pub fn claim_id(digest: &EmailDigest) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.0[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The stream id claims were stored under before the keyed hash (an
+/// unkeyed uuid v5 of the email); read only, to keep older claims unique.
+pub fn legacy_claim_id(email: &Email) -> Uuid {
     Uuid::new_v5(&NAMESPACE, email.as_str().as_bytes())
 }
 
@@ -42,6 +70,7 @@ impl Aggregate for EmailClaim {
             EmailClaimCommand::Claim(c) => {
                 match (self.claimant, self.claimed_at) {
                     (Some(holder), _) if holder == c.account_id => return Ok(vec![]),
+                    (Some(_), _) if c.current_claimant_erased => {}
                     (Some(_), Some(since)) => {
                         let stale = c.at - since >= STALE_CLAIM_AFTER;
                         if c.current_claimant_registered || !stale {
@@ -52,7 +81,6 @@ impl Aggregate for EmailClaim {
                     (None, _) => {}
                 }
                 Ok(vec![EmailClaimed {
-                    email: c.email.clone(),
                     account_id: c.account_id,
                     claimed_at: c.at,
                 }
@@ -88,16 +116,15 @@ mod tests {
 
     fn claim(account: u128, minute: u32, registered: bool) -> EmailClaimCommand {
         EmailClaimCommand::Claim(ClaimEmail {
-            email: Email::parse("ada@example.com").expect("valid"),
             account_id: AccountId(Uuid::from_u128(account)),
             current_claimant_registered: registered,
+            current_claimant_erased: false,
             at: at(minute),
         })
     }
 
     fn claimed(account: u128, minute: u32) -> EmailClaimEvent {
         EmailClaimed {
-            email: Email::parse("ada@example.com").expect("valid"),
             account_id: AccountId(Uuid::from_u128(account)),
             claimed_at: at(minute),
         }
@@ -140,13 +167,30 @@ mod tests {
     }
 
     #[test]
-    fn derives_one_stream_per_normalised_email() {
+    fn an_erased_claimants_email_is_free_at_once() {
+        let mut command = claim(2, 1, true);
+        let EmailClaimCommand::Claim(c) = &mut command;
+        c.current_claimant_erased = true;
+        given::<EmailClaim>([claimed(1, 0)])
+            .when(command)
+            .then_events([claimed(2, 1)]);
+    }
+
+    #[test]
+    fn names_the_claim_stream_by_the_digest() {
+        let a = EmailDigest([7; 32]);
+        assert_eq!(claim_id(&a), claim_id(&EmailDigest([7; 32])));
+        assert_ne!(claim_id(&a), claim_id(&EmailDigest([8; 32])));
+    }
+
+    #[test]
+    fn derives_one_legacy_stream_per_normalised_email() {
         let a = Email::parse("Ada@Example.com").expect("valid");
         let b = Email::parse("ada@example.com").expect("valid");
-        assert_eq!(claim_id(&a), claim_id(&b));
+        assert_eq!(legacy_claim_id(&a), legacy_claim_id(&b));
         assert_ne!(
-            claim_id(&a),
-            claim_id(&Email::parse("bob@example.com").expect("valid"))
+            legacy_claim_id(&a),
+            legacy_claim_id(&Email::parse("bob@example.com").expect("valid"))
         );
     }
 }

@@ -12,6 +12,13 @@
 //! the log position where its currency first reached the wallet (`since`),
 //! so `Account.balance` can show the wallet's own currency: the first one it
 //! held.
+//!
+//! Personal data (email, display name) arrives opened by the store, or
+//! `null` once the account was erased; `account.erased` clears both in
+//! the batch's transaction, the one that moves the checkpoint, so a
+//! rebuild after an erasure (whose events read as erased from the start)
+//! ends with the very same rows. Queries show an erased account as
+//! [`ERASED_NAME`] with an empty email.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +43,10 @@ pub const NAME: &str = "accounts";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
+
+/// The name an erased account shows under.
+pub const ERASED_NAME: &str = "Erased account";
 
 /// The tables of [`VERSION`], created in each build's schema.
 pub const TABLES: &[Table] = &[
@@ -44,10 +54,11 @@ pub const TABLES: &[Table] = &[
         name: "rm_accounts",
         create: "CREATE TABLE rm_accounts (
             account_id    UUID        PRIMARY KEY,
-            email         TEXT        NOT NULL UNIQUE,
-            display_name  TEXT        NOT NULL,
+            email         TEXT        UNIQUE,
+            display_name  TEXT,
             roles         TEXT[]      NOT NULL,
-            created_at    TIMESTAMPTZ NOT NULL
+            created_at    TIMESTAMPTZ NOT NULL,
+            erased        BOOLEAN     NOT NULL DEFAULT false
         )",
         indexes: &[],
     },
@@ -98,6 +109,9 @@ impl Projection for AccountsProjection {
         let mut names = Vec::new();
         let mut roles = Vec::new();
         let mut created = Vec::new();
+        let mut erased_now: Vec<bool> = Vec::new();
+        // Accounts erased in this batch whose row an earlier batch wrote.
+        let mut erased = Vec::new();
         // (account, currency) -> (net change in minor units over the batch,
         // position of the first event that touched it).
         let mut balances: BTreeMap<(Uuid, String), (i64, i64)> = BTreeMap::new();
@@ -106,8 +120,9 @@ impl Projection for AccountsProjection {
                 Event::Account(account) => match account {
                     AccountEvent::Registered(r) => {
                         ids.push(r.account_id.0);
-                        emails.push(r.email.as_str().to_owned());
-                        names.push(r.display_name.as_str().to_owned());
+                        emails.push(r.email.known().map(|m| m.as_str().to_owned()));
+                        names.push(r.display_name.known().map(|n| n.as_str().to_owned()));
+                        erased_now.push(false);
                         // Postgres has no arrays of arrays of differing lengths;
                         // roles travel as a comma-joined string and are split in SQL.
                         roles.push(
@@ -133,6 +148,17 @@ impl Projection for AccountsProjection {
                     }
                     // The hold already left the wallet; the credits pay out.
                     AccountEvent::EscrowReleased(_) => {}
+                    AccountEvent::Erased(x) => {
+                        match ids.iter().position(|id| *id == x.account_id.0) {
+                            // Registered in this very batch: never write it.
+                            Some(i) => {
+                                emails[i] = None;
+                                names[i] = None;
+                                erased_now[i] = true;
+                            }
+                            None => erased.push(x.account_id.0),
+                        }
+                    }
                 },
                 // Aggregates this read model does not show.
                 Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) | Event::Review(_) => {}
@@ -140,16 +166,28 @@ impl Projection for AccountsProjection {
         }
         if !ids.is_empty() {
             sqlx::query(
-                "INSERT INTO rm_accounts (account_id, email, display_name, roles, created_at) \
-                 SELECT id, email, name, string_to_array(roles, ','), created \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-                      AS t(id, email, name, roles, created)",
+                "INSERT INTO rm_accounts \
+                     (account_id, email, display_name, roles, created_at, erased) \
+                 SELECT id, email, name, string_to_array(roles, ','), created, erased \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                             $5::timestamptz[], $6::bool[]) \
+                      AS t(id, email, name, roles, created, erased)",
             )
             .bind(ids)
             .bind(emails)
             .bind(names)
             .bind(roles)
             .bind(created)
+            .bind(erased_now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !erased.is_empty() {
+            sqlx::query(
+                "UPDATE rm_accounts SET email = NULL, display_name = NULL, erased = true \
+                 WHERE account_id = ANY($1)",
+            )
+            .bind(erased)
             .execute(&mut *tx)
             .await?;
         }
@@ -216,23 +254,27 @@ fn role_name(r: marketplace_domain::values::Role) -> &'static str {
 pub struct AccountRow {
     /// Id.
     pub account_id: Uuid,
-    /// Email.
+    /// Email (empty once erased).
     pub email: String,
-    /// Public name.
+    /// Public name ([`ERASED_NAME`] once erased).
     pub display_name: String,
     /// Roles: BUYER, SELLER, ADMIN.
     pub roles: Vec<String>,
     /// Registration time.
     pub created_at: DateTime<Utc>,
+    /// Whether its personal data was erased.
+    pub erased: bool,
 }
 
 /// Accounts by id, in one statement (for batching nested lookups).
 pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<AccountRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT account_id, email, display_name, roles, created_at \
+        "SELECT account_id, COALESCE(email, '') AS email, \
+                COALESCE(display_name, $2) AS display_name, roles, created_at, erased \
          FROM rm_accounts WHERE account_id = ANY($1)",
     )
     .bind(ids)
+    .bind(ERASED_NAME)
     .fetch_all(pool)
     .await
 }

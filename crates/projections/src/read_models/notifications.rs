@@ -203,7 +203,8 @@ impl Projection for NotificationsProjection {
                     | AccountEvent::FundsDeposited(_)
                     | AccountEvent::FundsHeld(_)
                     | AccountEvent::EscrowReleased(_)
-                    | AccountEvent::EscrowRefunded(_) => {}
+                    | AccountEvent::EscrowRefunded(_)
+                    | AccountEvent::Erased(_) => {}
                 },
                 Event::Review(review) => match review {
                     ReviewEvent::Submitted(s) => reviews.push((s.review_id.0, s.author_id.0)),

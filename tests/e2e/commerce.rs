@@ -314,7 +314,12 @@ async fn a_purchase_goes_from_deposit_through_escrow_to_payout_and_an_approved_r
 #[tokio::test]
 async fn a_placed_order_reads_back_as_the_mutation_answered_it() {
     const FIELDS: &str = "id buyer { id } lines { listing { id title } quantity unitPrice { amount currencyCode } } total { amount currencyCode } placedAt";
-    let app = spawn_app().await;
+    // The read waits for the token; a loaded machine may take longer than
+    // the default bound to project it.
+    let app = marketplace_e2e::spawn_app_with(|s| {
+        s.consistency_wait = std::time::Duration::from_secs(120);
+    })
+    .await;
     let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
     let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
     let placed = app

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use marketplace_commands::payments::{BreakerConfig, RetryPolicy};
 use marketplace_domain::values::FeeRate;
 
 use crate::proxy::TrustedProxies;
@@ -149,6 +150,58 @@ pub struct Settings {
     /// Load balancers and ingresses whose `X-Forwarded-For` is believed
     /// (empty: anonymous callers are keyed by the TCP peer).
     pub trusted_proxies: TrustedProxies,
+    /// The payment gateway deposits are charged through.
+    pub payments: PaymentsSettings,
+}
+
+/// Which payment provider deposits are charged at.
+#[derive(Clone, Debug, Default)]
+pub enum PaymentProvider {
+    /// Captures at once, in process (the default: no provider needed).
+    #[default]
+    Simulated,
+    /// A provider speaking the JSON protocol of [`crate::payments`] at this
+    /// base URL (`--payments-url`).
+    Http {
+        /// Base URL, e.g. `https://pay.example.com/`.
+        url: String,
+        /// Sent as `Authorization: Bearer …`, if set.
+        api_key: Option<Secret>,
+    },
+}
+
+/// How deposits reach the payment provider.
+#[derive(Clone, Debug)]
+pub struct PaymentsSettings {
+    /// Which provider.
+    pub provider: PaymentProvider,
+    /// The shared secret the provider's callbacks carry
+    /// (`Authorization: Bearer …` on `POST /payments/callback`); without
+    /// one, callbacks are refused.
+    pub callback_secret: Option<Secret>,
+    /// The callback URL sent with each charge (this server's
+    /// `/payments/callback` as the provider reaches it), if any.
+    pub callback_url: Option<String>,
+    /// When the circuit breaker opens and for how long.
+    pub breaker: BreakerConfig,
+    /// Each charge's timeout, backoff and deadline.
+    pub retry: RetryPolicy,
+    /// How long `depositFunds` waits for the intent to settle before it
+    /// answers PENDING (the client then follows the intent).
+    pub settle_wait: Duration,
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        Self {
+            provider: PaymentProvider::Simulated,
+            callback_secret: None,
+            callback_url: None,
+            breaker: BreakerConfig::default(),
+            retry: RetryPolicy::default(),
+            settle_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Settings {
@@ -167,6 +220,7 @@ impl Settings {
             fee: FeeRate::DEFAULT,
             rate_limits: RateLimits::DISABLED,
             trusted_proxies: TrustedProxies::default(),
+            payments: PaymentsSettings::default(),
         }
     }
 }

@@ -975,7 +975,11 @@ impl Processes {
         let registry = Registry::default();
         let runner = Runner::new(pool.clone(), store.clone(), registry.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = process::managers(handler, FeeRate::DEFAULT)
+        let tasks = process::managers(
+            handler,
+            FeeRate::DEFAULT,
+            std::sync::Arc::new(marketplace_commands::payments::SimulatedGateway),
+        )
             .into_iter()
             .map(|pm| {
                 let name = pm.name();

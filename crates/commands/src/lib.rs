@@ -25,15 +25,19 @@
 //! - [`flows`]: one file per use case that spans aggregates or that the API
 //!   and the tools share — registering an account (claim the email, then
 //!   open the account), finding an account to log in, pricing a new order's
-//!   lines.
+//!   lines, settling a deposit's payment intent (record, then credit once).
+//! - [`payments`]: the [`payments::PaymentGateway`] port, its simulated
+//!   adapter, and [`payments::ProtectedGateway`] (the `failsafe` circuit
+//!   breaker plus retries with backoff, jitter and a deadline).
 //! - [`process`]: process managers (sagas) with their own checkpoints: the
-//!   checkout saga and the payout process, the one list of them
+//!   checkout saga, the payout process and the deposit saga, the one list of them
 //!   ([`process::managers`]), and the runner that feeds them the log.
 
 pub mod audit;
 mod cache;
 pub mod flows;
 pub mod handler;
+pub mod payments;
 pub mod process;
 pub mod stats;
 

@@ -118,6 +118,7 @@ aggregates! {
     Listing(crate::listing::Listing),
     Order(crate::order::Order),
     Review(crate::review::Review),
+    Payment(crate::payment::PaymentIntent),
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! - [`values`]: validated value types (ids, [`values::Email`],
 //!   [`values::Money`], …).
 //! - One folder per aggregate — [`account`] (with the wallet and escrow),
-//!   [`email_claim`], [`listing`] (with stock), [`order`], [`review`] —
+//!   [`email_claim`], [`listing`] (with stock), [`order`], [`payment`] (a
+//!   deposit's payment intent at the provider), [`review`] —
 //!   each with `command.rs`, `event.rs`, `state.rs`, `error.rs`, and
 //!   `mod.rs` holding `decide`, `evolve` and their tests.
 
@@ -28,6 +29,7 @@ pub mod email_claim;
 pub mod event;
 pub mod listing;
 pub mod order;
+pub mod payment;
 pub mod review;
 pub mod values;
 

@@ -15,9 +15,12 @@ use marketplace_domain::order::{
     LineSpec, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderPlaced,
     OrderRejected, OrderShipped,
 };
+use marketplace_domain::payment::{
+    FailureKind, PaymentEvent, PaymentFailed, PaymentIntentCreated, PaymentSucceeded,
+};
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::{
-    AccountId, Category, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
+    AccountId, CardLast4, Category, PaymentIntentId, ProviderRef, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
     ListingId, Money, OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId,
     Role, Tags, Title, TrackingCode, FEE_ACCOUNT_ID,
 };
@@ -358,6 +361,61 @@ fn review_events() -> Vec<ReviewEvent> {
     ]
 }
 
+fn payment_events() -> Vec<PaymentEvent> {
+    let intent = PaymentIntentId(id("01932d10-1a2b-7c3d-8e4f-5a6b7c8d9e0f"));
+    let token = |s: &str| ProviderRef::parse(s).expect("valid provider ref");
+    vec![
+        PaymentIntentCreated {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            payment_token: Some(token("tok_visa_4242")),
+            created_at: at("2026-12-01T09:00:12.004Z"),
+        }
+        .into(),
+        PaymentIntentCreated {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(1),
+            payment_token: None,
+            created_at: at("2026-12-01T09:00:12Z"),
+        }
+        .into(),
+        PaymentSucceeded {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            charge_ref: token("ch_01932d10"),
+            last4: Some(CardLast4::parse("4242").expect("valid last4")),
+            succeeded_at: at("2026-12-01T09:00:13.120Z"),
+        }
+        .into(),
+        PaymentSucceeded {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            charge_ref: token("sim_1"),
+            last4: None,
+            succeeded_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
+            kind: FailureKind::Declined,
+            reason: reason("card_declined: insufficient funds"),
+            failed_at: at("2026-12-01T09:00:13.120Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
+            kind: FailureKind::Unconfirmed,
+            reason: reason("the payment provider did not answer in time"),
+            failed_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+    ]
+}
+
 fn encoded<E: marketplace_domain::EventSet>(events: Vec<E>) -> Vec<Encoded> {
     events
         .iter()
@@ -372,5 +430,6 @@ pub fn all() -> Vec<Encoded> {
     out.extend(encoded(listing_events()));
     out.extend(encoded(order_events()));
     out.extend(encoded(review_events()));
+    out.extend(encoded(payment_events()));
     out
 }

@@ -348,7 +348,11 @@ fn placed(event: &Event) -> Option<&OrderPlaced> {
             | OrderEvent::Shipped(_)
             | OrderEvent::Delivered(_) => None,
         },
-        Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => None,
+        Event::Account(_)
+        | Event::EmailClaim(_)
+        | Event::Listing(_)
+        | Event::Payment(_)
+        | Event::Review(_) => None,
     }
 }
 
@@ -387,6 +391,7 @@ impl ProcessManager for CheckoutSaga {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
+            | AggregateKind::Payment
             | AggregateKind::Review => false,
         }
     }

@@ -84,6 +84,7 @@ impl Projection for AccountsProjection {
             AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
+            | AggregateKind::Payment
             | AggregateKind::Review => false,
         }
     }
@@ -135,7 +136,11 @@ impl Projection for AccountsProjection {
                     AccountEvent::EscrowReleased(_) => {}
                 },
                 // Aggregates this read model does not show.
-                Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) | Event::Review(_) => {}
+                Event::EmailClaim(_)
+                | Event::Listing(_)
+                | Event::Order(_)
+                | Event::Payment(_)
+                | Event::Review(_) => {}
             }
         }
         if !ids.is_empty() {

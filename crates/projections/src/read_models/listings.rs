@@ -250,7 +250,10 @@ impl Projection for ListingsProjection {
     fn reads(&self, aggregate: AggregateKind) -> bool {
         match aggregate {
             AggregateKind::Listing | AggregateKind::Review => true,
-            AggregateKind::Account | AggregateKind::EmailClaim | AggregateKind::Order => false,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Order
+            | AggregateKind::Payment => false,
         }
     }
 
@@ -345,7 +348,7 @@ impl Projection for ListingsProjection {
                     ReviewEvent::Submitted(_) | ReviewEvent::Rejected(_) => {}
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Order(_) => {}
+                Event::Account(_) | Event::EmailClaim(_) | Event::Order(_) | Event::Payment(_) => {}
             }
         }
         // Listings created in this batch take everything that followed into

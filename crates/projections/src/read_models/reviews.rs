@@ -99,7 +99,8 @@ impl Projection for ReviewsProjection {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Order => false,
+            | AggregateKind::Order
+            | AggregateKind::Payment => false,
         }
     }
 
@@ -147,7 +148,11 @@ impl Projection for ReviewsProjection {
                     }
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) => {}
+                Event::Account(_)
+                | Event::EmailClaim(_)
+                | Event::Listing(_)
+                | Event::Order(_)
+                | Event::Payment(_) => {}
             }
         }
         for review in &mut submitted {

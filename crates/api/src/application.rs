@@ -76,13 +76,15 @@ impl Application {
         }
         let handler = CommandHandler::new(store.clone());
         let consumers = Registry::default();
+        let payments = crate::payments::Payments::new(&settings.payments);
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
             // deployment's projector role.
             // One leader per process manager across every process (the
             // others stand by); it never stops before shutdown.
             let runner = Runner::new(pool.clone(), store.clone(), consumers.clone());
-            for pm in process::managers(&handler, settings.fee) {
+            let gateway = Arc::new(payments.gateway.clone());
+            for pm in process::managers(&handler, settings.fee, gateway) {
                 tasks.spawn(process::run(pm, runner.clone(), stop_rx.clone()));
             }
         }
@@ -112,6 +114,7 @@ impl Application {
             consistency_wait: settings.consistency_wait,
             consumers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
+            payments,
         };
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -1,4 +1,5 @@
-//! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`, `/metrics`.
+//! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`,
+//! `/metrics`, and the payment provider's `POST /payments/callback`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use marketplace_store::Position;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -54,6 +55,7 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/payments/callback", post(payment_callback))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A bug that panics in a handler answers a coded INTERNAL (logged
         // with a reference) instead of dropping the connection.
@@ -156,12 +158,27 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
             Some(async_graphql::Value::Number(n)) => n.as_u64(),
             _ => None,
         });
+    // A dependency is down (the payment provider's breaker is open): the
+    // field error carries the seconds, the response `Retry-After`, and when
+    // nothing else was answered, a 503.
+    let unavailable = response
+        .errors
+        .iter()
+        .filter_map(|e| e.extensions.as_ref())
+        .filter(|x| x.get("code") == Some(&async_graphql::Value::from("UNAVAILABLE")))
+        .find_map(|x| match x.get("retryAfterSeconds") {
+            Some(async_graphql::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        });
+    let nothing_answered = response.data == async_graphql::Value::Null;
     let mut body = serde_json::to_value(&response).unwrap_or_else(|e| {
         tracing::error!(error = %e, "could not serialise a GraphQL response");
         serde_json::json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL" } }] })
     });
     let status = if retry_after.is_some() {
         StatusCode::TOO_MANY_REQUESTS
+    } else if unavailable.is_some() && nothing_answered {
+        StatusCode::SERVICE_UNAVAILABLE
     } else if request_error && media == Media::GraphqlResponseJson {
         StatusCode::BAD_REQUEST
     } else {
@@ -175,7 +192,7 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
     let mut http = (status, body.to_string()).into_response();
     http.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
-    if let Some(seconds) = retry_after {
+    if let Some(seconds) = retry_after.or(unavailable) {
         http.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -203,6 +220,7 @@ fn error_response(e: ApiError, media: Media) -> Response {
         ApiError::BadUserInput(_) => StatusCode::BAD_REQUEST,
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response_with(status, e, media)
@@ -214,6 +232,10 @@ fn error_response_with(status: StatusCode, e: ApiError, media: Media) -> Respons
     let retry_after = match e {
         ApiError::RateLimited {
             retry_after_seconds,
+        }
+        | ApiError::Unavailable {
+            retry_after_seconds,
+            ..
         } => Some(retry_after_seconds),
         _ => None,
     };
@@ -764,6 +786,13 @@ async fn readyz(State(http): State<Http>) -> Response {
         }
         managers.insert(pm.name.clone(), pm.state.as_str().into());
     }
+    // An open breaker degrades deposits only: reads and orders paid from
+    // the wallet keep working, so the process stays ready.
+    let payments = http.state.payments.stats();
+    let breaker = payments.state();
+    if breaker != marketplace_commands::payments::BreakerState::Closed {
+        degraded.push("payments");
+    }
     let code = if ready {
         StatusCode::OK
     } else {
@@ -774,6 +803,10 @@ async fn readyz(State(http): State<Http>) -> Response {
         "database": "ok",
         "projections": projections,
         "processManagers": managers,
+        "payments": {
+            "breaker": breaker.as_str(),
+            "retryAfterSeconds": payments.retry_after().map(retry_after_seconds),
+        },
         "degraded": degraded,
     });
     (code, axum::Json(body)).into_response()
@@ -782,4 +815,57 @@ async fn readyz(State(http): State<Http>) -> Response {
 async fn metrics(State(http): State<Http>) -> Response {
     let page = crate::metrics::render(&http.state).await;
     ([("content-type", "text/plain; version=0.0.4")], page).into_response()
+}
+
+/// A provider callback: `{"intentId", "status", "chargeId", "last4",
+/// "reason"}` (see [`crate::payments`]).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentCallback {
+    intent_id: uuid::Uuid,
+    #[serde(flatten)]
+    result: crate::payments::ProviderResult,
+}
+
+/// `POST /payments/callback`: the provider reports a charge's result. It
+/// must carry the callback secret; it may come more than once, and race the
+/// charge's own answer: settling deduplicates (one success, one credit).
+/// Answers 204 once recorded (or already recorded), 401 without the secret,
+/// 400 for a body that breaks the protocol, 404 for an unknown intent, 409
+/// for a capture the provider had declined.
+async fn payment_callback(State(http): State<Http>, headers: HeaderMap, body: Bytes) -> Response {
+    use marketplace_commands::flows::deposit::{settle, SettleError};
+    use marketplace_commands::{CommandContext, CommandError};
+    use marketplace_domain::payment::PaymentError;
+
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !http.state.payments.accepts_callback(bearer) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(callback) = serde_json::from_slice::<PaymentCallback>(&body) else {
+        return (StatusCode::BAD_REQUEST, "malformed callback").into_response();
+    };
+    let outcome = match callback.result.outcome() {
+        Ok(outcome) => outcome,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let ctx = CommandContext::new("payments-provider");
+    let intent = marketplace_domain::values::PaymentIntentId(callback.intent_id);
+    match settle(&http.state.handler, intent, &outcome, &ctx).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(SettleError::Intent(CommandError::Rejected(PaymentError::NotFound))) => {
+            StatusCode::NOT_FOUND.into_response()
+        }
+        Err(SettleError::Intent(CommandError::Rejected(e))) => {
+            (StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Err(e) => {
+            tracing::error!(intent = %callback.intent_id, error = %e, "payment callback failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

@@ -15,6 +15,11 @@
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
 //!   operation, command outcomes/conflicts/retries, projection and consumer
 //!   lag, the connection pool's use.
+//! - [`payments`]: the payment provider's HTTP protocol (documented there)
+//!   and its adapter, and [`payments::Payments`]: the configured gateway
+//!   behind its circuit breaker, and the provider callbacks' secret.
+//!   `POST /payments/callback` and `depositFunds` settle intents through
+//!   `marketplace_commands::flows::deposit`.
 //! - [`graphiql`]: the self-hosted GraphiQL page and its embedded assets.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls; every operation draws, a mutation per root field)
@@ -48,6 +53,7 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod payments;
 pub mod proxy;
 pub mod ratelimit;
 pub mod read_cache;

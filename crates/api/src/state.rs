@@ -46,6 +46,8 @@ pub struct AppState {
     pub consumers: marketplace_consumers::Registry,
     /// The proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// The payment gateway (behind its breaker) and callback settings.
+    pub payments: crate::payments::Payments,
 }
 
 /// Every projection the API reads from.

@@ -144,6 +144,60 @@ pub struct ServeArgs {
           env = "MARKETPLACE_TRUSTED_PROXIES", value_delimiter = ',',
           value_parser = Cidr::parse)]
     trusted_proxies: Vec<Cidr>,
+    /// The payment provider's base URL (the JSON protocol documented in
+    /// `marketplace_api::payments`). Unset: deposits are captured by the
+    /// built-in simulated gateway.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_URL")]
+    payments_url: Option<String>,
+    /// The API key sent to the payment provider (`Authorization: Bearer`).
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_API_KEY", hide_env_values = true)]
+    payments_api_key: Option<String>,
+    /// The secret the provider's callbacks to `POST /payments/callback`
+    /// must carry (`Authorization: Bearer`). Unset: callbacks are refused.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_CALLBACK_SECRET", hide_env_values = true)]
+    payments_callback_secret: Option<String>,
+    /// This server's callback URL as the provider reaches it, sent with
+    /// each charge.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_CALLBACK_URL")]
+    payments_callback_url: Option<String>,
+    /// Each charge attempt's timeout, in milliseconds.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_TIMEOUT_MS", default_value_t = 5_000)]
+    payments_timeout_ms: u64,
+    /// A charge is retried (exponential backoff, jitter) until this many
+    /// milliseconds have passed, then the intent fails as unconfirmed.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_DEADLINE_MS", default_value_t = 20_000)]
+    payments_deadline_ms: u64,
+    /// How long the payment gateway's circuit breaker stays open before a
+    /// probe, in seconds.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_BREAKER_COOL_DOWN_SECS", default_value_t = 15)]
+    payments_breaker_cool_down_secs: u64,
+}
+
+fn payments_settings(args: &ServeArgs) -> marketplace_api::config::PaymentsSettings {
+    use marketplace_api::config::{PaymentProvider, PaymentsSettings, Secret};
+    use marketplace_commands::payments::{BreakerConfig, RetryPolicy};
+    let defaults = PaymentsSettings::default();
+    PaymentsSettings {
+        provider: match &args.payments_url {
+            Some(url) => PaymentProvider::Http {
+                url: url.clone(),
+                api_key: args.payments_api_key.clone().map(Secret::new),
+            },
+            None => PaymentProvider::Simulated,
+        },
+        callback_secret: args.payments_callback_secret.clone().map(Secret::new),
+        callback_url: args.payments_callback_url.clone(),
+        breaker: BreakerConfig {
+            cool_down: Duration::from_secs(args.payments_breaker_cool_down_secs.max(1)),
+            ..BreakerConfig::default()
+        },
+        retry: RetryPolicy {
+            attempt_timeout: Duration::from_millis(args.payments_timeout_ms.max(1)),
+            deadline: Duration::from_millis(args.payments_deadline_ms),
+            ..RetryPolicy::default()
+        },
+        settle_wait: defaults.settle_wait,
+    }
 }
 
 fn non_negative_rate(s: &str) -> Result<f64, String> {
@@ -324,6 +378,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             Secret::random()
         }
     };
+    let payments = payments_settings(&args);
     let settings = Settings {
         listen: args.listen,
         database_url: db.url.clone(),
@@ -352,6 +407,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             },
         },
         trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+        payments,
     };
     let result = async {
         let app = Application::build(settings).await?;

@@ -6,6 +6,7 @@
 pub mod admission;
 mod commerce;
 mod mutation;
+mod payments;
 mod query;
 mod read;
 mod subscription;
@@ -31,6 +32,7 @@ pub struct Query(
     read::CommerceQuery,
     read::OpsQuery,
     read::AuditQuery,
+    payments::PaymentQuery,
 );
 
 /// Every mutation: accounts and listings, money, orders and reviews.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use failsafe::failure_policy::{self, ConsecutiveFailures, OrElse, SuccessRateOverTimeWindow};
 use failsafe::futures::CircuitBreaker as _;
-use failsafe::{backoff, Instrument, StateMachine};
+use failsafe::{backoff, FailurePolicy as _, Instrument, StateMachine};
 use marketplace_consumers::retry::Backoff;
 
 use super::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway};

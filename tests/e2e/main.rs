@@ -11,6 +11,7 @@ mod http;
 mod kurrentdb;
 mod limits;
 mod observability;
+mod payments;
 mod ops;
 mod rebuild;
 mod subscriptions;

@@ -232,7 +232,7 @@ impl Sink for OrdersFeed {
                     }
                 }
                 Event::Account(_) | Event::EmailClaim(_) => {}
-                Event::Listing(_) | Event::Review(_) => {}
+                Event::Listing(_) | Event::Review(_) | Event::Asset(_) => {}
             }
         }
     }

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::Account;
+use marketplace_domain::asset::Asset;
 use marketplace_domain::email_claim::EmailClaim;
 use marketplace_domain::listing::Listing;
 use marketplace_domain::order::Order;
@@ -89,6 +90,7 @@ pub fn states_after(
         Some(AggregateKind::Review) => fold::<Review>(events),
         Some(AggregateKind::EmailClaim) => fold::<EmailClaim>(events),
         Some(AggregateKind::Payment) => fold::<PaymentIntent>(events),
+        Some(AggregateKind::Asset) => fold::<Asset>(events),
         None => Err(AuditError::UnknownCategory(category.to_owned())),
     }
 }

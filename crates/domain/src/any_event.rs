@@ -119,6 +119,7 @@ aggregates! {
     Order(crate::order::Order),
     Review(crate::review::Review),
     Payment(crate::payment::PaymentIntent),
+    Asset(crate::asset::Asset),
 }
 
 #[cfg(test)]

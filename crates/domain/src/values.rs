@@ -268,6 +268,28 @@ validated_string!(
 );
 
 validated_string!(
+    /// A media type such as `application/pdf` (`type/subtype`, lower-cased,
+    /// parameters dropped): what a digital asset is served as.
+    ContentType,
+    |raw| {
+        let s = raw.split(';').next().unwrap_or("").trim().to_lowercase();
+        let valid = s.len() <= 127
+            && s.split_once('/').is_some_and(|(t, sub)| {
+                let token = |p: &str| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(t) && token(sub)
+            });
+        if valid {
+            Ok(s)
+        } else {
+            Err(ValueError::new("contentType", "must be a media type such as application/pdf"))
+        }
+    }
+);
+
+validated_string!(
     /// An ISO 4217-style currency code: three upper-case letters.
     Currency,
     |raw| {

@@ -18,7 +18,8 @@
 //! - Answers `200` captured (`last4`: the last four digits of a
 //!   `tok_…_NNNN` token, else `4242`), `402` declined, or in pending mode
 //!   `202` then the result by callback.
-//! - Callbacks to the request's `callbackUrl` with `Authorization: Bearer
+//! - Callbacks to the request's `callbackUrl` (else the
+//!   [`Simulator::set_callback_target`]) with `Authorization: Bearer
 //!   <callback secret>`, after [`Simulator::set_callback_delay`], each sent
 //!   [`Simulator::set_callback_copies`] times at once (duplicates).
 //! - Faults: [`Simulator::fail_next`] (the next N requests answer `503`
@@ -132,6 +133,7 @@ struct Inner {
     requests: AtomicUsize,
     callbacks_sent: AtomicUsize,
     callback_secret: String,
+    callback_target: Mutex<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -167,6 +169,7 @@ pub fn serve(listener: TcpListener, callback_secret: &str) -> std::io::Result<Si
         requests: AtomicUsize::new(0),
         callbacks_sent: AtomicUsize::new(0),
         callback_secret: callback_secret.to_owned(),
+        callback_target: Mutex::new(None),
         http: reqwest::Client::new(),
     });
     let app = Router::new()
@@ -238,6 +241,16 @@ impl Simulator {
             .controls
             .callback_copies
             .store(copies, Ordering::SeqCst);
+    }
+
+    /// Where callbacks go for charges whose request names no `callbackUrl`
+    /// (a test learns the marketplace's address only after starting it).
+    pub fn set_callback_target(&self, url: &str) {
+        *self
+            .inner
+            .callback_target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(url.to_owned());
     }
 
     /// Charge requests received (retries and refused ones included).
@@ -336,7 +349,14 @@ async fn charge(
     };
     let pending = c.pending.load(Ordering::SeqCst);
     if fresh {
-        if let Some(url) = body.callback_url.clone() {
+        let target = body.callback_url.clone().or_else(|| {
+            inner
+                .callback_target
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
+        if let Some(url) = target {
             let mut callback = result.clone();
             callback.intent_id = Some(body.intent_id);
             tokio::spawn(send_callbacks(inner.clone(), url, callback));

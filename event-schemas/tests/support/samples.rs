@@ -6,6 +6,7 @@ use marketplace_domain::account::{
     AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited, FundsHeld,
     SaleCredited, SaleShare,
 };
+use marketplace_domain::asset::{AccessReason, AssetAccessGranted, AssetEvent, AssetUploaded};
 use marketplace_domain::email_claim::{EmailClaimEvent, EmailClaimed};
 use marketplace_domain::listing::{
     ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
@@ -20,7 +21,7 @@ use marketplace_domain::payment::{
 };
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::{
-    AccountId, CardLast4, Category, PaymentIntentId, ProviderRef, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
+    AccountId, CardLast4, Category, ContentType, PaymentIntentId, ProviderRef, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
     ListingId, Money, OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId,
     Role, Tags, Title, TrackingCode, FEE_ACCOUNT_ID,
 };
@@ -416,6 +417,37 @@ fn payment_events() -> Vec<PaymentEvent> {
     ]
 }
 
+fn asset_events() -> Vec<AssetEvent> {
+    let hash = || {
+        ContentHash::parse("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+            .expect("valid hash")
+    };
+    let mut out: Vec<AssetEvent> = vec![AssetUploaded {
+        content_hash: hash(),
+        size: 3_145_728,
+        content_type: ContentType::parse("application/pdf").expect("valid type"),
+        uploaded_by: seller(),
+        uploaded_at: at("2026-12-01T09:00:12.004Z"),
+    }
+    .into()];
+    for (account, reason) in [
+        (seller(), AccessReason::Seller),
+        (admin(), AccessReason::Admin),
+        (buyer(), AccessReason::Buyer { order_id: order() }),
+    ] {
+        out.push(
+            AssetAccessGranted {
+                content_hash: hash(),
+                account_id: account,
+                reason,
+                granted_at: at("2026-12-02T10:00:00Z"),
+            }
+            .into(),
+        );
+    }
+    out
+}
+
 fn encoded<E: marketplace_domain::EventSet>(events: Vec<E>) -> Vec<Encoded> {
     events
         .iter()
@@ -431,5 +463,6 @@ pub fn all() -> Vec<Encoded> {
     out.extend(encoded(order_events()));
     out.extend(encoded(review_events()));
     out.extend(encoded(payment_events()));
+    out.extend(encoded(asset_events()));
     out
 }

@@ -134,6 +134,7 @@ fn step(event: &Event) -> Option<Step<'_>> {
         | Event::EmailClaim(_)
         | Event::Listing(_)
         | Event::Order(_)
+        | Event::Asset(_)
         | Event::Review(_) => None,
     }
 }
@@ -151,6 +152,7 @@ impl ProcessManager for DepositSaga {
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

@@ -186,7 +186,7 @@ fn settle(event: &Event) -> Option<Settle<'_>> {
         Event::Account(_)
         | Event::EmailClaim(_)
         | Event::Listing(_)
-        | Event::Payment(_)
+        | Event::Payment(_) | Event::Asset(_)
         | Event::Review(_) => None,
     }
 }
@@ -203,7 +203,7 @@ impl ProcessManager for PayoutProcess {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Payment
+            | AggregateKind::Payment | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

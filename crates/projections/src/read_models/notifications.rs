@@ -223,7 +223,7 @@ impl Projection for NotificationsProjection {
                     }),
                 },
                 // Aggregates nobody is notified about.
-                Event::Listing(_) | Event::EmailClaim(_) | Event::Payment(_) => {}
+                Event::Listing(_) | Event::EmailClaim(_) | Event::Payment(_) | Event::Asset(_) => {}
             }
         }
         if !orders.is_empty() {
@@ -364,7 +364,7 @@ impl Projection for NotificationsProjection {
 pub fn can_notify(aggregate: AggregateKind) -> bool {
     match aggregate {
         AggregateKind::Order | AggregateKind::Account | AggregateKind::Review => true,
-        AggregateKind::Listing | AggregateKind::EmailClaim | AggregateKind::Payment => false,
+        AggregateKind::Listing | AggregateKind::EmailClaim | AggregateKind::Payment | AggregateKind::Asset => false,
     }
 }
 

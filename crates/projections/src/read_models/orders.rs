@@ -149,7 +149,7 @@ impl Projection for OrdersProjection {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Payment
+            | AggregateKind::Payment | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }
@@ -232,7 +232,7 @@ impl Projection for OrdersProjection {
                 },
                 // Aggregates this read model does not show.
                 Event::Account(_) | Event::EmailClaim(_) => {}
-                Event::Listing(_) | Event::Payment(_) | Event::Review(_) => {}
+                Event::Listing(_) | Event::Payment(_) | Event::Asset(_) | Event::Review(_) => {}
             }
         }
         // Orders placed in this batch are inserted in their latest status

@@ -100,7 +100,7 @@ impl Projection for ReviewsProjection {
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
-            | AggregateKind::Payment => false,
+            | AggregateKind::Payment | AggregateKind::Asset => false,
         }
     }
 
@@ -152,7 +152,7 @@ impl Projection for ReviewsProjection {
                 | Event::EmailClaim(_)
                 | Event::Listing(_)
                 | Event::Order(_)
-                | Event::Payment(_) => {}
+                | Event::Payment(_) | Event::Asset(_) => {}
             }
         }
         for review in &mut submitted {

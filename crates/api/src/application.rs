@@ -77,6 +77,8 @@ impl Application {
         let handler = CommandHandler::new(store.clone());
         let consumers = Registry::default();
         let payments = crate::payments::Payments::new(&settings.payments);
+        let assets = crate::assets::Assets::open(&settings.assets)
+            .map_err(|e| anyhow::anyhow!("asset storage: {e}"))?;
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
             // deployment's projector role.
@@ -115,6 +117,7 @@ impl Application {
             consumers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
             payments,
+            assets,
         };
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -152,6 +152,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// The payment gateway deposits are charged through.
     pub payments: PaymentsSettings,
+    /// Where digital assets' files are stored, and what is accepted.
+    pub assets: crate::assets::AssetsSettings,
 }
 
 /// Which payment provider deposits are charged at.
@@ -221,6 +223,10 @@ impl Settings {
             rate_limits: RateLimits::DISABLED,
             trusted_proxies: TrustedProxies::default(),
             payments: PaymentsSettings::default(),
+            // A fresh directory per application: tests never share files.
+            assets: crate::assets::AssetsSettings::local(
+                std::env::temp_dir().join(format!("marketplace-assets-{}", uuid::Uuid::now_v7())),
+            ),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`,
-//! `/metrics`, and the payment provider's `POST /payments/callback`.
+//! `/metrics`, the payment provider's `POST /payments/callback`, and the
+//! digital assets' `PUT /assets` and `GET /assets/{hash}` (see
+//! [`crate::assets`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use marketplace_store::Position;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -56,6 +58,12 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/payments/callback", post(payment_callback))
+        // Uploads stream past the JSON body limit, under the asset limit.
+        .route(
+            "/assets",
+            put(put_asset).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/assets/{hash}", get(get_asset))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A bug that panics in a handler answers a coded INTERNAL (logged
         // with a reference) instead of dropping the connection.
@@ -868,4 +876,195 @@ async fn payment_callback(State(http): State<Http>, headers: HeaderMap, body: By
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `PUT /assets`: see [`crate::assets`].
+async fn put_asset(State(http): State<Http>, request: Request) -> Response {
+    use marketplace_commands::CommandContext;
+    use marketplace_domain::asset::{asset_id, Asset, AssetCommand, RecordUpload};
+    use marketplace_domain::values::{AccountId, ContentType, Role};
+
+    let headers = request.headers().clone();
+    let viewer = match viewer_from(&http, headers.get(header::AUTHORIZATION)).await {
+        Ok(Viewer(Some(claims))) => claims,
+        Ok(Viewer(None)) | Err(_) => {
+            return json_error(StatusCode::UNAUTHORIZED, "sign in as a SELLER to upload assets")
+        }
+    };
+    if !viewer.has(Role::Seller) {
+        return json_error(StatusCode::FORBIDDEN, "only SELLERs upload assets");
+    }
+    let assets = &http.state.assets;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| ContentType::parse(v).ok());
+    let Some(content_type) = content_type.filter(|t| assets.accepts(t)) else {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this Content-Type is not accepted for assets",
+        );
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > assets.max_bytes()) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("assets are at most {} bytes", assets.max_bytes()),
+        );
+    }
+    let body = request.into_body().into_data_stream();
+    let stored = match assets.upload(body).await {
+        Ok(stored) => stored,
+        Err(e @ crate::assets::UploadError::TooLarge(_)) => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Err(e @ (crate::assets::UploadError::Empty | crate::assets::UploadError::Body(_))) => {
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ crate::assets::UploadError::Store(_)) => {
+            tracing::error!(error = %e, "asset upload failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let command = AssetCommand::RecordUpload(RecordUpload {
+        content_hash: stored.content_hash.clone(),
+        size: stored.size,
+        content_type: content_type.clone(),
+        uploaded_by: AccountId(viewer.sub),
+        at: chrono::Utc::now(),
+    });
+    let ctx = CommandContext::new(viewer.sub.to_string());
+    let executed = match http
+        .state
+        .handler
+        .execute::<Asset>(asset_id(&stored.content_hash), &ctx, &command)
+        .await
+    {
+        Ok(executed) => executed,
+        Err(e) => {
+            tracing::error!(error = %e, "recording an asset upload failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let status = if executed.appended > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let first_type = executed
+        .state
+        .content_type
+        .as_ref()
+        .map_or(content_type.to_string(), ToString::to_string);
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "contentHash": stored.content_hash.as_str(),
+            "size": stored.size,
+            "contentType": first_type,
+            "consistencyToken": executed.position.to_string(),
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /assets/{hash}`: see [`crate::assets`]. 404 for anyone not allowed.
+async fn get_asset(
+    State(http): State<Http>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::assets::Integrity;
+    use marketplace_commands::CommandContext;
+    use marketplace_domain::asset::{asset_id, AccessReason, Asset, AssetCommand, GrantAccess};
+    use marketplace_domain::values::{AccountId, ContentHash, OrderId, Role};
+    use marketplace_projections::read_models::{listings, orders};
+
+    let not_found = || json_error(StatusCode::NOT_FOUND, "no such asset");
+    // Only a lower-case digest names an object: other spellings are not found.
+    let Some(hash) = ContentHash::parse(&hash).ok().filter(|h| h.as_str() == hash) else {
+        return not_found();
+    };
+    let Ok(Viewer(Some(viewer))) = viewer_from(&http, headers.get(header::AUTHORIZATION)).await
+    else {
+        return not_found();
+    };
+    let state = &http.state;
+    let asset = match state.handler.load::<Asset>(asset_id(&hash)).await {
+        Ok(loaded) if loaded.state.is_stored() => loaded.state,
+        Ok(_) => return not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "loading an asset failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let reason = if viewer.has(Role::Admin) {
+        Some(AccessReason::Admin)
+    } else if asset.uploaded_by == Some(AccountId(viewer.sub))
+        || listings::sells_content(&state.pool, viewer.sub, hash.as_str())
+            .await
+            .unwrap_or(false)
+    {
+        Some(AccessReason::Seller)
+    } else {
+        match orders::bought_content(&state.pool, viewer.sub, hash.as_str()).await {
+            Ok(order) => order.map(|id| AccessReason::Buyer {
+                order_id: OrderId(id),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "checking an asset's buyers failed");
+                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        }
+    };
+    let Some(reason) = reason else {
+        return not_found();
+    };
+    let size = match state.assets.verify(&hash).await {
+        Ok(Integrity::Intact(size)) => size,
+        Ok(Integrity::Corrupted) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stored file does not match its hash; it is not served",
+            )
+        }
+        Ok(Integrity::Missing) => {
+            tracing::error!(content_hash = %hash, "an uploaded asset's file is missing");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the stored file is missing");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading an asset failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let grant = AssetCommand::GrantAccess(GrantAccess {
+        account_id: AccountId(viewer.sub),
+        reason,
+        at: chrono::Utc::now(),
+    });
+    let ctx = CommandContext::new(viewer.sub.to_string());
+    if let Err(e) = state
+        .handler
+        .execute::<Asset>(asset_id(&hash), &ctx, &grant)
+        .await
+    {
+        // The audit trail is part of the download: no record, no file.
+        tracing::error!(error = %e, "recording an asset access failed");
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    }
+    let content_type = asset
+        .content_type
+        .as_ref()
+        .map_or("application/octet-stream".to_owned(), ToString::to_string);
+    state
+        .assets
+        .serve(&hash, size, &content_type, headers.get(header::RANGE))
+        .await
 }

@@ -15,6 +15,10 @@
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
 //!   operation, command outcomes/conflicts/retries, projection and consumer
 //!   lag, the connection pool's use.
+//! - [`assets`]: digital assets' files in object storage (`object_store`:
+//!   a local directory or S3), keyed by SHA-256; the streamed, hashed
+//!   upload and the access-checked, re-verified, ranged download behind
+//!   `PUT /assets` and `GET /assets/{hash}`.
 //! - [`payments`]: the payment provider's HTTP protocol (documented there)
 //!   and its adapter, and [`payments::Payments`]: the configured gateway
 //!   behind its circuit breaker, and the provider callbacks' secret.
@@ -44,6 +48,7 @@
 
 pub mod admin;
 pub mod application;
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod database;

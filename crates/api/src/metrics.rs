@@ -308,6 +308,11 @@ pub async fn render(state: &AppState) -> String {
     write_local_consumers(&mut out, &state.consumers);
     write_pool(&mut out, &state.pool);
     write_payments(&mut out, state.payments.stats());
+    out.push_str(
+        "# HELP marketplace_assets_corrupted_total Downloads refused because the stored file no longer matched its hash.\n\
+         # TYPE marketplace_assets_corrupted_total counter\n",
+    );
+    let _ = writeln!(out, "marketplace_assets_corrupted_total {}", state.assets.corrupted());
     out
 }
 

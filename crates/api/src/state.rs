@@ -48,6 +48,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// The payment gateway (behind its breaker) and callback settings.
     pub payments: crate::payments::Payments,
+    /// Digital assets' files.
+    pub assets: crate::assets::Assets,
 }
 
 /// Every projection the API reads from.

@@ -1280,3 +1280,18 @@ pub async fn search_with(
         .collect();
     Ok(Ok(page))
 }
+
+/// Whether `seller` has a listing (in any status) of the asset `content_hash`.
+pub async fn sells_content(
+    pool: &PgPool,
+    seller: Uuid,
+    content_hash: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rm_listings WHERE seller_id = $1 AND content_hash = $2)",
+    )
+    .bind(seller)
+    .bind(content_hash)
+    .fetch_one(pool)
+    .await
+}

@@ -485,3 +485,25 @@ async fn page(
         total_count,
     }))
 }
+
+/// An order of `buyer`'s, CONFIRMED or later (shipped, delivered), with a
+/// line of a listing of the asset `content_hash`: what lets a buyer
+/// download it. Reads the listings read model's view for the hash.
+pub async fn bought_content(
+    pool: &PgPool,
+    buyer: Uuid,
+    content_hash: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT o.order_id FROM rm_orders o \
+         JOIN rm_order_lines ol ON ol.order_id = o.order_id \
+         JOIN rm_listings l ON l.listing_id = ol.listing_id \
+         WHERE o.buyer_id = $1 AND l.content_hash = $2 \
+           AND o.status IN ('CONFIRMED', 'SHIPPED', 'DELIVERED') \
+         ORDER BY o.placed_at LIMIT 1",
+    )
+    .bind(buyer)
+    .bind(content_hash)
+    .fetch_optional(pool)
+    .await
+}

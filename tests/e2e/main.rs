@@ -2,6 +2,7 @@
 //! Postgres, one fresh database per test.
 
 mod abuse;
+mod assets;
 mod audit;
 mod catalog;
 mod commerce;

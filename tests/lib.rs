@@ -256,7 +256,10 @@ impl TestApp {
             .upload_asset(Some(seller_token), body.to_vec(), "application/pdf")
             .await;
         assert!(status == 201 || status == 200, "upload: {status} {answer}");
-        answer["contentHash"].as_str().expect("contentHash").to_owned()
+        answer["contentHash"]
+            .as_str()
+            .expect("contentHash")
+            .to_owned()
     }
 
     /// The number of events in the log.

@@ -65,7 +65,12 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
-async fn download(app: &TestApp, token: Option<&str>, hash: &str, range: Option<&str>) -> reqwest::Response {
+async fn download(
+    app: &TestApp,
+    token: Option<&str>,
+    hash: &str,
+    range: Option<&str>,
+) -> reqwest::Response {
     let mut req = reqwest::Client::new().get(format!("{}/assets/{hash}", app.base));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -101,7 +106,10 @@ async fn declared_too_large(app: &TestApp, token: &str, len: usize) -> u16 {
     let mut answer = vec![0u8; 1024];
     let n = socket.read(&mut answer).await.expect("read");
     let text = String::from_utf8_lossy(&answer[..n]);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn digital(hash: &str) -> Value {
@@ -120,7 +128,9 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
     // Refusals: anonymous, a buyer, a media type off the list (small
     // bodies: these are answered before the body is read), too large.
     let small = b"%PDF-1.7".to_vec();
-    let (status, _) = app.upload_asset(None, small.clone(), "application/pdf").await;
+    let (status, _) = app
+        .upload_asset(None, small.clone(), "application/pdf")
+        .await;
     assert_eq!(status, 401);
     let (buyer_only, _, _) = app.register("reader@example.com", &[]).await;
     let (status, _) = app
@@ -134,12 +144,18 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
 
     // Upload, then the identical upload: stored once.
     let (status, answer) = app
-        .upload_asset(Some(&seller), file.clone(), "application/pdf; charset=binary")
+        .upload_asset(
+            Some(&seller),
+            file.clone(),
+            "application/pdf; charset=binary",
+        )
         .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["contentHash"], hash);
     assert_eq!(answer["size"], file.len());
-    let (status, again) = app.upload_asset(Some(&seller), file.clone(), "application/pdf").await;
+    let (status, again) = app
+        .upload_asset(Some(&seller), file.clone(), "application/pdf")
+        .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["contentHash"], hash);
     assert_eq!(files_under(&dir), 1, "one object, no leftovers");
@@ -147,7 +163,11 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
 
     // Listing: an unknown hash is refused; the stored one is listed.
     let unknown = app
-        .gql(CREATE, json!({ "input": digital(&"0f".repeat(32)) }), auth(&seller))
+        .gql(
+            CREATE,
+            json!({ "input": digital(&"0f".repeat(32)) }),
+            auth(&seller),
+        )
         .await;
     assert_eq!(unknown.error_code(), "BAD_USER_INPUT", "{}", unknown.body);
     let created = app
@@ -164,7 +184,10 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
 
     // Not allowed: 404, exactly like an unknown hash.
     let buyer = buyer_with(&app, "buyer@example.com", "50.00").await;
-    for (who, token) in [("anonymous", None), ("a buyer before buying", Some(buyer.as_str()))] {
+    for (who, token) in [
+        ("anonymous", None),
+        ("a buyer before buying", Some(buyer.as_str())),
+    ] {
         let r = download(&app, token, &hash, None).await;
         assert_eq!(r.status().as_u16(), 404, "{who}");
     }
@@ -185,7 +208,11 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
     let placed = app
         .gql(PLACE, json!({ "input": place_input(&id, 1) }), auth(&buyer))
         .await;
-    let order = placed.data("placeOrder.order.id").as_str().expect("id").to_owned();
+    let order = placed
+        .data("placeOrder.order.id")
+        .as_str()
+        .expect("id")
+        .to_owned();
     app.wait_order(&buyer, &order, |s| s != "PENDING").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let r = loop {
@@ -194,7 +221,10 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
             break r;
         }
         assert_eq!(r.status().as_u16(), 404);
-        assert!(std::time::Instant::now() < deadline, "the buyer never got access");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the buyer never got access"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     };
     let body = r.bytes().await.expect("body");
@@ -210,13 +240,22 @@ async fn a_several_mib_asset_uploads_once_lists_and_downloads_only_for_those_all
     assert_eq!(&r.bytes().await.expect("body")[..], &file[1000..2000]);
     let r = download(&app, Some(&buyer), &hash, Some("bytes=-16")).await;
     assert_eq!(r.status().as_u16(), 206);
-    assert_eq!(&r.bytes().await.expect("body")[..], &file[file.len() - 16..]);
+    assert_eq!(
+        &r.bytes().await.expect("body")[..],
+        &file[file.len() - 16..]
+    );
     let r = download(&app, Some(&buyer), &hash, Some("bytes=99999999-")).await;
     assert_eq!(r.status().as_u16(), 416);
 
     // A stranger still gets 404.
     let (stranger, _, _) = app.register("stranger@example.com", &[]).await;
-    assert_eq!(download(&app, Some(&stranger), &hash, None).await.status().as_u16(), 404);
+    assert_eq!(
+        download(&app, Some(&stranger), &hash, None)
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
 
     // The audit trail: who was let in, and why.
     let pool = sqlx::PgPool::connect(&app.db.url).await.expect("connect");
@@ -238,7 +277,13 @@ async fn a_tampered_file_on_disk_is_refused_at_download() {
     let (seller, _, _) = app.register("author@example.com", &["SELLER"]).await;
     let file = content(2 * MIB, 11);
     let hash = app.stored_asset(&seller, &file).await;
-    assert_eq!(download(&app, Some(&seller), &hash, None).await.status().as_u16(), 200);
+    assert_eq!(
+        download(&app, Some(&seller), &hash, None)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
 
     let on_disk = dir.join("sha256").join(&hash[..2]).join(&hash);
     let mut tampered = std::fs::read(&on_disk).expect("read");
@@ -248,7 +293,12 @@ async fn a_tampered_file_on_disk_is_refused_at_download() {
     let r = download(&app, Some(&seller), &hash, None).await;
     assert_eq!(r.status().as_u16(), 500);
     let body: Value = r.json().await.expect("json");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("does not match")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not match")),
+        "{body}"
+    );
     let ranged = download(&app, Some(&seller), &hash, Some("bytes=0-9")).await;
     assert_eq!(ranged.status().as_u16(), 500, "not even a range of it");
     let page = reqwest::get(format!("{}/metrics", app.base))
@@ -257,6 +307,9 @@ async fn a_tampered_file_on_disk_is_refused_at_download() {
         .text()
         .await
         .expect("text");
-    assert!(page.contains("marketplace_assets_corrupted_total 2"), "{page}");
+    assert!(
+        page.contains("marketplace_assets_corrupted_total 2"),
+        "{page}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -12,7 +12,7 @@ mod http;
 mod kurrentdb;
 mod limits;
 mod observability;
-mod payments;
 mod ops;
+mod payments;
 mod rebuild;
 mod subscriptions;

@@ -53,11 +53,19 @@ fn quick_retry(attempt_timeout_ms: u64, deadline_ms: u64) -> RetryPolicy {
     }
 }
 
-async fn deposit(app: &TestApp, token: &str, amount: &str, card: Option<&str>) -> marketplace_e2e::Gql {
+async fn deposit(
+    app: &TestApp,
+    token: &str,
+    amount: &str,
+    card: Option<&str>,
+) -> marketplace_e2e::Gql {
     app.gql(
         DEPOSIT,
         json!({ "amount": { "amount": amount, "currencyCode": "EUR" }, "token": card }),
-        Req { token: Some(token), ..Req::default() },
+        Req {
+            token: Some(token),
+            ..Req::default()
+        },
     )
     .await
 }
@@ -66,7 +74,10 @@ async fn balance(app: &TestApp, token: &str, consistency: Option<&str>) -> Strin
     app.gql(
         "{ me { balance { amount currencyCode } } }",
         json!({}),
-        Req { token: Some(token), consistency },
+        Req {
+            token: Some(token),
+            consistency,
+        },
     )
     .await
     .data("me.balance.amount")
@@ -130,7 +141,11 @@ async fn a_deposit_survives_a_timeout_a_late_success_and_duplicate_callbacks_and
     assert_eq!(intent["status"], "SUCCEEDED", "{intent}");
     assert_eq!(intent["cardLast4"], "1881");
     assert_eq!(intent["failureReason"], Value::Null);
-    let ct = r.data("depositFunds.consistencyToken").as_str().expect("ct").to_owned();
+    let ct = r
+        .data("depositFunds.consistencyToken")
+        .as_str()
+        .expect("ct")
+        .to_owned();
 
     // Every duplicate has arrived and the retry has been answered.
     eventually("three callbacks", || async { sim.callbacks_sent() == 3 }).await;
@@ -150,7 +165,10 @@ async fn a_deposit_survives_a_timeout_a_late_success_and_duplicate_callbacks_and
         .gql(
             "query($id: ID!) { paymentIntent(id: $id) { status cardLast4 } }",
             json!({ "id": intent_id }),
-            Req { token: Some(&buyer), ..Req::default() },
+            Req {
+                token: Some(&buyer),
+                ..Req::default()
+            },
         )
         .await;
     assert_eq!(followed.data("paymentIntent.status"), "SUCCEEDED");
@@ -163,7 +181,10 @@ async fn a_deposit_survives_a_timeout_a_late_success_and_duplicate_callbacks_and
         .gql(
             "query($id: ID!) { paymentIntent(id: $id) { status } }",
             json!({ "id": intent["id"] }),
-            Req { token: Some(&stranger), ..Req::default() },
+            Req {
+                token: Some(&stranger),
+                ..Req::default()
+            },
         )
         .await;
     assert_eq!(hidden.data("paymentIntent"), &Value::Null);
@@ -191,7 +212,8 @@ async fn concurrent_duplicate_callbacks_for_a_pending_charge_credit_once() {
 
     let client = reqwest::Client::new();
     let url = format!("{}/payments/callback", app.base);
-    let body = json!({ "intentId": id, "status": "captured", "chargeId": "ch_sim_1", "last4": "4242" });
+    let body =
+        json!({ "intentId": id, "status": "captured", "chargeId": "ch_sim_1", "last4": "4242" });
     // Without the secret: refused, nothing recorded.
     let refused = client
         .post(&url)
@@ -223,7 +245,10 @@ async fn concurrent_duplicate_callbacks_for_a_pending_charge_credit_once() {
         .gql(
             "query($id: ID!) { paymentIntent(id: $id) { status cardLast4 } }",
             json!({ "id": id }),
-            Req { token: Some(&buyer), ..Req::default() },
+            Req {
+                token: Some(&buyer),
+                ..Req::default()
+            },
         )
         .await;
     assert_eq!(settled.data("paymentIntent.status"), "SUCCEEDED");
@@ -240,7 +265,9 @@ async fn concurrent_duplicate_callbacks_for_a_pending_charge_credit_once() {
     let unknown = client
         .post(&url)
         .bearer_auth(SECRET)
-        .json(&json!({ "intentId": uuid::Uuid::now_v7(), "status": "captured", "chargeId": "ch_x" }))
+        .json(
+            &json!({ "intentId": uuid::Uuid::now_v7(), "status": "captured", "chargeId": "ch_x" }),
+        )
         .send()
         .await
         .expect("callback");
@@ -267,14 +294,26 @@ async fn a_declined_card_fails_the_intent_with_a_reason_and_credits_nothing() {
     )
     .await;
     let (buyer, buyer_id, _) = app.register("declined@example.com", &[]).await;
-    let r = deposit(&app, &buyer, "10.00", Some(payments_simulator::DECLINED_TOKEN)).await;
+    let r = deposit(
+        &app,
+        &buyer,
+        "10.00",
+        Some(payments_simulator::DECLINED_TOKEN),
+    )
+    .await;
     let intent = r.data("depositFunds.paymentIntent").clone();
     assert_eq!(intent["status"], "FAILED", "{intent}");
     assert!(
-        intent["failureReason"].as_str().is_some_and(|r| r.contains("declined")),
+        intent["failureReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("declined")),
         "{intent}"
     );
-    let ct = r.data("depositFunds.consistencyToken").as_str().expect("ct").to_owned();
+    let ct = r
+        .data("depositFunds.consistencyToken")
+        .as_str()
+        .expect("ct")
+        .to_owned();
     assert_eq!(balance(&app, &buyer, Some(&ct)).await, "0.00");
     assert_eq!(credits(&app, &buyer_id).await, 0);
 }
@@ -289,12 +328,21 @@ async fn under_an_error_burst_the_breaker_opens_fails_fast_with_unavailable_then
         cool_down: Duration::from_secs(2),
         ..BreakerConfig::default()
     };
-    let app = app_with_provider(&sim, breaker, quick_retry(500, 5_000), Duration::from_secs(10)).await;
+    let app = app_with_provider(
+        &sim,
+        breaker,
+        quick_retry(500, 5_000),
+        Duration::from_secs(10),
+    )
+    .await;
     let (buyer, buyer_id, _) = app.register("burst@example.com", &[]).await;
 
     // Closed to start with.
     let (_, page) = get_text(format!("{}/metrics", app.base)).await;
-    assert!(page.contains("marketplace_payments_breaker_state{state=\"closed\"} 1"), "{page}");
+    assert!(
+        page.contains("marketplace_payments_breaker_state{state=\"closed\"} 1"),
+        "{page}"
+    );
 
     // An outage: the saga's retries meet three failures, the breaker opens,
     // and the intent fails as unconfirmed.
@@ -302,8 +350,17 @@ async fn under_an_error_burst_the_breaker_opens_fails_fast_with_unavailable_then
     let r = deposit(&app, &buyer, "30.00", None).await;
     let intent = r.data("depositFunds.paymentIntent").clone();
     assert_eq!(intent["status"], "FAILED", "{intent}");
-    assert!(intent["failureReason"].as_str().is_some_and(|r| r.contains("unavailable")), "{intent}");
-    assert_eq!(sim.requests(), 3, "three attempts, then the breaker refused");
+    assert!(
+        intent["failureReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unavailable")),
+        "{intent}"
+    );
+    assert_eq!(
+        sim.requests(),
+        3,
+        "three attempts, then the breaker refused"
+    );
 
     // Open: a deposit is refused at once, recording nothing.
     let started = Instant::now();
@@ -324,20 +381,37 @@ async fn under_an_error_burst_the_breaker_opens_fails_fast_with_unavailable_then
         .expect("Retry-After");
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let body: Value = refused.json().await.expect("json");
-    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{body}"
+    );
     assert_eq!(sim.requests(), 3, "the provider was not called");
 
     // The breaker's state is in /metrics and /readyz (degraded, still ready:
     // reads keep working).
     let (_, page) = get_text(format!("{}/metrics", app.base)).await;
-    assert!(page.contains("marketplace_payments_breaker_state{state=\"open\"} 1"), "{page}");
-    assert!(page.contains("marketplace_payments_calls_total{outcome=\"failed\"} 3"), "{page}");
-    assert!(page.contains("marketplace_payments_breaker_opened_total 1"), "{page}");
+    assert!(
+        page.contains("marketplace_payments_breaker_state{state=\"open\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("marketplace_payments_calls_total{outcome=\"failed\"} 3"),
+        "{page}"
+    );
+    assert!(
+        page.contains("marketplace_payments_breaker_opened_total 1"),
+        "{page}"
+    );
     let (status, ready) = get_text(format!("{}/readyz", app.base)).await;
     let ready: Value = serde_json::from_str(&ready).expect("json");
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["payments"]["breaker"], "open", "{ready}");
-    assert!(ready["degraded"].as_array().is_some_and(|d| d.contains(&json!("payments"))), "{ready}");
+    assert!(
+        ready["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("payments"))),
+        "{ready}"
+    );
     assert_eq!(balance(&app, &buyer, None).await, "0.00");
 
     // The provider recovers; after the cool-down the breaker half-opens, the
@@ -350,14 +424,26 @@ async fn under_an_error_burst_the_breaker_opens_fails_fast_with_unavailable_then
     .await;
     let r = deposit(&app, &buyer, "12.50", None).await;
     assert_eq!(r.data("depositFunds.paymentIntent.status"), "SUCCEEDED");
-    let ct = r.data("depositFunds.consistencyToken").as_str().expect("ct").to_owned();
+    let ct = r
+        .data("depositFunds.consistencyToken")
+        .as_str()
+        .expect("ct")
+        .to_owned();
     let (_, page) = get_text(format!("{}/metrics", app.base)).await;
-    assert!(page.contains("marketplace_payments_breaker_state{state=\"closed\"} 1"), "{page}");
+    assert!(
+        page.contains("marketplace_payments_breaker_state{state=\"closed\"} 1"),
+        "{page}"
+    );
     let (_, ready) = get_text(format!("{}/readyz", app.base)).await;
     assert!(ready.contains("\"closed\""), "{ready}");
 
     // The books balance: the wallet holds what the provider captured.
-    let captured: i64 = sim.charges().values().filter(|c| c.captured).map(|c| c.minor).sum();
+    let captured: i64 = sim
+        .charges()
+        .values()
+        .filter(|c| c.captured)
+        .map(|c| c.minor)
+        .sum();
     assert_eq!(captured, 1_250);
     assert_eq!(balance(&app, &buyer, Some(&ct)).await, "12.50");
     assert_eq!(credits(&app, &buyer_id).await, 1);

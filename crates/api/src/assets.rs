@@ -36,9 +36,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, TryStreamExt};
+use marketplace_domain::values::{ContentHash, ContentType};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
-use marketplace_domain::values::{ContentHash, ContentType};
 use sha2::{Digest, Sha256};
 
 /// Where asset files are stored.
@@ -85,7 +85,10 @@ impl AssetsSettings {
         Self {
             location: AssetLocation::Local(dir),
             max_bytes: DEFAULT_MAX_BYTES,
-            content_types: DEFAULT_CONTENT_TYPES.iter().map(|s| (*s).to_owned()).collect(),
+            content_types: DEFAULT_CONTENT_TYPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -251,7 +254,11 @@ impl Assets {
         let placed = if self.exists(&content_hash).await? {
             Ok(())
         } else {
-            match self.store.copy_if_not_exists(&temporary, &destination).await {
+            match self
+                .store
+                .copy_if_not_exists(&temporary, &destination)
+                .await
+            {
                 Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
                 // Backends without an atomic copy-if-absent: identical
                 // content at the same address, so a plain copy is safe.
@@ -344,7 +351,11 @@ impl Assets {
         );
         match range {
             Some(r) => {
-                insert(&mut headers, header::CONTENT_LENGTH, (r.end - r.start).to_string());
+                insert(
+                    &mut headers,
+                    header::CONTENT_LENGTH,
+                    (r.end - r.start).to_string(),
+                );
                 insert(
                     &mut headers,
                     header::CONTENT_RANGE,
@@ -409,14 +420,23 @@ mod tests {
     #[test]
     fn reads_the_three_forms_of_a_byte_range() {
         assert_eq!(parse_range("bytes=0-99", 1000), RangeRequest::One(0..100));
-        assert_eq!(parse_range("bytes=900-", 1000), RangeRequest::One(900..1000));
+        assert_eq!(
+            parse_range("bytes=900-", 1000),
+            RangeRequest::One(900..1000)
+        );
         assert_eq!(parse_range("bytes=-10", 1000), RangeRequest::One(990..1000));
-        assert_eq!(parse_range("bytes=990-5000", 1000), RangeRequest::One(990..1000));
+        assert_eq!(
+            parse_range("bytes=990-5000", 1000),
+            RangeRequest::One(990..1000)
+        );
     }
 
     #[test]
     fn a_range_past_the_end_is_unsatisfiable_and_odd_ones_are_ignored() {
-        assert_eq!(parse_range("bytes=1000-", 1000), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=1000-", 1000),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range("bytes=-0", 1000), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), RangeRequest::Ignored);
         assert_eq!(parse_range("items=0-1", 1000), RangeRequest::Ignored);

@@ -59,10 +59,7 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/metrics", get(metrics))
         .route("/payments/callback", post(payment_callback))
         // Uploads stream past the JSON body limit, under the asset limit.
-        .route(
-            "/assets",
-            put(put_asset).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/assets", put(put_asset).layer(DefaultBodyLimit::disable()))
         .route("/assets/{hash}", get(get_asset))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A bug that panics in a handler answers a coded INTERNAL (logged
@@ -892,7 +889,10 @@ async fn put_asset(State(http): State<Http>, request: Request) -> Response {
     let viewer = match viewer_from(&http, headers.get(header::AUTHORIZATION)).await {
         Ok(Viewer(Some(claims))) => claims,
         Ok(Viewer(None)) | Err(_) => {
-            return json_error(StatusCode::UNAUTHORIZED, "sign in as a SELLER to upload assets")
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "sign in as a SELLER to upload assets",
+            )
         }
     };
     if !viewer.has(Role::Seller) {
@@ -989,7 +989,10 @@ async fn get_asset(
 
     let not_found = || json_error(StatusCode::NOT_FOUND, "no such asset");
     // Only a lower-case digest names an object: other spellings are not found.
-    let Some(hash) = ContentHash::parse(&hash).ok().filter(|h| h.as_str() == hash) else {
+    let Some(hash) = ContentHash::parse(&hash)
+        .ok()
+        .filter(|h| h.as_str() == hash)
+    else {
         return not_found();
     };
     let Ok(Viewer(Some(viewer))) = viewer_from(&http, headers.get(header::AUTHORIZATION)).await
@@ -1037,7 +1040,10 @@ async fn get_asset(
         }
         Ok(Integrity::Missing) => {
             tracing::error!(content_hash = %hash, "an uploaded asset's file is missing");
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the stored file is missing");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stored file is missing",
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, "reading an asset failed");

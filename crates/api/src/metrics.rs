@@ -312,7 +312,11 @@ pub async fn render(state: &AppState) -> String {
         "# HELP marketplace_assets_corrupted_total Downloads refused because the stored file no longer matched its hash.\n\
          # TYPE marketplace_assets_corrupted_total counter\n",
     );
-    let _ = writeln!(out, "marketplace_assets_corrupted_total {}", state.assets.corrupted());
+    let _ = writeln!(
+        out,
+        "marketplace_assets_corrupted_total {}",
+        state.assets.corrupted()
+    );
     out
 }
 
@@ -325,7 +329,11 @@ fn write_payments(out: &mut String, stats: &marketplace_commands::payments::Brea
          # TYPE marketplace_payments_breaker_state gauge\n",
     );
     let now = stats.state();
-    for state in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+    for state in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
         let _ = writeln!(
             out,
             "marketplace_payments_breaker_state{{state=\"{}\"}} {}",
@@ -351,12 +359,20 @@ fn write_payments(out: &mut String, stats: &marketplace_commands::payments::Brea
         "# HELP marketplace_payments_breaker_opened_total Times the payment gateway's circuit breaker opened.\n\
          # TYPE marketplace_payments_breaker_opened_total counter\n",
     );
-    let _ = writeln!(out, "marketplace_payments_breaker_opened_total {}", stats.opened());
+    let _ = writeln!(
+        out,
+        "marketplace_payments_breaker_opened_total {}",
+        stats.opened()
+    );
     out.push_str(
         "# HELP marketplace_payments_retries_total Charge attempts after the first.\n\
          # TYPE marketplace_payments_retries_total counter\n",
     );
-    let _ = writeln!(out, "marketplace_payments_retries_total {}", stats.retries());
+    let _ = writeln!(
+        out,
+        "marketplace_payments_retries_total {}",
+        stats.retries()
+    );
 }
 
 /// This process's Postgres pool: connections in use and idle, and the

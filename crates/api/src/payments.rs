@@ -88,7 +88,10 @@ impl ProviderResult {
         let protocol = |what: &str| GatewayError::Protocol(what.to_owned());
         match self.status.as_str() {
             "captured" => {
-                let charge = self.charge_id.as_deref().ok_or_else(|| protocol("no chargeId"))?;
+                let charge = self
+                    .charge_id
+                    .as_deref()
+                    .ok_or_else(|| protocol("no chargeId"))?;
                 let charge_ref =
                     ProviderRef::parse(charge).map_err(|e| protocol(&e.to_string()))?;
                 let last4 = match self.last4.as_deref() {

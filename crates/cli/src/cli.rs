@@ -154,7 +154,11 @@ pub struct ServeArgs {
     payments_api_key: Option<String>,
     /// The secret the provider's callbacks to `POST /payments/callback`
     /// must carry (`Authorization: Bearer`). Unset: callbacks are refused.
-    #[arg(long, env = "MARKETPLACE_PAYMENTS_CALLBACK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_CALLBACK_SECRET",
+        hide_env_values = true
+    )]
     payments_callback_secret: Option<String>,
     /// This server's callback URL as the provider reaches it, sent with
     /// each charge.
@@ -165,11 +169,19 @@ pub struct ServeArgs {
     payments_timeout_ms: u64,
     /// A charge is retried (exponential backoff, jitter) until this many
     /// milliseconds have passed, then the intent fails as unconfirmed.
-    #[arg(long, env = "MARKETPLACE_PAYMENTS_DEADLINE_MS", default_value_t = 20_000)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_DEADLINE_MS",
+        default_value_t = 20_000
+    )]
     payments_deadline_ms: u64,
     /// How long the payment gateway's circuit breaker stays open before a
     /// probe, in seconds.
-    #[arg(long, env = "MARKETPLACE_PAYMENTS_BREAKER_COOL_DOWN_SECS", default_value_t = 15)]
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_BREAKER_COOL_DOWN_SECS",
+        default_value_t = 15
+    )]
     payments_breaker_cool_down_secs: u64,
 }
 

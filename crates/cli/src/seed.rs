@@ -980,14 +980,14 @@ impl Processes {
             FeeRate::DEFAULT,
             std::sync::Arc::new(marketplace_commands::payments::SimulatedGateway),
         )
-            .into_iter()
-            .map(|pm| {
-                let name = pm.name();
-                let rx = registry.watch(name);
-                let task = tokio::spawn(process::run(pm, runner.clone(), stop_rx.clone()));
-                (name, task, rx)
-            })
-            .collect();
+        .into_iter()
+        .map(|pm| {
+            let name = pm.name();
+            let rx = registry.watch(name);
+            let task = tokio::spawn(process::run(pm, runner.clone(), stop_rx.clone()));
+            (name, task, rx)
+        })
+        .collect();
         Self { tasks, stop }
     }
 

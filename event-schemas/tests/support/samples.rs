@@ -21,9 +21,10 @@ use marketplace_domain::payment::{
 };
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::{
-    AccountId, CardLast4, Category, ContentType, PaymentIntentId, ProviderRef, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
-    ListingId, Money, OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId,
-    Role, Tags, Title, TrackingCode, FEE_ACCOUNT_ID,
+    AccountId, CardLast4, Category, ContentHash, ContentType, Currency, Description, DisplayName,
+    Email, FeeRate, ListingId, Money, OrderId, PasswordHash, PaymentIntentId, ProviderRef,
+    Quantity, Rating, Reason, ReviewComment, ReviewId, Role, Tags, Title, TrackingCode,
+    FEE_ACCOUNT_ID,
 };
 use marketplace_event_schemas::{encode, Encoded};
 use uuid::Uuid;

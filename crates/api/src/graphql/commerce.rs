@@ -180,14 +180,13 @@ impl CommerceMutation {
     /// payment provider: records a payment intent and answers with its
     /// state once settled (or still PENDING after a bounded wait). While the
     /// provider is down (its circuit breaker open) it answers UNAVAILABLE
-    /// with `Retry-After`, recording nothing.
+    /// with `Retry-After`, recording nothing. `paymentToken` is the
+    /// provider's token for the payment method (never card data).
     async fn deposit_funds(
         &self,
         ctx: &Context<'_>,
         amount: MoneyInput,
         idempotency_key: Option<String>,
-        #[graphql(desc = "The payment provider's token for the payment method \
-                          (never card data).")]
         payment_token: Option<String>,
     ) -> ApiResult<CommandResult> {
         let state = ctx.data::<AppState>()?;

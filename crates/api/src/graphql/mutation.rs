@@ -269,9 +269,9 @@ impl MutationRoot {
                 let content_hash = ContentHash::parse(hash)?;
                 let asset = state
                     .handler
-                    .load::<marketplace_domain::asset::Asset>(
-                        marketplace_domain::asset::asset_id(&content_hash),
-                    )
+                    .load::<marketplace_domain::asset::Asset>(marketplace_domain::asset::asset_id(
+                        &content_hash,
+                    ))
                     .await
                     .map_err(ApiError::internal)?;
                 if !asset.state.is_stored() {

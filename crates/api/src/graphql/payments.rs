@@ -113,8 +113,10 @@ pub async fn visible_intent(
         .load::<IntentState>(id)
         .await
         .map_err(ApiError::internal)?;
-    Ok((loaded.state.id.is_some() && may_see_intent(viewer, &loaded.state))
-        .then_some((loaded.state, loaded.position)))
+    Ok(
+        (loaded.state.id.is_some() && may_see_intent(viewer, &loaded.state))
+            .then_some((loaded.state, loaded.position)),
+    )
 }
 
 /// Queries over payment intents.

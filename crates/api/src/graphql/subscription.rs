@@ -161,8 +161,7 @@ impl SubscriptionRoot {
         tokio::spawn(async move {
             let _slot = slot;
             let mut last = current;
-            if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err() || intent_is_final(&last)
-            {
+            if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err() || intent_is_final(&last) {
                 return;
             }
             loop {
@@ -181,8 +180,7 @@ impl SubscriptionRoot {
                     continue;
                 }
                 last = now;
-                if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err()
-                    || intent_is_final(&last)
+                if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err() || intent_is_final(&last)
                 {
                     return;
                 }

@@ -53,9 +53,12 @@ pub async fn credit(
     intent: &PaymentIntent,
     ctx: &CommandContext,
 ) -> Result<Option<Executed<Account>>, CommandError<AccountError>> {
-    let (Some(id), Some(account), Some(amount), Some(PaymentStatus::Succeeded)) =
-        (intent.id, intent.account_id, intent.amount.clone(), intent.status)
-    else {
+    let (Some(id), Some(account), Some(amount), Some(PaymentStatus::Succeeded)) = (
+        intent.id,
+        intent.account_id,
+        intent.amount.clone(),
+        intent.status,
+    ) else {
         return Ok(None);
     };
     let command = AccountCommand::Deposit(DepositFunds {

@@ -188,10 +188,8 @@ impl Instrument for BreakerStats {
     }
 }
 
-type Policy = OrElse<
-    SuccessRateOverTimeWindow<backoff::Constant>,
-    ConsecutiveFailures<backoff::Constant>,
->;
+type Policy =
+    OrElse<SuccessRateOverTimeWindow<backoff::Constant>, ConsecutiveFailures<backoff::Constant>>;
 
 /// A gateway behind a circuit breaker, retried with backoff until a
 /// deadline. Clones share the breaker.
@@ -387,13 +385,22 @@ mod tests {
         };
         let gateway = ProtectedGateway::new(flaky.clone(), config, quick_retry(5_000));
         let error = gateway.charge(&request()).await.expect_err("open");
-        assert!(matches!(error, GatewayError::CircuitOpen { .. }), "{error:?}");
+        assert!(
+            matches!(error, GatewayError::CircuitOpen { .. }),
+            "{error:?}"
+        );
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
         assert_eq!(gateway.stats().state(), BreakerState::Open);
-        assert!(gateway.refuses().is_some_and(|d| d <= Duration::from_secs(60)));
+        assert!(gateway
+            .refuses()
+            .is_some_and(|d| d <= Duration::from_secs(60)));
         let again = gateway.charge(&request()).await.expect_err("still open");
         assert!(matches!(again, GatewayError::CircuitOpen { .. }));
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "not called while open");
+        assert_eq!(
+            flaky.calls.load(Ordering::SeqCst),
+            3,
+            "not called while open"
+        );
         assert!(gateway.stats().rejected() >= 1);
     }
 

@@ -351,7 +351,8 @@ fn placed(event: &Event) -> Option<&OrderPlaced> {
         Event::Account(_)
         | Event::EmailClaim(_)
         | Event::Listing(_)
-        | Event::Payment(_) | Event::Asset(_)
+        | Event::Payment(_)
+        | Event::Asset(_)
         | Event::Review(_) => None,
     }
 }
@@ -391,7 +392,8 @@ impl ProcessManager for CheckoutSaga {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Payment | AggregateKind::Asset
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

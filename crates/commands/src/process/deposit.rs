@@ -70,21 +70,22 @@ impl DepositSaga {
         };
         let ctx = CommandContext::caused_by(trigger, NAME, "charge");
         match self.gateway.charge(&request).await {
-            Ok(outcome) => match deposit::settle(&self.handler, e.intent_id, &outcome, &ctx).await
-            {
-                Ok(_) => Ok(()),
-                Err(SettleError::Intent(CommandError::Rejected(refusal))) => {
-                    // The provider's answer contradicts what is recorded
-                    // (a capture after a decline): the record stands.
-                    tracing::warn!(intent = %e.intent_id, %refusal, "charge outcome refused");
-                    Ok(())
+            Ok(outcome) => {
+                match deposit::settle(&self.handler, e.intent_id, &outcome, &ctx).await {
+                    Ok(_) => Ok(()),
+                    Err(SettleError::Intent(CommandError::Rejected(refusal))) => {
+                        // The provider's answer contradicts what is recorded
+                        // (a capture after a decline): the record stands.
+                        tracing::warn!(intent = %e.intent_id, %refusal, "charge outcome refused");
+                        Ok(())
+                    }
+                    Err(SettleError::Intent(err)) => Err(ProcessError::command(err)),
+                    Err(SettleError::Credit(err)) => Err(ProcessError::command(err)),
                 }
-                Err(SettleError::Intent(err)) => Err(ProcessError::command(err)),
-                Err(SettleError::Credit(err)) => Err(ProcessError::command(err)),
-            },
+            }
             Err(error) => {
-                let reason = Reason::parse(&error.to_string())
-                    .unwrap_or_else(|_| fallback_reason());
+                let reason =
+                    Reason::parse(&error.to_string()).unwrap_or_else(|_| fallback_reason());
                 tracing::warn!(intent = %e.intent_id, %error, "charge unconfirmed");
                 match deposit::give_up(&self.handler, e.intent_id, reason, &ctx).await {
                     Ok(_) | Err(CommandError::Rejected(PaymentError::NotFound)) => Ok(()),

@@ -186,7 +186,8 @@ fn settle(event: &Event) -> Option<Settle<'_>> {
         Event::Account(_)
         | Event::EmailClaim(_)
         | Event::Listing(_)
-        | Event::Payment(_) | Event::Asset(_)
+        | Event::Payment(_)
+        | Event::Asset(_)
         | Event::Review(_) => None,
     }
 }
@@ -203,7 +204,8 @@ impl ProcessManager for PayoutProcess {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Payment | AggregateKind::Asset
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

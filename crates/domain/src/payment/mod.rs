@@ -252,12 +252,10 @@ mod tests {
 
     #[test]
     fn a_late_success_after_an_unconfirmed_failure_still_counts() {
-        let state = given::<PaymentIntent>([
-            created().into(),
-            failed(FailureKind::Unconfirmed).into(),
-        ])
-        .when(PaymentCommand::RecordSuccess(success()))
-        .then_events([succeeded().into()]);
+        let state =
+            given::<PaymentIntent>([created().into(), failed(FailureKind::Unconfirmed).into()])
+                .when(PaymentCommand::RecordSuccess(success()))
+                .then_events([succeeded().into()]);
         assert_eq!(state.failure, None);
     }
 
@@ -271,7 +269,9 @@ mod tests {
     #[test]
     fn records_a_decline_while_pending() {
         let state = given::<PaymentIntent>([created().into()])
-            .when(PaymentCommand::RecordFailure(failure(FailureKind::Declined)))
+            .when(PaymentCommand::RecordFailure(failure(
+                FailureKind::Declined,
+            )))
             .then_events([failed(FailureKind::Declined).into()]);
         assert_eq!(state.status, Some(PaymentStatus::Failed));
     }
@@ -279,7 +279,9 @@ mod tests {
     #[test]
     fn a_failure_after_a_success_decides_nothing() {
         given::<PaymentIntent>([created().into(), succeeded().into()])
-            .when(PaymentCommand::RecordFailure(failure(FailureKind::Unconfirmed)))
+            .when(PaymentCommand::RecordFailure(failure(
+                FailureKind::Unconfirmed,
+            )))
             .then_events([]);
     }
 

@@ -84,7 +84,8 @@ impl Projection for AccountsProjection {
             AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
-            | AggregateKind::Payment | AggregateKind::Asset
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }
@@ -139,7 +140,8 @@ impl Projection for AccountsProjection {
                 Event::EmailClaim(_)
                 | Event::Listing(_)
                 | Event::Order(_)
-                | Event::Payment(_) | Event::Asset(_)
+                | Event::Payment(_)
+                | Event::Asset(_)
                 | Event::Review(_) => {}
             }
         }

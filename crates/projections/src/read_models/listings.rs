@@ -253,7 +253,8 @@ impl Projection for ListingsProjection {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Order
-            | AggregateKind::Payment | AggregateKind::Asset => false,
+            | AggregateKind::Payment
+            | AggregateKind::Asset => false,
         }
     }
 
@@ -348,7 +349,11 @@ impl Projection for ListingsProjection {
                     ReviewEvent::Submitted(_) | ReviewEvent::Rejected(_) => {}
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Order(_) | Event::Payment(_) | Event::Asset(_) => {}
+                Event::Account(_)
+                | Event::EmailClaim(_)
+                | Event::Order(_)
+                | Event::Payment(_)
+                | Event::Asset(_) => {}
             }
         }
         // Listings created in this batch take everything that followed into

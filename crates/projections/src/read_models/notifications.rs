@@ -364,7 +364,10 @@ impl Projection for NotificationsProjection {
 pub fn can_notify(aggregate: AggregateKind) -> bool {
     match aggregate {
         AggregateKind::Order | AggregateKind::Account | AggregateKind::Review => true,
-        AggregateKind::Listing | AggregateKind::EmailClaim | AggregateKind::Payment | AggregateKind::Asset => false,
+        AggregateKind::Listing
+        | AggregateKind::EmailClaim
+        | AggregateKind::Payment
+        | AggregateKind::Asset => false,
     }
 }
 

@@ -100,7 +100,8 @@ impl Projection for ReviewsProjection {
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
-            | AggregateKind::Payment | AggregateKind::Asset => false,
+            | AggregateKind::Payment
+            | AggregateKind::Asset => false,
         }
     }
 
@@ -152,7 +153,8 @@ impl Projection for ReviewsProjection {
                 | Event::EmailClaim(_)
                 | Event::Listing(_)
                 | Event::Order(_)
-                | Event::Payment(_) | Event::Asset(_) => {}
+                | Event::Payment(_)
+                | Event::Asset(_) => {}
             }
         }
         for review in &mut submitted {

@@ -183,6 +183,15 @@ pub struct ServeArgs {
         default_value_t = 15
     )]
     payments_breaker_cool_down_secs: u64,
+    /// Where digital assets' files are stored: `s3://bucket[/prefix]`
+    /// (S3-compatible; region, endpoint and credentials from the usual
+    /// AWS_* variables) or a local directory. Unset: `<data-dir>/assets`.
+    #[arg(long, env = "MARKETPLACE_ASSETS_URL")]
+    assets_url: Option<String>,
+    /// The largest asset upload, in bytes.
+    #[arg(long, env = "MARKETPLACE_ASSETS_MAX_BYTES",
+          default_value_t = marketplace_api::assets::DEFAULT_MAX_BYTES)]
+    assets_max_bytes: u64,
 }
 
 fn payments_settings(args: &ServeArgs) -> marketplace_api::config::PaymentsSettings {
@@ -391,6 +400,19 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let payments = payments_settings(&args);
+    let assets = {
+        use marketplace_api::assets::{AssetLocation, AssetsSettings};
+        let mut assets = AssetsSettings::local(db_args.data_dir.join("assets"));
+        match args.assets_url.as_deref() {
+            Some(url) if url.starts_with("s3://") => {
+                assets.location = AssetLocation::S3(url.to_owned());
+            }
+            Some(dir) => assets.location = AssetLocation::Local(dir.into()),
+            None => {}
+        }
+        assets.max_bytes = args.assets_max_bytes;
+        assets
+    };
     let settings = Settings {
         listen: args.listen,
         database_url: db.url.clone(),
@@ -420,6 +442,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         },
         trusted_proxies: TrustedProxies::new(args.trusted_proxies),
         payments,
+        assets,
     };
     let result = async {
         let app = Application::build(settings).await?;

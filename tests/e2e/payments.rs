@@ -448,3 +448,72 @@ async fn under_an_error_burst_the_breaker_opens_fails_fast_with_unavailable_then
     assert_eq!(balance(&app, &buyer, Some(&ct)).await, "12.50");
     assert_eq!(credits(&app, &buyer_id).await, 1);
 }
+
+#[tokio::test]
+async fn a_success_arriving_after_the_deadline_still_credits_once_and_subscribers_see_it() {
+    use futures::StreamExt;
+    let sim = payments_simulator::spawn(SECRET).await.expect("simulator");
+    // Every answer is late (past the attempt timeout), so the saga gives up
+    // at its deadline; the provider had captured it all along, and its
+    // callbacks (two at once) come after that.
+    sim.delay_next(100, Duration::from_millis(1_000));
+    sim.set_callback_copies(2);
+    sim.set_callback_delay(Duration::from_millis(1_500));
+    let app = app_with_provider(
+        &sim,
+        BreakerConfig::default(),
+        quick_retry(100, 300),
+        Duration::from_secs(10),
+    )
+    .await;
+    let (buyer, buyer_id, _) = app.register("patient@example.com", &[]).await;
+    let r = deposit(&app, &buyer, "15.00", None).await;
+    let intent = r.data("depositFunds.paymentIntent").clone();
+    assert_eq!(intent["status"], "FAILED", "{intent}");
+    assert!(
+        intent["failureReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("in time")),
+        "{intent}"
+    );
+    assert_eq!(balance(&app, &buyer, None).await, "0.00");
+
+    // Follow it: the current state, then the late success.
+    let ws = app.ws(Some(&buyer)).await.expect("ws");
+    let mut updates = ws
+        .subscribe(marketplace_e2e::Operation {
+            query: "subscription($id: ID!) { paymentIntentUpdated(id: $id) { status cardLast4 } }"
+                .into(),
+            variables: json!({ "id": intent["id"] }),
+        })
+        .await
+        .expect("subscribe");
+    let next = |m: Option<Result<Value, graphql_ws_client::Error>>| {
+        m.expect("a message").expect("well formed")
+    };
+    let mut last = next(
+        tokio::time::timeout(Duration::from_secs(30), updates.next())
+            .await
+            .expect("first message"),
+    );
+    while last["data"]["paymentIntentUpdated"]["status"] != "SUCCEEDED" {
+        assert_eq!(
+            last["data"]["paymentIntentUpdated"]["status"], "FAILED",
+            "{last}"
+        );
+        last = next(
+            tokio::time::timeout(Duration::from_secs(30), updates.next())
+                .await
+                .expect("the late success"),
+        );
+    }
+    assert_eq!(last["data"]["paymentIntentUpdated"]["cardLast4"], "4242");
+
+    eventually("both callbacks", || async { sim.callbacks_sent() == 2 }).await;
+    eventually("the credit in the read model", || async {
+        balance(&app, &buyer, None).await == "15.00"
+    })
+    .await;
+    assert_eq!(credits(&app, &buyer_id).await, 1, "credited exactly once");
+    assert_eq!(sim.charges().len(), 1);
+}

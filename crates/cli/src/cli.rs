@@ -385,6 +385,7 @@ fn postgres_only(choice: &EventStoreChoice, command: &str) -> anyhow::Result<()>
 }
 
 async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let payments = payments_settings(&args);
     // Refuse a weak key before anything starts.
     let configured = args
         .jwt_secret
@@ -399,7 +400,6 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             Secret::random()
         }
     };
-    let payments = payments_settings(&args);
     let assets = {
         use marketplace_api::assets::{AssetLocation, AssetsSettings};
         let mut assets = AssetsSettings::local(db_args.data_dir.join("assets"));

@@ -10,11 +10,14 @@
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
-//!   `/metrics`; a projector-only process serves the last three), auth
-//!   header and consistency-token handling, the body size limit.
+//!   `/metrics`; a projector-only process serves the last three; the
+//!   provider's `POST /payments/callback`; `PUT /assets` and
+//!   `GET /assets/{hash}`), auth header and consistency-token handling, the
+//!   body size limit.
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
 //!   operation, command outcomes/conflicts/retries, projection and consumer
-//!   lag, the connection pool's use.
+//!   lag, the connection pool's use, the payment gateway's breaker, corrupted
+//!   asset downloads.
 //! - [`assets`]: digital assets' files in object storage (`object_store`:
 //!   a local directory or S3), keyed by SHA-256; the streamed, hashed
 //!   upload and the access-checked, re-verified, ranged download behind

@@ -334,6 +334,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .database_url
                 .as_deref()
                 .is_some_and(|u| !u.trim().is_empty());
+            let mut args = args;
+            // The files go where `serve` looks by default.
+            if args.assets_dir.is_none() {
+                args.assets_dir = Some(cli.db.data_dir.join("assets"));
+            }
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let result = tokio::select! {
                 r = crate::seed::run(&db.url, &args) => r,

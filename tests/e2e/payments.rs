@@ -316,6 +316,14 @@ async fn a_declined_card_fails_the_intent_with_a_reason_and_credits_nothing() {
         .to_owned();
     assert_eq!(balance(&app, &buyer, Some(&ct)).await, "0.00");
     assert_eq!(credits(&app, &buyer_id).await, 0);
+
+    // An amount the wallet could never take is refused before any charge.
+    let requests = sim.requests();
+    let r = deposit(&app, &buyer, "1.00", None).await;
+    assert_eq!(r.data("depositFunds.paymentIntent.status"), "SUCCEEDED");
+    let huge = deposit(&app, &buyer, "92233720368547758.07", None).await;
+    assert_eq!(huge.error_code(), "BAD_USER_INPUT", "{}", huge.body);
+    assert_eq!(sim.requests(), requests + 1, "only the 1.00 was charged");
 }
 
 #[tokio::test]

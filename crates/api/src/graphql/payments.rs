@@ -161,6 +161,24 @@ pub(crate) async fn deposit_funds(
         .as_deref()
         .map(ProviderRef::parse)
         .transpose()?;
+    // What the credit will check, checked before anything is charged: a
+    // capture the wallet could not take would be money in limbo.
+    let wallet = state
+        .handler
+        .load::<marketplace_domain::account::Account>(claims.sub)
+        .await
+        .map_err(ApiError::internal)?;
+    if !wallet.state.is_registered() {
+        return Err(ApiError::NotFound("account not found".into()));
+    }
+    if wallet
+        .state
+        .balance(&money.currency)
+        .checked_add(&money)
+        .is_none()
+    {
+        return Err(ApiError::BadUserInput("the amount is too large".into()));
+    }
     if let Some(wait) = state.payments.gateway.refuses() {
         return Err(ApiError::Unavailable {
             message: "the payment provider is unavailable; retry later".into(),
@@ -204,7 +222,12 @@ pub(crate) async fn deposit_funds(
     };
     let credited = deposit::credit(&state.handler, &intent, &cctx)
         .await
-        .map_err(|e| ApiError::internal(format!("credit: {e}")))?;
+        .map_err(|e| match e {
+            marketplace_commands::CommandError::Rejected(refusal) => {
+                ApiError::Conflict(format!("the deposit could not be credited: {refusal}"))
+            }
+            e => ApiError::internal(format!("credit: {e}")),
+        })?;
     if let Some(done) = credited {
         position = position.max(done.position);
     }

@@ -73,7 +73,6 @@ pub const DECLINED_TOKEN: &str = "tok_declined";
 #[serde(rename_all = "camelCase")]
 struct ChargeBody {
     intent_id: Uuid,
-    #[allow(dead_code)]
     customer: Uuid,
     amount: Amount,
     payment_token: Option<String>,
@@ -106,6 +105,8 @@ struct ChargeResult {
 pub struct Charge {
     /// The provider's charge id.
     pub charge_id: String,
+    /// The customer reference sent (the marketplace account).
+    pub customer: Uuid,
     /// Captured (`true`) or declined.
     pub captured: bool,
     /// Minor units.
@@ -338,6 +339,7 @@ async fn charge(
                 };
                 let charge = Charge {
                     charge_id,
+                    customer: body.customer,
                     captured,
                     minor: body.amount.minor,
                     currency: body.amount.currency.clone(),

@@ -300,6 +300,14 @@ impl Assets {
         }
     }
 
+    /// Whether `range_header` asks for a range outside a `size`-byte file
+    /// (answered 416, and not counted as an access).
+    pub fn unsatisfiable(range_header: Option<&HeaderValue>, size: u64) -> bool {
+        range_header
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|spec| parse_range(spec, size) == RangeRequest::Unsatisfiable)
+    }
+
     /// A response streaming the object of `hash` (`size` bytes), or the
     /// one range `range_header` asks for.
     pub async fn serve(

@@ -193,6 +193,9 @@ pub struct Payments {
     pub callback_secret: Option<Secret>,
     /// How long `depositFunds` waits for its intent to settle.
     pub settle_wait: Duration,
+    /// The breaker's cool-down: the `Retry-After` for an intent the
+    /// charging process's breaker refused (that process may be another).
+    pub cool_down: Duration,
 }
 
 impl Payments {
@@ -210,6 +213,7 @@ impl Payments {
             gateway: ProtectedGateway::new(adapter, settings.breaker, settings.retry),
             callback_secret: settings.callback_secret.clone(),
             settle_wait: settings.settle_wait,
+            cool_down: settings.breaker.cool_down,
         }
     }
 

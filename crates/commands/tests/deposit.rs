@@ -142,3 +142,103 @@ async fn a_deposit_settled_by_racing_saga_runs_and_callbacks_is_credited_once() 
         "at most one charge per saga run"
     );
 }
+
+/// Always fails, like a provider in an outage.
+struct Down;
+
+#[async_trait]
+impl PaymentGateway for Down {
+    async fn charge(&self, _: &ChargeRequest) -> Result<ChargeOutcome, GatewayError> {
+        Err(GatewayError::Unavailable("503".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_the_open_breaker_refused_fails_as_not_attempted_and_nothing_credits_it() {
+    use marketplace_commands::payments::{BreakerConfig, ProtectedGateway, RetryPolicy};
+    use marketplace_domain::payment::{FailureKind, PaymentError};
+
+    let market = market().await;
+    let buyer = market.account(vec![Role::Buyer], 0).await;
+    let gateway = ProtectedGateway::new(
+        Arc::new(Down),
+        BreakerConfig {
+            consecutive_failures: 1,
+            cool_down: std::time::Duration::from_secs(60),
+            ..BreakerConfig::default()
+        },
+        RetryPolicy::default(),
+    );
+    // Trip the breaker with some other charge.
+    let other = ChargeRequest {
+        intent_id: PaymentIntentId(Uuid::now_v7()),
+        account_id: buyer.account_id,
+        amount: eur(1),
+        payment_token: None,
+    };
+    assert_eq!(
+        gateway.charge(&other).await,
+        Err(GatewayError::Unavailable("503".into()))
+    );
+    assert!(gateway.refuses().is_some(), "open");
+
+    let intent = PaymentIntentId(Uuid::now_v7());
+    market
+        .handler
+        .execute::<PaymentIntent>(
+            intent.0,
+            &market.ctx(),
+            &PaymentCommand::Create(CreateIntent {
+                intent_id: intent,
+                account_id: buyer.account_id,
+                amount: eur(700),
+                payment_token: None,
+                at: Utc::now(),
+            }),
+        )
+        .await
+        .expect("intent");
+    let saga = DepositSaga::new(market.handler.clone(), Arc::new(gateway));
+    let created = envelopes_of(&market, "payment.intent_created").await;
+    saga.handle(&created[0]).await.expect("handled");
+    let state = market
+        .handler
+        .load::<PaymentIntent>(intent.0)
+        .await
+        .expect("intent")
+        .state;
+    assert_eq!(state.status, Some(PaymentStatus::Failed));
+    assert_eq!(
+        state.failure.map(|(kind, _)| kind),
+        Some(FailureKind::NotAttempted)
+    );
+
+    // A "success" for it contradicts what happened: refused, nothing credited.
+    let outcome = ChargeOutcome::Captured {
+        charge_ref: ProviderRef::parse("ch_forged").expect("valid"),
+        last4: None,
+    };
+    let refused = deposit::settle(
+        &market.handler,
+        intent,
+        &outcome,
+        &CommandContext::new("provider"),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(deposit::SettleError::Intent(
+                marketplace_commands::CommandError::Rejected(PaymentError::NeverCharged)
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        market
+            .wallet(buyer.account_id)
+            .await
+            .balance(&eur(0).currency),
+        eur(0)
+    );
+}

@@ -410,6 +410,13 @@ fn payment_events() -> Vec<PaymentEvent> {
         .into(),
         PaymentFailed {
             intent_id: intent,
+            kind: FailureKind::NotAttempted,
+            reason: reason("the payment provider is unavailable (circuit open)"),
+            failed_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
             kind: FailureKind::Unconfirmed,
             reason: reason("the payment provider did not answer in time"),
             failed_at: at("2026-12-01T09:00:13Z"),

@@ -9,7 +9,11 @@
 //! recognised by the store whoever comes second — so the consistency token
 //! it returns covers the credit. An intent still pending when the wait
 //! ends is returned PENDING: clients follow it with `paymentIntent` or the
-//! `paymentIntentUpdated` subscription, as they follow orders.
+//! `paymentIntentUpdated` subscription, as they follow orders. An intent
+//! the charging process's breaker refused before sending anything (in a
+//! split deployment the saga runs in a projector process, with its own
+//! breaker) is answered `UNAVAILABLE` as well, with the cool-down as
+//! `Retry-After`.
 //!
 //! Intents are read from the write side (one short stream per intent),
 //! visible to their account and to ADMINs.
@@ -21,7 +25,8 @@ use chrono::{DateTime, Utc};
 use marketplace_commands::flows::deposit;
 use marketplace_commands::CommandContext;
 use marketplace_domain::payment::{
-    CreateIntent, PaymentCommand, PaymentError, PaymentIntent as IntentState, PaymentStatus,
+    CreateIntent, FailureKind, PaymentCommand, PaymentError, PaymentIntent as IntentState,
+    PaymentStatus,
 };
 use marketplace_domain::values::{Money as DomainMoney, PaymentIntentId, ProviderRef, Role};
 use marketplace_store::{IdempotencyKey, Position};
@@ -138,9 +143,9 @@ impl PaymentQuery {
 
 fn payment_error(e: PaymentError) -> ApiError {
     match e {
-        PaymentError::AlreadyExists | PaymentError::AlreadyDeclined => {
-            ApiError::Conflict(e.to_string())
-        }
+        PaymentError::AlreadyExists
+        | PaymentError::AlreadyDeclined
+        | PaymentError::NeverCharged => ApiError::Conflict(e.to_string()),
         PaymentError::NotFound => ApiError::NotFound(e.to_string()),
         PaymentError::NonPositiveAmount => ApiError::BadUserInput(e.to_string()),
     }
@@ -220,6 +225,20 @@ pub(crate) async fn deposit_funds(
             }
         }
     };
+    // The breaker of the process that charges (this one, or a projector
+    // process in a split deployment) refused before sending anything: the
+    // same answer as this process's own fast-fail.
+    if matches!(intent.failure, Some((FailureKind::NotAttempted, _))) {
+        let wait = state
+            .payments
+            .gateway
+            .refuses()
+            .unwrap_or(state.payments.cool_down);
+        return Err(ApiError::Unavailable {
+            message: "the payment provider is unavailable; retry later".into(),
+            retry_after_seconds: retry_after_seconds(wait),
+        });
+    }
     let credited = deposit::credit(&state.handler, &intent, &cctx)
         .await
         .map_err(|e| match e {

@@ -231,7 +231,10 @@ fn intent_is_final(intent: &IntentState) -> bool {
     match intent.status {
         Some(PaymentStatus::Succeeded) => true,
         Some(PaymentStatus::Failed) => {
-            matches!(intent.failure, Some((FailureKind::Declined, _)))
+            matches!(
+                intent.failure,
+                Some((FailureKind::Declined | FailureKind::NotAttempted, _))
+            )
         }
         Some(PaymentStatus::Pending) | None => false,
     }

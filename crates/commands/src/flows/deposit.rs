@@ -132,16 +132,19 @@ pub async fn settle(
     })
 }
 
-/// Records that intent `id` got no answer before the deadline: it fails as
-/// unconfirmed (a late success still credits). A no-op once settled.
+/// Records that intent `id` got no answer: it fails as unconfirmed (no
+/// answer before the deadline; a late success still credits) or as not
+/// attempted (the breaker refused before anything was sent). A no-op once
+/// settled.
 pub async fn give_up(
     handler: &CommandHandler,
     id: PaymentIntentId,
+    kind: FailureKind,
     reason: Reason,
     ctx: &CommandContext,
 ) -> Result<Executed<PaymentIntent>, CommandError<PaymentError>> {
     let command = PaymentCommand::RecordFailure(RecordFailure {
-        kind: FailureKind::Unconfirmed,
+        kind,
         reason,
         at: Utc::now(),
     });

@@ -283,21 +283,29 @@ impl ProtectedGateway {
 #[async_trait]
 impl PaymentGateway for ProtectedGateway {
     /// Attempts the charge until an answer, the deadline, or the breaker
-    /// refusing: the last error is returned. Retrying is safe because the
+    /// refusing: the last error is returned — [`GatewayError::CircuitOpen`]
+    /// only when no attempt was made at all. Retrying is safe because the
     /// provider deduplicates by intent.
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayError> {
         let started = Instant::now();
         let mut attempt = 0u32;
+        let mut last: Option<GatewayError> = None;
         loop {
             if attempt > 0 {
                 self.stats.0.retries.fetch_add(1, Ordering::Relaxed);
             }
             attempt += 1;
-            let error = match self.attempt(request).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e @ GatewayError::CircuitOpen { .. }) => return Err(e),
-                Err(e) => e,
+            let error = match (self.attempt(request).await, last) {
+                (Ok(outcome), _) => return Ok(outcome),
+                // Refused before anything was sent: the caller knows
+                // nothing was charged.
+                (Err(e @ GatewayError::CircuitOpen { .. }), None) => return Err(e),
+                // Refused after attempts that may have reached the
+                // provider: what those left is what the caller must know.
+                (Err(GatewayError::CircuitOpen { .. }), Some(previous)) => return Err(previous),
+                (Err(e), _) => e,
             };
+            last = Some(error.clone());
             let pause = self.retry.backoff.delay(attempt);
             if started.elapsed() + pause >= self.retry.deadline {
                 tracing::warn!(intent = %request.intent_id, attempt, %error, "charge gave up at its deadline");
@@ -385,9 +393,10 @@ mod tests {
         };
         let gateway = ProtectedGateway::new(flaky.clone(), config, quick_retry(5_000));
         let error = gateway.charge(&request()).await.expect_err("open");
-        assert!(
-            matches!(error, GatewayError::CircuitOpen { .. }),
-            "{error:?}"
+        assert_eq!(
+            error,
+            GatewayError::Unavailable("503".into()),
+            "attempts were made: their error, not the breaker's"
         );
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
         assert_eq!(gateway.stats().state(), BreakerState::Open);

@@ -7,8 +7,9 @@
 //!   provider's idempotency key, so a repeat charges nothing twice). A
 //!   capture succeeds the intent and credits the wallet; a decline fails
 //!   it with the provider's reason; no answer by the deadline fails it as
-//!   *unconfirmed* — a late success (callback) still succeeds it then. A
-//!   pending answer waits for the callback.
+//!   *unconfirmed* — a late success (callback) still succeeds it then; the
+//!   breaker refusing before any attempt fails it as *not attempted*
+//!   (nothing was charged). A pending answer waits for the callback.
 //! - `payment.succeeded`: credits the wallet (again). The credit's event
 //!   ids derive from the intent ([`crate::flows::deposit::credit_context`]),
 //!   so whichever party credited first, this is recognised by the store;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use marketplace_consumers::Envelope;
 use marketplace_domain::payment::{
-    PaymentError, PaymentEvent, PaymentIntent, PaymentIntentCreated, PaymentStatus,
+    FailureKind, PaymentError, PaymentEvent, PaymentIntent, PaymentIntentCreated, PaymentStatus,
     PaymentSucceeded,
 };
 use marketplace_domain::values::Reason;
@@ -29,7 +30,7 @@ use marketplace_domain::{AggregateKind, Event};
 use super::{ProcessError, ProcessManager};
 use crate::flows::deposit::{self, SettleError};
 use crate::handler::{CommandContext, CommandError, CommandHandler};
-use crate::payments::{ChargeRequest, PaymentGateway};
+use crate::payments::{ChargeRequest, GatewayError, PaymentGateway};
 
 /// Name of the saga (its checkpoint key and the actor of its commands).
 pub const NAME: &str = "deposit";
@@ -87,7 +88,13 @@ impl DepositSaga {
                 let reason =
                     Reason::parse(&error.to_string()).unwrap_or_else(|_| fallback_reason());
                 tracing::warn!(intent = %e.intent_id, %error, "charge unconfirmed");
-                match deposit::give_up(&self.handler, e.intent_id, reason, &ctx).await {
+                let kind = match error {
+                    GatewayError::CircuitOpen { .. } => FailureKind::NotAttempted,
+                    GatewayError::Timeout
+                    | GatewayError::Unavailable(_)
+                    | GatewayError::Protocol(_) => FailureKind::Unconfirmed,
+                };
+                match deposit::give_up(&self.handler, e.intent_id, kind, reason, &ctx).await {
                     Ok(_) | Err(CommandError::Rejected(PaymentError::NotFound)) => Ok(()),
                     Err(err) => Err(ProcessError::command(err)),
                 }

@@ -15,4 +15,8 @@ pub enum PaymentError {
     /// The provider declined it: a success for it contradicts the provider.
     #[error("the payment was declined")]
     AlreadyDeclined,
+    /// The provider was never asked (the breaker was open): it cannot
+    /// have captured anything.
+    #[error("the payment was never sent to the provider")]
+    NeverCharged,
 }

@@ -61,6 +61,9 @@ impl Aggregate for PaymentIntent {
                     (PaymentStatus::Failed, Some(FailureKind::Declined)) => {
                         Err(PaymentError::AlreadyDeclined)
                     }
+                    (PaymentStatus::Failed, Some(FailureKind::NotAttempted)) => {
+                        Err(PaymentError::NeverCharged)
+                    }
                     (PaymentStatus::Pending, _)
                     | (PaymentStatus::Failed, Some(FailureKind::Unconfirmed) | None) => {
                         Ok(vec![PaymentSucceeded {
@@ -264,6 +267,13 @@ mod tests {
         given::<PaymentIntent>([created().into(), failed(FailureKind::Declined).into()])
             .when(PaymentCommand::RecordSuccess(success()))
             .then_error(PaymentError::AlreadyDeclined);
+    }
+
+    #[test]
+    fn refuses_a_success_for_an_intent_the_provider_never_saw() {
+        given::<PaymentIntent>([created().into(), failed(FailureKind::NotAttempted).into()])
+            .when(PaymentCommand::RecordSuccess(success()))
+            .then_error(PaymentError::NeverCharged);
     }
 
     #[test]

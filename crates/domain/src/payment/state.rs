@@ -27,6 +27,9 @@ pub enum FailureKind {
     /// breaker open). The provider may still have captured it, so a late
     /// success is accepted: the customer's money is credited.
     Unconfirmed,
+    /// The provider was never called (its circuit breaker was open):
+    /// nothing was charged, so nothing can succeed later.
+    NotAttempted,
 }
 
 /// A payment intent as its events leave it.

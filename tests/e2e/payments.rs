@@ -525,3 +525,70 @@ async fn a_success_arriving_after_the_deadline_still_credits_once_and_subscriber
     assert_eq!(credits(&app, &buyer_id).await, 1, "credited exactly once");
     assert_eq!(sim.charges().len(), 1);
 }
+
+#[tokio::test]
+async fn in_a_split_deployment_the_projectors_open_breaker_still_answers_unavailable() {
+    use marketplace_api::config::ServeRole;
+    use marketplace_api::{Application, Settings};
+
+    let sim = payments_simulator::spawn(SECRET).await.expect("simulator");
+    sim.set_callback_copies(0);
+    let payments = |url: String| PaymentsSettings {
+        provider: PaymentProvider::Http { url, api_key: None },
+        callback_secret: Some(Secret::new(SECRET)),
+        callback_url: None,
+        breaker: BreakerConfig {
+            consecutive_failures: 3,
+            cool_down: Duration::from_secs(30),
+            ..BreakerConfig::default()
+        },
+        retry: quick_retry(500, 5_000),
+        settle_wait: Duration::from_secs(10),
+    };
+    // The API replica (its own, idle, breaker) and a projector process,
+    // whose deposit saga charges.
+    let url = sim.url();
+    let app = spawn_app_with(|s| {
+        s.role = ServeRole::Api;
+        s.payments = payments(url);
+    })
+    .await;
+    let projector = Application::build(Settings {
+        role: ServeRole::Projector,
+        payments: payments(sim.url()),
+        ..Settings::for_database(app.db.url.clone())
+    })
+    .await
+    .expect("build the projector");
+    let projector_base = format!("http://{}", projector.local_addr().expect("listens"));
+    tokio::spawn(projector.run_until_stopped(std::future::pending()));
+
+    let (buyer, buyer_id, _) = app.register("split@example.com", &[]).await;
+    sim.set_failing(true);
+    let r = deposit(&app, &buyer, "30.00", None).await;
+    assert_eq!(r.data("depositFunds.paymentIntent.status"), "FAILED");
+    assert_eq!(sim.requests(), 3);
+    let (_, page) = get_text(format!("{projector_base}/metrics")).await;
+    assert!(
+        page.contains("marketplace_payments_breaker_state{state=\"open\"} 1"),
+        "{page}"
+    );
+
+    // The API's breaker never saw a failure, but the answer is the same.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/graphql", app.base))
+        .bearer_auth(&buyer)
+        .json(&json!({ "query": DEPOSIT, "variables": { "amount": { "amount": "5.00", "currencyCode": "EUR" } } }))
+        .send()
+        .await
+        .expect("deposit");
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{body}"
+    );
+    assert_eq!(sim.requests(), 3, "the provider was not called");
+    assert_eq!(credits(&app, &buyer_id).await, 0);
+}

@@ -307,6 +307,49 @@ async fn a_purchase_goes_from_deposit_through_escrow_to_payout_and_an_approved_r
         .is_some_and(|m| m.contains("76.00 EUR")));
 }
 
+/// `placeOrder` answers from the state the placement left, without waiting
+/// for the orders projection: what it shows is what the read model holds
+/// for the order at the token (status and times as placed).
+#[tokio::test]
+async fn a_placed_order_reads_back_as_the_mutation_answered_it() {
+    const FIELDS: &str = "id buyer { id } lines { listing { id title } quantity unitPrice { amount currencyCode } } total { amount currencyCode } placedAt";
+    let app = spawn_app().await;
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
+    let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
+    let placed = app
+        .gql(
+            &format!("mutation($input: PlaceOrderInput!) {{ placeOrder(input: $input) {{ consistencyToken order {{ {FIELDS} status statusReason trackingCode updatedAt }} }} }}"),
+            json!({ "input": { "lines": [{ "listingId": listing, "quantity": 2 }] } }),
+            auth(&buyer),
+        )
+        .await;
+    let answered = placed.data("placeOrder.order").clone();
+    let token = placed
+        .data("placeOrder.consistencyToken")
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(answered["status"], "PENDING");
+    assert_eq!(answered["statusReason"], Value::Null);
+    assert_eq!(answered["trackingCode"], Value::Null);
+    assert_eq!(answered["updatedAt"], answered["placedAt"]);
+    assert_eq!(answered["lines"][0]["listing"]["title"], "Brass lamp");
+    let read = app
+        .gql(
+            &format!("query($id: ID!) {{ order(id: $id) {{ {FIELDS} }} }}"),
+            json!({ "id": answered["id"] }),
+            Req {
+                token: Some(&buyer),
+                consistency: Some(&token),
+            },
+        )
+        .await;
+    let read = read.data("order");
+    for field in ["id", "buyer", "lines", "total", "placedAt"] {
+        assert_eq!(read[field], answered[field], "{field}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_rejects_with_a_reason_and_cancellation_refunds() {
     let app = spawn_app().await;

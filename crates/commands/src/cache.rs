@@ -1,11 +1,14 @@
 //! The aggregate cache: recently used aggregate states with their revision.
 //!
-//! A command on a cached aggregate reads only the tail of its stream
-//! (usually nothing) instead of the whole history. The cache is safe across
-//! processes without invalidation: an entry is always a true state at its
-//! revision, and the append's expected-revision check refuses a decision
-//! made on a state that another process has moved past; the retry then
-//! reads the tail from the cached revision on.
+//! A command on a cached aggregate is decided on the cached state without
+//! a read, and a load reads only the tail of its stream (usually nothing)
+//! instead of the whole history. The cache is safe across processes
+//! without invalidation: an entry is always a true state at its revision,
+//! and the append's expected-revision check refuses a decision made on a
+//! state that another process has moved past; the retry then reads the
+//! tail from the cached revision on. A decision that appends nothing (a
+//! no-op, a refusal) is checked by no append, so the handler takes it
+//! again on a state read to the stream's end.
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -7,6 +7,7 @@ use marketplace_consumers::Envelope;
 use marketplace_domain::Aggregate;
 
 use crate::cache::AggregateCache;
+use crate::hot::{Entry, HotStreams, Waiting};
 use crate::stats::{CommandStats, Outcome};
 use marketplace_event_schemas::{decode, encode, CodecError};
 use marketplace_store::{
@@ -195,6 +196,7 @@ pub struct CommandHandler {
     cache: Arc<AggregateCache>,
     stats: Arc<CommandStats>,
     snapshot_every: u64,
+    hot: Arc<HotStreams>,
 }
 
 /// Aggregates kept in memory by default (see [`CommandHandler::with_cache_capacity`]).
@@ -216,6 +218,33 @@ impl std::fmt::Debug for CommandHandler {
     }
 }
 
+/// Hands a stream over to what queued behind its leading command, when
+/// that command is done or its caller went away.
+struct HandOver<A: Aggregate> {
+    handler: CommandHandler,
+    id: Uuid,
+    stream: StreamId,
+    _aggregate: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Drop for HandOver<A> {
+    fn drop(&mut self) {
+        let queued = self.handler.hot.take::<A>(&self.stream);
+        if queued.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let handler = self.handler.clone();
+                runtime.spawn(handler.drain(self.id, self.stream.clone(), queued));
+            }
+            // No runtime to run them on: the waiting callers see their
+            // batch gone and run alone.
+            Err(_) => drop(queued),
+        }
+    }
+}
+
 /// The stream of aggregate `A` with id `id`.
 pub fn stream_of<A: Aggregate>(id: Uuid) -> StreamId {
     // Categories are compile-time constants of lowercase letters.
@@ -232,6 +261,7 @@ impl CommandHandler {
             cache: Arc::new(AggregateCache::new(DEFAULT_CACHE_CAPACITY)),
             stats: Arc::new(CommandStats::default()),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            hot: Arc::new(HotStreams::default()),
         }
     }
 
@@ -394,7 +424,36 @@ impl CommandHandler {
     /// Executes `command` against aggregate `A` with id `id`: load, decide,
     /// append with the loaded revision; on a conflict reload and retry, with
     /// jittered backoff, up to the policy's bound.
+    ///
+    /// A command for a stream that another command of this handler is
+    /// appending to waits for it, and is then decided with whatever else
+    /// queued meanwhile and appended in one batch (see [`crate::hot`]):
+    /// a hot stream takes many commands per round trip instead of a storm
+    /// of conflicts.
     pub async fn execute<A: Aggregate>(
+        &self,
+        id: Uuid,
+        ctx: &CommandContext,
+        command: &A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let stream = stream_of::<A>(id);
+        if let Entry::Queued(outcome) = self.hot.enter::<A>(&stream, ctx, command) {
+            return match outcome.await {
+                Ok(result) => result,
+                // The batch's task went away: alone, then.
+                Err(_) => self.execute_alone::<A>(id, ctx, command).await,
+            };
+        }
+        let _hand_over = HandOver::<A> {
+            handler: self.clone(),
+            id,
+            stream,
+            _aggregate: std::marker::PhantomData,
+        };
+        self.execute_alone::<A>(id, ctx, command).await
+    }
+
+    async fn execute_alone<A: Aggregate>(
         &self,
         id: Uuid,
         ctx: &CommandContext,
@@ -404,6 +463,127 @@ impl CommandHandler {
             Idempotent::Fresh(done) => Ok(done),
             // Unreachable without a key; kept total rather than panicking.
             Idempotent::Replayed(_) => Err(CommandError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Runs what queued behind a stream's command, batch after batch, until
+    /// nothing waits.
+    async fn drain<A: Aggregate>(self, id: Uuid, stream: StreamId, mut queued: Vec<Waiting<A>>) {
+        while !queued.is_empty() {
+            self.run_queued::<A>(id, queued).await;
+            queued = self.hot.take::<A>(&stream);
+        }
+    }
+
+    /// Decides the queued commands one after another and appends them in
+    /// one append; each gets its own outcome. If the batch cannot be
+    /// appended as a whole, each command runs alone.
+    async fn run_queued<A: Aggregate>(&self, id: Uuid, queued: Vec<Waiting<A>>) {
+        let stream = stream_of::<A>(id);
+        let commands: Vec<(CommandContext, A::Command)> = queued
+            .iter()
+            .map(|w| (w.ctx.clone(), w.command.clone()))
+            .collect();
+        for attempt in 1..=self.retry.max_attempts {
+            let Ok((mut loaded, verified)) = self.for_decision::<A>(id, &stream, attempt).await
+            else {
+                break;
+            };
+            if !verified {
+                // Refusals and no-ops of a batch are checked only by its
+                // append: decide on the latest state.
+                let Ok(latest) = self.load::<A>(id).await else {
+                    break;
+                };
+                loaded = latest;
+            }
+            let base = loaded.revision;
+            let mut state = loaded.state;
+            let mut revision = base;
+            let mut decided = Vec::with_capacity(commands.len());
+            let mut new_events = Vec::new();
+            let mut codec_failed = false;
+            for (ctx, command) in &commands {
+                match state.decide(command) {
+                    Ok(events) => {
+                        for (i, e) in events.iter().enumerate() {
+                            match to_new_event(e, ctx, ctx.event_id(&stream, i)) {
+                                Ok(n) => new_events.push(n),
+                                Err(_) => codec_failed = true,
+                            }
+                        }
+                        if !events.is_empty() {
+                            let n = events.len() as u64;
+                            revision = Some(revision.map_or(n - 1, |r| r + n));
+                        }
+                        state = events.iter().fold(state, |s, e| s.evolve(e));
+                        decided.push(Ok((state.clone(), events.len())));
+                    }
+                    Err(refusal) => decided.push(Err(refusal)),
+                }
+            }
+            if codec_failed {
+                break;
+            }
+            let position = if new_events.is_empty() {
+                loaded.position
+            } else {
+                let expected = base.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+                match self
+                    .append_retrying_transient(A::CATEGORY, &stream, expected, new_events, None)
+                    .await
+                {
+                    Ok(outcome) if Some(outcome.revision) == revision => {
+                        self.snapshot_if_due(
+                            &stream,
+                            &state,
+                            base,
+                            outcome.revision,
+                            outcome.position,
+                        );
+                        self.cache
+                            .put(&stream, state, outcome.revision, outcome.position);
+                        outcome.position
+                    }
+                    Err(StoreError::WrongExpectedRevision { .. }) => {
+                        self.stats.conflict(A::CATEGORY);
+                        continue;
+                    }
+                    // Stored before (repeated steps), or failed: one by one.
+                    Ok(_) | Err(_) => break,
+                }
+            };
+            for (waiting, outcome) in queued.into_iter().zip(decided) {
+                let result = match outcome {
+                    Ok((state, appended)) => {
+                        self.stats.outcome(
+                            A::CATEGORY,
+                            if appended == 0 {
+                                Outcome::NoOp
+                            } else {
+                                Outcome::Appended
+                            },
+                        );
+                        Ok(Executed {
+                            state,
+                            appended,
+                            position,
+                        })
+                    }
+                    Err(refusal) => {
+                        self.stats.outcome(A::CATEGORY, Outcome::Rejected);
+                        Err(CommandError::Rejected(refusal))
+                    }
+                };
+                let _ = waiting.reply.send(result);
+            }
+            return;
+        }
+        for waiting in queued {
+            let result = self
+                .execute_alone::<A>(id, &waiting.ctx, &waiting.command)
+                .await;
+            let _ = waiting.reply.send(result);
         }
     }
 
@@ -495,8 +675,15 @@ impl CommandHandler {
                     return replay(record, key);
                 }
             }
-            let loaded = self.load::<A>(id).await?;
-            let events = match loaded.state.decide(command) {
+            let (mut loaded, verified) = self.for_decision::<A>(id, &stream, attempt).await?;
+            let mut decision = loaded.state.decide(command);
+            // Appending nothing, or refusing, is checked by no append: taken
+            // on a state read to the stream's end.
+            if !verified && !matches!(&decision, Ok(events) if !events.is_empty()) {
+                loaded = self.load::<A>(id).await?;
+                decision = loaded.state.decide(command);
+            }
+            let events = match decision {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A duplicate may have committed between the key check and
@@ -569,7 +756,7 @@ impl CommandHandler {
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict; reloading");
                     self.stats.conflict(A::CATEGORY);
-                    if attempt < self.retry.max_attempts {
+                    if verified && attempt < self.retry.max_attempts {
                         self.stats.retry(A::CATEGORY);
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
@@ -604,28 +791,21 @@ impl CommandHandler {
     ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
         for attempt in 1..=self.retry.max_attempts {
-            let loaded = self.load::<A>(id).await?;
-            let base = loaded.revision;
-            let mut state = loaded.state;
-            let mut revision = base;
-            let mut outcomes = Vec::with_capacity(commands.len());
-            let mut new_events = Vec::new();
-            for (ctx, command) in commands {
-                match state.decide(command) {
-                    Ok(events) => {
-                        for (i, e) in events.iter().enumerate() {
-                            new_events.push(to_new_event(e, ctx, ctx.event_id(&stream, i))?);
-                        }
-                        if !events.is_empty() {
-                            let n = events.len() as u64;
-                            revision = Some(revision.map_or(n - 1, |r| r + n));
-                        }
-                        state = events.iter().fold(state, |s, e| s.evolve(e));
-                        outcomes.push(Ok(()));
-                    }
-                    Err(refusal) => outcomes.push(Err(refusal)),
+            let (mut loaded, mut verified) = self.for_decision::<A>(id, &stream, attempt).await?;
+            let (base, state, revision, outcomes, new_events) = loop {
+                let base = loaded.revision;
+                let decided = Self::decide_all(&stream, loaded.state, base, commands)?;
+                // A batch that appends nothing is checked by no append:
+                // decided again on a state read to the stream's end. One
+                // that appends is, refusals and no-ops included: the
+                // expected revision proves the state was the latest.
+                if !verified && decided.3.is_empty() {
+                    loaded = self.load::<A>(id).await?;
+                    verified = true;
+                    continue;
                 }
-            }
+                break (base, decided.0, decided.1, decided.2, decided.3);
+            };
             let count = |outcomes: &[Result<(), A::Error>]| {
                 for o in outcomes {
                     self.stats.outcome(
@@ -681,7 +861,9 @@ impl CommandHandler {
                 Err(StoreError::WrongExpectedRevision { .. }) => {
                     tracing::debug!(%stream, attempt, "conflict on a batch; reloading");
                     self.stats.conflict(A::CATEGORY);
-                    if attempt < self.retry.max_attempts {
+                    // A cached state another process moved past: reload at
+                    // once. A race lost on the latest state: back off.
+                    if verified && attempt < self.retry.max_attempts {
                         self.stats.retry(A::CATEGORY);
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                     }
@@ -693,6 +875,59 @@ impl CommandHandler {
             stream,
             attempts: self.retry.max_attempts,
         })
+    }
+
+    /// The aggregate to decide on, and whether it is known to be the
+    /// stream's latest state: on a first attempt the cached state alone,
+    /// without reading the tail (an append of what is decided is checked
+    /// by its expected revision anyway); otherwise, or on a miss, a load.
+    async fn for_decision<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: &StreamId,
+        attempt: u32,
+    ) -> Result<(Loaded<A>, bool), LoadError> {
+        if attempt == 1 {
+            if let Some((state, revision, position)) = self.cache.get::<A>(stream) {
+                let loaded = Loaded {
+                    state,
+                    revision: Some(revision),
+                    position,
+                };
+                return Ok((loaded, false));
+            }
+        }
+        Ok((self.load::<A>(id).await?, true))
+    }
+
+    /// Decides `commands` one after another from `state` at `revision`:
+    /// (state after, revision after, each outcome, the events to append).
+    #[expect(clippy::type_complexity, reason = "a private tuple of one call site")]
+    fn decide_all<A: Aggregate>(
+        stream: &StreamId,
+        mut state: A,
+        mut revision: Option<u64>,
+        commands: &[(CommandContext, A::Command)],
+    ) -> Result<(A, Option<u64>, Vec<Result<(), A::Error>>, Vec<NewEvent>), CodecError> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut new_events = Vec::new();
+        for (ctx, command) in commands {
+            match state.decide(command) {
+                Ok(events) => {
+                    for (i, e) in events.iter().enumerate() {
+                        new_events.push(to_new_event(e, ctx, ctx.event_id(stream, i))?);
+                    }
+                    if !events.is_empty() {
+                        let n = events.len() as u64;
+                        revision = Some(revision.map_or(n - 1, |r| r + n));
+                    }
+                    state = events.iter().fold(state, |s, e| s.evolve(e));
+                    outcomes.push(Ok(()));
+                }
+                Err(refusal) => outcomes.push(Err(refusal)),
+            }
+        }
+        Ok((state, revision, outcomes, new_events))
     }
 
     /// Appends, re-sending the very same events (same ids, so idempotent) when
@@ -1252,6 +1487,129 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(stored.len(), before.len() + 2);
+    }
+
+    /// Two processes (handlers with their own caches) on one log: what one
+    /// decides on its cached state without reading the tail is right even
+    /// when the other moved the stream on.
+    #[tokio::test]
+    async fn decisions_on_a_stale_cache_are_checked_or_taken_again() {
+        let store = InMemoryEventStore::new();
+        let (a, b) = (
+            CommandHandler::new(Arc::new(store.clone())),
+            CommandHandler::new(Arc::new(store.clone())),
+        );
+        let (id, _) = on_sale(&a).await;
+        let take = |order: Uuid, units: u32| {
+            ListingCommand::Reserve(marketplace_domain::listing::ReserveStock {
+                order_id: marketplace_domain::values::OrderId(order),
+                buyer_id: AccountId(Uuid::now_v7()),
+                quantity: Quantity(units),
+                at: Utc::now(),
+            })
+        };
+        let release = |order: Uuid| {
+            ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
+                order_id: marketplace_domain::values::OrderId(order),
+                outcome: marketplace_domain::listing::ReservationOutcome::Released,
+                at: Utc::now(),
+            })
+        };
+        let ctx = || CommandContext::new("test");
+        // A appends: its state would append; B took all the stock meanwhile
+        // (A's cache does not know): the append conflicts, A reloads and
+        // refuses.
+        let big = Uuid::now_v7();
+        b.execute::<Listing>(id, &ctx(), &take(big, 100))
+            .await
+            .expect("B takes it all");
+        let refused = a
+            .execute::<Listing>(id, &ctx(), &take(Uuid::now_v7(), 1))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(CommandError::Rejected(ListingError::OutOfStock {
+                    available: 0,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        // A's cache now says sold out; B releases: A's refusal on the cached
+        // state is taken again on the latest and it reserves.
+        b.execute::<Listing>(id, &ctx(), &release(big))
+            .await
+            .expect("B releases");
+        let order = Uuid::now_v7();
+        let done = a
+            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .await
+            .expect("A reserves");
+        assert_eq!((done.appended, done.state.available()), (1, 99));
+        // A's cache says `order` holds a unit; B releases it: A's no-op on
+        // the cached state is taken again and reserves anew.
+        b.execute::<Listing>(id, &ctx(), &release(order))
+            .await
+            .expect("B releases");
+        let again = a
+            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .await
+            .expect("A reserves again");
+        assert_eq!((again.appended, again.state.available()), (1, 99));
+        // The same in a batch that appends nothing on the cached state.
+        b.execute::<Listing>(id, &ctx(), &release(order))
+            .await
+            .expect("B releases");
+        let outcomes = a
+            .execute_many::<Listing>(id, &[(ctx(), take(order, 1))])
+            .await
+            .expect("batch");
+        assert_eq!(outcomes, vec![Ok(())]);
+        let state = b.load::<Listing>(id).await.expect("load").state;
+        assert_eq!((state.reserved.len(), state.available()), (1, 99));
+    }
+
+    /// Concurrent commands on one stream: each gets its own outcome (the
+    /// stock runs out exactly), and the stream is idle again afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn queued_commands_keep_their_outcomes_and_free_the_stream() {
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone()));
+        let (id, _) = on_sale(&handler).await;
+        let calls: Vec<_> = (0..150)
+            .map(|_| {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let order = Uuid::now_v7();
+                    handler
+                        .execute::<Listing>(id, &step(order, "reserve"), &reserve(order))
+                        .await
+                })
+            })
+            .collect();
+        let mut reserved = 0;
+        for call in calls {
+            match call.await.expect("task") {
+                Ok(done) => {
+                    assert_eq!(done.appended, 1);
+                    reserved += 1;
+                }
+                Err(CommandError::Rejected(ListingError::OutOfStock { .. })) => {}
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!(reserved, 100, "exactly the stock");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while handler.hot.busy() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream stayed busy"
+            );
+            tokio::task::yield_now().await;
+        }
+        let state = handler.load::<Listing>(id).await.expect("load").state;
+        assert_eq!((state.reserved.len(), state.available()), (100, 0));
     }
 
     #[tokio::test]

@@ -16,6 +16,9 @@
 //!   aggregate category (the API's `/metrics` reads them).
 //! - [`audit`]: a stream's history with the state after each event, and an
 //!   aggregate as of a moment (events decoded as the live system does).
+//! - `hot`: hot streams — commands for a stream with a command in flight
+//!   queue in process and are decided and appended together, each with its
+//!   own outcome ([`CommandHandler::execute`]).
 //! - `cache`: the aggregate cache — recent states with their revision, so
 //!   a command reads only its stream's tail. After a miss the handler
 //!   starts from the store's snapshot of a snapshotted aggregate (listings,
@@ -37,6 +40,7 @@ pub mod audit;
 mod cache;
 pub mod flows;
 pub mod handler;
+mod hot;
 pub mod payments;
 pub mod process;
 pub mod stats;

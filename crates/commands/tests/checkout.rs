@@ -391,3 +391,63 @@ async fn a_batch_of_reservations_keeps_each_outcome_and_is_idempotent() {
     assert_eq!(l.reserved_total(), 3);
     assert!(orders[..3].iter().all(|o| l.reserved.contains_key(o)));
 }
+
+/// Orders for several listings, interleaved in the log and handed to the
+/// saga in one batch: each listing serves its orders first placed, first
+/// served, side by side with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_orders_for_several_listings_are_served_in_order_per_listing() {
+    let m = market().await;
+    let seller = m.account(vec![Role::Seller], 0).await;
+    let mut listings = Vec::new();
+    for _ in 0..3 {
+        listings.push(
+            m.listing(
+                &seller,
+                ListingSpec::Physical {
+                    quantity: Quantity(2),
+                },
+                1_000,
+            )
+            .await,
+        );
+    }
+    let buyers = [
+        m.account(vec![Role::Buyer], 1_000_000).await,
+        m.account(vec![Role::Buyer], 1_000_000).await,
+    ];
+    // Before the saga runs, so that they reach it together: three rounds of
+    // one order per listing, alternating buyers.
+    let mut placed: Vec<(usize, OrderId)> = Vec::new();
+    for round in 0..3 {
+        for (n, l) in listings.iter().enumerate() {
+            placed.push((n, m.place(&buyers[(round + n) % 2], *l, 1).await));
+        }
+    }
+    let ids: Vec<OrderId> = placed.iter().map(|(_, id)| *id).collect();
+    let _saga = m.start_checkout(m.saga());
+    let orders = m.wait_orders(&ids, settled).await;
+    let status: Vec<OrderStatus> = orders.iter().map(|o| o.status).collect();
+    use OrderStatus::{Confirmed, Rejected};
+    assert_eq!(
+        status,
+        [[Confirmed; 3], [Confirmed; 3], [Rejected; 3]].concat(),
+        "first placed, first served on every listing"
+    );
+    for l in &listings {
+        let state = m.handler.load::<Listing>(l.0).await.expect("load").state;
+        assert_eq!((state.available(), state.reserved_total()), (0, 2));
+    }
+    let held: usize = futures::future::join_all(buyers.iter().map(|b| m.wallet(b.account_id)))
+        .await
+        .iter()
+        .map(|w| w.escrow.len())
+        .sum();
+    assert_eq!(held, 6, "the six confirmed orders are held, nothing else");
+    assert_eq!(
+        m.money_in(&[buyers[0].account_id, buyers[1].account_id])
+            .await,
+        2_000_000,
+        "money conserved"
+    );
+}

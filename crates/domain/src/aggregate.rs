@@ -18,7 +18,7 @@ pub trait Aggregate: Default + Clone + Debug + Serialize + Send + Sync + 'static
     /// The stream category, e.g. `listing` for streams `listing-<uuid>`.
     const CATEGORY: &'static str;
     /// The commands this aggregate decides.
-    type Command: Debug + Send + Sync;
+    type Command: Clone + Debug + Send + Sync;
     /// The events it records.
     type Event: EventSet;
     /// Why a command was refused.

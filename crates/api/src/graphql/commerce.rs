@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::mutation::{command_error, listing_after, listing_error, validate_idempotency_key};
-use super::read::{order_after, review_after, OrderPayload, ReviewPayload};
+use super::read::{order_after, review_after, Order, OrderPayload, ReviewPayload};
 use super::types::{parse_id, ListingPayload, MoneyInput};
 use super::Viewer;
 use crate::error::{ApiError, ApiResult};
@@ -110,6 +110,22 @@ pub(crate) async fn run_keyed<A: Aggregate>(
     key: Option<IdempotencyKey>,
     rejected: impl FnOnce(A::Error) -> ApiError,
 ) -> ApiResult<(Uuid, Position)> {
+    match execute_keyed::<A>(state, id, ctx, command, key, rejected).await? {
+        Idempotent::Fresh(Executed { position, .. }) => Ok((id, position)),
+        Idempotent::Replayed(record) => Ok((record.stream_id.id(), record.position)),
+    }
+}
+
+/// Like [`run_keyed`], with what the command left: the aggregate's state
+/// when it ran now, the first use's record when the key replays it.
+pub(crate) async fn execute_keyed<A: Aggregate>(
+    state: &AppState,
+    id: Uuid,
+    ctx: &CommandContext,
+    command: &A::Command,
+    key: Option<IdempotencyKey>,
+    rejected: impl FnOnce(A::Error) -> ApiError,
+) -> ApiResult<Idempotent<Executed<A>>> {
     let result = match key {
         Some(key) => {
             state
@@ -123,10 +139,7 @@ pub(crate) async fn run_keyed<A: Aggregate>(
             .await
             .map(Idempotent::Fresh),
     };
-    match result.map_err(|e| command_error(e, rejected))? {
-        Idempotent::Fresh(Executed { position, .. }) => Ok((id, position)),
-        Idempotent::Replayed(record) => Ok((record.stream_id.id(), record.position)),
-    }
+    result.map_err(|e| command_error(e, rejected))
 }
 
 fn order_error(e: OrderError) -> ApiError {
@@ -287,9 +300,23 @@ impl CommerceMutation {
             lines,
             at: Utc::now(),
         });
-        let (id, position) =
-            run_keyed::<OrderAggregate>(state, order_id, &cctx, &command, key, order_error).await?;
-        order_after(state, id, position).await
+        // A fresh order is answered from the state its placement left (what
+        // the read model will hold at the token): no wait for the
+        // projection on the hot path. A replayed key reads the read model.
+        match execute_keyed::<OrderAggregate>(state, order_id, &cctx, &command, key, order_error)
+            .await?
+        {
+            Idempotent::Fresh(done) => match Order::placed(&done.state) {
+                Some(order) if done.appended > 0 => Ok(OrderPayload {
+                    order: Some(order),
+                    consistency_token: done.position.to_string(),
+                }),
+                _ => order_after(state, order_id, done.position).await,
+            },
+            Idempotent::Replayed(record) => {
+                order_after(state, record.stream_id.id(), record.position).await
+            }
+        }
     }
 
     /// The buyer cancels a CONFIRMED order before shipping: funds are

@@ -64,9 +64,56 @@ pub enum ReviewStatus {
     Rejected,
 }
 
-/// An order.
+/// An order: its read-model row, and its lines when they are known
+/// without the read model (an order just placed, answered from the write
+/// side: see [`Order::placed`]).
 #[derive(Debug, Clone)]
-pub struct Order(pub OrderRow);
+pub struct Order(pub OrderRow, pub Option<Vec<OrderLineRow>>);
+
+impl From<OrderRow> for Order {
+    fn from(row: OrderRow) -> Self {
+        Self(row, None)
+    }
+}
+
+impl Order {
+    /// An order as its placement left it, from the aggregate the command
+    /// produced: exactly what the orders read model holds for it at that
+    /// position (timestamps cut to Postgres' microseconds), so `placeOrder`
+    /// answers without waiting for the projection.
+    pub fn placed(order: &marketplace_domain::order::Order) -> Option<Self> {
+        let micros = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros());
+        let id = order.id?.0;
+        let total = order.total.as_ref()?;
+        let placed_at = micros(order.placed_at?)?;
+        let row = OrderRow {
+            order_id: id,
+            buyer_id: order.buyer_id?.0,
+            seller_id: order.seller_id?.0,
+            status: "PENDING".to_owned(),
+            status_reason: None,
+            tracking_code: None,
+            total_minor: total.minor,
+            currency: total.currency.as_str().to_owned(),
+            placed_at,
+            updated_at: placed_at,
+        };
+        let lines = order
+            .lines
+            .iter()
+            .zip(1..)
+            .map(|(line, line_no)| OrderLineRow {
+                order_id: id,
+                line_no,
+                listing_id: line.listing_id.0,
+                quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
+                unit_price_minor: line.unit_price.minor,
+                currency: line.unit_price.currency.as_str().to_owned(),
+            })
+            .collect();
+        Some(Self(row, Some(lines)))
+    }
+}
 
 /// One line of an order.
 #[derive(Debug, Clone)]
@@ -138,6 +185,9 @@ impl Order {
 
     #[graphql(complexity = "marketplace_domain::order::MAX_LINES * child_complexity")]
     async fn lines(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderLine>> {
+        if let Some(lines) = &self.1 {
+            return Ok(lines.iter().cloned().map(OrderLine).collect());
+        }
         Ok(ctx
             .data_unchecked::<DataLoader<OrderLinesLoader>>()
             .load_one(self.0.order_id)
@@ -327,7 +377,7 @@ connection!(ReviewConnection, ReviewEdge, Review);
 
 /// Builds a connection from a read-model page.
 pub fn order_connection(page: Page<OrderRow>) -> OrderConnection {
-    OrderConnection::from_page(page, Order)
+    OrderConnection::from_page(page, Order::from)
 }
 
 /// Builds a connection from a read-model page.
@@ -347,7 +397,7 @@ pub async fn order_after(
     position: Position,
 ) -> ApiResult<OrderPayload> {
     let order = if state.wait_for(&[orders::NAME], position).await {
-        orders::by_id(&state.pool, id).await?.map(Order)
+        orders::by_id(&state.pool, id).await?.map(Order::from)
     } else {
         None
     };
@@ -390,7 +440,7 @@ impl CommerceQuery {
         Ok(orders::by_id(&state.pool, id)
             .await?
             .filter(|o| may_see_order(viewer, o))
-            .map(Order))
+            .map(Order::from))
     }
 
     /// The signed-in buyer's orders, newest first.
@@ -650,7 +700,7 @@ impl AuditQuery {
                 s => serde_json::to_value(s).ok()?.as_str()?.to_owned(),
             };
             let total = o.total.clone()?;
-            Some(Order(OrderRow {
+            Some(Order::from(OrderRow {
                 order_id: o.id?.0,
                 buyer_id: o.buyer_id?.0,
                 seller_id: o.seller_id?.0,

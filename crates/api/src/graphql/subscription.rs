@@ -95,7 +95,7 @@ impl SubscriptionRoot {
         tokio::spawn(async move {
             let _slot = slot;
             let mut last = current;
-            if tx.send(Ok(Order(last.clone()))).await.is_err() || is_final(&last) {
+            if tx.send(Ok(Order::from(last.clone()))).await.is_err() || is_final(&last) {
                 return;
             }
             loop {
@@ -127,7 +127,7 @@ impl SubscriptionRoot {
                     continue;
                 }
                 last = row;
-                if tx.send(Ok(Order(last.clone()))).await.is_err() || is_final(&last) {
+                if tx.send(Ok(Order::from(last.clone()))).await.is_err() || is_final(&last) {
                     return;
                 }
             }

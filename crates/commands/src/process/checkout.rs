@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::StreamExt;
 use marketplace_consumers::Envelope;
 use marketplace_domain::account::{
     Account, AccountCommand, AccountError, EscrowOutcome, HoldFunds, SettleEscrow,
@@ -22,7 +23,7 @@ use marketplace_domain::listing::{
 use marketplace_domain::order::{
     CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderEvent, OrderPlaced, OrderStatus,
 };
-use marketplace_domain::values::{AccountId, FeeRate, Quantity, Reason};
+use marketplace_domain::values::{AccountId, FeeRate, ListingId, Quantity, Reason};
 use marketplace_domain::{AggregateKind, Event};
 
 use super::{check_fault, FaultHook, ProcessError, ProcessManager};
@@ -30,6 +31,10 @@ use crate::handler::{CommandContext, CommandError, CommandHandler};
 
 /// Name of the saga (its checkpoint key and the actor of its commands).
 pub const NAME: &str = "checkout";
+
+/// Listings of one lane's batch checked out at once (each takes a few
+/// connections for its steps).
+const LISTINGS_AT_ONCE: usize = 16;
 
 /// An order of a run after its reservation: its trigger, itself, and why
 /// it could not be reserved (if so).
@@ -162,20 +167,26 @@ impl CheckoutSaga {
         };
         let ctx = CommandContext::caused_by(trigger, NAME, "verdict");
         let verdict = OrderCommand::CompleteCheckout(CompleteCheckout { outcome, at: now });
-        match self
+        let recorded = match self
             .handler
             .execute::<Order>(order_id.0, &ctx, &verdict)
             .await
         {
-            Ok(_) => {}
+            // Ours stands: the state it left says which.
+            Ok(done) if done.appended > 0 => Some(done.state.status),
+            Ok(_) => None,
             // Decided meanwhile by another instance: its verdict stands.
             Err(CommandError::Rejected(e)) => {
-                tracing::info!(order = %order_id, error = %e, "checkout verdict already recorded")
+                tracing::info!(order = %order_id, error = %e, "checkout verdict already recorded");
+                None
             }
             Err(e) => return Err(ProcessError::command(e)),
-        }
+        };
         check_fault(&self.fault, "after-verdict")?;
-        let status = self.status(placed).await?;
+        let status = match recorded {
+            Some(status) => status,
+            None => self.status(placed).await?,
+        };
         if status == OrderStatus::Rejected {
             self.compensate(trigger, placed).await?;
         }
@@ -265,6 +276,24 @@ impl CheckoutSaga {
             }
             candidates = waiting;
         }
+    }
+
+    /// Checks out one listing's orders of a batch (with their places in
+    /// the batch), in log order; a failure names the first one's place.
+    async fn checkout_group(
+        &self,
+        group: Vec<(usize, &Envelope, &OrderPlaced)>,
+    ) -> Result<(), (usize, ProcessError)> {
+        let at = group.first().map_or(0, |(i, _, _)| *i);
+        let outcome = match group.as_slice() {
+            [(_, trigger, placed)] => self.checkout(trigger, placed).await,
+            _ => {
+                let run: Vec<(&Envelope, &OrderPlaced)> =
+                    group.iter().map(|(_, e, p)| (*e, *p)).collect();
+                self.checkout_run(&run).await
+            }
+        };
+        outcome.map_err(|e| (at, e))
     }
 
     /// Finishes orders side by side, those of one buyer one after another;
@@ -418,9 +447,14 @@ impl ProcessManager for CheckoutSaga {
         }
     }
 
-    /// Runs of single-line orders for one listing are checked out together
-    /// ([`CheckoutSaga::checkout_run`]); any other order alone, in log
-    /// order. A failure is reported at the first order of its run.
+    /// The single-line orders of a batch are grouped by listing, in log
+    /// order within each group, and the groups are checked out side by
+    /// side ([`CheckoutSaga::checkout_run`]): first placed, first served
+    /// per listing, and no order waits behind another listing's. An order
+    /// of several lines is checked out alone, after everything before it
+    /// and before everything after it. A failure is reported at the first
+    /// order of the earliest group that failed (the steps of any group done
+    /// after it are repeated, which changes nothing).
     async fn handle_many(&self, events: &[&Envelope]) -> Result<(), (usize, ProcessError)> {
         let orders: Vec<(usize, &Envelope, &OrderPlaced)> = events
             .iter()
@@ -434,21 +468,35 @@ impl ProcessManager for CheckoutSaga {
         let mut k = 0;
         while k < orders.len() {
             let (at, trigger, first) = orders[k];
-            let Some(listing) = single(first) else {
+            if single(first).is_none() {
                 self.checkout(trigger, first).await.map_err(|e| (at, e))?;
                 k += 1;
                 continue;
-            };
+            }
             let end = orders[k..]
                 .iter()
-                .position(|(_, _, p)| single(p) != Some(listing))
+                .position(|(_, _, p)| single(p).is_none())
                 .map_or(orders.len(), |n| k + n);
-            if end - k == 1 {
-                self.checkout(trigger, first).await.map_err(|e| (at, e))?;
-            } else {
-                let run: Vec<(&Envelope, &OrderPlaced)> =
-                    orders[k..end].iter().map(|(_, e, p)| (*e, *p)).collect();
-                self.checkout_run(&run).await.map_err(|e| (at, e))?;
+            let mut groups: BTreeMap<ListingId, Vec<(usize, &Envelope, &OrderPlaced)>> =
+                BTreeMap::new();
+            for &(i, e, p) in &orders[k..end] {
+                if let Some(listing) = single(p) {
+                    groups.entry(listing).or_default().push((i, e, p));
+                }
+            }
+            let runs: Vec<_> = groups
+                .into_values()
+                .map(|group| self.checkout_group(group))
+                .collect();
+            let failed = futures::stream::iter(runs)
+                .buffer_unordered(LISTINGS_AT_ONCE)
+                .collect::<Vec<Result<(), (usize, ProcessError)>>>()
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .min_by_key(|(at, _)| *at);
+            if let Some(failure) = failed {
+                return Err(failure);
             }
             k = end;
         }

@@ -49,6 +49,18 @@ use crate::memory::{plan_append, Plan};
 /// ("mkt-log" in ASCII). All writers in all processes share it.
 const APPEND_LOCK_KEY: i64 = 0x006d_6b74_2d6c_6f67;
 
+/// Begins a transaction holding the global append lock, in one round trip
+/// (`BEGIN` and the lock as one simple query). The statements after it see
+/// every append committed before the lock was granted.
+pub(crate) async fn begin_locked(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    static LOCKED_BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+    });
+    Ok(pool.begin_with(LOCKED_BEGIN.as_str()).await?)
+}
+
 /// How much one group commit may carry.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupCommitLimits {
@@ -193,7 +205,7 @@ async fn commit_batch(
     pool: &PgPool,
     work: Vec<Batched>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_locked(pool).await?;
     match write_batch(&mut tx, work).await {
         Ok(results) => {
             tx.commit().await?;
@@ -209,73 +221,71 @@ async fn commit_batch(
     }
 }
 
-/// Writes a batch of appends inside the caller's transaction, under the
-/// global append lock. Returns one outcome per request, in order; the
-/// transaction is left open for the caller to commit.
+/// Writes a batch of appends inside the caller's transaction, which holds
+/// the global append lock (begun by [`begin_locked`]). Returns one outcome
+/// per request, in order; the transaction is left open for the caller to
+/// commit.
 pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     work: Vec<Batched>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK_KEY)
-        .execute(&mut *conn)
-        .await?;
-
     let ids: Vec<Uuid> = work
         .iter()
         .flat_map(|w| w.events.iter().map(|e| e.event_id))
         .collect();
-    let mut existing: HashMap<Uuid, (StreamId, u64, Position)> = HashMap::new();
-    // Not a cached prepared statement: a generic plan made while the table
-    // was small (a fresh database, a pool whose servers use
-    // `force_generic_plan`) would keep scanning the whole table for the
-    // rest of the connection's life; planned per call it uses the
-    // `event_id` index.
-    for row in sqlx::query(
-        "SELECT event_id, stream_id, revision, position FROM events WHERE event_id = ANY($1)",
-    )
-    .persistent(false)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let stream: String = row.try_get("stream_id")?;
-        let stream = StreamId::parse(&stream).map_err(|e| StoreError::Decode(e.to_string()))?;
-        existing.insert(
-            row.try_get("event_id")?,
-            (
-                stream,
-                u64::try_from(row.try_get::<i64, _>("revision")?).unwrap_or(0),
-                Position(u64::try_from(row.try_get::<i64, _>("position")?).unwrap_or(0)),
-            ),
-        );
-    }
-
     let mut streams: Vec<&str> = work.iter().map(|w| w.stream.as_str()).collect();
     streams.sort_unstable();
     streams.dedup();
+    // One round trip for what planning needs: the appended ids already
+    // stored (kind 0), each stream's last revision and hash (kind 1), and
+    // the log's last position (kind 2). Not a cached prepared statement: a
+    // generic plan made while the table was small (a fresh database, a
+    // pool whose servers use `force_generic_plan`) would keep scanning the
+    // whole table for the rest of the connection's life; planned per call
+    // it uses the `event_id` and `(stream_id, revision)` indexes.
+    let mut existing: HashMap<Uuid, (StreamId, u64, Position)> = HashMap::new();
     let mut current: HashMap<StreamId, (u64, Option<String>)> = HashMap::new();
+    let mut head: Option<i64> = None;
     for row in sqlx::query(
-        "SELECT s.stream_id, e.revision, e.metadata->>'hash' AS hash \
-         FROM unnest($1::text[]) AS s(stream_id) \
-         CROSS JOIN LATERAL ( \
-             SELECT revision, metadata FROM events \
-             WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
-         ) e",
+        "SELECT 0 AS kind, event_id, stream_id, revision, position, NULL::text AS hash \
+           FROM events WHERE event_id = ANY($1) \
+         UNION ALL \
+         SELECT 1, NULL::uuid, s.stream_id, e.revision, NULL::bigint, e.metadata->>'hash' \
+           FROM unnest($2::text[]) AS s(stream_id) \
+           CROSS JOIN LATERAL ( \
+               SELECT revision, metadata FROM events \
+               WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
+           ) e \
+         UNION ALL \
+         SELECT 2, NULL::uuid, NULL::text, NULL::bigint, max(position), NULL::text FROM events",
     )
+    .persistent(false)
+    .bind(&ids)
     .bind(&streams)
     .fetch_all(&mut *conn)
     .await?
     {
+        let kind: i32 = row.try_get("kind")?;
+        if kind == 2 {
+            head = row.try_get("position")?;
+            continue;
+        }
         let stream: String = row.try_get("stream_id")?;
         let stream = StreamId::parse(&stream).map_err(|e| StoreError::Decode(e.to_string()))?;
         let revision = u64::try_from(row.try_get::<i64, _>("revision")?).unwrap_or(0);
-        current.insert(stream, (revision, row.try_get("hash")?));
+        if kind == 0 {
+            existing.insert(
+                row.try_get("event_id")?,
+                (
+                    stream,
+                    revision,
+                    Position(u64::try_from(row.try_get::<i64, _>("position")?).unwrap_or(0)),
+                ),
+            );
+        } else {
+            current.insert(stream, (revision, row.try_get("hash")?));
+        }
     }
-
-    let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&mut *conn)
-        .await?;
     let mut next = head.map_or(0, |h| u64::try_from(h).unwrap_or(0));
 
     // Keys recorded before this batch, then also those claimed by the
@@ -373,12 +383,7 @@ pub(crate) async fn write_batch(
         insert_keys(conn, new_keys).await?;
     }
     if let Some(last) = rows.last().map(|r| r.position) {
-        insert_rows(conn, rows).await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::NOTIFY_CHANNEL)
-            .bind(last.0.to_string())
-            .execute(&mut *conn)
-            .await?;
+        insert_rows(conn, rows, last).await?;
     }
     Ok(results)
 }
@@ -419,7 +424,13 @@ async fn insert_keys(
     Ok(())
 }
 
-async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Result<(), StoreError> {
+/// Inserts `rows` and NOTIFYs `last` to other processes' subscribers, in
+/// one statement.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    rows: Vec<RecordedEvent>,
+    last: Position,
+) -> Result<(), StoreError> {
     let n = rows.len();
     let mut position = Vec::with_capacity(n);
     let mut stream_id = Vec::with_capacity(n);
@@ -444,10 +455,14 @@ async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Resul
         data.push(r.data);
     }
     sqlx::query(
-        "INSERT INTO events (position, stream_id, revision, event_id, event_type, \
-                             schema_version, data, metadata, recorded_at) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
-                              $6::int[], $7::jsonb[], $8::jsonb[], $9::timestamptz[])",
+        "WITH inserted AS ( \
+             INSERT INTO events (position, stream_id, revision, event_id, event_type, \
+                                 schema_version, data, metadata, recorded_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], \
+                                  $5::text[], $6::int[], $7::jsonb[], $8::jsonb[], \
+                                  $9::timestamptz[]) \
+         ) \
+         SELECT pg_notify($10, $11)",
     )
     .bind(position)
     .bind(stream_id)
@@ -458,6 +473,8 @@ async fn insert_rows(conn: &mut PgConnection, rows: Vec<RecordedEvent>) -> Resul
     .bind(data)
     .bind(metadata)
     .bind(recorded_at)
+    .bind(super::NOTIFY_CHANNEL)
+    .bind(last.0.to_string())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -635,7 +652,7 @@ mod tests {
             request_hash: "h2".into(),
             ..key.clone()
         };
-        let mut tx = pool.begin().await.expect("begin");
+        let mut tx = begin_locked(&pool).await.expect("begin");
         let results = write_batch(&mut tx, vec![batched(&s, &key), batched(&s, &second_key)])
             .await
             .expect("batch");

@@ -135,7 +135,7 @@ impl PostgresEventStore {
         release: oneshot::Receiver<()>,
     ) -> Result<AppendOutcome, StoreError> {
         check_storable(&events, None)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = appender::begin_locked(&self.pool).await?;
         let mut results = appender::write_batch(
             &mut tx,
             vec![appender::Batched {

@@ -122,6 +122,15 @@ class Client:
             body["variables"] = variables
         return self.session.post(self.url, json=body, headers=headers, timeout=TIMEOUT_SECONDS)
 
+    def upload_asset(self, token: str, content: bytes) -> str:
+        """Stores a digital asset (PUT /assets) and returns its content hash."""
+        assets = self.url.rsplit("/graphql", 1)[0] + "/assets"
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/pdf"}
+        response = self.session.put(assets, data=content, headers=headers, timeout=TIMEOUT_SECONDS)
+        if response.status_code not in (200, 201):
+            raise SystemExit(f"fuzz: asset upload failed (HTTP {response.status_code}): {response.text[:300]}")
+        return response.json()["contentHash"]
+
     def must(self, query: str, token: str | None = None, variables: dict | None = None) -> dict:
         """A set-up call that has to succeed."""
         response = self.post(query, token, variables)
@@ -280,7 +289,8 @@ def set_up(client: Client, admin: tuple[str, str] | None) -> tuple[dict[str, str
     seller, seller_id, seller_email = register(client, "SELLER", run)
     tokens = {"BUYER": buyer, "SELLER": seller}
     physical = create_listing(client, seller, "PHYSICAL", True, quantity=1000)
-    digital = create_listing(client, seller, "DIGITAL", True, contentHash="ab" * 32)
+    content_hash = client.upload_asset(seller, f"fuzz asset {run}".encode())
+    digital = create_listing(client, seller, "DIGITAL", True, contentHash=content_hash)
     draft = create_listing(client, seller, "PHYSICAL", False, quantity=3)
     client.must('mutation { depositFunds(amount: {amount: "1000.00", currencyCode: "EUR"}) { consistencyToken } }', buyer)
     confirmed = confirmed_order(client, buyer, physical)

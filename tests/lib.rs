@@ -233,6 +233,39 @@ impl TestApp {
         head
     }
 
+    /// `PUT /assets` with `body` as `content_type`; returns the status and
+    /// the JSON answer.
+    pub async fn upload_asset(
+        &self,
+        token: Option<&str>,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .put(format!("{}/assets", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("upload");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads `body` as a SELLER's asset; returns its content hash.
+    pub async fn stored_asset(&self, seller_token: &str, body: &[u8]) -> String {
+        let (status, answer) = self
+            .upload_asset(Some(seller_token), body.to_vec(), "application/pdf")
+            .await;
+        assert!(status == 201 || status == 200, "upload: {status} {answer}");
+        answer["contentHash"]
+            .as_str()
+            .expect("contentHash")
+            .to_owned()
+    }
+
     /// The number of events in the log.
     pub async fn event_count(&self) -> i64 {
         let pool = self.db.pool().await;

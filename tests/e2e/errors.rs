@@ -157,8 +157,10 @@ async fn listing_mutations_check_identity_roles_ownership_and_input() {
         "refused listings appended events"
     );
 
+    // A stored asset's hash, spelled in upper case: normalised, accepted.
+    let hash = app.stored_asset(&seller, b"an e-book").await;
     let mut digital = listing("DIGITAL");
-    digital["input"]["contentHash"] = json!("AB".repeat(32));
+    digital["input"]["contentHash"] = json!(hash.to_uppercase());
     let ok = app
         .gql(
             CREATE,

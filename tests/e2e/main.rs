@@ -2,6 +2,7 @@
 //! Postgres, one fresh database per test.
 
 mod abuse;
+mod assets;
 mod audit;
 mod catalog;
 mod commerce;
@@ -13,5 +14,6 @@ mod kurrentdb;
 mod limits;
 mod observability;
 mod ops;
+mod payments;
 mod rebuild;
 mod subscriptions;

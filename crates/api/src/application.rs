@@ -76,13 +76,17 @@ impl Application {
         }
         let handler = crate::database::command_handler(&sealing).await?;
         let consumers = Registry::default();
+        let payments = crate::payments::Payments::new(&settings.payments);
+        let assets = crate::assets::Assets::open(&settings.assets)
+            .map_err(|e| anyhow::anyhow!("asset storage: {e}"))?;
         if settings.role != ServeRole::Api {
             // The process managers run beside the projectors: one per
             // deployment's projector role.
             // One leader per process manager across every process (the
             // others stand by); it never stops before shutdown.
             let runner = Runner::new(pool.clone(), store.clone(), consumers.clone());
-            for pm in process::managers(&handler, settings.fee) {
+            let gateway = Arc::new(payments.gateway.clone());
+            for pm in process::managers(&handler, settings.fee, gateway) {
                 tasks.spawn(process::run(pm, runner.clone(), stop_rx.clone()));
             }
         }
@@ -113,6 +117,8 @@ impl Application {
             consumers,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
             keyring: sealing.keyring().clone(),
+            payments,
+            assets,
         };
         if let Some(schedule) = settings.anchors.clone() {
             tasks.spawn(write_anchors(sealing.raw(), schedule, stop_rx.clone()));

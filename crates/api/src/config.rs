@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use marketplace_commands::payments::{BreakerConfig, RetryPolicy};
 use marketplace_domain::values::FeeRate;
 use marketplace_keys::{AnchorKey, MasterKey};
 
@@ -154,6 +155,10 @@ pub struct Settings {
     pub master_key: MasterKey,
     /// Periodic signed head anchors (`serve --anchor-every`), if any.
     pub anchors: Option<AnchorSchedule>,
+    /// The payment gateway deposits are charged through.
+    pub payments: PaymentsSettings,
+    /// Where digital assets' files are stored, and what is accepted.
+    pub assets: crate::assets::AssetsSettings,
 }
 
 /// Where and how often `serve` writes signed head anchors.
@@ -217,6 +222,56 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("could not write {}", path.display()))
 }
 
+/// Which payment provider deposits are charged at.
+#[derive(Clone, Debug, Default)]
+pub enum PaymentProvider {
+    /// Captures at once, in process (the default: no provider needed).
+    #[default]
+    Simulated,
+    /// A provider speaking the JSON protocol of [`crate::payments`] at this
+    /// base URL (`--payments-url`).
+    Http {
+        /// Base URL, e.g. `https://pay.example.com/`.
+        url: String,
+        /// Sent as `Authorization: Bearer …`, if set.
+        api_key: Option<Secret>,
+    },
+}
+
+/// How deposits reach the payment provider.
+#[derive(Clone, Debug)]
+pub struct PaymentsSettings {
+    /// Which provider.
+    pub provider: PaymentProvider,
+    /// The shared secret the provider's callbacks carry
+    /// (`Authorization: Bearer …` on `POST /payments/callback`); without
+    /// one, callbacks are refused.
+    pub callback_secret: Option<Secret>,
+    /// The callback URL sent with each charge (this server's
+    /// `/payments/callback` as the provider reaches it), if any.
+    pub callback_url: Option<String>,
+    /// When the circuit breaker opens and for how long.
+    pub breaker: BreakerConfig,
+    /// Each charge's timeout, backoff and deadline.
+    pub retry: RetryPolicy,
+    /// How long `depositFunds` waits for the intent to settle before it
+    /// answers PENDING (the client then follows the intent).
+    pub settle_wait: Duration,
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        Self {
+            provider: PaymentProvider::Simulated,
+            callback_secret: None,
+            callback_url: None,
+            breaker: BreakerConfig::default(),
+            retry: RetryPolicy::default(),
+            settle_wait: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Settings {
     /// Settings for tests and embedding: everything on, random port, no rate
     /// limits (load tests from one address would trip them; `serve` uses
@@ -235,6 +290,11 @@ impl Settings {
             trusted_proxies: TrustedProxies::default(),
             master_key: MasterKey::generate(),
             anchors: None,
+            payments: PaymentsSettings::default(),
+            // A fresh directory per application: tests never share files.
+            assets: crate::assets::AssetsSettings::local(
+                std::env::temp_dir().join(format!("marketplace-assets-{}", uuid::Uuid::now_v7())),
+            ),
         }
     }
 }

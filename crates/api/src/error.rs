@@ -28,6 +28,14 @@ pub enum ApiError {
         /// Seconds until the client's next request can pass (at least 1).
         retry_after_seconds: u64,
     },
+    /// A dependency (the payment provider) is down; retry after this many
+    /// seconds (the response carries `Retry-After`).
+    Unavailable {
+        /// What the client is told.
+        message: String,
+        /// Seconds until a retry may pass (at least 1).
+        retry_after_seconds: u64,
+    },
     /// Anything else: logged, never shown.
     Internal(String),
 }
@@ -43,6 +51,7 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -59,6 +68,7 @@ impl ApiError {
                 "this idempotency key was already used with different input".into()
             }
             ApiError::RateLimited { .. } => "too many requests; retry later".into(),
+            ApiError::Unavailable { message, .. } => message.clone(),
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -83,6 +93,10 @@ impl ApiError {
             }
             ApiError::RateLimited {
                 retry_after_seconds,
+            }
+            | ApiError::Unavailable {
+                retry_after_seconds,
+                ..
             } => {
                 let retry = *retry_after_seconds;
                 async_graphql::Error::new(self.message()).extend_with(|_, e| {

@@ -1,4 +1,7 @@
-//! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`, `/metrics`.
+//! HTTP routes: `/graphql` (POST, GET, GraphiQL), `/healthz`, `/readyz`,
+//! `/metrics`, the payment provider's `POST /payments/callback`, and the
+//! digital assets' `PUT /assets` and `GET /assets/{hash}` (see
+//! [`crate::assets`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use marketplace_store::Position;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -54,6 +57,10 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/payments/callback", post(payment_callback))
+        // Uploads stream past the JSON body limit, under the asset limit.
+        .route("/assets", put(put_asset).layer(DefaultBodyLimit::disable()))
+        .route("/assets/{hash}", get(get_asset))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A bug that panics in a handler answers a coded INTERNAL (logged
         // with a reference) instead of dropping the connection.
@@ -156,12 +163,27 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
             Some(async_graphql::Value::Number(n)) => n.as_u64(),
             _ => None,
         });
+    // A dependency is down (the payment provider's breaker is open): the
+    // field error carries the seconds, the response `Retry-After`, and when
+    // nothing else was answered, a 503.
+    let unavailable = response
+        .errors
+        .iter()
+        .filter_map(|e| e.extensions.as_ref())
+        .filter(|x| x.get("code") == Some(&async_graphql::Value::from("UNAVAILABLE")))
+        .find_map(|x| match x.get("retryAfterSeconds") {
+            Some(async_graphql::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        });
+    let nothing_answered = response.data == async_graphql::Value::Null;
     let mut body = serde_json::to_value(&response).unwrap_or_else(|e| {
         tracing::error!(error = %e, "could not serialise a GraphQL response");
         serde_json::json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL" } }] })
     });
     let status = if retry_after.is_some() {
         StatusCode::TOO_MANY_REQUESTS
+    } else if unavailable.is_some() && nothing_answered {
+        StatusCode::SERVICE_UNAVAILABLE
     } else if request_error && media == Media::GraphqlResponseJson {
         StatusCode::BAD_REQUEST
     } else {
@@ -175,7 +197,7 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
     let mut http = (status, body.to_string()).into_response();
     http.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
-    if let Some(seconds) = retry_after {
+    if let Some(seconds) = retry_after.or(unavailable) {
         http.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -203,6 +225,7 @@ fn error_response(e: ApiError, media: Media) -> Response {
         ApiError::BadUserInput(_) => StatusCode::BAD_REQUEST,
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response_with(status, e, media)
@@ -214,6 +237,10 @@ fn error_response_with(status: StatusCode, e: ApiError, media: Media) -> Respons
     let retry_after = match e {
         ApiError::RateLimited {
             retry_after_seconds,
+        }
+        | ApiError::Unavailable {
+            retry_after_seconds,
+            ..
         } => Some(retry_after_seconds),
         _ => None,
     };
@@ -764,6 +791,13 @@ async fn readyz(State(http): State<Http>) -> Response {
         }
         managers.insert(pm.name.clone(), pm.state.as_str().into());
     }
+    // An open breaker degrades deposits only: reads and orders paid from
+    // the wallet keep working, so the process stays ready.
+    let payments = http.state.payments.stats();
+    let breaker = payments.state();
+    if breaker != marketplace_commands::payments::BreakerState::Closed {
+        degraded.push("payments");
+    }
     let code = if ready {
         StatusCode::OK
     } else {
@@ -774,6 +808,10 @@ async fn readyz(State(http): State<Http>) -> Response {
         "database": "ok",
         "projections": projections,
         "processManagers": managers,
+        "payments": {
+            "breaker": breaker.as_str(),
+            "retryAfterSeconds": payments.retry_after().map(retry_after_seconds),
+        },
         "degraded": degraded,
     });
     (code, axum::Json(body)).into_response()
@@ -782,4 +820,268 @@ async fn readyz(State(http): State<Http>) -> Response {
 async fn metrics(State(http): State<Http>) -> Response {
     let page = crate::metrics::render(&http.state).await;
     ([("content-type", "text/plain; version=0.0.4")], page).into_response()
+}
+
+/// A provider callback: `{"intentId", "status", "chargeId", "last4",
+/// "reason"}` (see [`crate::payments`]).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentCallback {
+    intent_id: uuid::Uuid,
+    #[serde(flatten)]
+    result: crate::payments::ProviderResult,
+}
+
+/// `POST /payments/callback`: the provider reports a charge's result. It
+/// must carry the callback secret; it may come more than once, and race the
+/// charge's own answer: settling deduplicates (one success, one credit).
+/// Answers 204 once recorded (or already recorded), 401 without the secret,
+/// 400 for a body that breaks the protocol, 404 for an unknown intent, 409
+/// for a capture the provider had declined.
+async fn payment_callback(State(http): State<Http>, headers: HeaderMap, body: Bytes) -> Response {
+    use marketplace_commands::flows::deposit::{settle, SettleError};
+    use marketplace_commands::{CommandContext, CommandError};
+    use marketplace_domain::payment::PaymentError;
+
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !http.state.payments.accepts_callback(bearer) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(callback) = serde_json::from_slice::<PaymentCallback>(&body) else {
+        return (StatusCode::BAD_REQUEST, "malformed callback").into_response();
+    };
+    let outcome = match callback.result.outcome() {
+        Ok(outcome) => outcome,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let ctx = CommandContext::new("payments-provider");
+    let intent = marketplace_domain::values::PaymentIntentId(callback.intent_id);
+    match settle(&http.state.handler, intent, &outcome, &ctx).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(SettleError::Intent(CommandError::Rejected(PaymentError::NotFound))) => {
+            StatusCode::NOT_FOUND.into_response()
+        }
+        Err(SettleError::Intent(CommandError::Rejected(e))) => {
+            (StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Err(e) => {
+            tracing::error!(intent = %callback.intent_id, error = %e, "payment callback failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `PUT /assets`: see [`crate::assets`].
+async fn put_asset(State(http): State<Http>, request: Request) -> Response {
+    use marketplace_commands::CommandContext;
+    use marketplace_domain::asset::{asset_id, Asset, AssetCommand, RecordUpload};
+    use marketplace_domain::values::{AccountId, ContentType, Role};
+
+    let headers = request.headers().clone();
+    let viewer = match viewer_from(&http, headers.get(header::AUTHORIZATION)).await {
+        Ok(Viewer(Some(claims))) => claims,
+        Ok(Viewer(None)) | Err(_) => {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "sign in as a SELLER to upload assets",
+            )
+        }
+    };
+    if !viewer.has(Role::Seller) {
+        return json_error(StatusCode::FORBIDDEN, "only SELLERs upload assets");
+    }
+    let assets = &http.state.assets;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| ContentType::parse(v).ok());
+    let Some(content_type) = content_type.filter(|t| assets.accepts(t)) else {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this Content-Type is not accepted for assets",
+        );
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > assets.max_bytes()) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("assets are at most {} bytes", assets.max_bytes()),
+        );
+    }
+    let body = request.into_body().into_data_stream();
+    let stored = match assets.upload(body).await {
+        Ok(stored) => stored,
+        Err(e @ crate::assets::UploadError::TooLarge(_)) => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Err(e @ (crate::assets::UploadError::Empty | crate::assets::UploadError::Body(_))) => {
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ crate::assets::UploadError::Store(_)) => {
+            tracing::error!(error = %e, "asset upload failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let command = AssetCommand::RecordUpload(RecordUpload {
+        content_hash: stored.content_hash.clone(),
+        size: stored.size,
+        content_type: content_type.clone(),
+        uploaded_by: AccountId(viewer.sub),
+        at: chrono::Utc::now(),
+    });
+    let ctx = CommandContext::new(viewer.sub.to_string());
+    let executed = match http
+        .state
+        .handler
+        .execute::<Asset>(asset_id(&stored.content_hash), &ctx, &command)
+        .await
+    {
+        Ok(executed) => executed,
+        Err(e) => {
+            tracing::error!(error = %e, "recording an asset upload failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let status = if executed.appended > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let first_type = executed
+        .state
+        .content_type
+        .as_ref()
+        .map_or(content_type.to_string(), ToString::to_string);
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "contentHash": stored.content_hash.as_str(),
+            "size": stored.size,
+            "contentType": first_type,
+            "consistencyToken": executed.position.to_string(),
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /assets/{hash}`: see [`crate::assets`]. 404 for anyone not allowed.
+async fn get_asset(
+    State(http): State<Http>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::assets::Integrity;
+    use marketplace_commands::CommandContext;
+    use marketplace_domain::asset::{asset_id, AccessReason, Asset, AssetCommand, GrantAccess};
+    use marketplace_domain::values::{AccountId, ContentHash, OrderId, Role};
+    use marketplace_projections::read_models::{listings, orders};
+
+    let not_found = || json_error(StatusCode::NOT_FOUND, "no such asset");
+    // Only a lower-case digest names an object: other spellings are not found.
+    let Some(hash) = ContentHash::parse(&hash)
+        .ok()
+        .filter(|h| h.as_str() == hash)
+    else {
+        return not_found();
+    };
+    let Ok(Viewer(Some(viewer))) = viewer_from(&http, headers.get(header::AUTHORIZATION)).await
+    else {
+        return not_found();
+    };
+    let state = &http.state;
+    let asset = match state.handler.load::<Asset>(asset_id(&hash)).await {
+        Ok(loaded) if loaded.state.is_stored() => loaded.state,
+        Ok(_) => return not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "loading an asset failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let reason = if viewer.has(Role::Admin) {
+        Some(AccessReason::Admin)
+    } else if asset.uploaded_by == Some(AccountId(viewer.sub))
+        || listings::sells_content(&state.pool, viewer.sub, hash.as_str())
+            .await
+            .unwrap_or(false)
+    {
+        Some(AccessReason::Seller)
+    } else {
+        match orders::bought_content(&state.pool, viewer.sub, hash.as_str()).await {
+            Ok(order) => order.map(|id| AccessReason::Buyer {
+                order_id: OrderId(id),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "checking an asset's buyers failed");
+                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        }
+    };
+    let Some(reason) = reason else {
+        return not_found();
+    };
+    let size = match state.assets.verify(&hash).await {
+        Ok(Integrity::Intact(size)) => size,
+        Ok(Integrity::Corrupted) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stored file does not match its hash; it is not served",
+            )
+        }
+        Ok(Integrity::Missing) => {
+            tracing::error!(content_hash = %hash, "an uploaded asset's file is missing");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stored file is missing",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading an asset failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    if crate::assets::Assets::unsatisfiable(headers.get(header::RANGE), size) {
+        return state
+            .assets
+            .serve(
+                &hash,
+                size,
+                "application/octet-stream",
+                headers.get(header::RANGE),
+            )
+            .await;
+    }
+    let grant = AssetCommand::GrantAccess(GrantAccess {
+        account_id: AccountId(viewer.sub),
+        reason,
+        at: chrono::Utc::now(),
+    });
+    let ctx = CommandContext::new(viewer.sub.to_string());
+    if let Err(e) = state
+        .handler
+        .execute::<Asset>(asset_id(&hash), &ctx, &grant)
+        .await
+    {
+        // The audit trail is part of the download: no record, no file.
+        tracing::error!(error = %e, "recording an asset access failed");
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    }
+    let content_type = asset
+        .content_type
+        .as_ref()
+        .map_or("application/octet-stream".to_owned(), ToString::to_string);
+    state
+        .assets
+        .serve(&hash, size, &content_type, headers.get(header::RANGE))
+        .await
 }

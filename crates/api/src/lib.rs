@@ -10,11 +10,23 @@
 //! - [`application`]: `Application::build(settings)` wires store, command
 //!   handler, projectors and HTTP; `run_until_stopped` serves.
 //! - [`http`]: the routes (`/graphql`, GraphiQL, `/healthz`, `/readyz`,
-//!   `/metrics`; a projector-only process serves the last three), auth
-//!   header and consistency-token handling, the body size limit.
+//!   `/metrics`; a projector-only process serves the last three; the
+//!   provider's `POST /payments/callback`; `PUT /assets` and
+//!   `GET /assets/{hash}`), auth header and consistency-token handling, the
+//!   body size limit.
 //! - [`metrics`]: the `/metrics` page — request latency histograms by
 //!   operation, command outcomes/conflicts/retries, projection and consumer
-//!   lag, the connection pool's use.
+//!   lag, the connection pool's use, the payment gateway's breaker, corrupted
+//!   asset downloads.
+//! - [`assets`]: digital assets' files in object storage (`object_store`:
+//!   a local directory or S3), keyed by SHA-256; the streamed, hashed
+//!   upload and the access-checked, re-verified, ranged download behind
+//!   `PUT /assets` and `GET /assets/{hash}`.
+//! - [`payments`]: the payment provider's HTTP protocol (documented there)
+//!   and its adapter, and [`payments::Payments`]: the configured gateway
+//!   behind its circuit breaker, and the provider callbacks' secret.
+//!   `POST /payments/callback` and `depositFunds` settle intents through
+//!   `marketplace_commands::flows::deposit`.
 //! - [`graphiql`]: the self-hosted GraphiQL page and its embedded assets.
 //! - [`ratelimit`]: per-client token buckets (per account, per IP for
 //!   anonymous calls; every operation draws, a mutation per root field)
@@ -45,6 +57,7 @@
 pub mod admin;
 pub mod anchors;
 pub mod application;
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod database;
@@ -54,6 +67,7 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod payments;
 pub mod proxy;
 pub mod ratelimit;
 pub mod read_cache;

@@ -3,7 +3,7 @@
 //! Two feeds per API process, each one catch-up subscription to the log
 //! (whatever the number of WebSocket clients):
 //!
-//! - **Orders.** Every committed event of an `order-…` stream that someone
+//! - **Orders** (and payment intents, the same way). Every committed event of an `order-…` stream that someone
 //!   watches bumps that order's [`watch`] channel with the event's position.
 //!   A subscriber waits until the orders read model has passed it, reads the
 //!   order, and sends it if it changed. Watch channels coalesce: a burst of
@@ -103,8 +103,8 @@ impl Live {
         live
     }
 
-    /// Watches one order: the receiver sees the position of each committed
-    /// event of its stream from now on.
+    /// Watches one order (or payment intent): the receiver sees the
+    /// position of each committed event of its stream from now on.
     pub fn watch_order(&self, id: Uuid) -> watch::Receiver<Position> {
         let mut map = lock(&self.orders);
         map.retain(|_, tx| tx.receiver_count() > 0);
@@ -224,13 +224,15 @@ impl Sink for OrdersFeed {
         }
         for event in batch {
             match &event.event {
-                Event::Order(_) => {
+                // Payment intents are followed like orders (their ids never
+                // collide: both are UUIDs).
+                Event::Order(_) | Event::Payment(_) => {
                     if let Some(tx) = map.get(&event.entity_id()) {
                         tx.send_replace(event.position);
                     }
                 }
                 Event::Account(_) | Event::EmailClaim(_) => {}
-                Event::Listing(_) | Event::Review(_) => {}
+                Event::Listing(_) | Event::Review(_) | Event::Asset(_) => {}
             }
         }
     }

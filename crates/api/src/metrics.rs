@@ -1,7 +1,8 @@
 //! Prometheus metrics: GraphQL request latency histograms by operation, the
 //! command handler's outcome/conflict/retry counters, projection and
-//! consumer positions, lag and failures, and this process's Postgres pool
-//! use. [`render`] writes the `/metrics` page.
+//! consumer positions, lag and failures, this process's Postgres pool
+//! use, and the payment gateway's circuit breaker (state, calls by
+//! outcome, openings, retries). [`render`] writes the `/metrics` page.
 //!
 //! Every family is described (`# HELP`, `# TYPE`) on every page while the
 //! database answers, even before it has a series, so dashboards and alerts can be checked against
@@ -306,7 +307,72 @@ pub async fn render(state: &AppState) -> String {
     }
     write_local_consumers(&mut out, &state.consumers);
     write_pool(&mut out, &state.pool);
+    write_payments(&mut out, state.payments.stats());
+    out.push_str(
+        "# HELP marketplace_assets_corrupted_total Downloads refused because the stored file no longer matched its hash.\n\
+         # TYPE marketplace_assets_corrupted_total counter\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_assets_corrupted_total {}",
+        state.assets.corrupted()
+    );
     out
+}
+
+/// The payment gateway's breaker as this process sees it (each process has
+/// its own breaker: aggregate with `max` for the state).
+fn write_payments(out: &mut String, stats: &marketplace_commands::payments::BreakerStats) {
+    use marketplace_commands::payments::BreakerState;
+    out.push_str(
+        "# HELP marketplace_payments_breaker_state The payment gateway's circuit breaker: 1 for its current state (closed, open, half_open).\n\
+         # TYPE marketplace_payments_breaker_state gauge\n",
+    );
+    let now = stats.state();
+    for state in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        let _ = writeln!(
+            out,
+            "marketplace_payments_breaker_state{{state=\"{}\"}} {}",
+            state.as_str(),
+            u8::from(state == now)
+        );
+    }
+    out.push_str(
+        "# HELP marketplace_payments_calls_total Calls to the payment provider by outcome (answered, failed, rejected while open).\n\
+         # TYPE marketplace_payments_calls_total counter\n",
+    );
+    for (outcome, n) in [
+        ("answered", stats.successes()),
+        ("failed", stats.failures()),
+        ("rejected", stats.rejected()),
+    ] {
+        let _ = writeln!(
+            out,
+            "marketplace_payments_calls_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    out.push_str(
+        "# HELP marketplace_payments_breaker_opened_total Times the payment gateway's circuit breaker opened.\n\
+         # TYPE marketplace_payments_breaker_opened_total counter\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_payments_breaker_opened_total {}",
+        stats.opened()
+    );
+    out.push_str(
+        "# HELP marketplace_payments_retries_total Charge attempts after the first.\n\
+         # TYPE marketplace_payments_retries_total counter\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_payments_retries_total {}",
+        stats.retries()
+    );
 }
 
 /// This process's Postgres pool: connections in use and idle, and the

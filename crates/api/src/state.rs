@@ -48,6 +48,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// The key table (erasure destroys data keys here).
     pub keyring: marketplace_keys::Keyring,
+    /// The payment gateway (behind its breaker) and callback settings.
+    pub payments: crate::payments::Payments,
+    /// Digital assets' files.
+    pub assets: crate::assets::Assets,
 }
 
 /// Every projection the API reads from.

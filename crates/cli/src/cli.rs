@@ -193,6 +193,54 @@ pub struct ServeArgs {
     /// away from the database: it is what proves nothing was cut).
     #[arg(long, env = "MARKETPLACE_ANCHOR_FILE", default_value = "anchors.jsonl")]
     anchor_file: PathBuf,
+    /// The payment provider's base URL (the JSON protocol documented in
+    /// `marketplace_api::payments`). Unset: deposits are captured by the
+    /// built-in simulated gateway.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_URL")]
+    payments_url: Option<String>,
+    /// The API key sent to the payment provider (`Authorization: Bearer`).
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_API_KEY", hide_env_values = true)]
+    payments_api_key: Option<String>,
+    /// The secret the provider's callbacks to `POST /payments/callback`
+    /// must carry (`Authorization: Bearer`). Unset: callbacks are refused.
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_CALLBACK_SECRET",
+        hide_env_values = true
+    )]
+    payments_callback_secret: Option<String>,
+    /// This server's callback URL as the provider reaches it, sent with
+    /// each charge.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_CALLBACK_URL")]
+    payments_callback_url: Option<String>,
+    /// Each charge attempt's timeout, in milliseconds.
+    #[arg(long, env = "MARKETPLACE_PAYMENTS_TIMEOUT_MS", default_value_t = 5_000)]
+    payments_timeout_ms: u64,
+    /// A charge is retried (exponential backoff, jitter) until this many
+    /// milliseconds have passed, then the intent fails as unconfirmed.
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_DEADLINE_MS",
+        default_value_t = 20_000
+    )]
+    payments_deadline_ms: u64,
+    /// How long the payment gateway's circuit breaker stays open before a
+    /// probe, in seconds.
+    #[arg(
+        long,
+        env = "MARKETPLACE_PAYMENTS_BREAKER_COOL_DOWN_SECS",
+        default_value_t = 15
+    )]
+    payments_breaker_cool_down_secs: u64,
+    /// Where digital assets' files are stored: `s3://bucket[/prefix]`
+    /// (S3-compatible; region, endpoint and credentials from the usual
+    /// AWS_* variables) or a local directory. Unset: `<data-dir>/assets`.
+    #[arg(long, env = "MARKETPLACE_ASSETS_URL")]
+    assets_url: Option<String>,
+    /// The largest asset upload, in bytes.
+    #[arg(long, env = "MARKETPLACE_ASSETS_MAX_BYTES",
+          default_value_t = marketplace_api::assets::DEFAULT_MAX_BYTES)]
+    assets_max_bytes: u64,
 }
 
 /// Parses `30s`, `10m`, `1h` (or bare seconds).
@@ -216,6 +264,33 @@ fn parse_every(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+fn payments_settings(args: &ServeArgs) -> marketplace_api::config::PaymentsSettings {
+    use marketplace_api::config::{PaymentProvider, PaymentsSettings, Secret};
+    use marketplace_commands::payments::{BreakerConfig, RetryPolicy};
+    let defaults = PaymentsSettings::default();
+    PaymentsSettings {
+        provider: match &args.payments_url {
+            Some(url) => PaymentProvider::Http {
+                url: url.clone(),
+                api_key: args.payments_api_key.clone().map(Secret::new),
+            },
+            None => PaymentProvider::Simulated,
+        },
+        callback_secret: args.payments_callback_secret.clone().map(Secret::new),
+        callback_url: args.payments_callback_url.clone(),
+        breaker: BreakerConfig {
+            cool_down: Duration::from_secs(args.payments_breaker_cool_down_secs.max(1)),
+            ..BreakerConfig::default()
+        },
+        retry: RetryPolicy {
+            attempt_timeout: Duration::from_millis(args.payments_timeout_ms.max(1)),
+            deadline: Duration::from_millis(args.payments_deadline_ms),
+            ..RetryPolicy::default()
+        },
+        settle_wait: defaults.settle_wait,
+    }
+}
+
 fn non_negative_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
@@ -228,7 +303,7 @@ fn non_negative_rate(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the GraphQL API and run the projectors (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Print the GraphQL schema (SDL).
@@ -303,7 +378,7 @@ enum AccountsCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.db, cli.serve).await,
-        Some(Command::Serve(args)) => serve(cli.db, args).await,
+        Some(Command::Serve(args)) => serve(cli.db, *args).await,
         Some(Command::Migrate) => {
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let pool = connect(&db.url, 4).await?;
@@ -351,6 +426,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .is_some_and(|u| !u.trim().is_empty());
             let master = cli.db.master()?;
+            let mut args = args;
+            // The files go where `serve` looks by default.
+            if args.assets_dir.is_none() {
+                args.assets_dir = Some(cli.db.data_dir.join("assets"));
+            }
             let db = Database::acquire(cli.db.database_url, &cli.db.data_dir).await?;
             let result = tokio::select! {
                 r = crate::seed::run(&db.url, &master, &args) => r,
@@ -458,6 +538,7 @@ fn postgres_only(choice: &EventStoreChoice, command: &str) -> anyhow::Result<()>
 }
 
 async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let payments = payments_settings(&args);
     // Refuse a weak key before anything starts.
     let configured = args
         .jwt_secret
@@ -483,6 +564,19 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!("MARKETPLACE_JWT_SECRET is unset: using a random key; tokens will not survive a restart");
             Secret::random()
         }
+    };
+    let assets = {
+        use marketplace_api::assets::{AssetLocation, AssetsSettings};
+        let mut assets = AssetsSettings::local(db_args.data_dir.join("assets"));
+        match args.assets_url.as_deref() {
+            Some(url) if url.starts_with("s3://") => {
+                assets.location = AssetLocation::S3(url.to_owned());
+            }
+            Some(dir) => assets.location = AssetLocation::Local(dir.into()),
+            None => {}
+        }
+        assets.max_bytes = args.assets_max_bytes;
+        assets
     };
     let settings = Settings {
         listen: args.listen,
@@ -514,6 +608,8 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies: TrustedProxies::new(args.trusted_proxies),
         master_key,
         anchors,
+        payments,
+        assets,
     };
     let result = async {
         let app = Application::build(settings).await?;
@@ -540,7 +636,7 @@ mod tests {
     fn serve_args(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from(argv)?;
         match cli.command {
-            Some(Command::Serve(args)) => Ok(args),
+            Some(Command::Serve(args)) => Ok(*args),
             other => panic!("expected serve, got {other:?}"),
         }
     }

@@ -115,6 +115,11 @@ pub struct SeedArgs {
     /// Commands in flight at once (concurrent command streams).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Where the DIGITAL listings' files are written (a local asset store,
+    /// as `serve` reads by default: `<data-dir>/assets`). Unset: only the
+    /// listings are seeded, without their files.
+    #[arg(long)]
+    pub assets_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SeedArgs {
@@ -127,6 +132,7 @@ impl Default for SeedArgs {
             seed: DEFAULT_SEED,
             password: DEFAULT_PASSWORD.to_owned(),
             concurrency: 8,
+            assets_dir: None,
         }
     }
 }
@@ -653,6 +659,8 @@ struct ListingPlan {
     tags: Vec<&'static str>,
     price: i64,
     spec: SpecPlan,
+    /// A DIGITAL listing's file (its SHA-256 is the spec's hash).
+    asset: Option<Vec<u8>>,
     fate: ListingFate,
 }
 
@@ -736,6 +744,7 @@ fn plan_listings(rng: &mut StdRng, args: &SeedArgs, shops: &[String]) -> Vec<Lis
         for i in 0..args.listings_per_seller {
             let shelf = &SHELVES[rng.random_range(0..SHELVES.len())];
             let digital = percent(rng, shelf.digital_pct);
+            let mut asset = None;
             let (title, spec) = if digital {
                 let title = format!(
                     "{} {}",
@@ -744,10 +753,11 @@ fn plan_listings(rng: &mut StdRng, args: &SeedArgs, shops: &[String]) -> Vec<Lis
                 );
                 let mut content = [0u8; 64];
                 rng.fill(&mut content[..]);
-                let mut h = Sha256::new();
-                h.update(title.as_bytes());
-                h.update(content);
-                (title, SpecPlan::Digital(hex::encode(h.finalize())))
+                let mut file = title.as_bytes().to_vec();
+                file.extend_from_slice(&content);
+                let hash = hex::encode(Sha256::digest(&file));
+                asset = Some(file);
+                (title, SpecPlan::Digital(hash))
             } else {
                 let title = format!(
                     "{} {}",
@@ -785,6 +795,7 @@ fn plan_listings(rng: &mut StdRng, args: &SeedArgs, shops: &[String]) -> Vec<Lis
                 tags,
                 price: price(rng, shelf.euros),
                 spec,
+                asset,
                 fate,
             });
         }
@@ -907,6 +918,31 @@ where
     results
 }
 
+/// Writes a DIGITAL listing's file to the asset store and records its
+/// upload by the seller, as `PUT /assets` does.
+async fn store_asset(
+    handler: &CommandHandler,
+    assets: &marketplace_api::assets::Assets,
+    seller: &Actor,
+    file: Vec<u8>,
+    ctx: &CommandContext,
+) -> anyhow::Result<()> {
+    use marketplace_domain::asset::{asset_id, Asset, AssetCommand, RecordUpload};
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(file))]);
+    let stored = assets.upload(body).await?;
+    let command = AssetCommand::RecordUpload(RecordUpload {
+        content_hash: stored.content_hash.clone(),
+        size: stored.size,
+        content_type: marketplace_domain::values::ContentType::parse("application/octet-stream")?,
+        uploaded_by: seller.account_id,
+        at: Utc::now(),
+    });
+    handler
+        .execute::<Asset>(asset_id(&stored.content_hash), ctx, &command)
+        .await?;
+    Ok(())
+}
+
 fn ctx_of(actor: &Actor) -> CommandContext {
     CommandContext::new(actor.account_id.to_string())
 }
@@ -976,15 +1012,19 @@ impl Processes {
         let registry = Registry::default();
         let runner = Runner::new(pool.clone(), store.clone(), registry.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = process::managers(handler, FeeRate::DEFAULT)
-            .into_iter()
-            .map(|pm| {
-                let name = pm.name();
-                let rx = registry.watch(name);
-                let task = tokio::spawn(process::run(pm, runner.clone(), stop_rx.clone()));
-                (name, task, rx)
-            })
-            .collect();
+        let tasks = process::managers(
+            handler,
+            FeeRate::DEFAULT,
+            std::sync::Arc::new(marketplace_commands::payments::SimulatedGateway),
+        )
+        .into_iter()
+        .map(|pm| {
+            let name = pm.name();
+            let rx = registry.watch(name);
+            let task = tokio::spawn(process::run(pm, runner.clone(), stop_rx.clone()));
+            (name, task, rx)
+        })
+        .collect();
         Self { tasks, stop }
     }
 
@@ -1142,8 +1182,18 @@ async fn seed(
         .map_err(|e| anyhow::anyhow!("could not hash the password: {e}"))?;
 
     let mut processes = Processes::start(pool, &store, &handler);
+    let assets = match &args.assets_dir {
+        Some(dir) => Some(
+            marketplace_api::assets::Assets::open(&marketplace_api::assets::AssetsSettings::local(
+                dir.clone(),
+            ))
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let outcome = seed_with_processes(
         &handler,
+        assets,
         &mut rng,
         concurrency,
         password_hash,
@@ -1216,6 +1266,7 @@ struct Counts {
 
 async fn seed_with_processes(
     handler: &CommandHandler,
+    assets: Option<marketplace_api::assets::Assets>,
     rng: &mut StdRng,
     concurrency: usize,
     password_hash: PasswordHash,
@@ -1287,9 +1338,13 @@ async fn seed_with_processes(
         |plan: ListingPlan| {
             let handler = handler.clone();
             let seller = sellers[plan.seller].clone();
+            let assets = assets.clone();
             async move {
                 let id = ListingId(Uuid::now_v7());
                 let ctx = ctx_of(&seller);
+                if let (Some(assets), Some(file)) = (&assets, plan.asset.clone()) {
+                    store_asset(&handler, assets, &seller, file, &ctx).await?;
+                }
                 let spec = match plan.spec {
                     SpecPlan::Physical(units) => ListingSpec::Physical {
                         quantity: Quantity(units),

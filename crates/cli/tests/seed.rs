@@ -14,6 +14,7 @@ use marketplace_domain::review::{Review, ReviewStatus};
 use marketplace_domain::Event;
 use marketplace_embedded_postgres::testdb::TestDatabase;
 use marketplace_store::{EventStore, Position};
+use sha2::Digest as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -60,7 +61,12 @@ async fn seeds_orders_in_every_state_and_refuses_a_second_run() {
     marketplace_api::telemetry::init_for_tests();
     let db = TestDatabase::create().await;
     let master = marketplace_keys::MasterKey::generate();
-    let report = seed::run(&db.url, &master, &small()).await.expect("seed");
+    let assets_dir = std::env::temp_dir().join(format!("seed-assets-{}", uuid::Uuid::now_v7()));
+    let args = SeedArgs {
+        assets_dir: Some(assets_dir.clone()),
+        ..small()
+    };
+    let report = seed::run(&db.url, &master, &args).await.expect("seed");
 
     let pool = db.pool().await;
     let sealing = marketplace_api::database::open_event_store(
@@ -115,6 +121,31 @@ async fn seeds_orders_in_every_state_and_refuses_a_second_run() {
             "escrow left for {id}"
         );
     }
+
+    // Every DIGITAL listing's file is stored, under its hash, and uploaded
+    // by its seller.
+    let created: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT data->>'content_hash', (data->>'seller_id')::uuid FROM events \
+         WHERE event_type = 'listing.created' AND data->>'content_hash' IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("digital listings");
+    let digital = created.len();
+    for (h, seller) in created {
+        let file = std::fs::read(assets_dir.join("sha256").join(&h[..2]).join(&h))
+            .expect("the asset's file");
+        assert_eq!(hex::encode(sha2::Sha256::digest(&file)), h);
+        let hash = marketplace_domain::values::ContentHash::parse(&h).expect("hash");
+        let asset = handler
+            .load::<marketplace_domain::asset::Asset>(marketplace_domain::asset::asset_id(&hash))
+            .await
+            .expect("asset")
+            .state;
+        assert_eq!(asset.uploaded_by.map(|a| a.0), Some(seller), "{h}");
+    }
+    assert!(digital >= 1, "the seed lists digital assets");
+    let _ = std::fs::remove_dir_all(&assets_dir);
 
     let mut reviews = Vec::new();
     for id in streams(store.as_ref(), |e| matches!(e, Event::Review(_))).await {

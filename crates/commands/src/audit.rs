@@ -10,9 +10,11 @@
 
 use chrono::{DateTime, Utc};
 use marketplace_domain::account::Account;
+use marketplace_domain::asset::Asset;
 use marketplace_domain::email_claim::EmailClaim;
 use marketplace_domain::listing::Listing;
 use marketplace_domain::order::Order;
+use marketplace_domain::payment::PaymentIntent;
 use marketplace_domain::review::Review;
 use marketplace_domain::{Aggregate, AggregateKind};
 use marketplace_event_schemas::decode;
@@ -89,6 +91,8 @@ pub fn states_after(
         Some(AggregateKind::Order) => fold::<Order>(events),
         Some(AggregateKind::Review) => fold::<Review>(events),
         Some(AggregateKind::EmailClaim) => fold::<EmailClaim>(events),
+        Some(AggregateKind::Payment) => fold::<PaymentIntent>(events),
+        Some(AggregateKind::Asset) => fold::<Asset>(events),
         None => Err(AuditError::UnknownCategory(category.to_owned())),
     }
 }

@@ -30,11 +30,15 @@
 //! - [`flows`]: one file per use case that spans aggregates or that the API
 //!   and the tools share — registering an account (claim the email, then
 //!   open the account; an erased account's email is free again), finding
-//!   an account to log in, pricing a new order's lines. Erasure itself is
+//!   an account to log in, pricing a new order's lines, settling a
+//!   deposit's payment intent (record, then credit once). Erasure itself is
 //!   the API's (`eraseAccount`): it destroys the data key, which lives
 //!   outside this crate, then runs `AccountCommand::Erase`.
+//! - [`payments`]: the [`payments::PaymentGateway`] port, its simulated
+//!   adapter, and [`payments::ProtectedGateway`] (the `failsafe` circuit
+//!   breaker plus retries with backoff, jitter and a deadline).
 //! - [`process`]: process managers (sagas) with their own checkpoints: the
-//!   checkout saga and the payout process, the one list of them
+//!   checkout saga, the payout process and the deposit saga, the one list of them
 //!   ([`process::managers`]), and the runner that feeds them the log.
 
 pub mod audit;
@@ -42,6 +46,7 @@ mod cache;
 pub mod flows;
 pub mod handler;
 mod hot;
+pub mod payments;
 pub mod process;
 pub mod stats;
 

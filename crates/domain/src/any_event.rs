@@ -118,6 +118,8 @@ aggregates! {
     Listing(crate::listing::Listing),
     Order(crate::order::Order),
     Review(crate::review::Review),
+    Payment(crate::payment::PaymentIntent),
+    Asset(crate::asset::Asset),
 }
 
 #[cfg(test)]

@@ -18,17 +18,21 @@
 //!   [`values::Money`], …), and [`values::Personal`], a personal field of
 //!   an event that reads as erased once its owner's key is destroyed.
 //! - One folder per aggregate — [`account`] (with the wallet and escrow),
-//!   [`email_claim`], [`listing`] (with stock), [`order`], [`review`] —
+//!   [`email_claim`], [`listing`] (with stock), [`order`], [`payment`] (a
+//!   deposit's payment intent at the provider), [`review`], and [`asset`]
+//!   (a digital asset's stored file and its audit trail, in one file) —
 //!   each with `command.rs`, `event.rs`, `state.rs`, `error.rs`, and
 //!   `mod.rs` holding `decide`, `evolve` and their tests.
 
 pub mod account;
 pub mod aggregate;
 pub mod any_event;
+pub mod asset;
 pub mod email_claim;
 pub mod event;
 pub mod listing;
 pub mod order;
+pub mod payment;
 pub mod review;
 pub mod values;
 

@@ -57,6 +57,11 @@ id_type!(
     /// Identifies a review.
     ReviewId
 );
+id_type!(
+    /// Identifies a payment intent (one deposit's charge at the provider;
+    /// the provider's idempotency key).
+    PaymentIntentId
+);
 
 /// The account that collects the marketplace's fees. Its wallet is where
 /// fees go, so money is conserved: every wallet plus every escrow plus this
@@ -258,6 +263,28 @@ validated_string!(
             Ok(s)
         } else {
             Err(ValueError::new("contentHash", "must be a sha256 digest: 64 hex characters"))
+        }
+    }
+);
+
+validated_string!(
+    /// A media type such as `application/pdf` (`type/subtype`, lower-cased,
+    /// parameters dropped): what a digital asset is served as.
+    ContentType,
+    |raw| {
+        let s = raw.split(';').next().unwrap_or("").trim().to_lowercase();
+        let valid = s.len() <= 127
+            && s.split_once('/').is_some_and(|(t, sub)| {
+                let token = |p: &str| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(t) && token(sub)
+            });
+        if valid {
+            Ok(s)
+        } else {
+            Err(ValueError::new("contentType", "must be a media type such as application/pdf"))
         }
     }
 );
@@ -558,6 +585,35 @@ validated_string!(
     /// A review's text: 1 to 2,000 characters.
     ReviewComment,
     |raw| bounded("comment", raw, 1, 2_000)
+);
+
+validated_string!(
+    /// A payment provider's reference for a card or a charge (a token such
+    /// as `tok_…`, a charge id): 1 to 128 printable ASCII characters. The
+    /// marketplace never sees card numbers, only these.
+    ProviderRef,
+    |raw| {
+        let s = raw.trim();
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ValueError::new(
+                "providerRef",
+                "must be 1 to 128 printable ASCII characters",
+            ));
+        }
+        Ok(s.to_owned())
+    }
+);
+
+validated_string!(
+    /// The last four digits of a card, as the provider reports them.
+    CardLast4,
+    |raw| {
+        let s = raw.trim();
+        if s.len() != 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ValueError::new("last4", "must be exactly four digits"));
+        }
+        Ok(s.to_owned())
+    }
 );
 
 validated_string!(

@@ -10,9 +10,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use marketplace_domain::account::AccountEvent;
+use marketplace_domain::asset::AssetEvent;
 use marketplace_domain::email_claim::EmailClaimEvent;
 use marketplace_domain::listing::ListingEvent;
 use marketplace_domain::order::OrderEvent;
+use marketplace_domain::payment::PaymentEvent;
 use marketplace_domain::review::ReviewEvent;
 use marketplace_domain::{Event, EventSet};
 use marketplace_event_schemas::personal::{self, DataKey};
@@ -237,6 +239,10 @@ fn decode_plain(event_type: &str, version: u32, data: Value) -> Result<Encoded, 
         through::<OrderEvent>(event_type, version, data)
     } else if ReviewEvent::TYPES.contains(&event_type) {
         through::<ReviewEvent>(event_type, version, data)
+    } else if PaymentEvent::TYPES.contains(&event_type) {
+        through::<PaymentEvent>(event_type, version, data)
+    } else if AssetEvent::TYPES.contains(&event_type) {
+        through::<AssetEvent>(event_type, version, data)
     } else {
         panic!("{event_type}: no aggregate declares this event type")
     }

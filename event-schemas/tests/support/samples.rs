@@ -6,6 +6,7 @@ use marketplace_domain::account::{
     AccountErased, AccountEvent, AccountRegistered, EscrowRefunded, EscrowReleased, FundsDeposited,
     FundsHeld, SaleCredited, SaleShare,
 };
+use marketplace_domain::asset::{AccessReason, AssetAccessGranted, AssetEvent, AssetUploaded};
 use marketplace_domain::email_claim::{EmailClaimEvent, EmailClaimed};
 use marketplace_domain::listing::{
     ListingCreated, ListingDelisted, ListingEvent, ListingKind, ListingPriceChanged,
@@ -15,11 +16,15 @@ use marketplace_domain::order::{
     LineSpec, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderPlaced,
     OrderRejected, OrderShipped,
 };
+use marketplace_domain::payment::{
+    FailureKind, PaymentEvent, PaymentFailed, PaymentIntentCreated, PaymentSucceeded,
+};
 use marketplace_domain::review::{ReviewApproved, ReviewEvent, ReviewRejected, ReviewSubmitted};
 use marketplace_domain::values::{
-    AccountId, Category, ContentHash, Currency, Description, DisplayName, Email, FeeRate,
-    ListingId, Money, OrderId, PasswordHash, Quantity, Rating, Reason, ReviewComment, ReviewId,
-    Role, Tags, Title, TrackingCode, FEE_ACCOUNT_ID,
+    AccountId, CardLast4, Category, ContentHash, ContentType, Currency, Description, DisplayName,
+    Email, FeeRate, ListingId, Money, OrderId, PasswordHash, PaymentIntentId, ProviderRef,
+    Quantity, Rating, Reason, ReviewComment, ReviewId, Role, Tags, Title, TrackingCode,
+    FEE_ACCOUNT_ID,
 };
 use marketplace_event_schemas::{encode, Encoded};
 use uuid::Uuid;
@@ -371,6 +376,99 @@ fn review_events() -> Vec<ReviewEvent> {
     ]
 }
 
+fn payment_events() -> Vec<PaymentEvent> {
+    let intent = PaymentIntentId(id("01932d10-1a2b-7c3d-8e4f-5a6b7c8d9e0f"));
+    let token = |s: &str| ProviderRef::parse(s).expect("valid provider ref");
+    vec![
+        PaymentIntentCreated {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            payment_token: Some(token("tok_visa_4242")),
+            created_at: at("2026-12-01T09:00:12.004Z"),
+        }
+        .into(),
+        PaymentIntentCreated {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(1),
+            payment_token: None,
+            created_at: at("2026-12-01T09:00:12Z"),
+        }
+        .into(),
+        PaymentSucceeded {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            charge_ref: token("ch_01932d10"),
+            last4: Some(CardLast4::parse("4242").expect("valid last4")),
+            succeeded_at: at("2026-12-01T09:00:13.120Z"),
+        }
+        .into(),
+        PaymentSucceeded {
+            intent_id: intent,
+            account_id: buyer(),
+            amount: eur(10_000),
+            charge_ref: token("sim_1"),
+            last4: None,
+            succeeded_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
+            kind: FailureKind::Declined,
+            reason: reason("card_declined: insufficient funds"),
+            failed_at: at("2026-12-01T09:00:13.120Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
+            kind: FailureKind::NotAttempted,
+            reason: reason("the payment provider is unavailable (circuit open)"),
+            failed_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+        PaymentFailed {
+            intent_id: intent,
+            kind: FailureKind::Unconfirmed,
+            reason: reason("the payment provider did not answer in time"),
+            failed_at: at("2026-12-01T09:00:13Z"),
+        }
+        .into(),
+    ]
+}
+
+fn asset_events() -> Vec<AssetEvent> {
+    let hash = || {
+        ContentHash::parse("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+            .expect("valid hash")
+    };
+    let mut out: Vec<AssetEvent> = vec![AssetUploaded {
+        content_hash: hash(),
+        size: 3_145_728,
+        content_type: ContentType::parse("application/pdf").expect("valid type"),
+        uploaded_by: seller(),
+        uploaded_at: at("2026-12-01T09:00:12.004Z"),
+    }
+    .into()];
+    for (account, reason) in [
+        (seller(), AccessReason::Seller),
+        (admin(), AccessReason::Admin),
+        (buyer(), AccessReason::Buyer { order_id: order() }),
+    ] {
+        out.push(
+            AssetAccessGranted {
+                content_hash: hash(),
+                account_id: account,
+                reason,
+                granted_at: at("2026-12-02T10:00:00Z"),
+            }
+            .into(),
+        );
+    }
+    out
+}
+
 fn encoded<E: marketplace_domain::EventSet>(events: Vec<E>) -> Vec<Encoded> {
     events
         .iter()
@@ -387,5 +485,7 @@ pub fn all() -> Vec<Encoded> {
     out.extend(encoded(listing_events()));
     out.extend(encoded(order_events()));
     out.extend(encoded(review_events()));
+    out.extend(encoded(payment_events()));
+    out.extend(encoded(asset_events()));
     out
 }

@@ -7,9 +7,6 @@ use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::Utc;
 use marketplace_commands::flows::place_order::{price_lines, PriceLinesError};
 use marketplace_commands::{CommandContext, CommandError, Executed, Idempotent};
-use marketplace_domain::account::{
-    Account as AccountAggregate, AccountCommand, AccountError, DepositFunds,
-};
 use marketplace_domain::listing::{
     Change, Listing as ListingAggregate, ListingCommand, SellerChange,
 };
@@ -43,6 +40,8 @@ const IDEMPOTENT_NS: Uuid = Uuid::from_u128(0x1d3a_7c55_4f0b_4a3e_8e61_6f72_6465
 pub struct CommandResult {
     /// Send as `X-Consistency-Token` to read this write.
     pub consistency_token: String,
+    /// `depositFunds` only: the deposit's payment intent as it stands.
+    pub payment_intent: Option<super::payments::PaymentIntent>,
 }
 
 /// One line of a new order.
@@ -143,20 +142,6 @@ pub(crate) async fn execute_keyed<A: Aggregate>(
     result.map_err(|e| command_error(e, rejected))
 }
 
-fn account_error(e: AccountError) -> ApiError {
-    match e {
-        AccountError::NotFound => ApiError::NotFound(e.to_string()),
-        AccountError::NonPositiveAmount | AccountError::AmountTooLarge => {
-            ApiError::BadUserInput(e.to_string())
-        }
-        AccountError::InsufficientFunds { .. } | AccountError::NoEscrow => {
-            ApiError::Conflict(e.to_string())
-        }
-        AccountError::AlreadyRegistered => ApiError::Conflict(e.to_string()),
-        AccountError::AdminNotSelfAssignable => ApiError::Forbidden(e.to_string()),
-    }
-}
-
 fn order_error(e: OrderError) -> ApiError {
     match e {
         OrderError::NotFound => ApiError::NotFound(e.to_string()),
@@ -204,38 +189,39 @@ pub struct CommerceMutation;
 
 #[Object]
 impl CommerceMutation {
-    /// Adds funds to the signed-in account's wallet.
+    /// Adds funds to the signed-in account's wallet, charged through the
+    /// payment provider: records a payment intent and answers with its
+    /// state once settled (or still PENDING after a bounded wait). While the
+    /// provider is down (its circuit breaker open) it answers UNAVAILABLE
+    /// with `Retry-After`, recording nothing. `paymentToken` is the
+    /// provider's token for the payment method (never card data).
     async fn deposit_funds(
         &self,
         ctx: &Context<'_>,
         amount: MoneyInput,
         idempotency_key: Option<String>,
+        payment_token: Option<String>,
     ) -> ApiResult<CommandResult> {
         let state = ctx.data::<AppState>()?;
         let claims = ctx.data::<Viewer>()?.require()?;
         validate_idempotency_key(&idempotency_key)?;
         let money = amount.to_domain()?;
         let key = idempotency_key.as_deref().map(|k| {
-            let hash = request_hash(&[&money.minor.to_string(), money.currency.as_str()]);
+            let hash = request_hash(&[
+                &money.minor.to_string(),
+                money.currency.as_str(),
+                payment_token.as_deref().unwrap_or(""),
+            ]);
             scoped_key("depositFunds", claims.sub, k, hash)
         });
-        let deposit_id = match &key {
+        let intent_id = match &key {
             Some(k) => Uuid::new_v5(&IDEMPOTENT_NS, k.key.as_bytes()),
             None => Uuid::now_v7(),
         };
         let mut cctx = CommandContext::new(claims.sub.to_string());
         cctx.idempotency_key = idempotency_key;
-        let command = AccountCommand::Deposit(DepositFunds {
-            deposit_id,
-            amount: money,
-            at: Utc::now(),
-        });
-        let (_, position) =
-            run_keyed::<AccountAggregate>(state, claims.sub, &cctx, &command, key, account_error)
-                .await?;
-        Ok(CommandResult {
-            consistency_token: position.to_string(),
-        })
+        super::payments::deposit_funds(state, claims, money, payment_token, intent_id, cctx, key)
+            .await
     }
 
     /// Changes the price of the signed-in seller's listing (orders already

@@ -75,6 +75,7 @@ impl ErasureMutation {
         state.roles.forget(account_id);
         Ok(CommandResult {
             consistency_token: done.position.to_string(),
+            payment_intent: None,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod admission;
 mod commerce;
 mod erasure;
 mod mutation;
+mod payments;
 mod query;
 mod read;
 mod subscription;
@@ -32,6 +33,7 @@ pub struct Query(
     read::CommerceQuery,
     read::OpsQuery,
     read::AuditQuery,
+    payments::PaymentQuery,
 );
 
 /// Every mutation: accounts and listings, money, orders and reviews, and

@@ -267,9 +267,22 @@ impl MutationRoot {
                 let hash = input.content_hash.as_deref().ok_or_else(|| {
                     ApiError::BadUserInput("contentHash is required for DIGITAL listings".into())
                 })?;
-                ListingSpec::Digital {
-                    content_hash: ContentHash::parse(hash)?,
+                let content_hash = ContentHash::parse(hash)?;
+                let asset = state
+                    .handler
+                    .load::<marketplace_domain::asset::Asset>(marketplace_domain::asset::asset_id(
+                        &content_hash,
+                    ))
+                    .await
+                    .map_err(ApiError::internal)?;
+                if !asset.state.is_stored() {
+                    return Err(ApiError::BadUserInput(
+                        "no asset with this contentHash is stored: upload the file first \
+                         (PUT /assets)"
+                            .into(),
+                    ));
                 }
+                ListingSpec::Digital { content_hash }
             }
         };
         let tags = input.tags.unwrap_or_default();

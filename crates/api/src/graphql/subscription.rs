@@ -9,6 +9,9 @@ use marketplace_projections::read_models::orders::{self, OrderRow};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
+use marketplace_domain::payment::{FailureKind, PaymentIntent as IntentState, PaymentStatus};
+
+use super::payments::{visible_intent, PaymentIntent};
 use super::read::{may_see_order, Notification, Order, OrderStatus};
 use super::types::parse_id;
 use super::Viewer;
@@ -132,6 +135,60 @@ impl SubscriptionRoot {
         Ok(ReceiverStream::new(rx))
     }
 
+    /// One payment intent as it stands now, then every change of it; for
+    /// its account or an ADMIN. Completes once it has SUCCEEDED, or FAILED
+    /// as declined (an unconfirmed failure may still turn into a success).
+    async fn payment_intent_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<ReceiverStream<ApiResult<PaymentIntent>>, ApiError> {
+        let slot = take_slot(ctx)?;
+        let state = ctx.data::<AppState>()?.clone();
+        let viewer = ctx.data::<Viewer>()?.require()?.clone();
+        let id = parse_id(&id, "id")?;
+        // Watch first, then read: no change falls between the two.
+        let mut changes = state.live.watch_order(id);
+        if !state.live.orders_feed_running(state.consistency_wait).await {
+            return Err(ApiError::Conflict(
+                "live updates are starting; subscribe again shortly".into(),
+            ));
+        }
+        let (current, _) = visible_intent(&state, &viewer, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no payment intent {id}")))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut last = current;
+            if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err() || intent_is_final(&last) {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let now = match state.handler.load::<IntentState>(id).await {
+                    Ok(loaded) => loaded.state,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::internal(e))).await;
+                        return;
+                    }
+                };
+                if now == last {
+                    continue;
+                }
+                last = now;
+                if tx.send(Ok(PaymentIntent(last.clone()))).await.is_err() || intent_is_final(&last)
+                {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
     /// The signed-in account's notifications as they are added.
     async fn notification_added(
         &self,
@@ -167,6 +224,19 @@ impl SubscriptionRoot {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+fn intent_is_final(intent: &IntentState) -> bool {
+    match intent.status {
+        Some(PaymentStatus::Succeeded) => true,
+        Some(PaymentStatus::Failed) => {
+            matches!(
+                intent.failure,
+                Some((FailureKind::Declined | FailureKind::NotAttempted, _))
+            )
+        }
+        Some(PaymentStatus::Pending) | None => false,
     }
 }
 

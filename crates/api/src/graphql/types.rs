@@ -377,6 +377,29 @@ impl Loader<Uuid> for AccountLoader {
 #[derive(Debug, Clone)]
 pub struct Listing(pub ListingRow);
 
+impl Listing {
+    /// The asset of a DIGITAL listing, from the write side (one short
+    /// stream per asset, usually in the aggregate cache).
+    async fn asset(
+        &self,
+        ctx: &Context<'_>,
+    ) -> ApiResult<Option<marketplace_domain::asset::Asset>> {
+        let Some(hash) = self.0.content_hash.as_deref() else {
+            return Ok(None);
+        };
+        let Ok(hash) = marketplace_domain::values::ContentHash::parse(hash) else {
+            return Ok(None);
+        };
+        let state = ctx.data::<crate::state::AppState>()?;
+        let loaded = state
+            .handler
+            .load::<marketplace_domain::asset::Asset>(marketplace_domain::asset::asset_id(&hash))
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(loaded.state.is_stored().then_some(loaded.state))
+    }
+}
+
 #[async_graphql::Object]
 impl Listing {
     async fn id(&self) -> ID {
@@ -438,6 +461,22 @@ impl Listing {
     /// sha256 of the asset (digital only).
     async fn content_hash(&self) -> Option<&str> {
         self.0.content_hash.as_deref()
+    }
+
+    /// The asset file's size in bytes (digital only).
+    async fn asset_size(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
+        Ok(self
+            .asset(ctx)
+            .await?
+            .map(|a| i64::try_from(a.size).unwrap_or(i64::MAX)))
+    }
+
+    /// The asset file's media type (digital only).
+    async fn asset_content_type(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
+        Ok(self
+            .asset(ctx)
+            .await?
+            .and_then(|a| a.content_type.map(|t| t.to_string())))
     }
 
     /// Mean of approved reviews' ratings; null without approved reviews.

@@ -378,7 +378,12 @@ fn placed(event: &Event) -> Option<&OrderPlaced> {
             | OrderEvent::Shipped(_)
             | OrderEvent::Delivered(_) => None,
         },
-        Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => None,
+        Event::Account(_)
+        | Event::EmailClaim(_)
+        | Event::Listing(_)
+        | Event::Payment(_)
+        | Event::Asset(_)
+        | Event::Review(_) => None,
     }
 }
 
@@ -417,6 +422,8 @@ impl ProcessManager for CheckoutSaga {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

@@ -16,6 +16,9 @@
 //! - [`payout`]: `order.shipped` → commit reservations as sold;
 //!   `order.delivered` → release escrow to the seller and the fee account;
 //!   `order.cancelled` → refund the buyer and release the stock.
+//! - [`deposit`]: `payment.intent_created` → charge through the gateway,
+//!   then succeed (and credit) or fail the intent; `payment.succeeded` →
+//!   credit the wallet, exactly once whoever recorded the success.
 //!
 //! The runner decodes each event once into an [`Envelope`]; a process
 //! manager matches its [`marketplace_domain::Event`] exhaustively, naming
@@ -27,6 +30,7 @@
 #![deny(clippy::wildcard_enum_match_arm)]
 
 pub mod checkout;
+pub mod deposit;
 pub mod payout;
 
 mod managers;

@@ -183,7 +183,12 @@ fn settle(event: &Event) -> Option<Settle<'_>> {
             // The checkout saga's part of an order.
             OrderEvent::Placed(_) | OrderEvent::Confirmed(_) | OrderEvent::Rejected(_) => None,
         },
-        Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Review(_) => None,
+        Event::Account(_)
+        | Event::EmailClaim(_)
+        | Event::Listing(_)
+        | Event::Payment(_)
+        | Event::Asset(_)
+        | Event::Review(_) => None,
     }
 }
 
@@ -199,6 +204,8 @@ impl ProcessManager for PayoutProcess {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }

@@ -95,6 +95,8 @@ impl Projection for AccountsProjection {
             AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }
@@ -161,7 +163,12 @@ impl Projection for AccountsProjection {
                     }
                 },
                 // Aggregates this read model does not show.
-                Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) | Event::Review(_) => {}
+                Event::EmailClaim(_)
+                | Event::Listing(_)
+                | Event::Order(_)
+                | Event::Payment(_)
+                | Event::Asset(_)
+                | Event::Review(_) => {}
             }
         }
         if !ids.is_empty() {

@@ -250,7 +250,11 @@ impl Projection for ListingsProjection {
     fn reads(&self, aggregate: AggregateKind) -> bool {
         match aggregate {
             AggregateKind::Listing | AggregateKind::Review => true,
-            AggregateKind::Account | AggregateKind::EmailClaim | AggregateKind::Order => false,
+            AggregateKind::Account
+            | AggregateKind::EmailClaim
+            | AggregateKind::Order
+            | AggregateKind::Payment
+            | AggregateKind::Asset => false,
         }
     }
 
@@ -345,7 +349,11 @@ impl Projection for ListingsProjection {
                     ReviewEvent::Submitted(_) | ReviewEvent::Rejected(_) => {}
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Order(_) => {}
+                Event::Account(_)
+                | Event::EmailClaim(_)
+                | Event::Order(_)
+                | Event::Payment(_)
+                | Event::Asset(_) => {}
             }
         }
         // Listings created in this batch take everything that followed into
@@ -1276,4 +1284,19 @@ pub async fn search_with(
         })
         .collect();
     Ok(Ok(page))
+}
+
+/// Whether `seller` has a listing (in any status) of the asset `content_hash`.
+pub async fn sells_content(
+    pool: &PgPool,
+    seller: Uuid,
+    content_hash: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rm_listings WHERE seller_id = $1 AND content_hash = $2)",
+    )
+    .bind(seller)
+    .bind(content_hash)
+    .fetch_one(pool)
+    .await
 }

@@ -224,7 +224,7 @@ impl Projection for NotificationsProjection {
                     }),
                 },
                 // Aggregates nobody is notified about.
-                Event::Listing(_) | Event::EmailClaim(_) => {}
+                Event::Listing(_) | Event::EmailClaim(_) | Event::Payment(_) | Event::Asset(_) => {}
             }
         }
         if !orders.is_empty() {
@@ -365,7 +365,10 @@ impl Projection for NotificationsProjection {
 pub fn can_notify(aggregate: AggregateKind) -> bool {
     match aggregate {
         AggregateKind::Order | AggregateKind::Account | AggregateKind::Review => true,
-        AggregateKind::Listing | AggregateKind::EmailClaim => false,
+        AggregateKind::Listing
+        | AggregateKind::EmailClaim
+        | AggregateKind::Payment
+        | AggregateKind::Asset => false,
     }
 }
 

@@ -149,6 +149,8 @@ impl Projection for OrdersProjection {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
+            | AggregateKind::Payment
+            | AggregateKind::Asset
             | AggregateKind::Review => false,
         }
     }
@@ -231,7 +233,7 @@ impl Projection for OrdersProjection {
                 },
                 // Aggregates this read model does not show.
                 Event::Account(_) | Event::EmailClaim(_) => {}
-                Event::Listing(_) | Event::Review(_) => {}
+                Event::Listing(_) | Event::Payment(_) | Event::Asset(_) | Event::Review(_) => {}
             }
         }
         // Orders placed in this batch are inserted in their latest status
@@ -483,4 +485,26 @@ async fn page(
         has_next_page,
         total_count,
     }))
+}
+
+/// An order of `buyer`'s, CONFIRMED or later (shipped, delivered), with a
+/// line of a listing of the asset `content_hash`: what lets a buyer
+/// download it. Reads the listings read model's view for the hash.
+pub async fn bought_content(
+    pool: &PgPool,
+    buyer: Uuid,
+    content_hash: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT o.order_id FROM rm_orders o \
+         JOIN rm_order_lines ol ON ol.order_id = o.order_id \
+         JOIN rm_listings l ON l.listing_id = ol.listing_id \
+         WHERE o.buyer_id = $1 AND l.content_hash = $2 \
+           AND o.status IN ('CONFIRMED', 'SHIPPED', 'DELIVERED') \
+         ORDER BY o.placed_at LIMIT 1",
+    )
+    .bind(buyer)
+    .bind(content_hash)
+    .fetch_optional(pool)
+    .await
 }

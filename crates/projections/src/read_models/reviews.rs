@@ -99,7 +99,9 @@ impl Projection for ReviewsProjection {
             AggregateKind::Account
             | AggregateKind::EmailClaim
             | AggregateKind::Listing
-            | AggregateKind::Order => false,
+            | AggregateKind::Order
+            | AggregateKind::Payment
+            | AggregateKind::Asset => false,
         }
     }
 
@@ -147,7 +149,12 @@ impl Projection for ReviewsProjection {
                     }
                 },
                 // Aggregates this read model does not show.
-                Event::Account(_) | Event::EmailClaim(_) | Event::Listing(_) | Event::Order(_) => {}
+                Event::Account(_)
+                | Event::EmailClaim(_)
+                | Event::Listing(_)
+                | Event::Order(_)
+                | Event::Payment(_)
+                | Event::Asset(_) => {}
             }
         }
         for review in &mut submitted {

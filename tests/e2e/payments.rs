@@ -556,6 +556,7 @@ async fn in_a_split_deployment_the_projectors_open_breaker_still_answers_unavail
     let projector = Application::build(Settings {
         role: ServeRole::Projector,
         payments: payments(sim.url()),
+        master_key: app.master_key.clone(),
         ..Settings::for_database(app.db.url.clone())
     })
     .await

@@ -225,6 +225,21 @@ impl std::fmt::Debug for CommandHandler {
     }
 }
 
+/// A batch of commands decided one after another
+/// ([`CommandHandler::decide_all`]).
+struct DecidedAll<A: Aggregate> {
+    /// The state after the last.
+    state: A,
+    /// The revision after the last.
+    revision: Option<u64>,
+    /// Each command's event count, or its refusal.
+    outcomes: Vec<Result<usize, A::Error>>,
+    /// The state right after each command, if asked for.
+    states: Vec<A>,
+    /// Everything to append.
+    new_events: Vec<NewEvent>,
+}
+
 /// Hands a stream over to what queued behind its leading command, when
 /// that command is done or its caller went away.
 struct HandOver<A: Aggregate> {
@@ -519,33 +534,16 @@ impl CommandHandler {
                 loaded = latest;
             }
             let base = loaded.revision;
-            let mut state = loaded.state;
-            let mut revision = base;
-            let mut decided = Vec::with_capacity(commands.len());
-            let mut new_events = Vec::new();
-            let mut codec_failed = false;
-            for (ctx, command) in &commands {
-                match state.decide(command) {
-                    Ok(events) => {
-                        for (i, e) in events.iter().enumerate() {
-                            match to_new_event(e, ctx, ctx.event_id(&stream, i)) {
-                                Ok(n) => new_events.push(n),
-                                Err(_) => codec_failed = true,
-                            }
-                        }
-                        if !events.is_empty() {
-                            let n = events.len() as u64;
-                            revision = Some(revision.map_or(n - 1, |r| r + n));
-                        }
-                        state = events.iter().fold(state, |s, e| s.evolve(e));
-                        decided.push(Ok((state.clone(), events.len())));
-                    }
-                    Err(refusal) => decided.push(Err(refusal)),
-                }
-            }
-            if codec_failed {
+            let Ok(DecidedAll {
+                state,
+                revision,
+                outcomes,
+                states,
+                new_events,
+            }) = Self::decide_all(&stream, loaded.state, base, &commands, true)
+            else {
                 break;
-            }
+            };
             let position = if new_events.is_empty() {
                 loaded.position
             } else {
@@ -574,9 +572,9 @@ impl CommandHandler {
                     Ok(_) | Err(_) => break,
                 }
             };
-            for (waiting, outcome) in queued.into_iter().zip(decided) {
+            for ((waiting, outcome), state) in queued.into_iter().zip(outcomes).zip(states) {
                 let result = match outcome {
-                    Ok((state, appended)) => {
+                    Ok(appended) => {
                         self.stats.outcome(
                             A::CATEGORY,
                             if appended == 0 {
@@ -815,17 +813,19 @@ impl CommandHandler {
             let (mut loaded, mut verified) = self.for_decision::<A>(id, &stream, attempt).await?;
             let (base, state, revision, outcomes, new_events) = loop {
                 let base = loaded.revision;
-                let decided = Self::decide_all(&stream, loaded.state, base, commands)?;
+                let d = Self::decide_all(&stream, loaded.state, base, commands, false)?;
                 // A batch that appends nothing is checked by no append:
                 // decided again on a state read to the stream's end. One
                 // that appends is, refusals and no-ops included: the
                 // expected revision proves the state was the latest.
-                if !verified && decided.3.is_empty() {
+                if !verified && d.new_events.is_empty() {
                     loaded = self.load::<A>(id).await?;
                     verified = true;
                     continue;
                 }
-                break (base, decided.0, decided.1, decided.2, decided.3);
+                let outcomes: Vec<Result<(), A::Error>> =
+                    d.outcomes.into_iter().map(|o| o.map(|_| ())).collect();
+                break (base, d.state, d.revision, outcomes, d.new_events);
             };
             let count = |outcomes: &[Result<(), A::Error>]| {
                 for o in outcomes {
@@ -921,34 +921,44 @@ impl CommandHandler {
         Ok((self.load::<A>(id).await?, true))
     }
 
-    /// Decides `commands` one after another from `state` at `revision`:
-    /// (state after, revision after, each outcome, the events to append).
-    #[expect(clippy::type_complexity, reason = "a private tuple of one call site")]
+    /// Decides `commands` one after another from `state` at `revision`.
+    /// Each command's outcome is its event count or its refusal; with
+    /// `keep_states`, `states` holds the state right after each command.
     fn decide_all<A: Aggregate>(
         stream: &StreamId,
-        mut state: A,
-        mut revision: Option<u64>,
+        state: A,
+        revision: Option<u64>,
         commands: &[(CommandContext, A::Command)],
-    ) -> Result<(A, Option<u64>, Vec<Result<(), A::Error>>, Vec<NewEvent>), CodecError> {
-        let mut outcomes = Vec::with_capacity(commands.len());
-        let mut new_events = Vec::new();
+        keep_states: bool,
+    ) -> Result<DecidedAll<A>, CodecError> {
+        let mut all = DecidedAll {
+            state,
+            revision,
+            outcomes: Vec::with_capacity(commands.len()),
+            states: Vec::new(),
+            new_events: Vec::new(),
+        };
         for (ctx, command) in commands {
-            match state.decide(command) {
+            match all.state.decide(command) {
                 Ok(events) => {
                     for (i, e) in events.iter().enumerate() {
-                        new_events.push(to_new_event(e, ctx, ctx.event_id(stream, i))?);
+                        all.new_events
+                            .push(to_new_event(e, ctx, ctx.event_id(stream, i))?);
                     }
                     if !events.is_empty() {
                         let n = events.len() as u64;
-                        revision = Some(revision.map_or(n - 1, |r| r + n));
+                        all.revision = Some(all.revision.map_or(n - 1, |r| r + n));
                     }
-                    state = events.iter().fold(state, |s, e| s.evolve(e));
-                    outcomes.push(Ok(()));
+                    all.state = events.iter().fold(all.state, |s, e| s.evolve(e));
+                    all.outcomes.push(Ok(events.len()));
                 }
-                Err(refusal) => outcomes.push(Err(refusal)),
+                Err(refusal) => all.outcomes.push(Err(refusal)),
+            }
+            if keep_states {
+                all.states.push(all.state.clone());
             }
         }
-        Ok((state, revision, outcomes, new_events))
+        Ok(all)
     }
 
     /// Appends, re-sending the very same events (same ids, so idempotent) when
@@ -1010,6 +1020,7 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::Utc;
+    use marketplace_domain::listing::ReservationOutcome;
     use marketplace_domain::listing::{
         CreateListing, Listing, ListingCommand, ListingError, ListingSpec, ListingStatus,
         PublishListing,
@@ -1415,21 +1426,29 @@ mod tests {
         }
     }
 
-    fn reserve(order: Uuid) -> ListingCommand {
+    fn reserve_units(order: Uuid, units: u32) -> ListingCommand {
         ListingCommand::Reserve(marketplace_domain::listing::ReserveStock {
             order_id: marketplace_domain::values::OrderId(order),
             buyer_id: AccountId(Uuid::now_v7()),
-            quantity: Quantity(1),
+            quantity: Quantity(units),
+            at: Utc::now(),
+        })
+    }
+
+    fn reserve(order: Uuid) -> ListingCommand {
+        reserve_units(order, 1)
+    }
+
+    fn end(order: Uuid, outcome: ReservationOutcome) -> ListingCommand {
+        ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
+            order_id: marketplace_domain::values::OrderId(order),
+            outcome,
             at: Utc::now(),
         })
     }
 
     fn commit(order: Uuid) -> ListingCommand {
-        ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
-            order_id: marketplace_domain::values::OrderId(order),
-            outcome: marketplace_domain::listing::ReservationOutcome::Committed,
-            at: Utc::now(),
-        })
+        end(order, ReservationOutcome::Committed)
     }
 
     #[tokio::test]
@@ -1521,31 +1540,16 @@ mod tests {
             CommandHandler::new(Arc::new(store.clone())),
         );
         let (id, _) = on_sale(&a).await;
-        let take = |order: Uuid, units: u32| {
-            ListingCommand::Reserve(marketplace_domain::listing::ReserveStock {
-                order_id: marketplace_domain::values::OrderId(order),
-                buyer_id: AccountId(Uuid::now_v7()),
-                quantity: Quantity(units),
-                at: Utc::now(),
-            })
-        };
-        let release = |order: Uuid| {
-            ListingCommand::EndReservation(marketplace_domain::listing::EndReservation {
-                order_id: marketplace_domain::values::OrderId(order),
-                outcome: marketplace_domain::listing::ReservationOutcome::Released,
-                at: Utc::now(),
-            })
-        };
         let ctx = || CommandContext::new("test");
         // A appends: its state would append; B took all the stock meanwhile
         // (A's cache does not know): the append conflicts, A reloads and
         // refuses.
         let big = Uuid::now_v7();
-        b.execute::<Listing>(id, &ctx(), &take(big, 100))
+        b.execute::<Listing>(id, &ctx(), &reserve_units(big, 100))
             .await
             .expect("B takes it all");
         let refused = a
-            .execute::<Listing>(id, &ctx(), &take(Uuid::now_v7(), 1))
+            .execute::<Listing>(id, &ctx(), &reserve(Uuid::now_v7()))
             .await;
         assert!(
             matches!(
@@ -1559,31 +1563,31 @@ mod tests {
         );
         // A's cache now says sold out; B releases: A's refusal on the cached
         // state is taken again on the latest and it reserves.
-        b.execute::<Listing>(id, &ctx(), &release(big))
+        b.execute::<Listing>(id, &ctx(), &end(big, ReservationOutcome::Released))
             .await
             .expect("B releases");
         let order = Uuid::now_v7();
         let done = a
-            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .execute::<Listing>(id, &ctx(), &reserve(order))
             .await
             .expect("A reserves");
         assert_eq!((done.appended, done.state.available()), (1, 99));
         // A's cache says `order` holds a unit; B releases it: A's no-op on
         // the cached state is taken again and reserves anew.
-        b.execute::<Listing>(id, &ctx(), &release(order))
+        b.execute::<Listing>(id, &ctx(), &end(order, ReservationOutcome::Released))
             .await
             .expect("B releases");
         let again = a
-            .execute::<Listing>(id, &ctx(), &take(order, 1))
+            .execute::<Listing>(id, &ctx(), &reserve(order))
             .await
             .expect("A reserves again");
         assert_eq!((again.appended, again.state.available()), (1, 99));
         // The same in a batch that appends nothing on the cached state.
-        b.execute::<Listing>(id, &ctx(), &release(order))
+        b.execute::<Listing>(id, &ctx(), &end(order, ReservationOutcome::Released))
             .await
             .expect("B releases");
         let outcomes = a
-            .execute_many::<Listing>(id, &[(ctx(), take(order, 1))])
+            .execute_many::<Listing>(id, &[(ctx(), reserve(order))])
             .await
             .expect("batch");
         assert_eq!(outcomes, vec![Ok(())]);

@@ -46,6 +46,58 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
+/// A marketplace on given settings that stops when told to: the graceful
+/// stop a SIGTERM starts (`run_until_stopped`'s shutdown future completes).
+#[derive(Debug)]
+pub struct Served {
+    /// A client for it.
+    pub app: TestApp,
+    signal: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Builds and serves `settings` (on `db`, which `settings` must point at).
+pub async fn serve(db: &TestDatabase, settings: Settings) -> Served {
+    marketplace_api::telemetry::init_for_tests();
+    let master_key = settings.master_key.clone();
+    let app = Application::build(settings)
+        .await
+        .expect("build the application");
+    let addr = app.local_addr().expect("it listens");
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = signalled.await;
+    }));
+    Served {
+        app: TestApp {
+            base: format!("http://{addr}"),
+            db: db.clone(),
+            master_key,
+            client: reqwest::Client::new(),
+        },
+        signal: Some(signal),
+        task,
+    }
+}
+
+impl Served {
+    /// Starts the graceful stop, as SIGTERM does.
+    pub fn signal_stop(&mut self) {
+        if let Some(signal) = self.signal.take() {
+            let _ = signal.send(());
+        }
+    }
+
+    /// Waits (with a deadline of 120 s) until the stop has completed;
+    /// returns what `run_until_stopped` returned.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        tokio::time::timeout(std::time::Duration::from_secs(120), self.task)
+            .await
+            .context("the server did not stop within 120 s")?
+            .context("the server task")?
+    }
+}
+
 /// A GraphQL operation for the WebSocket client, answered as raw JSON
 /// (`{"data": …}` or `{"errors": …}`).
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,7 +1,7 @@
 //! Building and running the server: `Application::build(settings)`, then
 //! `run_until_stopped()`.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,7 @@ pub struct Application {
     state: AppState,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    shutdown: crate::shutdown::ShutdownSettings,
 }
 
 impl std::fmt::Debug for Application {
@@ -119,6 +120,7 @@ impl Application {
             keyring: sealing.keyring().clone(),
             payments,
             assets,
+            stopping: crate::shutdown::Stopping::default(),
         };
         if let Some(schedule) = settings.anchors.clone() {
             tasks.spawn(write_anchors(sealing.raw(), schedule, stop_rx.clone()));
@@ -132,6 +134,7 @@ impl Application {
             state,
             stop,
             tasks,
+            shutdown: settings.shutdown,
         })
     }
 
@@ -146,11 +149,18 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops the projectors.
+    /// Serves until `shutdown` completes, then stops gracefully: drains
+    /// (unready, `Connection: close`, WebSockets closed with 1012) for the
+    /// configured drain, stops accepting, lets requests in flight finish
+    /// within the grace period, and stops the projectors and process
+    /// managers, whose leaders release their locks (see
+    /// [`crate::shutdown`]).
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let stopping = self.state.stopping.clone();
+        let settings = self.shutdown;
         match self.listener.take() {
             Some(listener) => {
                 let schema = build_schema(self.state.clone());
@@ -158,21 +168,69 @@ impl Application {
                     ServeRole::Projector => ops_app(self.state.clone(), schema),
                     ServeRole::Api | ServeRole::All => app(self.state.clone(), schema),
                 };
+                let (close, closed) = tokio::sync::oneshot::channel::<()>();
                 // Connect info gives the handlers the peer address, which
                 // keys the anonymous rate limit.
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("server error")?;
+                let mut server = tokio::spawn(
+                    axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async {
+                        let _ = closed.await;
+                    })
+                    .into_future(),
+                );
+                tokio::select! {
+                    () = shutdown => {}
+                    served = &mut server => {
+                        // It stopped by itself: an error (it only stops
+                        // when told to otherwise).
+                        self.stop_consumers().await;
+                        return served
+                            .context("server task")?
+                            .context("server error");
+                    }
+                }
+                stopping.begin_drain();
+                if !settings.drain.is_zero() {
+                    tracing::info!(drain = ?settings.drain, "draining: unready, closing connections");
+                    tokio::time::sleep(settings.drain).await;
+                }
+                let _ = close.send(());
+                if let Ok(served) = tokio::time::timeout(settings.grace, &mut server).await {
+                    served.context("server task")?.context("server error")?;
+                } else {
+                    tracing::warn!(
+                        grace = ?settings.grace,
+                        "requests still in flight after the grace period are answered UNAVAILABLE"
+                    );
+                    stopping.cut();
+                    // Cut requests answer at once; a connection that does
+                    // not even take its answer is dropped.
+                    if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                        .await
+                        .is_err()
+                    {
+                        server.abort();
+                    }
+                }
             }
-            None => shutdown.await,
+            None => {
+                shutdown.await;
+                stopping.begin_drain();
+            }
         }
+        self.stop_consumers().await;
+        Ok(())
+    }
+
+    /// Stops the projectors, process managers and live feeds, and waits for
+    /// them: leaders mark their consumers STOPPED and release their locks.
+    async fn stop_consumers(&mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        Ok(())
+        tracing::info!("stopped");
     }
 }
 

@@ -159,6 +159,8 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     /// Where digital assets' files are stored, and what is accepted.
     pub assets: crate::assets::AssetsSettings,
+    /// How a stop drains and finishes (see [`crate::shutdown`]).
+    pub shutdown: crate::shutdown::ShutdownSettings,
 }
 
 /// Where and how often `serve` writes signed head anchors.
@@ -295,6 +297,7 @@ impl Settings {
             assets: crate::assets::AssetsSettings::local(
                 std::env::temp_dir().join(format!("marketplace-assets-{}", uuid::Uuid::now_v7())),
             ),
+            shutdown: crate::shutdown::ShutdownSettings::default(),
         }
     }
 }

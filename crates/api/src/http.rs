@@ -70,6 +70,10 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            state.stopping.clone(),
+            while_stopping,
+        ))
         .with_state(Http { state, schema })
 }
 
@@ -84,7 +88,38 @@ pub fn ops_app(state: AppState, schema: MarketplaceSchema) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            state.stopping.clone(),
+            while_stopping,
+        ))
         .with_state(Http { state, schema })
+}
+
+/// While the process stops (see [`crate::shutdown`]): every response asks
+/// the client to close its connection, so that none stays on this replica,
+/// and a request still running when the grace period ends is answered
+/// `UNAVAILABLE` (a client retries it elsewhere) rather than dropped.
+async fn while_stopping(
+    State(stopping): State<crate::shutdown::Stopping>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = tokio::select! {
+        response = next.run(request) => response,
+        () = stopping.was_cut() => error_response(
+            ApiError::Unavailable {
+                message: "this server is stopping: try again".into(),
+                retry_after_seconds: 1,
+            },
+            Media::Json,
+        ),
+    };
+    if stopping.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The media type of a GraphQL response, negotiated from `Accept`
@@ -607,6 +642,15 @@ pub const WS_PROTOCOL: &str = "graphql-transport-ws";
 /// (`{"Authorization": "Bearer …"}`, as browsers cannot set headers); a bad
 /// token in the payload closes the socket with 4403.
 async fn graphql_ws(http: Http, client_ip: Option<IpAddr>, request: Request) -> Response {
+    if http.state.stopping.is_draining() {
+        return error_response(
+            ApiError::Unavailable {
+                message: "this server is shutting down: connect again".into(),
+                retry_after_seconds: 1,
+            },
+            Media::Json,
+        );
+    }
     let (mut parts, _body) = request.into_parts();
     let offered = parts
         .headers
@@ -658,6 +702,7 @@ async fn serve_ws(
     use futures::{SinkExt, StreamExt};
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    let stopping = http.state.stopping.clone();
     let forbidden = Arc::new(AtomicBool::new(false));
     let refused = forbidden.clone();
     let on_init = move |payload: serde_json::Value| async move {
@@ -710,9 +755,29 @@ async fn serve_ws(
                 }))
             }
         });
-    while let Some(message) = output.next().await {
-        if sink.send(message).await.is_err() {
-            break;
+    // A stopping server closes with Service Restart: the client's cue to
+    // reconnect, to another replica.
+    let drained = stopping.drained();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            message = output.next() => match message {
+                Some(message) => {
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            () = &mut drained => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: crate::shutdown::WS_CLOSE_SERVICE_RESTART,
+                        reason: "server restarting: reconnect".into(),
+                    })))
+                    .await;
+                break;
+            }
         }
     }
 }
@@ -746,6 +811,13 @@ async fn healthz() -> &'static str {
 /// `degraded`, and do not fail readiness. A FAILED process manager
 /// (`processManagers`) fails readiness: orders would stop moving.
 async fn readyz(State(http): State<Http>) -> Response {
+    if http.state.stopping.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "draining": true })),
+        )
+            .into_response();
+    }
     let store = http.state.handler.store();
     let status = match marketplace_projections::status::status(&http.state.pool, &**store).await {
         Ok(status) => status,

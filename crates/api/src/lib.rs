@@ -47,6 +47,9 @@
 //! - [`admin`]: operator actions that never go through the public API
 //!   (creating an ADMIN account).
 //! - [`anchors`]: where signed head anchors go (a file).
+//! - [`shutdown`]: the drain, finish and stop phases of a graceful stop
+//!   (unready, `Connection: close`, WebSockets closed with 1012, in-flight
+//!   requests finished within a grace period, leaders' locks released).
 //! - [`config`] (the master key: `MARKETPLACE_MASTER_KEY`, or a development
 //!   key generated under the data directory), [`database`] (`DATABASE_URL`
 //!   or the embedded cluster, migrations, the event store behind the
@@ -72,6 +75,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod read_cache;
 pub mod roles;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 

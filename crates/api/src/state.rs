@@ -52,6 +52,8 @@ pub struct AppState {
     pub payments: crate::payments::Payments,
     /// Digital assets' files.
     pub assets: crate::assets::Assets,
+    /// Raised when the process starts to stop (see [`crate::shutdown`]).
+    pub stopping: crate::shutdown::Stopping,
 }
 
 /// Every projection the API reads from.

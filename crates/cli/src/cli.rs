@@ -241,10 +241,25 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_ASSETS_MAX_BYTES",
           default_value_t = marketplace_api::assets::DEFAULT_MAX_BYTES)]
     assets_max_bytes: u64,
+    /// On SIGTERM, keep serving this long (e.g. `5s`) with /readyz failing,
+    /// `Connection: close` on every response and WebSockets closed with
+    /// 1012, so a load balancer moves clients elsewhere before the listener
+    /// closes. 0 (the default) stops accepting at once; behind a load
+    /// balancer use a few seconds (the Kubernetes manifests use 5s).
+    #[arg(long, env = "MARKETPLACE_SHUTDOWN_DRAIN", default_value = "0s",
+          value_parser = parse_duration)]
+    shutdown_drain: Duration,
+    /// Once the listener is closed, how long requests in flight may take to
+    /// finish (e.g. `30s`); whatever still runs then is cut, and logged.
+    /// Projectors and process managers stop after that and hand their
+    /// locks to a standby.
+    #[arg(long, env = "MARKETPLACE_SHUTDOWN_GRACE", default_value = "30s",
+          value_parser = parse_duration)]
+    shutdown_grace: Duration,
 }
 
-/// Parses `30s`, `10m`, `1h` (or bare seconds).
-fn parse_every(s: &str) -> Result<Duration, String> {
+/// Parses `0s`, `5s`, `10m`, `1h` (or bare seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -258,10 +273,15 @@ fn parse_every(s: &str) -> Result<Duration, String> {
         "h" => n.saturating_mul(3600),
         _ => return Err(format!("{s:?}: the unit must be s, m or h")),
     };
-    if secs == 0 {
-        return Err("the anchor interval must be above zero".into());
-    }
     Ok(Duration::from_secs(secs))
+}
+
+/// [`parse_duration`], above zero (an interval).
+fn parse_every(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("the anchor interval must be above zero".into()),
+        every => Ok(every),
+    }
 }
 
 fn payments_settings(args: &ServeArgs) -> marketplace_api::config::PaymentsSettings {
@@ -610,6 +630,10 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         anchors,
         payments,
         assets,
+        shutdown: marketplace_api::shutdown::ShutdownSettings {
+            drain: args.shutdown_drain,
+            grace: args.shutdown_grace,
+        },
     };
     let result = async {
         let app = Application::build(settings).await?;
@@ -674,5 +698,28 @@ mod tests {
         assert!(parse_every("0s").is_err());
         assert!(parse_every("5d").is_err());
         assert!(serve_args(&["marketplace", "serve", "--anchor-every", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_stop_drains_for_nothing_and_finishes_within_30_s_unless_told_otherwise() {
+        let args = serve_args(&["marketplace", "serve"]).expect("parses");
+        assert_eq!(
+            (args.shutdown_drain, args.shutdown_grace),
+            (Duration::ZERO, Duration::from_secs(30))
+        );
+        let args = serve_args(&[
+            "marketplace",
+            "serve",
+            "--shutdown-drain",
+            "5s",
+            "--shutdown-grace",
+            "2m",
+        ])
+        .expect("parses");
+        assert_eq!(
+            (args.shutdown_drain, args.shutdown_grace),
+            (Duration::from_secs(5), Duration::from_secs(120))
+        );
+        assert!(serve_args(&["marketplace", "serve", "--shutdown-grace", "-1"]).is_err());
     }
 }

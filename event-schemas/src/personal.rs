@@ -5,9 +5,10 @@
 //! version, with the field naming the person they belong to (the
 //! *subject*, whose data key seals them). The current schemas mark the
 //! same fields with `"x-personal": true`; a contract test keeps the two in
-//! step. Version 1 of `account.registered` and of `email.claimed` held
-//! personal fields in the clear: they are listed (unsealed) so that a read
-//! after an erasure hides them too.
+//! step. Version 1 of `account.registered`, of `email.claimed` and of
+//! `review.submitted` (whose free-text comment can identify its author)
+//! held personal fields in the clear: they are listed (unsealed) so that a
+//! read after an erasure hides them too.
 //!
 //! A sealed field is stored as `{"sealed": "<base64>"}`: a random 24-byte
 //! XChaCha20-Poly1305 nonce, then the ciphertext of the field's JSON
@@ -69,6 +70,20 @@ pub const PERSONAL: &[PersonalFields] = &[
         subject: "account_id",
         fields: &["email"],
         sealed: false,
+    },
+    PersonalFields {
+        event_type: "review.submitted",
+        version: 1,
+        subject: "author_id",
+        fields: &["comment"],
+        sealed: false,
+    },
+    PersonalFields {
+        event_type: "review.submitted",
+        version: 2,
+        subject: "author_id",
+        fields: &["comment"],
+        sealed: true,
     },
 ];
 

@@ -34,6 +34,7 @@ pub const UPCASTERS: &[(&str, u32, Step)] = &[
     ("order.placed", 1, order_placed::v1_to_v2),
     ("account.registered", 1, account_registered::v1_to_v2),
     ("email.claimed", 1, email_claimed::v1_to_v2),
+    ("review.submitted", 1, review_submitted::v1_to_v2),
 ];
 
 /// The version this build writes for `event_type`, if it knows the type.
@@ -294,6 +295,75 @@ pub mod email_claimed {
             V2 {
                 account_id: v1.account_id,
                 claimed_at: v1.claimed_at,
+            }
+        }
+    }
+
+    /// The registered step: v1 document → v2 document.
+    pub fn v1_to_v2(data: serde_json::Value) -> Result<serde_json::Value, String> {
+        let v1: V1 = serde_json::from_value(data).map_err(|e| e.to_string())?;
+        serde_json::to_value(V2::from(v1)).map_err(|e| e.to_string())
+    }
+}
+
+/// `review.submitted`: v1 stored the comment in the clear; v2 stores it
+/// sealed under its author's data key (free text can identify the person;
+/// see [`crate::personal`]). As for `account.registered`, the store has
+/// opened it before upcasting, so the step only carries the fields over;
+/// the comment is `null` once its author was erased.
+pub mod review_submitted {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    /// `review.submitted` as version 1 stored it (plain text).
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V1 {
+        /// The review.
+        pub review_id: Uuid,
+        /// The listing.
+        pub listing_id: Uuid,
+        /// The order.
+        pub order_id: Uuid,
+        /// The author.
+        pub author_id: Uuid,
+        /// Stars.
+        pub rating: u8,
+        /// The text; `null` once its author was erased.
+        pub comment: Option<String>,
+        /// When.
+        pub submitted_at: DateTime<Utc>,
+    }
+
+    /// `review.submitted` as version 2 reads once its comment is opened.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    pub struct V2 {
+        /// The review.
+        pub review_id: Uuid,
+        /// The listing.
+        pub listing_id: Uuid,
+        /// The order.
+        pub order_id: Uuid,
+        /// The author.
+        pub author_id: Uuid,
+        /// Stars.
+        pub rating: u8,
+        /// The text; `null` once its author was erased.
+        pub comment: Option<String>,
+        /// When.
+        pub submitted_at: DateTime<Utc>,
+    }
+
+    impl From<V1> for V2 {
+        fn from(v1: V1) -> Self {
+            V2 {
+                review_id: v1.review_id,
+                listing_id: v1.listing_id,
+                order_id: v1.order_id,
+                author_id: v1.author_id,
+                rating: v1.rating,
+                comment: v1.comment,
+                submitted_at: v1.submitted_at,
             }
         }
     }

@@ -269,6 +269,39 @@ fn a_historic_plain_registration_decodes_and_reads_as_erased_without_its_key() {
     assert!(r.password_hash.is_erased());
 }
 
+/// A historic plain-text review (v1) still decodes through the upcaster,
+/// and after its author's erasure reads with the comment erased; the
+/// current (v2) fixture holds the comment sealed.
+#[test]
+fn a_historic_plain_review_decodes_and_reads_with_its_comment_erased_without_the_key() {
+    use marketplace_domain::review::ReviewEvent;
+    use marketplace_domain::values::Personal;
+    let v1 = read_json(&support::root().join("fixtures/review.submitted/v1.json"));
+    let event: ReviewEvent = decode("review.submitted", 1, v1.clone()).expect("decodes");
+    let ReviewEvent::Submitted(r) = event else {
+        panic!("decoded into {event:?}")
+    };
+    assert_eq!(
+        r.comment.known().map(|c| c.as_str().to_owned()),
+        Some("Beautiful lamp, carefully packed and exactly as described.".to_owned())
+    );
+    assert_eq!(r.rating.stars(), 5, "the rest stays");
+    let shredded =
+        marketplace_event_schemas::personal::open("review.submitted", 1, v1, None).expect("open");
+    let event: ReviewEvent = decode("review.submitted", 1, shredded).expect("decodes");
+    let ReviewEvent::Submitted(r) = event else {
+        panic!("decoded into {event:?}")
+    };
+    assert_eq!(r.comment, Personal::Erased);
+    assert_eq!(r.rating.stars(), 5, "the rating survives the erasure");
+
+    let v2 = read_json(&support::root().join("fixtures/review.submitted/v2.json"));
+    assert!(!v2.to_string().contains("Beautiful lamp"), "{v2}");
+    let erased =
+        marketplace_event_schemas::personal::open("review.submitted", 2, v2, None).expect("open");
+    assert_eq!(erased["comment"], Value::Null);
+}
+
 /// Each event type is declared once, with one current version, and the
 /// registry reads that version.
 #[test]

@@ -1,6 +1,6 @@
 //! GDPR erasure end to end: a buyer who placed and reviewed an order is
-//! erased; afterwards no byte of their email, display name or password
-//! hash is readable anywhere in the database, every read shows them
+//! erased; afterwards no byte of their email, display name, password
+//! hash or review comment is readable anywhere in the database, every read shows them
 //! erased, the hash chains still verify, a rebuild reproduces the live
 //! read models, the money still adds up, and the email registers again.
 
@@ -18,6 +18,8 @@ use crate::commerce::{auth, lamp, place_input, seller_with_listing, DEPOSIT, PLA
 const EMAIL: &str = "erin.erasable@example.org";
 const NAME: &str = "Erin Qzxerasable";
 const PASSWORD: &str = "correct horse battery";
+/// Free text that identifies its author: personal too.
+const COMMENT: &str = "Lovely lamp, from Erin at 12 Qzx Lane";
 
 async fn sealing_store(app: &TestApp) -> SealingStore {
     let pool = app.db.pool().await;
@@ -133,7 +135,7 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
     let review_id = app
         .gql(
             "mutation($input: SubmitReviewInput!) { submitReview(input: $input) { review { id } } }",
-            json!({ "input": { "listingId": listing, "orderId": order_id, "rating": 5, "comment": "Lovely lamp" } }),
+            json!({ "input": { "listingId": listing, "orderId": order_id, "rating": 5, "comment": COMMENT } }),
             auth(&buyer),
         )
         .await
@@ -188,6 +190,29 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
         .await
         .expect("raw");
     assert!(!raw[0].data.to_string().contains(EMAIL), "{}", raw[0].data);
+    // The review's comment too: sealed in the log, readable in the read
+    // model (until the erasure).
+    let review_stream = StreamId::new(
+        "review",
+        review_id.parse::<uuid::Uuid>().expect("review uuid"),
+    )
+    .expect("stream");
+    let sealed_review = store
+        .raw()
+        .read_stream(&review_stream, 0)
+        .await
+        .expect("raw review");
+    assert!(
+        !sealed_review[0].data.to_string().contains("Qzx Lane"),
+        "{}",
+        sealed_review[0].data
+    );
+    let opened_review = store.read_stream(&review_stream, 0).await.expect("review");
+    assert_eq!(opened_review[0].data["comment"], json!(COMMENT));
+    wait_until("the review's comment is shown", async || {
+        !rows_containing(&pool, COMMENT).await.is_empty()
+    })
+    .await;
     let hash_tail = hash
         .rsplit('$')
         .next()
@@ -227,6 +252,11 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
     let node = &reviews.data("reviews.edges")[0]["node"];
     assert_eq!(node["id"], json!(review_id));
     assert_eq!(node["rating"], json!(5));
+    assert_eq!(
+        node["comment"],
+        json!(""),
+        "its comment was erased with its author"
+    );
     assert_eq!(
         node["author"],
         json!({ "id": buyer_id, "displayName": "Erased account", "erased": true, "email": "" })
@@ -275,7 +305,7 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
     );
 
     // No byte of them is left readable anywhere in the database.
-    for needle in [EMAIL, NAME, &hash, &hash_tail] {
+    for needle in [EMAIL, NAME, COMMENT, &hash, &hash_tail] {
         let left = rows_containing(&pool, needle).await;
         assert!(left.is_empty(), "{needle:?} is still readable: {left:#?}");
     }

@@ -689,7 +689,7 @@ fn submitted(review: Uuid, listing: Uuid, author: Uuid, stars: i64, min: u32) ->
         order_id: OrderId(Uuid::now_v7()),
         author_id: AccountId(author),
         rating: Rating::parse(stars).expect("valid"),
-        comment: ReviewComment::parse("Lovely").expect("valid"),
+        comment: ReviewComment::parse("Lovely").expect("valid").into(),
         submitted_at: at(min),
     }
     .into()

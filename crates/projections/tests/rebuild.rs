@@ -208,7 +208,7 @@ async fn marketplace(store: &PostgresEventStore, listings: u32) -> (Uuid, Vec<Uu
                 order_id: OrderId(order),
                 author_id: AccountId(buyer),
                 rating: Rating::parse(4).expect("valid"),
-                comment: ReviewComment::parse("Lovely").expect("valid"),
+                comment: ReviewComment::parse("Lovely").expect("valid").into(),
                 submitted_at: at(40),
             }),
             ReviewApproved {
@@ -760,6 +760,10 @@ async fn a_fresh_database_builds_every_read_model_and_serves_through_the_views()
         "rm_accounts_v{}",
         marketplace_projections::read_models::accounts::VERSION
     );
+    let reviews_schema = format!(
+        "rm_reviews_v{}",
+        marketplace_projections::read_models::reviews::VERSION
+    );
     for (view, schema) in [
         ("rm_accounts", accounts_schema.as_str()),
         ("rm_account_balances", accounts_schema.as_str()),
@@ -768,7 +772,7 @@ async fn a_fresh_database_builds_every_read_model_and_serves_through_the_views()
         ("rm_listing_tag_counts", listings_schema.as_str()),
         ("rm_orders", "rm_orders_v1"),
         ("rm_order_lines", "rm_orders_v1"),
-        ("rm_reviews", "rm_reviews_v1"),
+        ("rm_reviews", reviews_schema.as_str()),
     ] {
         assert_eq!(
             view_target(&pool, view).await.as_deref(),

@@ -21,7 +21,8 @@ use marketplace_event_schemas::personal::{self, DataKey};
 use marketplace_event_schemas::{decode, encode, CodecError, Encoded};
 use serde_json::Value;
 
-/// The data key the sealed fixtures (`account.registered` v2) were sealed
+/// The data key the sealed fixtures (`account.registered` v2,
+/// `review.submitted` v2) were sealed
 /// under: every fixture belongs to one made-up person.
 pub const FIXTURE_KEY: [u8; 32] = [0x42; 32];
 

@@ -343,7 +343,8 @@ fn review_events() -> Vec<ReviewEvent> {
             comment: ReviewComment::parse(
                 "Beautiful lamp, carefully packed and exactly as described. ★★★★★",
             )
-            .expect("valid comment"),
+            .expect("valid comment")
+            .into(),
             submitted_at: at("2025-01-18T20:12:44.090Z"),
         }
         .into(),
@@ -353,7 +354,7 @@ fn review_events() -> Vec<ReviewEvent> {
             order_id: order(),
             author_id: buyer(),
             rating: stars(1),
-            comment: ReviewComment::parse("x").expect("valid comment"),
+            comment: ReviewComment::parse("x").expect("valid comment").into(),
             submitted_at: at("2025-01-18T20:12:44Z"),
         }
         .into(),

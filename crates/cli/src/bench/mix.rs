@@ -383,7 +383,7 @@ async fn shop(store: &PostgresEventStore, rng: &mut StdRng) -> anyhow::Result<u6
                     order_id: order,
                     author_id: buyer,
                     rating,
-                    comment: ReviewComment::parse("Generated review")?,
+                    comment: ReviewComment::parse("Generated review")?.into(),
                     submitted_at: now,
                 },
             )?;

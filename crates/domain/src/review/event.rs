@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::DomainEvent;
-use crate::values::{AccountId, ListingId, OrderId, Rating, Reason, ReviewComment, ReviewId};
+use crate::values::{
+    AccountId, ListingId, OrderId, Personal, Rating, Reason, ReviewComment, ReviewId,
+};
 
 /// A buyer reviewed a listing from a delivered order; PENDING moderation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,15 +21,16 @@ pub struct ReviewSubmitted {
     pub author_id: AccountId,
     /// Stars.
     pub rating: Rating,
-    /// Text.
-    pub comment: ReviewComment,
+    /// Text: free text that can identify its author, so personal (sealed
+    /// under the author's data key from version 2; erased with them).
+    pub comment: Personal<ReviewComment>,
     /// When.
     pub submitted_at: DateTime<Utc>,
 }
 
 impl DomainEvent for ReviewSubmitted {
     const NAME: &'static str = "review.submitted";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 /// An ADMIN approved the review: it counts toward the listing's rating.

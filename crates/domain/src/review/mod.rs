@@ -63,7 +63,7 @@ impl Aggregate for Review {
                     order_id: order.order_id,
                     author_id: c.author.account_id,
                     rating: c.rating,
-                    comment: c.comment.clone(),
+                    comment: c.comment.clone().into(),
                     submitted_at: c.at,
                 }
                 .into()])
@@ -110,7 +110,7 @@ impl Aggregate for Review {
                 self.order_id = Some(e.order_id);
                 self.author_id = Some(e.author_id);
                 self.rating = Some(e.rating);
-                self.comment = Some(e.comment.clone());
+                self.comment = e.comment.known().cloned();
                 self.status = ReviewStatus::Pending;
                 self.submitted_at = Some(e.submitted_at);
             }
@@ -182,7 +182,7 @@ mod tests {
             order_id: ORDER,
             author_id: buyer().account_id,
             rating: Rating::parse(4).expect("valid"),
-            comment: ReviewComment::parse("Solid lamp.").expect("valid"),
+            comment: ReviewComment::parse("Solid lamp.").expect("valid").into(),
             submitted_at: at(),
         }
         .into()

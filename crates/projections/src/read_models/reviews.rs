@@ -8,12 +8,19 @@
 //! memory first: a review submitted and moderated in the same batch is
 //! inserted settled. The listing's rating lives in the `listings` read
 //! model.
+//!
+//! A comment is personal (free text that can identify its author):
+//! `account.erased` empties the comments of that author's reviews in the
+//! batch's transaction, and a comment read after the erasure is already
+//! erased, so a rebuild writes the same empty comment. The rating, status
+//! and author id stay: ratings still add up.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use marketplace_consumers::Envelope;
+use marketplace_domain::account::AccountEvent;
 use marketplace_domain::review::ReviewEvent;
 use marketplace_domain::{AggregateKind, Event};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
@@ -28,7 +35,8 @@ pub const NAME: &str = "reviews";
 
 /// The version of the tables and the fold below; bump it when either
 /// changes, and the runtime rebuilds the read model without downtime.
-pub const VERSION: i32 = 1;
+/// Version 2 empties erased authors' comments.
+pub const VERSION: i32 = 2;
 
 /// The tables of [`VERSION`], created in each build's schema.
 pub const TABLES: &[Table] = &[Table {
@@ -95,9 +103,9 @@ impl Projection for ReviewsProjection {
 
     fn reads(&self, aggregate: AggregateKind) -> bool {
         match aggregate {
-            AggregateKind::Review => true,
-            AggregateKind::Account
-            | AggregateKind::EmailClaim
+            // Accounts for their erasures.
+            AggregateKind::Review | AggregateKind::Account => true,
+            AggregateKind::EmailClaim
             | AggregateKind::Listing
             | AggregateKind::Order
             | AggregateKind::Payment
@@ -112,6 +120,7 @@ impl Projection for ReviewsProjection {
     ) -> Result<(), ProjectionError> {
         let mut submitted: Vec<NewReview> = Vec::new();
         let mut moderated: HashMap<Uuid, Moderation> = HashMap::new();
+        let mut erased: Vec<Uuid> = Vec::new();
         for e in events {
             match &e.event {
                 Event::Review(review) => match review {
@@ -121,7 +130,11 @@ impl Projection for ReviewsProjection {
                         order: s.order_id.0,
                         author: s.author_id.0,
                         rating: i32::from(s.rating.stars()),
-                        comment: s.comment.as_str().to_owned(),
+                        // Erased: read after its author's erasure.
+                        comment: s
+                            .comment
+                            .known()
+                            .map_or_else(String::new, |c| c.as_str().to_owned()),
                         status: "PENDING",
                         reason: None,
                         created_at: s.submitted_at,
@@ -148,6 +161,7 @@ impl Projection for ReviewsProjection {
                         );
                     }
                 },
+                Event::Account(AccountEvent::Erased(x)) => erased.push(x.account_id.0),
                 // Aggregates this read model does not show.
                 Event::Account(_)
                 | Event::EmailClaim(_)
@@ -192,6 +206,12 @@ impl Projection for ReviewsProjection {
             .bind(times)
             .execute(&mut *tx)
             .await?;
+        }
+        if !erased.is_empty() {
+            sqlx::query("UPDATE rm_reviews SET comment = '' WHERE author_id = ANY($1)")
+                .bind(erased)
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ pub enum AuditCommand {
         /// Also append it to this file.
         #[arg(long, value_name = "FILE")]
         file: Option<std::path::PathBuf>,
-        /// Also POST it (JSON) to this http:// URL.
+        /// Also POST it (JSON) to this http:// or https:// URL.
         #[arg(long)]
         url: Option<String>,
     },
@@ -127,17 +127,7 @@ pub async fn run(
                 marketplace_api::anchors::append_to_file(path, &anchor)?;
             }
             if let Some(url) = &url {
-                let response = reqwest::Client::new()
-                    .post(url)
-                    .json(&anchor)
-                    .send()
-                    .await
-                    .with_context(|| format!("could not post the anchor to {url}"))?;
-                anyhow::ensure!(
-                    response.status().is_success(),
-                    "{url} refused the anchor: HTTP {}",
-                    response.status()
-                );
+                marketplace_api::anchors::post_to_url(url, &anchor).await?;
             }
             println!("{}", anchor.to_line());
             Ok(())

@@ -408,6 +408,24 @@ impl Log {
         true
     }
 
+    /// Removes the newest record, as a cut made on the node's disk would
+    /// (tamper-evidence tests: no hash chain can notice it); `false` if the
+    /// log is empty. The writer's next position stays where it was.
+    pub fn cut_last(&self) -> bool {
+        let mut c = self.committed.write().unwrap_or_else(|e| e.into_inner());
+        let Some(last) = c.records.pop() else {
+            return false;
+        };
+        let i = c.records.len();
+        if let Some(index) = c.streams.get_mut(&last.stream) {
+            index.retain(|&j| j != i);
+            if index.is_empty() {
+                c.streams.remove(&last.stream);
+            }
+        }
+        true
+    }
+
     /// The `$all` position of the last record (`(0, 0)` if none).
     pub fn last_position(&self) -> u64 {
         self.read(|c| c.records.last().map_or(0, |r| r.position))

@@ -102,7 +102,20 @@ impl Application {
                 &mut tasks,
             )
         };
+        // Replicas serve GraphQL reads: only where the API runs.
+        let replicas = if settings.role == ServeRole::Projector {
+            crate::replicas::Replicas::default()
+        } else {
+            crate::replicas::Replicas::connect(&settings.replicas, pool.clone())?
+        };
+        replicas.start(
+            progress.clone(),
+            crate::state::READ_MODELS,
+            stop_rx.clone(),
+            &mut tasks,
+        );
         let state = AppState {
+            replicas,
             requests: Arc::default(),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(settings.rate_limits)),
             roles: crate::roles::CurrentRoles::new(handler.clone()),

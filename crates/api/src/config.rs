@@ -159,6 +159,8 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     /// Where digital assets' files are stored, and what is accepted.
     pub assets: crate::assets::AssetsSettings,
+    /// Read replicas of `database_url` for GraphQL reads (none by default).
+    pub replicas: crate::replicas::ReplicaSettings,
 }
 
 /// Where and how often `serve` writes signed head anchors.
@@ -295,6 +297,7 @@ impl Settings {
             assets: crate::assets::AssetsSettings::local(
                 std::env::temp_dir().join(format!("marketplace-assets-{}", uuid::Uuid::now_v7())),
             ),
+            replicas: crate::replicas::ReplicaSettings::default(),
         }
     }
 }

@@ -16,4 +16,5 @@ mod observability;
 mod ops;
 mod payments;
 mod rebuild;
+mod replicas;
 mod subscriptions;

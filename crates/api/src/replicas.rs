@@ -336,11 +336,12 @@ impl Replicas {
                 }
                 Err(_) => {}
             }
-            if tokio::time::Instant::now() + inner.poll > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 tracing::debug!(replica = i, %needed, "the replica has not replayed past the token in time; the primary answers");
                 return Some((Target::Primary, ReadRoute::Lagging));
             }
-            tokio::time::sleep(inner.poll).await;
+            tokio::time::sleep(inner.poll.min(deadline - now)).await;
         }
     }
 

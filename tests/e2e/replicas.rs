@@ -76,7 +76,10 @@ async fn wait_metric(app: &TestApp, series: &str, ok: impl Fn(f64) -> bool) -> f
         if let Some(v) = value(&page, series).filter(|v| ok(*v)) {
             return v;
         }
-        assert!(Instant::now() < deadline, "{series} never got there:\n{page}");
+        assert!(
+            Instant::now() < deadline,
+            "{series} never got there:\n{page}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -123,7 +126,9 @@ async fn create_draft(app: &TestApp, seller: &str, title: &str) -> String {
 async fn reads_without_a_token_are_answered_by_the_replica_even_while_it_lags() {
     let standby = start_test_standby().await;
     let app = spawn_with_replica(&standby).await;
-    let (seller, seller_id, _) = app.register("replica-reader@example.com", &["SELLER"]).await;
+    let (seller, seller_id, _) = app
+        .register("replica-reader@example.com", &["SELLER"])
+        .await;
 
     standby.pause_replay().await.expect("pause replay");
     let token = create_draft(&app, &seller, "Paused lamp").await;
@@ -160,7 +165,9 @@ async fn reads_without_a_token_are_answered_by_the_replica_even_while_it_lags() 
 async fn a_token_is_read_on_the_primary_while_the_replica_lags_and_on_the_replica_once_replayed() {
     let standby = start_test_standby().await;
     let app = spawn_with_replica(&standby).await;
-    let (seller, seller_id, _) = app.register("replica-writer@example.com", &["SELLER"]).await;
+    let (seller, seller_id, _) = app
+        .register("replica-writer@example.com", &["SELLER"])
+        .await;
 
     standby.pause_replay().await.expect("pause replay");
     let token = create_draft(&app, &seller, "Read your writes").await;
@@ -175,7 +182,10 @@ async fn a_token_is_read_on_the_primary_while_the_replica_lags_and_on_the_replic
     assert_eq!(metric(&app, &reads("primary", "lagging")).await, 1.0);
     assert_eq!(metric(&app, &reads("replica", "caught_up")).await, 0.0);
     // The monitor sees the paused replica fall behind the primary's WAL.
-    wait_metric(&app, "marketplace_replica_lag_bytes{replica=\"0\"}", |v| v > 0.0).await;
+    wait_metric(&app, "marketplace_replica_lag_bytes{replica=\"0\"}", |v| {
+        v > 0.0
+    })
+    .await;
 
     standby.resume_replay().await.expect("resume replay");
     let deadline = Instant::now() + DEADLINE;

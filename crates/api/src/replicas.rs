@@ -194,7 +194,10 @@ impl Replicas {
             // The primary's statement settings (see `database::connect`).
             let options = sqlx::postgres::PgConnectOptions::from_str(url.expose())
                 .with_context(|| {
-                    format!("--read-database-url number {} is not a PostgreSQL URL", i + 1)
+                    format!(
+                        "--read-database-url number {} is not a PostgreSQL URL",
+                        i + 1
+                    )
                 })?
                 .options([("plan_cache_mode", "force_generic_plan")]);
             let pool = PgPoolOptions::new()
@@ -262,7 +265,10 @@ impl Replicas {
     pub fn mark_down(&self, i: usize) {
         if let Some(replica) = self.inner.as_ref().and_then(|inner| inner.replicas.get(i)) {
             if replica.up.swap(false, Ordering::Relaxed) {
-                tracing::warn!(replica = i, "a read failed on the replica; the primary answers until it is reachable again");
+                tracing::warn!(
+                    replica = i,
+                    "a read failed on the replica; the primary answers until it is reachable again"
+                );
             }
         }
     }
@@ -379,7 +385,10 @@ impl Replicas {
         for (i, r) in replicas.iter().enumerate() {
             let lag = r.lag_bytes.load(Ordering::Relaxed);
             if lag >= 0 {
-                let _ = writeln!(out, "marketplace_replica_lag_bytes{{replica=\"{i}\"}} {lag}");
+                let _ = writeln!(
+                    out,
+                    "marketplace_replica_lag_bytes{{replica=\"{i}\"}} {lag}"
+                );
             }
         }
     }

@@ -134,8 +134,13 @@ pub struct ServeArgs {
     /// replayed past the token's read-model commit (else, after
     /// --replica-wait-ms, the primary answers); a replica that is down is
     /// skipped. Unset: the primary answers every read.
-    #[arg(long = "read-database-url", value_name = "URL", env = "READ_DATABASE_URL",
-          value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "read-database-url",
+        value_name = "URL",
+        env = "READ_DATABASE_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     read_database_urls: Vec<String>,
     /// Longest wait, in milliseconds, for a read replica to replay past a
     /// query's X-Consistency-Token before the primary answers it instead.

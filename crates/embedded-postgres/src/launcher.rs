@@ -961,15 +961,14 @@ impl EmbeddedPostgres {
     /// [`EmbeddedError::Sql`] if the server is down.
     pub async fn replay_lsn(&self) -> Result<Option<u64>> {
         let mut conn = self.admin_connection().await?;
-        let lsn: Option<i64> = sqlx::query_scalar(
-            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|source| EmbeddedError::Sql {
-            context: "could not read the replay location".to_owned(),
-            source,
-        })?;
+        let lsn: Option<i64> =
+            sqlx::query_scalar("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|source| EmbeddedError::Sql {
+                    context: "could not read the replay location".to_owned(),
+                    source,
+                })?;
         let _ = conn.close().await;
         Ok(lsn.and_then(|l| u64::try_from(l).ok()))
     }

@@ -213,10 +213,7 @@ impl Progress {
     pub fn record_lsn(&self, name: &str, position: Position, lsn: WalLsn) {
         let entry = self.entry(name);
         let mut lsns = entry.lsns.lock().unwrap_or_else(|p| p.into_inner());
-        if lsns
-            .back()
-            .is_some_and(|(p, l)| *p >= position || *l > lsn)
-        {
+        if lsns.back().is_some_and(|(p, l)| *p >= position || *l > lsn) {
             return;
         }
         if lsns.len() >= LSN_HISTORY {

@@ -733,6 +733,16 @@ pub struct EmbeddedPostgres {
     /// and [`start_again`](Self::start_again). Locked across a crash or a
     /// restart so that two of them never interleave.
     supervisor: tokio::sync::Mutex<Option<Supervisor>>,
+    /// For a standby ([`start_standby`](Self::start_standby)): the primary
+    /// and the replication slot it holds there, dropped by [`stop`](Self::stop).
+    upstream: Option<Upstream>,
+}
+
+/// Where a standby replicates from.
+#[derive(Debug, Clone)]
+struct Upstream {
+    primary: String,
+    slot: String,
 }
 
 /// What an owned cluster was started with, kept to start it again.
@@ -855,13 +865,21 @@ impl EmbeddedPostgres {
         result
     }
 
-    /// Clones the cluster `primary` names (a `postgres://` URL or a libpq
-    /// connection string of a role allowed to replicate) with
-    /// `pg_basebackup -R -X stream` into a fresh ephemeral directory, and
-    /// starts the copy as a hot standby on its own free port: it streams
-    /// the primary's WAL from then on and accepts read-only connections.
-    /// Like [`start_ephemeral`](Self::start_ephemeral), it is tuned for
-    /// speed and its directory goes when it stops (or this process dies).
+    /// Clones the cluster `primary` names (a `postgres://` URL of a role
+    /// allowed to replicate) with `pg_basebackup -R -X stream` into a fresh
+    /// ephemeral directory, and starts the copy as a hot standby on its own
+    /// free port: it streams the primary's WAL from then on and accepts
+    /// read-only connections. Like [`start_ephemeral`](Self::start_ephemeral),
+    /// it is tuned for speed and its directory goes when it stops (or this
+    /// process dies).
+    ///
+    /// The standby holds a physical replication slot on the primary,
+    /// created before the backup starts, so no WAL it still needs is
+    /// recycled (neither during the backup, however busy the primary, nor
+    /// while it is paused or slow). [`stop`](Self::stop) drops the slot;
+    /// a standby dropped without `stop` leaves it, and the primary keeps
+    /// WAL for it until it is dropped (`pg_drop_replication_slot`) or the
+    /// primary goes away.
     ///
     /// # Errors
     ///
@@ -880,9 +898,10 @@ impl EmbeddedPostgres {
         create_owned_dir(&root, 0o755, run_as)?;
         let paths = ClusterPaths::new(root);
 
+        let slot = format!("marketplace_standby_{:08x}", rand::random::<u32>());
         let result = async {
             prepare_cluster_dirs(&paths, run_as)?;
-            run_basebackup(&binaries, &paths, run_as, primary).await?;
+            run_basebackup(&binaries, &paths, run_as, primary, &slot).await?;
             let launch = Launch {
                 binaries: &binaries,
                 paths: &paths,
@@ -890,7 +909,13 @@ impl EmbeddedPostgres {
                 ephemeral: true,
             };
             match launch_with_retries(&launch, Some(&paths.root)).await {
-                Ok(started) => Ok(started),
+                Ok(started) => Ok(EmbeddedPostgres {
+                    upstream: Some(Upstream {
+                        primary: primary.to_owned(),
+                        slot: slot.clone(),
+                    }),
+                    ..started
+                }),
                 Err(LaunchError::Failed(err)) => Err(err),
                 Err(LaunchError::LockedByOther) => Err(EmbeddedError::StartFailed {
                     data_dir: paths.data.clone(),
@@ -904,6 +929,7 @@ impl EmbeddedPostgres {
         .await;
         if result.is_err() {
             let _ = fs::remove_dir_all(&paths.root);
+            drop_slot(primary, &slot).await;
         }
         result
     }
@@ -1035,6 +1061,7 @@ impl EmbeddedPostgres {
                         lifetime: ClusterLifetime::Reused,
                         relaunch: None,
                         supervisor: tokio::sync::Mutex::new(None),
+                        upstream: None,
                     }));
                 }
                 Ok(other) => {
@@ -1131,6 +1158,9 @@ impl EmbeddedPostgres {
             Some(supervisor) => supervisor.shutdown(SHUTDOWN_TIMEOUT).await.map(Some),
             None => Ok(None),
         };
+        if let Some(upstream) = self.upstream.take() {
+            drop_slot(&upstream.primary, &upstream.slot).await;
+        }
         if self.lifetime == ClusterLifetime::Ephemeral {
             // The supervisor normally removed it already; this is the fallback.
             if let Err(err) = fs::remove_dir_all(&self.paths.root) {
@@ -1244,6 +1274,11 @@ impl EmbeddedPostgres {
                 data_dir: self.paths.data.clone(),
                 action,
             })
+    }
+
+    /// For a standby, the replication slot it holds on its primary.
+    pub fn replication_slot(&self) -> Option<&str> {
+        self.upstream.as_ref().map(|u| u.slot.as_str())
     }
 
     /// TCP port the cluster listens on (127.0.0.1 only).
@@ -1407,7 +1442,9 @@ async fn run_initdb(
 
 /// Clones the cluster at `primary` into `paths.data` (empty) as a standby:
 /// `pg_basebackup -R` writes `standby.signal` and the `primary_conninfo`
-/// it connected with; `-X stream` copies the WAL written meanwhile, so the
+/// it connected with (and `primary_slot_name`); `-C -S` creates the
+/// replication slot `slot` before the backup starts, so the WAL from its
+/// start on is kept; `-X stream` copies the WAL written meanwhile, so the
 /// copy is consistent; `-c fast` checkpoints at once instead of spreading
 /// the checkpoint out.
 async fn run_basebackup(
@@ -1415,6 +1452,7 @@ async fn run_basebackup(
     paths: &ClusterPaths,
     run_as: Option<OsUser>,
     primary: &str,
+    slot: &str,
 ) -> Result<()> {
     tracing::info!(
         "cloning a standby into {} with pg_basebackup",
@@ -1425,7 +1463,18 @@ async fn run_basebackup(
         .arg(primary)
         .arg("-D")
         .arg(&paths.data)
-        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"])
+        .args([
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-w",
+            "-C",
+            "-S",
+        ])
+        .arg(slot)
         .current_dir(&paths.root)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
@@ -1448,6 +1497,47 @@ async fn run_basebackup(
         log: paths.log.clone(),
         log_tail: text,
     })
+}
+
+/// Drops the replication slot `slot` of a standby on `primary`, once its
+/// walsender has let go of it (it exits shortly after the standby stops).
+/// Best effort: a failure is logged.
+async fn drop_slot(primary: &str, slot: &str) {
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    loop {
+        let dropped: std::result::Result<(), sqlx::Error> = async {
+            let mut conn = sqlx::PgConnection::connect(primary).await?;
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(slot)
+                    .fetch_optional(&mut conn)
+                    .await?;
+            match active {
+                None => {}
+                Some(true) => {
+                    let _ = conn.close().await;
+                    return Err(sqlx::Error::Protocol("the slot is still in use".into()));
+                }
+                Some(false) => {
+                    sqlx::query("SELECT pg_drop_replication_slot($1)")
+                        .bind(slot)
+                        .execute(&mut conn)
+                        .await?;
+                }
+            }
+            let _ = conn.close().await;
+            Ok(())
+        }
+        .await;
+        match dropped {
+            Ok(()) => return,
+            Err(err) if Instant::now() >= deadline => {
+                tracing::warn!(slot, "could not drop the standby's replication slot: {err}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// The port to start on: the remembered one if it is free, else a new free one.
@@ -1505,6 +1595,7 @@ async fn launch_with_retries(
                         run_as: launch.run_as,
                     }),
                     supervisor: tokio::sync::Mutex::new(Some(supervisor)),
+                    upstream: None,
                 });
             }
             Err(AttemptError::Fatal(err)) => return Err(LaunchError::Failed(err)),

@@ -263,7 +263,20 @@ mod tests {
         );
         standby.resume_replay().await.expect("resume");
         until(1).await;
+        let slot = standby.replication_slot().expect("a slot").to_owned();
+        let slots = || async {
+            let n: i64 = sqlx::query_scalar(
+                "select count(*) from pg_replication_slots where slot_name = $1",
+            )
+            .bind(&slot)
+            .fetch_one(&primary)
+            .await
+            .expect("slots");
+            n
+        };
+        assert_eq!(slots().await, 1, "the standby holds its slot");
         standby.stop().await.expect("stop the standby");
+        assert_eq!(slots().await, 0, "stopping the standby drops its slot");
     }
 
     // A second test in the same binary, on a different runtime, reuses the cluster.

@@ -158,7 +158,9 @@ pub async fn test_cluster_admin_url() -> String {
 /// from its superuser), on its own port: every test database, those created
 /// later included, is readable there (`standby.database_url(&db.name)`) as
 /// soon as it has replayed them. Each call clones a new one, which the test
-/// may pause, stop or crash without disturbing any other test.
+/// may pause, stop or crash without disturbing any other test. With
+/// `DATABASE_URL` set, that server is cloned: it must accept replication
+/// connections from its role and run the local binaries' major version.
 ///
 /// # Panics
 ///

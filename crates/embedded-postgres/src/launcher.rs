@@ -874,7 +874,7 @@ impl EmbeddedPostgres {
     /// process dies).
     ///
     /// The standby holds a physical replication slot on the primary,
-    /// created before the backup starts, so no WAL it still needs is
+    /// created (reserving WAL) before the backup starts, so no WAL it still needs is
     /// recycled (neither during the backup, however busy the primary, nor
     /// while it is paused or slow). [`stop`](Self::stop) drops the slot;
     /// a standby dropped without `stop` leaves it, and the primary keeps
@@ -901,6 +901,7 @@ impl EmbeddedPostgres {
         let slot = format!("marketplace_standby_{:08x}", rand::random::<u32>());
         let result = async {
             prepare_cluster_dirs(&paths, run_as)?;
+            create_slot(primary, &slot).await?;
             run_basebackup(&binaries, &paths, run_as, primary, &slot).await?;
             let launch = Launch {
                 binaries: &binaries,
@@ -1442,11 +1443,10 @@ async fn run_initdb(
 
 /// Clones the cluster at `primary` into `paths.data` (empty) as a standby:
 /// `pg_basebackup -R` writes `standby.signal` and the `primary_conninfo`
-/// it connected with (and `primary_slot_name`); `-C -S` creates the
-/// replication slot `slot` before the backup starts, so the WAL from its
-/// start on is kept; `-X stream` copies the WAL written meanwhile, so the
-/// copy is consistent; `-c fast` checkpoints at once instead of spreading
-/// the checkpoint out.
+/// it connected with (and `primary_slot_name`); `-S` streams through the
+/// replication slot `slot` ([`create_slot`]); `-X stream` copies the WAL
+/// written meanwhile, so the copy is consistent; `-c fast` checkpoints at
+/// once instead of spreading the checkpoint out.
 async fn run_basebackup(
     binaries: &PgBinaries,
     paths: &ClusterPaths,
@@ -1463,17 +1463,7 @@ async fn run_basebackup(
         .arg(primary)
         .arg("-D")
         .arg(&paths.data)
-        .args([
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--no-sync",
-            "-w",
-            "-C",
-            "-S",
-        ])
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w", "-S"])
         .arg(slot)
         .current_dir(&paths.root)
         .env("LC_ALL", "C")
@@ -1497,6 +1487,29 @@ async fn run_basebackup(
         log: paths.log.clone(),
         log_tail: text,
     })
+}
+
+/// Creates the physical replication slot `slot` on `primary`, reserving
+/// WAL at once: from then on the primary keeps every segment the standby
+/// will need. It must exist before the base backup starts (which
+/// `pg_basebackup -C` does not ensure: it creates the slot only once the
+/// backup has begun, and a checkpoint in between, say another clone's,
+/// may recycle the segment the backup starts in).
+async fn create_slot(primary: &str, slot: &str) -> Result<()> {
+    let sql_err = |context: &str| {
+        let context = format!("{context} on {primary}");
+        move |source| EmbeddedError::Sql { context, source }
+    };
+    let mut conn = sqlx::PgConnection::connect(primary)
+        .await
+        .map_err(sql_err("could not connect to the primary"))?;
+    sqlx::query("SELECT pg_create_physical_replication_slot($1, true)")
+        .bind(slot)
+        .execute(&mut conn)
+        .await
+        .map_err(sql_err("could not create a replication slot"))?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// Drops the replication slot `slot` of a standby on `primary`, once its

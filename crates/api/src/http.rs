@@ -1193,3 +1193,45 @@ async fn get_asset(
         .serve(&hash, size, &content_type, headers.get(header::RANGE))
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(query: &str) -> Option<Vec<&'static str>> {
+        replica_readable(&mut async_graphql::Request::new(query))
+    }
+
+    #[test]
+    fn only_queries_of_read_models_may_go_to_a_replica() {
+        use marketplace_projections::read_models::{accounts, listings, orders};
+        assert_eq!(
+            readable("{ listings { edges { node { seller { id } } } } }"),
+            Some(vec![listings::NAME, accounts::NAME])
+        );
+        assert_eq!(
+            readable("query Mine { myOrders { edges { node { id } } } __typename }"),
+            Some(vec![orders::NAME])
+        );
+        // Mutations, subscriptions, the log and the checkpoints: the primary.
+        assert_eq!(
+            readable("mutation { login(email: \"a\", password: \"b\") { token } }"),
+            None
+        );
+        assert_eq!(
+            readable("subscription { orderUpdated(id: \"x\") { id } }"),
+            None
+        );
+        assert_eq!(readable("{ projections { name } }"), None);
+        assert_eq!(
+            readable("{ listings { totalCount } projections { name } }"),
+            None
+        );
+        assert_eq!(
+            readable("{ streamHistory(streamId: \"x\") { position } }"),
+            None
+        );
+        assert_eq!(readable("{ paymentIntent(id: \"x\") { id } }"), None);
+        assert_eq!(readable("{ not valid"), None);
+    }
+}

@@ -405,6 +405,14 @@ impl Inner {
     }
 }
 
+/// What a probe found a replica to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Health {
+    Up,
+    NotStandby,
+    Unreachable(String),
+}
+
 /// The primary's current WAL insert location.
 async fn insert_lsn(pool: &PgPool) -> Result<WalLsn, sqlx::Error> {
     let lsn: i64 = sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
@@ -429,6 +437,7 @@ async fn replay_lsn(pool: &PgPool) -> Result<Option<WalLsn>, sqlx::Error> {
 /// answers within [`PROBE_TIMEOUT`]) or down, its replay location and its
 /// lag behind the primary. Logs each change of health once.
 async fn monitor(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut last: Vec<Option<Health>> = vec![None; inner.replicas.len()];
     loop {
         let primary = tokio::time::timeout(PROBE_TIMEOUT, insert_lsn(&inner.primary))
             .await
@@ -440,30 +449,33 @@ async fn monitor(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             .map(|r| tokio::time::timeout(PROBE_TIMEOUT, replay_lsn(&r.pool)));
         let results = futures::future::join_all(probes).await;
         for (i, (replica, result)) in inner.replicas.iter().zip(results).enumerate() {
-            let (up, replayed) = match result {
-                Ok(Ok(Some(lsn))) => (true, Some(lsn)),
-                Ok(Ok(None)) => {
-                    if replica.up.load(Ordering::Relaxed) {
-                        tracing::warn!(
-                            replica = i,
-                            "the read replica is not in recovery (not a hot standby): not used"
-                        );
-                    }
-                    (false, None)
-                }
-                Ok(Err(e)) => {
-                    if replica.up.load(Ordering::Relaxed) {
-                        tracing::warn!(replica = i, error = %e, "the read replica is unreachable: the primary answers its reads");
-                    }
-                    (false, None)
-                }
-                Err(_) => {
-                    if replica.up.load(Ordering::Relaxed) {
-                        tracing::warn!(replica = i, "the read replica did not answer in time: the primary answers its reads");
-                    }
-                    (false, None)
-                }
+            let (health, replayed) = match result {
+                Ok(Ok(Some(lsn))) => (Health::Up, Some(lsn)),
+                Ok(Ok(None)) => (Health::NotStandby, None),
+                Ok(Err(e)) => (Health::Unreachable(e.to_string()), None),
+                Err(_) => (Health::Unreachable("no answer in time".to_owned()), None),
             };
+            // Each kind of failure is logged once, not each message of it.
+            let kind = match &health {
+                Health::Unreachable(_) => Health::Unreachable(String::new()),
+                other => other.clone(),
+            };
+            if last[i].as_ref() != Some(&kind) {
+                match &health {
+                    Health::Up => tracing::info!(replica = i, "the read replica is up: it serves reads"),
+                    Health::NotStandby => tracing::warn!(
+                        replica = i,
+                        "the read replica is not in recovery (not a hot standby): not used; the primary answers its reads"
+                    ),
+                    Health::Unreachable(e) => tracing::warn!(
+                        replica = i,
+                        error = %e,
+                        "the read replica is unreachable: the primary answers its reads"
+                    ),
+                }
+            }
+            last[i] = Some(kind);
+            let up = health == Health::Up;
             if let Some(lsn) = replayed {
                 replica.replayed.fetch_max(lsn.0, Ordering::Relaxed);
                 let lag = primary.map_or(-1, |p| {
@@ -473,11 +485,7 @@ async fn monitor(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             } else {
                 replica.lag_bytes.store(-1, Ordering::Relaxed);
             }
-            if up && !replica.up.swap(true, Ordering::Relaxed) {
-                tracing::info!(replica = i, "the read replica is up: it serves reads");
-            } else if !up {
-                replica.up.store(false, Ordering::Relaxed);
-            }
+            replica.up.store(up, Ordering::Relaxed);
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -104,6 +104,11 @@ impl Application {
         };
         // Replicas serve GraphQL reads: only where the API runs.
         let replicas = if settings.role == ServeRole::Projector {
+            if !settings.replicas.urls.is_empty() {
+                tracing::warn!(
+                    "--read-database-url is ignored by a projector (it serves no GraphQL)"
+                );
+            }
             crate::replicas::Replicas::default()
         } else {
             crate::replicas::Replicas::connect(&settings.replicas, pool.clone())?

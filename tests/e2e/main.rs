@@ -16,5 +16,6 @@ mod observability;
 mod ops;
 mod payments;
 mod rebuild;
+mod replicas;
 mod shutdown;
 mod subscriptions;

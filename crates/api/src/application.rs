@@ -103,7 +103,25 @@ impl Application {
                 &mut tasks,
             )
         };
+        // Replicas serve GraphQL reads: only where the API runs.
+        let replicas = if settings.role == ServeRole::Projector {
+            if !settings.replicas.urls.is_empty() {
+                tracing::warn!(
+                    "--read-database-url is ignored by a projector (it serves no GraphQL)"
+                );
+            }
+            crate::replicas::Replicas::default()
+        } else {
+            crate::replicas::Replicas::connect(&settings.replicas, pool.clone())?
+        };
+        replicas.start(
+            progress.clone(),
+            crate::state::READ_MODELS,
+            stop_rx.clone(),
+            &mut tasks,
+        );
         let state = AppState {
+            replicas,
             requests: Arc::default(),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(settings.rate_limits)),
             roles: crate::roles::CurrentRoles::new(handler.clone()),

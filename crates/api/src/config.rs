@@ -161,6 +161,8 @@ pub struct Settings {
     pub assets: crate::assets::AssetsSettings,
     /// How a stop drains and finishes (see [`crate::shutdown`]).
     pub shutdown: crate::shutdown::ShutdownSettings,
+    /// Read replicas of `database_url` for GraphQL reads (none by default).
+    pub replicas: crate::replicas::ReplicaSettings,
 }
 
 /// Where and how often `serve` writes signed head anchors.
@@ -298,6 +300,7 @@ impl Settings {
                 std::env::temp_dir().join(format!("marketplace-assets-{}", uuid::Uuid::now_v7())),
             ),
             shutdown: crate::shutdown::ShutdownSettings::default(),
+            replicas: crate::replicas::ReplicaSettings::default(),
         }
     }
 }

@@ -42,6 +42,22 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
 struct Http {
     state: AppState,
     schema: MarketplaceSchema,
+    /// One schema per read replica, over its pool ([`AppState::on_replica`]).
+    replicas: Arc<Vec<MarketplaceSchema>>,
+}
+
+impl Http {
+    fn new(state: AppState, schema: MarketplaceSchema) -> Self {
+        let replicas = (0..state.replicas.len())
+            .filter_map(|i| state.on_replica(i))
+            .map(crate::graphql::build_schema)
+            .collect();
+        Self {
+            state,
+            schema,
+            replicas: Arc::new(replicas),
+        }
+    }
 }
 
 /// The whole HTTP surface, for the server and for tests. `/graphql` is rate
@@ -74,7 +90,7 @@ pub fn app(state: AppState, schema: MarketplaceSchema) -> Router {
             state.stopping.clone(),
             while_stopping,
         ))
-        .with_state(Http { state, schema })
+        .with_state(Http::new(state, schema))
 }
 
 /// Only the operational routes, `/healthz`, `/readyz` and `/metrics`: what a
@@ -92,7 +108,11 @@ pub fn ops_app(state: AppState, schema: MarketplaceSchema) -> Router {
             state.stopping.clone(),
             while_stopping,
         ))
-        .with_state(Http { state, schema })
+        .with_state(Http {
+            state,
+            schema,
+            replicas: Arc::default(),
+        })
 }
 
 /// While the process stops (see [`crate::shutdown`]): every response asks
@@ -462,7 +482,12 @@ async fn execute(
         }
         consistency = Some(token);
     }
-    let mut response = http.schema.execute(request.data(viewer).data(caller)).await;
+    let mut response = match replica_for(http, &mut request, consistency).await {
+        Some((replica, route)) => {
+            execute_on_replica(http, replica, route, request, viewer, caller).await
+        }
+        None => http.schema.execute(request.data(viewer).data(caller)).await,
+    };
     ApiError::code_request_errors(&mut response);
     if let Some(token) = consistency {
         response.extensions.insert(
@@ -475,6 +500,89 @@ async fn execute(
         );
     }
     graphql_response(response, media)
+}
+
+/// The read models a query reads when it may be answered by a read
+/// replica: a query (not a mutation or subscription) each of whose root
+/// fields reads read models only. `None` for anything else, which the
+/// primary answers.
+fn replica_readable(request: &mut async_graphql::Request) -> Option<Vec<&'static str>> {
+    use async_graphql::parser::types::OperationType;
+    let name = request.operation_name.clone();
+    let doc = request.parsed_query().ok()?;
+    let (ty, roots, all) = crate::graphql::admission::selected_fields(doc, name.as_deref())?;
+    let reads_read_models = |root: &String| read_model_of(root).is_some() || root == "__typename";
+    if ty != OperationType::Query || roots.is_empty() || !roots.iter().all(reads_read_models) {
+        return None;
+    }
+    let mut models: Vec<&'static str> = Vec::new();
+    for model in all.iter().filter_map(|f| read_model_of(f)) {
+        if !models.contains(&model) {
+            models.push(model);
+        }
+    }
+    Some(models)
+}
+
+/// The replica that answers this request, if any (see
+/// [`crate::replicas`]); a read that could have gone to one but goes to
+/// the primary is counted here.
+async fn replica_for(
+    http: &Http,
+    request: &mut async_graphql::Request,
+    token: Option<u64>,
+) -> Option<(usize, crate::replicas::ReadRoute)> {
+    use crate::replicas::Target;
+    if http.replicas.is_empty() {
+        return None;
+    }
+    let models = replica_readable(request)?;
+    let replicas = &http.state.replicas;
+    match replicas
+        .route(&http.state.progress, &models, token.map(Position))
+        .await?
+    {
+        (Target::Replica(i), route) if i < http.replicas.len() => Some((i, route)),
+        (Target::Replica(_) | Target::Primary, route) => {
+            replicas.count(route);
+            None
+        }
+    }
+}
+
+/// Runs a query on replica `replica`; if it fails there with an internal
+/// error (the replica went away, say), the primary answers it again, so
+/// that a replica never fails a read.
+async fn execute_on_replica(
+    http: &Http,
+    replica: usize,
+    route: crate::replicas::ReadRoute,
+    request: async_graphql::Request,
+    viewer: Viewer,
+    caller: Caller,
+) -> async_graphql::Response {
+    let mut again = async_graphql::Request::new(request.query.clone());
+    again.operation_name = request.operation_name.clone();
+    again.variables = request.variables.clone();
+    again.extensions = request.extensions.clone();
+    let response = http.replicas[replica]
+        .execute(request.data(viewer.clone()).data(caller))
+        .await;
+    let internal = async_graphql::Value::from(ApiError::internal("").code());
+    let failed = response.errors.iter().any(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|code| *code == internal)
+    });
+    let replicas = &http.state.replicas;
+    if !failed {
+        replicas.count(route);
+        return response;
+    }
+    replicas.mark_down(replica);
+    replicas.count(crate::replicas::ReadRoute::Failed);
+    http.schema.execute(again.data(viewer).data(caller)).await
 }
 
 /// The read models did not reach a consistency token within the bounded
@@ -1156,4 +1264,46 @@ async fn get_asset(
         .assets
         .serve(&hash, size, &content_type, headers.get(header::RANGE))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(query: &str) -> Option<Vec<&'static str>> {
+        replica_readable(&mut async_graphql::Request::new(query))
+    }
+
+    #[test]
+    fn only_queries_of_read_models_may_go_to_a_replica() {
+        use marketplace_projections::read_models::{accounts, listings, orders};
+        assert_eq!(
+            readable("{ listings { edges { node { seller { id } } } } }"),
+            Some(vec![listings::NAME, accounts::NAME])
+        );
+        assert_eq!(
+            readable("query Mine { myOrders { edges { node { id } } } __typename }"),
+            Some(vec![orders::NAME])
+        );
+        // Mutations, subscriptions, the log and the checkpoints: the primary.
+        assert_eq!(
+            readable("mutation { login(email: \"a\", password: \"b\") { token } }"),
+            None
+        );
+        assert_eq!(
+            readable("subscription { orderUpdated(id: \"x\") { id } }"),
+            None
+        );
+        assert_eq!(readable("{ projections { name } }"), None);
+        assert_eq!(
+            readable("{ listings { totalCount } projections { name } }"),
+            None
+        );
+        assert_eq!(
+            readable("{ streamHistory(streamId: \"x\") { position } }"),
+            None
+        );
+        assert_eq!(readable("{ paymentIntent(id: \"x\") { id } }"), None);
+        assert_eq!(readable("{ not valid"), None);
+    }
 }

@@ -35,6 +35,10 @@
 //!   behind them (the right-most untrusted `X-Forwarded-For` entry).
 //! - [`read_cache`]: the first catalogue pages, listings and accounts by
 //!   id, cached in process and invalidated by their read models' commits.
+//! - [`replicas`]: `--read-database-url`: GraphQL reads of the read models
+//!   from Postgres hot standbys, a consistency token honoured on one only
+//!   once it has replayed past the token's commit (else the primary
+//!   answers), and a replica that is down never failing a read.
 //! - [`roles`]: the roles an account holds now, looked up on the write side
 //!   with a short cache: a token alone never grants a role.
 //! - [`graphql`]: the schema of `api-contract.graphql` — types, queries,
@@ -74,6 +78,7 @@ pub mod payments;
 pub mod proxy;
 pub mod ratelimit;
 pub mod read_cache;
+pub mod replicas;
 pub mod roles;
 pub mod shutdown;
 pub mod state;

@@ -1,8 +1,9 @@
 //! Prometheus metrics: GraphQL request latency histograms by operation, the
 //! command handler's outcome/conflict/retry counters, projection and
 //! consumer positions, lag and failures, this process's Postgres pool
-//! use, and the payment gateway's circuit breaker (state, calls by
-//! outcome, openings, retries). [`render`] writes the `/metrics` page.
+//! use, the read replicas (reads by target and reason, health, lag: see
+//! [`crate::replicas`]), and the payment gateway's circuit breaker (state,
+//! calls by outcome, openings, retries). [`render`] writes the `/metrics` page.
 //!
 //! Every family is described (`# HELP`, `# TYPE`) on every page while the
 //! database answers, even before it has a series, so dashboards and alerts can be checked against
@@ -307,6 +308,7 @@ pub async fn render(state: &AppState) -> String {
     }
     write_local_consumers(&mut out, &state.consumers);
     write_pool(&mut out, &state.pool);
+    state.replicas.write_metrics(&mut out);
     write_payments(&mut out, state.payments.stats());
     out.push_str(
         "# HELP marketplace_assets_corrupted_total Downloads refused because the stored file no longer matched its hash.\n\

@@ -12,6 +12,11 @@
 //! at least as new as the position it is tagged with.
 //!
 //! The caches are bounded: a table that reaches its size is cleared.
+//!
+//! Only reads of the primary fill them: a read replica's rows may be older
+//! than the primary position they would be tagged with. A replica's reads
+//! go through a [`ReadCache::read_only`] view of the same tables, which
+//! serves current entries and keeps nothing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -75,12 +80,18 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
     }
 }
 
-/// The caches, shared by every request of a process.
-pub struct ReadCache {
-    progress: Progress,
+struct Tables {
     pages: Table<PageKey, Arc<ListingPage>>,
     listings: Table<Uuid, Option<ListingRow>>,
     accounts: Table<Uuid, Option<AccountRow>>,
+}
+
+/// The caches, shared by every request of a process.
+pub struct ReadCache {
+    progress: Progress,
+    tables: Arc<Tables>,
+    /// Whether reads through this handle are kept (false: a replica's).
+    fills: bool,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -94,9 +105,22 @@ impl ReadCache {
     pub fn new(progress: Progress) -> Self {
         Self {
             progress,
-            pages: Table::new(listings::NAME, MAX_PAGES),
-            listings: Table::new(listings::NAME, MAX_ROWS),
-            accounts: Table::new(accounts::NAME, MAX_ROWS),
+            tables: Arc::new(Tables {
+                pages: Table::new(listings::NAME, MAX_PAGES),
+                listings: Table::new(listings::NAME, MAX_ROWS),
+                accounts: Table::new(accounts::NAME, MAX_ROWS),
+            }),
+            fills: true,
+        }
+    }
+
+    /// The same tables for reads of a replica: current entries are served,
+    /// nothing read through it is kept.
+    pub fn read_only(&self) -> Self {
+        Self {
+            progress: self.progress.clone(),
+            tables: self.tables.clone(),
+            fills: false,
         }
     }
 
@@ -112,32 +136,38 @@ impl ReadCache {
 
     /// A cached first page, if still current.
     pub fn page(&self, key: &PageKey) -> Option<Arc<ListingPage>> {
-        self.pages.get(&self.progress, key)
+        self.tables.pages.get(&self.progress, key)
     }
 
     /// Keeps a first page read when the listings read model was at `at`.
     pub fn put_page(&self, key: PageKey, at: Position, page: Arc<ListingPage>) {
-        self.pages.put(key, at, page);
+        if self.fills {
+            self.tables.pages.put(key, at, page);
+        }
     }
 
     /// A cached listing (`Some(None)`: known not to exist), if still current.
     pub fn listing(&self, id: Uuid) -> Option<Option<ListingRow>> {
-        self.listings.get(&self.progress, &id)
+        self.tables.listings.get(&self.progress, &id)
     }
 
     /// Keeps a listing (or its absence) read at `at`.
     pub fn put_listing(&self, id: Uuid, at: Position, row: Option<ListingRow>) {
-        self.listings.put(id, at, row);
+        if self.fills {
+            self.tables.listings.put(id, at, row);
+        }
     }
 
     /// A cached account, if still current.
     pub fn account(&self, id: Uuid) -> Option<Option<AccountRow>> {
-        self.accounts.get(&self.progress, &id)
+        self.tables.accounts.get(&self.progress, &id)
     }
 
     /// Keeps an account (or its absence) read at `at`.
     pub fn put_account(&self, id: Uuid, at: Position, row: Option<AccountRow>) {
-        self.accounts.put(id, at, row);
+        if self.fills {
+            self.tables.accounts.put(id, at, row);
+        }
     }
 }
 
@@ -189,11 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_view_serves_current_entries_and_keeps_nothing() {
+        let progress = Progress::default();
+        let cache = ReadCache::new(progress.clone());
+        let replica = cache.read_only();
+        let (kept, ignored) = (Uuid::now_v7(), Uuid::now_v7());
+        let at = cache.listings_position();
+        cache.put_listing(kept, at, Some(row("primary")));
+        replica.put_listing(ignored, at, Some(row("replica")));
+        assert_eq!(
+            replica.listing(kept).flatten().map(|r| r.title),
+            Some("primary".into())
+        );
+        assert!(cache.listing(ignored).is_none());
+        assert!(replica.listing(ignored).is_none());
+    }
+
+    #[test]
     fn a_full_table_is_cleared_rather_than_grown() {
         let cache = ReadCache::new(Progress::default());
         for _ in 0..MAX_ROWS + 5 {
             cache.put_account(Uuid::now_v7(), Position::START, None);
         }
-        assert!(cache.accounts.lock().len() <= MAX_ROWS);
+        assert!(cache.tables.accounts.lock().len() <= MAX_ROWS);
     }
 }

@@ -22,7 +22,11 @@ use crate::roles::CurrentRoles;
 pub struct AppState {
     /// The write side.
     pub handler: CommandHandler,
-    /// The read models.
+    /// The read models: the primary's pool, except in the state a read
+    /// replica's schema runs with ([`AppState::on_replica`]), where it is
+    /// that replica's. Checkpoints, projections' status and the write side
+    /// always use the primary (only queries that read nothing but read
+    /// models run on a replica).
     pub pool: PgPool,
     /// How far projections have come (read-your-writes).
     pub progress: Progress,
@@ -54,6 +58,8 @@ pub struct AppState {
     pub assets: crate::assets::Assets,
     /// Raised when the process starts to stop (see [`crate::shutdown`]).
     pub stopping: crate::shutdown::Stopping,
+    /// The read replicas (none unless `--read-database-url`).
+    pub replicas: crate::replicas::Replicas,
 }
 
 /// Every projection the API reads from.
@@ -104,6 +110,19 @@ pub fn reads_no_read_model(root_field: &str) -> bool {
 }
 
 impl AppState {
+    /// The state a query answered by replica `i` runs with: its read
+    /// models read from the replica, through a read-only view of the read
+    /// cache (a replica's rows must not be cached under the primary's
+    /// positions). `None` if there is no such replica.
+    pub fn on_replica(&self, i: usize) -> Option<AppState> {
+        let pool = self.replicas.pool(i)?;
+        Some(AppState {
+            pool,
+            cache: Arc::new(self.cache.read_only()),
+            ..self.clone()
+        })
+    }
+
     /// Waits (bounded) until the named read models have passed `token`.
     pub async fn wait_for(&self, names: &[&str], token: Position) -> bool {
         self.progress

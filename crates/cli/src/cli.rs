@@ -125,6 +125,32 @@ pub struct ServeArgs {
     /// X-Consistency-Token.
     #[arg(long, default_value_t = 5_000)]
     consistency_wait_ms: u64,
+    /// A Postgres hot standby (streaming replica) of DATABASE_URL that
+    /// answers GraphQL queries reading the read models (listings, orders,
+    /// reviews, accounts, notifications); repeat it, or give a
+    /// comma-separated list, to spread reads round robin. Writes,
+    /// subscriptions, checkpoints and projections stay on the primary. A
+    /// query with X-Consistency-Token goes to a replica only once it has
+    /// replayed past the token's read-model commit (else, after
+    /// --replica-wait-ms, the primary answers); a replica that is down is
+    /// skipped. Unset: the primary answers every read.
+    #[arg(
+        long = "read-database-url",
+        value_name = "URL",
+        env = "READ_DATABASE_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    read_database_urls: Vec<String>,
+    /// Longest wait, in milliseconds, for a read replica to replay past a
+    /// query's X-Consistency-Token before the primary answers it instead.
+    #[arg(long, env = "MARKETPLACE_REPLICA_WAIT_MS", default_value_t = 200)]
+    replica_wait_ms: u64,
+    /// How often, in milliseconds, a read replica's replay location is
+    /// checked during that wait.
+    #[arg(long, env = "MARKETPLACE_REPLICA_POLL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    replica_poll_ms: u64,
     /// Marketplace fee taken from each delivered order, in basis points
     /// (500 = 5%), paid to the marketplace's fee account.
     #[arg(long, env = "MARKETPLACE_FEE_BPS", default_value_t = 500,
@@ -634,6 +660,17 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             drain: args.shutdown_drain,
             grace: args.shutdown_grace,
         },
+        replicas: marketplace_api::replicas::ReplicaSettings {
+            urls: args
+                .read_database_urls
+                .iter()
+                .map(|u| u.trim())
+                .filter(|u| !u.is_empty())
+                .map(Secret::new)
+                .collect(),
+            wait: Duration::from_millis(args.replica_wait_ms),
+            poll: Duration::from_millis(args.replica_poll_ms),
+        },
     };
     let result = async {
         let app = Application::build(settings).await?;
@@ -680,6 +717,31 @@ mod tests {
         assert_eq!(shown, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
         let none = serve_args(&["marketplace", "serve"]).expect("parses");
         assert!(none.trusted_proxies.is_empty(), "none by default");
+    }
+
+    #[test]
+    fn read_database_urls_are_repeatable_and_comma_separated() {
+        let args = serve_args(&[
+            "marketplace",
+            "serve",
+            "--read-database-url",
+            "postgres://r1/db",
+            "--read-database-url",
+            "postgres://r2/db,postgres://r3/db",
+            "--replica-wait-ms",
+            "50",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.read_database_urls,
+            ["postgres://r1/db", "postgres://r2/db", "postgres://r3/db"]
+        );
+        assert_eq!(args.replica_wait_ms, 50);
+        let none = serve_args(&["marketplace", "serve"]).expect("parses");
+        assert!(none.read_database_urls.is_empty(), "none by default");
+        assert_eq!(none.replica_wait_ms, 200);
+        assert_eq!(none.replica_poll_ms, 10);
+        assert!(serve_args(&["marketplace", "serve", "--replica-poll-ms", "0"]).is_err());
     }
 
     #[test]

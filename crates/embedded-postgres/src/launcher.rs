@@ -28,6 +28,16 @@
 //!   runs crash recovery) and started again on the same port and data
 //!   ([`EmbeddedPostgres::crash_and_restart`]), for tests of what the
 //!   application does when its database goes away under load.
+//! * **Standbys**: [`EmbeddedPostgres::start_standby`] clones a running
+//!   cluster with `pg_basebackup -R` (streaming the WAL, so the clone is
+//!   consistent) into a fresh ephemeral directory and starts it as a hot
+//!   standby on its own port, replicating the whole cluster. The primary
+//!   needs nothing beyond `initdb`'s defaults: `wal_level=replica` and
+//!   `max_wal_senders` (both also set explicitly below), and the
+//!   `host replication all 127.0.0.1/32 trust` line `initdb -A trust`
+//!   writes into `pg_hba.conf`. [`pause_replay`](EmbeddedPostgres::pause_replay)
+//!   and [`resume_replay`](EmbeddedPostgres::resume_replay) make a standby
+//!   lag on purpose: it keeps receiving WAL but applies none of it.
 //!
 //! Everything here uses `std::process` for the long-lived supervisor so that it
 //! is not tied to the tokio runtime that happened to start it.
@@ -274,6 +284,11 @@ impl PgBinaries {
     /// Path of the `postgres` server program.
     pub fn postgres(&self) -> PathBuf {
         self.bindir.join("postgres")
+    }
+
+    /// Path of the `pg_basebackup` program (what a standby is cloned with).
+    pub fn pg_basebackup(&self) -> PathBuf {
+        self.bindir.join("pg_basebackup")
     }
 }
 
@@ -718,6 +733,16 @@ pub struct EmbeddedPostgres {
     /// and [`start_again`](Self::start_again). Locked across a crash or a
     /// restart so that two of them never interleave.
     supervisor: tokio::sync::Mutex<Option<Supervisor>>,
+    /// For a standby ([`start_standby`](Self::start_standby)): the primary
+    /// and the replication slot it holds there, dropped by [`stop`](Self::stop).
+    upstream: Option<Upstream>,
+}
+
+/// Where a standby replicates from.
+#[derive(Debug, Clone)]
+struct Upstream {
+    primary: String,
+    slot: String,
 }
 
 /// What an owned cluster was started with, kept to start it again.
@@ -840,6 +865,164 @@ impl EmbeddedPostgres {
         result
     }
 
+    /// Clones the cluster `primary` names (a `postgres://` URL of a role
+    /// allowed to replicate) with `pg_basebackup -R -X stream` into a fresh
+    /// ephemeral directory, and starts the copy as a hot standby on its own
+    /// free port: it streams the primary's WAL from then on and accepts
+    /// read-only connections. Like [`start_ephemeral`](Self::start_ephemeral),
+    /// it is tuned for speed and its directory goes when it stops (or this
+    /// process dies).
+    ///
+    /// The standby holds a physical replication slot on the primary,
+    /// created (reserving WAL) before the backup starts, so no WAL it still needs is
+    /// recycled (neither during the backup, however busy the primary, nor
+    /// while it is paused or slow). [`stop`](Self::stop) drops the slot;
+    /// a standby dropped without `stop` leaves it, and the primary keeps
+    /// WAL for it until it is dropped (`pg_drop_replication_slot`) or the
+    /// primary goes away.
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::StartFailed`] if the base backup fails (its log tail
+    /// is `pg_basebackup`'s output) or the standby does not come up.
+    pub async fn start_standby(primary: &str) -> Result<EmbeddedPostgres> {
+        let binaries = PgBinaries::discover()?;
+        let run_as = run_as_user()?;
+
+        let base = ephemeral_base(run_as);
+        let root = base.join(format!(
+            "{EPHEMERAL_PREFIX}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        create_owned_dir(&root, 0o755, run_as)?;
+        let paths = ClusterPaths::new(root);
+
+        let slot = format!("marketplace_standby_{:08x}", rand::random::<u32>());
+        let result = async {
+            prepare_cluster_dirs(&paths, run_as)?;
+            create_slot(primary, &slot).await?;
+            run_basebackup(&binaries, &paths, run_as, primary, &slot).await?;
+            let launch = Launch {
+                binaries: &binaries,
+                paths: &paths,
+                run_as,
+                ephemeral: true,
+            };
+            match launch_with_retries(&launch, Some(&paths.root)).await {
+                Ok(started) => Ok(EmbeddedPostgres {
+                    upstream: Some(Upstream {
+                        primary: primary.to_owned(),
+                        slot: slot.clone(),
+                    }),
+                    ..started
+                }),
+                Err(LaunchError::Failed(err)) => Err(err),
+                Err(LaunchError::LockedByOther) => Err(EmbeddedError::StartFailed {
+                    data_dir: paths.data.clone(),
+                    reason: "the fresh standby directory is locked by another postmaster"
+                        .to_owned(),
+                    log: paths.log.clone(),
+                    log_tail: log_tail(&paths.log, 0, 20),
+                }),
+            }
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&paths.root);
+            drop_slot(primary, &slot).await;
+        }
+        result
+    }
+
+    /// On a hot standby: stops applying WAL (`pg_wal_replay_pause()`). It
+    /// keeps receiving and storing the primary's WAL, so it lags by
+    /// exactly what is written from now on: it returns once replay has
+    /// stopped (`pg_get_wal_replay_pause_state()` is `paused`), and nothing
+    /// is applied after that before [`resume_replay`](Self::resume_replay).
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::Sql`] if the server is not a standby or is down.
+    pub async fn pause_replay(&self) -> Result<()> {
+        self.admin_statement("SELECT pg_wal_replay_pause()", "pause WAL replay")
+            .await?;
+        // The request takes effect between two records: wait until the
+        // startup process says it has stopped, so that the replay location
+        // holds still from here on.
+        let mut conn = self.admin_connection().await?;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let state: String = sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|source| EmbeddedError::Sql {
+                    context: "could not read the replay pause state".to_owned(),
+                    source,
+                })?;
+            if state == "paused" || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// On a hot standby: applies WAL again (`pg_wal_replay_resume()`), and
+    /// so catches up with the primary.
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::Sql`] if the server is not a standby or is down.
+    pub async fn resume_replay(&self) -> Result<()> {
+        self.admin_statement("SELECT pg_wal_replay_resume()", "resume WAL replay")
+            .await
+    }
+
+    /// On a hot standby: the WAL location it has applied up to
+    /// (`pg_last_wal_replay_lsn()`, as a byte offset); `None` on a primary.
+    ///
+    /// # Errors
+    ///
+    /// [`EmbeddedError::Sql`] if the server is down.
+    pub async fn replay_lsn(&self) -> Result<Option<u64>> {
+        let mut conn = self.admin_connection().await?;
+        let lsn: Option<i64> =
+            sqlx::query_scalar("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|source| EmbeddedError::Sql {
+                    context: "could not read the replay location".to_owned(),
+                    source,
+                })?;
+        let _ = conn.close().await;
+        Ok(lsn.and_then(|l| u64::try_from(l).ok()))
+    }
+
+    async fn admin_connection(&self) -> Result<sqlx::PgConnection> {
+        connect_options(self.port, "postgres")
+            .connect()
+            .await
+            .map_err(|source| EmbeddedError::Sql {
+                context: format!("could not connect to {}", self.admin_url()),
+                source,
+            })
+    }
+
+    async fn admin_statement(&self, sql: &str, what: &str) -> Result<()> {
+        let mut conn = self.admin_connection().await?;
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .map_err(|source| EmbeddedError::Sql {
+                context: format!("could not {what} on port {}", self.port),
+                source,
+            })?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     /// Reuses a postmaster already serving `paths.data`, if there is one.
     async fn try_reuse(paths: &ClusterPaths) -> Result<Option<EmbeddedPostgres>> {
         let pid_file = paths.data.join("postmaster.pid");
@@ -879,6 +1062,7 @@ impl EmbeddedPostgres {
                         lifetime: ClusterLifetime::Reused,
                         relaunch: None,
                         supervisor: tokio::sync::Mutex::new(None),
+                        upstream: None,
                     }));
                 }
                 Ok(other) => {
@@ -975,6 +1159,9 @@ impl EmbeddedPostgres {
             Some(supervisor) => supervisor.shutdown(SHUTDOWN_TIMEOUT).await.map(Some),
             None => Ok(None),
         };
+        if let Some(upstream) = self.upstream.take() {
+            drop_slot(&upstream.primary, &upstream.slot).await;
+        }
         if self.lifetime == ClusterLifetime::Ephemeral {
             // The supervisor normally removed it already; this is the fallback.
             if let Err(err) = fs::remove_dir_all(&self.paths.root) {
@@ -1088,6 +1275,11 @@ impl EmbeddedPostgres {
                 data_dir: self.paths.data.clone(),
                 action,
             })
+    }
+
+    /// For a standby, the replication slot it holds on its primary.
+    pub fn replication_slot(&self) -> Option<&str> {
+        self.upstream.as_ref().map(|u| u.slot.as_str())
     }
 
     /// TCP port the cluster listens on (127.0.0.1 only).
@@ -1249,6 +1441,118 @@ async fn run_initdb(
     })
 }
 
+/// Clones the cluster at `primary` into `paths.data` (empty) as a standby:
+/// `pg_basebackup -R` writes `standby.signal` and the `primary_conninfo`
+/// it connected with (and `primary_slot_name`); `-S` streams through the
+/// replication slot `slot` ([`create_slot`]); `-X stream` copies the WAL
+/// written meanwhile, so the copy is consistent; `-c fast` checkpoints at
+/// once instead of spreading the checkpoint out.
+async fn run_basebackup(
+    binaries: &PgBinaries,
+    paths: &ClusterPaths,
+    run_as: Option<OsUser>,
+    primary: &str,
+    slot: &str,
+) -> Result<()> {
+    tracing::info!(
+        "cloning a standby into {} with pg_basebackup",
+        paths.data.display()
+    );
+    let mut cmd = tokio::process::Command::new(binaries.pg_basebackup());
+    cmd.arg("-d")
+        .arg(primary)
+        .arg("-D")
+        .arg(&paths.data)
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w", "-S"])
+        .arg(slot)
+        .current_dir(&paths.root)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(user) = run_as {
+        cmd.uid(user.uid).gid(user.gid);
+    }
+    let output = cmd
+        .output()
+        .await
+        .map_err(io_err("run", binaries.pg_basebackup()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Err(EmbeddedError::StartFailed {
+        data_dir: paths.data.clone(),
+        reason: format!("pg_basebackup failed ({})", output.status),
+        log: paths.log.clone(),
+        log_tail: text,
+    })
+}
+
+/// Creates the physical replication slot `slot` on `primary`, reserving
+/// WAL at once: from then on the primary keeps every segment the standby
+/// will need. It must exist before the base backup starts (which
+/// `pg_basebackup -C` does not ensure: it creates the slot only once the
+/// backup has begun, and a checkpoint in between, say another clone's,
+/// may recycle the segment the backup starts in).
+async fn create_slot(primary: &str, slot: &str) -> Result<()> {
+    let sql_err = |context: &str| {
+        let context = format!("{context} on {primary}");
+        move |source| EmbeddedError::Sql { context, source }
+    };
+    let mut conn = sqlx::PgConnection::connect(primary)
+        .await
+        .map_err(sql_err("could not connect to the primary"))?;
+    sqlx::query("SELECT pg_create_physical_replication_slot($1, true)")
+        .bind(slot)
+        .execute(&mut conn)
+        .await
+        .map_err(sql_err("could not create a replication slot"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Drops the replication slot `slot` of a standby on `primary`, once its
+/// walsender has let go of it (it exits shortly after the standby stops).
+/// Best effort: a failure is logged.
+async fn drop_slot(primary: &str, slot: &str) {
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    loop {
+        let dropped: std::result::Result<(), sqlx::Error> = async {
+            let mut conn = sqlx::PgConnection::connect(primary).await?;
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(slot)
+                    .fetch_optional(&mut conn)
+                    .await?;
+            match active {
+                None => {}
+                Some(true) => {
+                    let _ = conn.close().await;
+                    return Err(sqlx::Error::Protocol("the slot is still in use".into()));
+                }
+                Some(false) => {
+                    sqlx::query("SELECT pg_drop_replication_slot($1)")
+                        .bind(slot)
+                        .execute(&mut conn)
+                        .await?;
+                }
+            }
+            let _ = conn.close().await;
+            Ok(())
+        }
+        .await;
+        match dropped {
+            Ok(()) => return,
+            Err(err) if Instant::now() >= deadline => {
+                tracing::warn!(slot, "could not drop the standby's replication slot: {err}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// The port to start on: the remembered one if it is free, else a new free one.
 fn choose_port(paths: &ClusterPaths, remember: bool, avoid: &[u16]) -> Result<u16> {
     let remembered = fs::read_to_string(&paths.port_file)
@@ -1304,6 +1608,7 @@ async fn launch_with_retries(
                         run_as: launch.run_as,
                     }),
                     supervisor: tokio::sync::Mutex::new(Some(supervisor)),
+                    upstream: None,
                 });
             }
             Err(AttemptError::Fatal(err)) => return Err(LaunchError::Failed(err)),
@@ -1399,6 +1704,10 @@ fn server_settings(launch: &Launch<'_>) -> Vec<String> {
         format!("unix_socket_directories={socket_dir}"),
         "max_connections=300".to_owned(),
         "shared_buffers=128MB".to_owned(),
+        // initdb's defaults, said out loud: a standby may be cloned from
+        // any cluster started here (`start_standby`).
+        "wal_level=replica".to_owned(),
+        "max_wal_senders=10".to_owned(),
     ];
     // Statement statistics, where the server ships the module: what an
     // operator (or a test counting a request's statements) reads first.

@@ -154,6 +154,24 @@ pub async fn test_cluster_admin_url() -> String {
     shared_cluster().await.admin_url()
 }
 
+/// A hot standby of the shared test cluster ([`EmbeddedPostgres::start_standby`]
+/// from its superuser), on its own port: every test database, those created
+/// later included, is readable there (`standby.database_url(&db.name)`) as
+/// soon as it has replayed them. Each call clones a new one, which the test
+/// may pause, stop or crash without disturbing any other test. With
+/// `DATABASE_URL` set, that server is cloned: it must accept replication
+/// connections from its role and run the local binaries' major version.
+///
+/// # Panics
+///
+/// If the cluster cannot be cloned or the standby does not start.
+pub async fn start_test_standby() -> EmbeddedPostgres {
+    let primary = shared_cluster().await.admin_url();
+    EmbeddedPostgres::start_standby(&primary)
+        .await
+        .unwrap_or_else(|err| panic!("could not start a standby of the test cluster: {err}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +214,71 @@ mod tests {
                 .await
                 .expect("rolsuper");
         assert!(superuser);
+    }
+
+    #[tokio::test]
+    async fn a_standby_replays_what_the_primary_commits_unless_paused() {
+        let db = TestDatabase::create().await;
+        let standby = start_test_standby().await;
+        let primary = db.pool().await;
+        sqlx::query("create table t (x int)")
+            .execute(&primary)
+            .await
+            .expect("create table");
+        let replica = standby.database_url(&db.name);
+        let count = || async {
+            let Ok(mut conn) = PgConnection::connect(&replica).await else {
+                return None;
+            };
+            let n: Option<i64> = sqlx::query_scalar("select count(*) from t")
+                .fetch_one(&mut conn)
+                .await
+                .ok();
+            let _ = conn.close().await;
+            n
+        };
+        let until = |want: i64| async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                if count().await == Some(want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the standby never showed {want} rows"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        until(0).await;
+        standby.pause_replay().await.expect("pause");
+        let paused_at = standby.replay_lsn().await.expect("lsn").expect("a standby");
+        sqlx::query("insert into t values (1)")
+            .execute(&primary)
+            .await
+            .expect("insert");
+        assert_eq!(count().await, Some(0), "a paused standby applied a commit");
+        assert_eq!(
+            standby.replay_lsn().await.expect("lsn"),
+            Some(paused_at),
+            "a paused standby moved on"
+        );
+        standby.resume_replay().await.expect("resume");
+        until(1).await;
+        let slot = standby.replication_slot().expect("a slot").to_owned();
+        let slots = || async {
+            let n: i64 = sqlx::query_scalar(
+                "select count(*) from pg_replication_slots where slot_name = $1",
+            )
+            .bind(&slot)
+            .fetch_one(&primary)
+            .await
+            .expect("slots");
+            n
+        };
+        assert_eq!(slots().await, 1, "the standby holds its slot");
+        standby.stop().await.expect("stop the standby");
+        assert_eq!(slots().await, 0, "stopping the standby drops its slot");
     }
 
     // A second test in the same binary, on a different runtime, reuses the cluster.

@@ -61,7 +61,7 @@ pub mod status;
 pub mod verify;
 
 pub use builds::{Build, Table};
-pub use progress::{Progress, ProjectionState, RebuildProgress, RunnerStatus};
+pub use progress::{Progress, ProjectionState, RebuildProgress, RunnerStatus, WalLsn};
 pub use runtime::{
     Generation, Projection, ProjectionError, ProjectorRuntime, RebuildReport, RuntimeConfig,
 };

@@ -15,8 +15,18 @@
 //!   not running; while it leads a build that is not live yet, its
 //!   [`RebuildProgress`] too. Cluster-wide status (lag, the leader's state,
 //!   rebuilds) is [`crate::status::status`].
+//! - **WAL locations.** Beside its position, each projection keeps a short
+//!   history of `(position, WAL location)` pairs ([`Progress::record_lsn`]):
+//!   a location of the primary's write-ahead log taken *after* the commit
+//!   that brought the projection to that position was visible, so the
+//!   commit's record lies before it. A read replica that has replayed
+//!   that far ([`Progress::lsn_reaching`], compared with the replica's
+//!   `pg_last_wal_replay_lsn()`) shows the read model at least at that
+//!   position. Whoever reads replicas records them (the API's
+//!   `replicas` module, after each move of a read model it serves); the
+//!   projector runtime itself records none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,10 +142,27 @@ impl Default for RunnerStatus {
     }
 }
 
+/// A location in Postgres' write-ahead log (a `pg_lsn`, as the byte offset
+/// `lsn - '0/0'`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WalLsn(pub u64);
+
+impl std::fmt::Display for WalLsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// How many `(position, WAL location)` pairs each projection keeps: older
+/// tokens are answered with the oldest kept pair, which is later than
+/// needed and so still safe.
+pub const LSN_HISTORY: usize = 256;
+
 #[derive(Clone)]
 struct Entry {
     position: watch::Sender<Position>,
     runner: watch::Sender<RunnerStatus>,
+    lsns: Arc<Mutex<VecDeque<(Position, WalLsn)>>>,
 }
 
 /// Shared, cheap-to-clone registry of projection positions and runner states
@@ -158,6 +185,7 @@ impl Progress {
             .or_insert_with(|| Entry {
                 position: watch::channel(Position::START).0,
                 runner: watch::channel(RunnerStatus::default()).0,
+                lsns: Arc::default(),
             })
             .clone()
     }
@@ -172,6 +200,41 @@ impl Progress {
     /// Where `name` is.
     pub fn position(&self, name: &str) -> Position {
         *self.entry(name).position.borrow()
+    }
+
+    /// Follows the position of `name` (it changes after each commit).
+    pub fn subscribe(&self, name: &str) -> watch::Receiver<Position> {
+        self.entry(name).position.subscribe()
+    }
+
+    /// Records that the primary's WAL was at `lsn` once `name` had
+    /// committed everything up to `position` (taken after that commit was
+    /// visible). Pairs that do not move the position on are ignored.
+    pub fn record_lsn(&self, name: &str, position: Position, lsn: WalLsn) {
+        let entry = self.entry(name);
+        let mut lsns = entry.lsns.lock().unwrap_or_else(|p| p.into_inner());
+        if lsns.back().is_some_and(|(p, l)| *p >= position || *l > lsn) {
+            return;
+        }
+        if lsns.len() >= LSN_HISTORY {
+            lsns.pop_front();
+        }
+        lsns.push_back((position, lsn));
+    }
+
+    /// A WAL location by which every projection in `names` had committed
+    /// `token`: a replica that has replayed up to it shows them all at
+    /// `token` or later. `None` when one of them has no recorded location
+    /// at or past `token` yet.
+    pub fn lsn_reaching(&self, names: &[&str], token: Position) -> Option<WalLsn> {
+        let mut needed = WalLsn(0);
+        for name in names {
+            let entry = self.entry(name);
+            let lsns = entry.lsns.lock().unwrap_or_else(|p| p.into_inner());
+            let (_, lsn) = lsns.iter().find(|(p, _)| *p >= token)?;
+            needed = needed.max(*lsn);
+        }
+        Some(needed)
     }
 
     /// Waits until every projection in `names` has reached `token`, or
@@ -254,6 +317,39 @@ mod tests {
         assert!(waiter.await.expect("join"));
         p.advance("a", Position(3));
         assert_eq!(p.position("a"), Position(15), "positions never go back");
+    }
+
+    #[test]
+    fn the_wal_location_of_a_token_is_the_first_recorded_at_or_past_it() {
+        let p = Progress::default();
+        assert_eq!(p.lsn_reaching(&["a"], Position(1)), None);
+        p.record_lsn("a", Position(10), WalLsn(100));
+        p.record_lsn("a", Position(20), WalLsn(200));
+        // Not a move on: ignored.
+        p.record_lsn("a", Position(20), WalLsn(250));
+        p.record_lsn("b", Position(15), WalLsn(180));
+        assert_eq!(p.lsn_reaching(&["a"], Position(3)), Some(WalLsn(100)));
+        assert_eq!(p.lsn_reaching(&["a"], Position(11)), Some(WalLsn(200)));
+        assert_eq!(p.lsn_reaching(&["a"], Position(21)), None);
+        assert_eq!(
+            p.lsn_reaching(&["a", "b"], Position(12)),
+            Some(WalLsn(200)),
+            "the latest of the projections read"
+        );
+        assert_eq!(
+            p.lsn_reaching(&["a", "b"], Position(16)),
+            None,
+            "b has not recorded a location past 16"
+        );
+        for i in 0..(LSN_HISTORY as u64 + 10) {
+            p.record_lsn("c", Position(i + 1), WalLsn(i + 1));
+        }
+        assert_eq!(
+            p.lsn_reaching(&["c"], Position(1)),
+            Some(WalLsn(11)),
+            "an evicted pair is answered with a later one"
+        );
+        assert_eq!(WalLsn(0x1_0000_00AB).to_string(), "1/AB");
     }
 
     #[tokio::test]

@@ -15,7 +15,6 @@ use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
     Position, Snapshot, StoreError, StreamId,
 };
-use rand::Rng;
 use uuid::Uuid;
 
 /// Who and what caused a command: copied into every event it appends.
@@ -86,38 +85,32 @@ pub enum Idempotent<T> {
     Replayed(IdempotencyRecord),
 }
 
-/// How conflicts are retried.
+/// How conflicts are retried: the shared jittered backoff
+/// ([`marketplace_consumers::retry::Backoff`]) between attempts.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     /// Most attempts in all (the first one included).
     pub max_attempts: u32,
-    /// Backoff ceiling of the first retry; doubles each time, capped by `max_backoff`.
-    pub base_backoff: Duration,
-    /// The longest single wait.
-    pub max_backoff: Duration,
+    /// The pause before each retry: from 2 ms, doubling, up to 100 ms.
+    pub backoff: marketplace_consumers::retry::Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 8,
-            base_backoff: Duration::from_millis(2),
-            max_backoff: Duration::from_millis(100),
+            backoff: marketplace_consumers::retry::Backoff::new(
+                Duration::from_millis(2),
+                Duration::from_millis(100),
+            ),
         }
     }
 }
 
 impl RetryPolicy {
-    /// Full-jitter backoff before retry number `attempt` (1-based).
+    /// The jittered pause before retry number `attempt` (1-based).
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_backoff);
-        let micros = u64::try_from(ceiling.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        Duration::from_micros(rand::rng().random_range(0..micros))
+        self.backoff.delay(attempt)
     }
 }
 
@@ -1705,7 +1698,7 @@ mod tests {
     fn backoff_stays_within_its_ceiling() {
         let p = RetryPolicy::default();
         for attempt in 1..20 {
-            assert!(p.backoff(attempt) <= p.max_backoff);
+            assert!(p.backoff(attempt) <= p.backoff.max);
         }
     }
 }

@@ -46,6 +46,19 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
+/// Polls `check` every 25 ms until it holds, for at most 120 s (a bound on
+/// hangs, never a timing assumption); panics naming `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 /// A marketplace on given settings that stops when told to: the graceful
 /// stop a SIGTERM starts (`run_until_stopped`'s shutdown future completes).
 #[derive(Debug)]

@@ -5,10 +5,10 @@
 //! read models, the money still adds up, and the email registers again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use marketplace_api::config::EventStoreChoice;
-use marketplace_e2e::{spawn_app, Req, TestApp};
+use marketplace_e2e::{eventually, spawn_app, Req, TestApp};
 use marketplace_keys::SealingStore;
 use marketplace_store::{EventStore, StreamId};
 use serde_json::{json, Value};
@@ -63,14 +63,6 @@ async fn balance_of(pool: &sqlx::PgPool, account: uuid::Uuid) -> i64 {
     .fetch_one(pool)
     .await
     .expect("balance")
-}
-
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +144,7 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
         .expect("id")
         .parse()
         .expect("uuid");
-    wait_until("the payout", async || {
+    eventually("the payout", async || {
         balance_of(&pool, seller_id).await == 7_600
     })
     .await;
@@ -209,7 +201,7 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
     );
     let opened_review = store.read_stream(&review_stream, 0).await.expect("review");
     assert_eq!(opened_review[0].data["comment"], json!(COMMENT));
-    wait_until("the review's comment is shown", async || {
+    eventually("the review's comment is shown", async || {
         !rows_containing(&pool, COMMENT).await.is_empty()
     })
     .await;
@@ -452,7 +444,7 @@ async fn the_server_writes_signed_anchors_of_the_head_periodically() {
     app.register("anchored@example.com", &["BUYER"]).await;
     let head = u64::try_from(app.head().await).expect("head");
     let mut anchors = Vec::new();
-    wait_until("an anchor of the head", async || {
+    eventually("an anchor of the head", async || {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         anchors = marketplace_keys::anchor::parse_file(&text).expect("anchor lines");
         anchors.last().is_some_and(|a| a.position == head)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use marketplace_api::config::{PaymentProvider, PaymentsSettings, Secret};
 use marketplace_commands::payments::{BreakerConfig, RetryPolicy};
 use marketplace_consumers::retry::Backoff;
-use marketplace_e2e::{spawn_app_with, Req, TestApp};
+use marketplace_e2e::{eventually, spawn_app_with, Req, TestApp};
 use payments_simulator::Simulator;
 use serde_json::{json, Value};
 
@@ -98,19 +98,6 @@ async fn credits(app: &TestApp, account: &str) -> i64 {
     .expect("count");
     pool.close().await;
     n
-}
-
-/// Polls `check` until it holds, with a deadline.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn get_text(url: String) -> (u16, String) {

@@ -7,12 +7,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use marketplace_api::shutdown::{ShutdownSettings, WS_CLOSE_SERVICE_RESTART};
 use marketplace_api::Settings;
-use marketplace_e2e::{serve, Served, TestApp};
+use marketplace_e2e::{eventually, serve, Served, TestApp};
 use marketplace_embedded_postgres::testdb::TestDatabase;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,19 +22,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::commerce::{auth, buyer_with, lamp, place_input, seller_with_listing, PLACE};
 
 const STOCK: i64 = 100_000;
-
-/// Polls `check` every 25 ms until it holds, for at most 120 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// What the load clients saw.
 #[derive(Default)]

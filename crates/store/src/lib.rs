@@ -26,6 +26,8 @@
 //!   no snapshots (known difference: loads after a cache miss fold the
 //!   whole stream).
 //! - [`memory`]: an in-process backend for unit tests of other crates.
+//! - [`retry`]: the one jittered [`retry::Backoff`] policy (the consumer
+//!   runtime re-exports it).
 //! - `conformance` (feature `testing`): the one conformance suite every
 //!   backend must pass.
 //!
@@ -38,6 +40,7 @@ pub mod kurrentdb;
 pub mod memory;
 pub mod port;
 pub mod postgres;
+pub mod retry;
 mod subscription;
 
 #[cfg(any(test, feature = "testing"))]

@@ -146,7 +146,8 @@ pub(super) async fn append(
     let my_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let attempt = Uuid::new_v4();
     let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(5);
+    let backoff = crate::retry::Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+    let mut waits = 0u32;
     let claim_revision = loop {
         let st = state(store, &ks).await?;
         match &st.last {
@@ -179,8 +180,8 @@ pub(super) async fn append(
                         key.key
                     )));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(200));
+                waits = waits.saturating_add(1);
+                tokio::time::sleep(backoff.delay(waits)).await;
             }
             Some((_, KeyEvent::Released { .. })) | None => {
                 let claim = KeyEvent::Claimed {

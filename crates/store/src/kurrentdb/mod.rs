@@ -805,7 +805,8 @@ struct Subscribing {
 
 impl Subscribing {
     async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
-        let mut backoff = Duration::from_millis(50);
+        let backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut attempt = 0u32;
         loop {
             if self.subscription.is_none() {
                 let start = if self.last == Position::START {
@@ -824,7 +825,7 @@ impl Subscribing {
             match sub.next().await {
                 Ok(e) => {
                     self.lost_since = None;
-                    backoff = Duration::from_millis(50);
+                    attempt = 0;
                     let Some(raw) = e.event else { continue };
                     let event = self.store.decode(&raw)?;
                     // A re-subscription starts strictly after `last`; this
@@ -846,8 +847,8 @@ impl Subscribing {
                         return Err(err);
                     }
                     tracing::warn!(error = %err, after = %self.last, "KurrentDB subscription lost; re-subscribing");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(backoff.delay(attempt)).await;
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! The generic command handler.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marketplace_consumers::Envelope;
+use marketplace_consumers::{trace, Envelope};
 use marketplace_domain::Aggregate;
 
 use crate::cache::AggregateCache;
@@ -16,6 +17,7 @@ use marketplace_store::{
     Position, Snapshot, StoreError, StreamId,
 };
 use rand::Rng;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Who and what caused a command: copied into every event it appends.
@@ -34,6 +36,10 @@ pub struct CommandContext {
     /// decided, so a process manager that repeats a step after a crash is
     /// deduplicated by the store. Unset: fresh ids.
     pub event_id_seed: Option<Uuid>,
+    /// The W3C `traceparent` its events carry. The handler fills it from
+    /// the command's span when tracing is on; set by a caller, it is the
+    /// command span's parent where the caller runs outside any trace.
+    pub traceparent: Option<String>,
 }
 
 impl CommandContext {
@@ -56,6 +62,21 @@ impl CommandContext {
             actor: Some(actor.to_owned()),
             idempotency_key: None,
             event_id_seed: Some(Uuid::new_v5(&trigger.event_id, step.as_bytes())),
+            traceparent: None,
+        }
+    }
+
+    /// This context with its events' trace context taken from `span` (the
+    /// command's), if `span` is traced; borrowed when nothing changes.
+    fn traced(&self, span: &tracing::Span) -> Cow<'_, CommandContext> {
+        match trace::traceparent_of(span) {
+            Some(traceparent) if self.traceparent.as_ref() != Some(&traceparent) => {
+                Cow::Owned(CommandContext {
+                    traceparent: Some(traceparent),
+                    ..self.clone()
+                })
+            }
+            Some(_) | None => Cow::Borrowed(self),
         }
     }
 
@@ -267,6 +288,32 @@ impl<A: Aggregate> Drop for HandOver<A> {
     }
 }
 
+/// The span of one command (or one batch of commands) on `stream`: a child
+/// of the caller's span; outside any trace, of the span the context's
+/// `traceparent` names, if any.
+fn command_span(
+    name: &'static str,
+    category: &'static str,
+    stream: &StreamId,
+    ctx: Option<&CommandContext>,
+) -> tracing::Span {
+    let span = match name {
+        "command.batch" => {
+            tracing::info_span!("command.batch", aggregate = category, stream = %stream)
+        }
+        _ => tracing::info_span!(
+            "command",
+            aggregate = category,
+            stream = %stream,
+            actor = ctx.and_then(|c| c.actor.as_deref()).unwrap_or("-"),
+        ),
+    };
+    if trace::current_traceparent().is_none() {
+        trace::follow(&span, ctx.and_then(|c| c.traceparent.as_deref()));
+    }
+    span
+}
+
 /// The stream of aggregate `A` with id `id`.
 pub fn stream_of<A: Aggregate>(id: Uuid) -> StreamId {
     // Categories are compile-time constants of lowercase letters.
@@ -473,6 +520,20 @@ impl CommandHandler {
         command: &A::Command,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
+        let span = command_span("command", A::CATEGORY, &stream, Some(ctx));
+        let ctx = ctx.traced(&span);
+        self.execute_in_span::<A>(id, stream, &ctx, command)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        ctx: &CommandContext,
+        command: &A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
         if let Entry::Queued(outcome) = self.hot.enter::<A>(&stream, ctx, command) {
             return match outcome.await {
                 Ok(result) => result,
@@ -516,6 +577,23 @@ impl CommandHandler {
     /// appended as a whole, each command runs alone.
     async fn run_queued<A: Aggregate>(&self, id: Uuid, queued: Vec<Waiting<A>>) {
         let stream = stream_of::<A>(id);
+        // Decided and appended for several callers at once: linked to each
+        // caller's command span (their events carry their own contexts).
+        let span = command_span("command.batch", A::CATEGORY, &stream, None);
+        for w in queued.iter().take(trace::SPANS_PER_BATCH) {
+            trace::link(&span, w.ctx.traceparent.as_deref());
+        }
+        self.run_queued_in_span::<A>(id, stream, queued)
+            .instrument(span)
+            .await;
+    }
+
+    async fn run_queued_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        queued: Vec<Waiting<A>>,
+    ) {
         let commands: Vec<(CommandContext, A::Command)> = queued
             .iter()
             .map(|w| (w.ctx.clone(), w.command.clone()))
@@ -619,7 +697,11 @@ impl CommandHandler {
         command: &A::Command,
         key: IdempotencyKey,
     ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
-        self.run::<A>(id, ctx, command, Some(key)).await
+        let span = command_span("command", A::CATEGORY, &stream_of::<A>(id), Some(ctx));
+        let ctx = ctx.traced(&span);
+        self.run::<A>(id, &ctx, command, Some(key))
+            .instrument(span)
+            .await
     }
 
     /// The first record of `key`, if it was used.
@@ -809,6 +891,36 @@ impl CommandHandler {
         commands: &[(CommandContext, A::Command)],
     ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
+        let span = command_span("command.batch", A::CATEGORY, &stream, None);
+        // Each command's events carry its caller's trace context, or else
+        // the batch's.
+        let batch_trace = trace::traceparent_of(&span);
+        let traced: Vec<(CommandContext, A::Command)>;
+        let commands = match &batch_trace {
+            Some(traceparent) if commands.iter().any(|(c, _)| c.traceparent.is_none()) => {
+                traced = commands
+                    .iter()
+                    .map(|(c, command)| {
+                        let mut c = c.clone();
+                        c.traceparent.get_or_insert_with(|| traceparent.clone());
+                        (c, command.clone())
+                    })
+                    .collect();
+                &traced[..]
+            }
+            Some(_) | None => commands,
+        };
+        self.execute_many_in_span::<A>(id, stream, commands)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_many_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        commands: &[(CommandContext, A::Command)],
+    ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         for attempt in 1..=self.retry.max_attempts {
             let (mut loaded, mut verified) = self.for_decision::<A>(id, &stream, attempt).await?;
             let (base, state, revision, outcomes, new_events) = loop {
@@ -971,6 +1083,20 @@ impl CommandHandler {
         events: Vec<NewEvent>,
         key: Option<&IdempotencyKey>,
     ) -> Result<marketplace_store::AppendOutcome, StoreError> {
+        let span = tracing::info_span!("append", stream = %stream, events = events.len());
+        self.append_in_span(category, stream, expected, events, key)
+            .instrument(span)
+            .await
+    }
+
+    async fn append_in_span(
+        &self,
+        category: &'static str,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<marketplace_store::AppendOutcome, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1010,6 +1136,7 @@ fn to_new_event<E: marketplace_domain::EventSet>(
             causation_id: ctx.causation_id,
             actor: ctx.actor.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
+            traceparent: ctx.traceparent.clone(),
             ..EventMetadata::default()
         },
     })

@@ -23,6 +23,7 @@ use marketplace_store::Position;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::graphql::admission::Caller;
@@ -205,19 +206,68 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
 }
 
 /// The span of one request: method, path (never the query string, which
-/// may carry a GET query's variables) and request id.
+/// may carry a GET query's variables) and request id. A W3C `traceparent`
+/// (and `tracestate`) header makes it a child of the caller's span.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     let id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        otel.name = format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %id,
-    )
+    );
+    if let Some(parent) = remote_parent(&HeaderCarrier(request.headers())) {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The caller's trace context from a W3C `traceparent` (and `tracestate`)
+/// in `carrier`, if it names a valid one.
+fn remote_parent(
+    carrier: &dyn opentelemetry::propagation::Extractor,
+) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Request headers as a propagator reads them.
+struct HeaderCarrier<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// `ConnectionInit`'s payload as a propagator reads it (its string
+/// entries, e.g. `{"traceparent": "00-…"}`).
+struct PayloadCarrier<'a>(&'a serde_json::Value);
+
+impl opentelemetry::propagation::Extractor for PayloadCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
 }
 
 fn error_response(e: ApiError, media: Media) -> Response {
@@ -427,7 +477,19 @@ async fn execute(
         }
         consistency = Some(token);
     }
-    let mut response = http.schema.execute(request.data(viewer).data(caller)).await;
+    let operation = tracing::info_span!(
+        "graphql",
+        otel.name = format!(
+            "graphql {}",
+            request.operation_name.as_deref().unwrap_or("(anonymous)")
+        ),
+        operation = request.operation_name.as_deref().unwrap_or(""),
+    );
+    let mut response = http
+        .schema
+        .execute(request.data(viewer).data(caller))
+        .instrument(operation)
+        .await;
     ApiError::code_request_errors(&mut response);
     if let Some(token) = consistency {
         response.extensions.insert(
@@ -638,9 +700,15 @@ async fn graphql_ws(http: Http, client_ip: Option<IpAddr>, request: Request) -> 
         }
     };
     let schema = http.schema.clone();
+    // A child of the upgrade request's span (which a `traceparent` header
+    // made a child of the caller's).
+    let connection = tracing::info_span!("graphql.ws", otel.name = "graphql websocket");
     upgrade
         .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer, client_ip))
+        .on_upgrade(move |socket| {
+            serve_ws(socket, http, schema, viewer, client_ip, connection.clone())
+                .instrument(connection)
+        })
         .into_response()
 }
 
@@ -653,6 +721,7 @@ async fn serve_ws(
     schema: MarketplaceSchema,
     header_viewer: Viewer,
     client_ip: Option<IpAddr>,
+    connection: tracing::Span,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
@@ -678,7 +747,24 @@ async fn serve_ws(
             client: client_of(&viewer, client_ip),
             prepaid: 0,
         };
+        // A `traceparent` in the payload (browsers cannot set headers on
+        // the upgrade) makes the connection's subscriptions continue that
+        // trace.
+        let trace = match remote_parent(&PayloadCarrier(&payload)) {
+            Some(parent) => {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let span = tracing::info_span!(
+                    parent: None,
+                    "graphql.ws.init",
+                    otel.name = "graphql websocket init"
+                );
+                let _ = span.set_parent(parent);
+                span
+            }
+            None => connection,
+        };
         let mut data = async_graphql::Data::default();
+        data.insert(crate::graphql::ConnectionTrace(trace));
         data.insert(viewer);
         data.insert(caller);
         data.insert(crate::graphql::SubscriptionBudget::default());

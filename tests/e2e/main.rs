@@ -17,3 +17,4 @@ mod ops;
 mod payments;
 mod rebuild;
 mod subscriptions;
+mod tracing;

@@ -477,13 +477,11 @@ async fn execute(
         }
         consistency = Some(token);
     }
+    let label = operation_label(&mut request);
     let operation = tracing::info_span!(
         "graphql",
-        otel.name = format!(
-            "graphql {}",
-            request.operation_name.as_deref().unwrap_or("(anonymous)")
-        ),
-        operation = request.operation_name.as_deref().unwrap_or(""),
+        otel.name = format!("graphql {label}"),
+        operation = %label,
     );
     let mut response = http
         .schema
@@ -502,6 +500,28 @@ async fn execute(
         );
     }
     graphql_response(response, media)
+}
+
+/// What a request's span calls its operation: the operation's name (the
+/// one asked for, or the document's only one), else its type.
+fn operation_label(request: &mut async_graphql::Request) -> String {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    if let Some(name) = &request.operation_name {
+        return name.clone();
+    }
+    let kind = |ty: OperationType| match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    match request.parsed_query().map(|doc| &doc.operations) {
+        Ok(DocumentOperations::Single(op)) => kind(op.node.ty).to_owned(),
+        Ok(DocumentOperations::Multiple(ops)) if ops.len() == 1 => ops
+            .keys()
+            .next()
+            .map_or_else(|| "operation".to_owned(), ToString::to_string),
+        Ok(DocumentOperations::Multiple(_)) | Err(_) => "operation".to_owned(),
+    }
 }
 
 /// The read models did not reach a consistency token within the bounded

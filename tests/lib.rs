@@ -39,10 +39,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// Installs the process's telemetry (once): logs if `TEST_LOG` is set, and
-/// spans exported to [`otlp::collector`] every 100 ms (or on [`flush_traces`]).
+/// spans exported to [`otlp::collector`] every 100 ms (or on
+/// [`flush_traces`]). Only the traces a test starts (with a sampled
+/// `traceparent`) are recorded: the other tests' requests cost next to
+/// nothing.
 pub fn init_telemetry() {
     let tracing = marketplace_api::telemetry::TracingSettings {
         export_delay: std::time::Duration::from_millis(100),
+        new_traces: false,
         ..marketplace_api::telemetry::TracingSettings::otlp(otlp::collector().endpoint.clone())
     };
     marketplace_api::telemetry::init_for_tests_with(&tracing);

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -53,6 +55,11 @@ pub struct TracingSettings {
     /// How long finished spans wait to be exported together
     /// (`OTEL_BSP_SCHEDULE_DELAY`, in milliseconds; 5 s by default).
     pub export_delay: Duration,
+    /// Whether work that arrives outside any trace starts a recorded one
+    /// (sampled as `OTEL_TRACES_SAMPLER` says, all by default). `false`:
+    /// only callers' sampled traces are recorded and continued (what the
+    /// tests use, so that only the traces they start are exported).
+    pub new_traces: bool,
 }
 
 impl Default for TracingSettings {
@@ -61,6 +68,7 @@ impl Default for TracingSettings {
             otlp_endpoint: None,
             service_name: DEFAULT_SERVICE_NAME.to_owned(),
             export_delay: Duration::from_secs(5),
+            new_traces: true,
         }
     }
 }
@@ -81,6 +89,7 @@ impl TracingSettings {
             export_delay: var("OTEL_BSP_SCHEDULE_DELAY")
                 .and_then(|ms| ms.parse().ok())
                 .map_or(defaults.export_delay, Duration::from_millis),
+            new_traces: defaults.new_traces,
         }
     }
 
@@ -214,10 +223,15 @@ fn exporter(
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(tracing.service_name.clone())
         .build();
-    Ok(SdkTracerProvider::builder()
+    let provider = SdkTracerProvider::builder()
         .with_span_processor(batches)
-        .with_resource(resource)
-        .build())
+        .with_resource(resource);
+    let provider = if tracing.new_traces {
+        provider
+    } else {
+        provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+    };
+    Ok(provider.build())
 }
 
 #[cfg(test)]

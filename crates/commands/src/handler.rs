@@ -288,30 +288,27 @@ impl<A: Aggregate> Drop for HandOver<A> {
     }
 }
 
-/// The span of one command (or one batch of commands) on `stream`: a child
-/// of the caller's span; outside any trace, of the span the context's
-/// `traceparent` names, if any.
-fn command_span(
-    name: &'static str,
-    category: &'static str,
-    stream: &StreamId,
-    ctx: Option<&CommandContext>,
-) -> tracing::Span {
-    let span = match name {
-        "command.batch" => {
-            tracing::info_span!("command.batch", aggregate = category, stream = %stream)
-        }
-        _ => tracing::info_span!(
-            "command",
-            aggregate = category,
-            stream = %stream,
-            actor = ctx.and_then(|c| c.actor.as_deref()).unwrap_or("-"),
-        ),
-    };
+/// The span of one command on `stream`: a child of the caller's span;
+/// outside any trace, of the span the context's `traceparent` names, if
+/// any.
+fn command_span(category: &'static str, stream: &StreamId, ctx: &CommandContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        "command",
+        aggregate = category,
+        stream = %stream,
+        actor = ctx.actor.as_deref().unwrap_or("-"),
+    );
     if trace::current_traceparent().is_none() {
-        trace::follow(&span, ctx.and_then(|c| c.traceparent.as_deref()));
+        trace::follow(&span, ctx.traceparent.as_deref());
     }
     span
+}
+
+/// The span of several commands on `stream` decided together: a child of
+/// the caller's span (their own contexts are linked, or carried by their
+/// events).
+fn batch_span(category: &'static str, stream: &StreamId) -> tracing::Span {
+    tracing::info_span!("command.batch", aggregate = category, stream = %stream)
 }
 
 /// The stream of aggregate `A` with id `id`.
@@ -520,7 +517,7 @@ impl CommandHandler {
         command: &A::Command,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
-        let span = command_span("command", A::CATEGORY, &stream, Some(ctx));
+        let span = command_span(A::CATEGORY, &stream, ctx);
         let ctx = ctx.traced(&span);
         self.execute_in_span::<A>(id, stream, &ctx, command)
             .instrument(span)
@@ -579,7 +576,7 @@ impl CommandHandler {
         let stream = stream_of::<A>(id);
         // Decided and appended for several callers at once: linked to each
         // caller's command span (their events carry their own contexts).
-        let span = command_span("command.batch", A::CATEGORY, &stream, None);
+        let span = batch_span(A::CATEGORY, &stream);
         for w in queued.iter().take(trace::SPANS_PER_BATCH) {
             trace::link(&span, w.ctx.traceparent.as_deref());
         }
@@ -697,7 +694,7 @@ impl CommandHandler {
         command: &A::Command,
         key: IdempotencyKey,
     ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
-        let span = command_span("command", A::CATEGORY, &stream_of::<A>(id), Some(ctx));
+        let span = command_span(A::CATEGORY, &stream_of::<A>(id), ctx);
         let ctx = ctx.traced(&span);
         self.run::<A>(id, &ctx, command, Some(key))
             .instrument(span)
@@ -891,7 +888,7 @@ impl CommandHandler {
         commands: &[(CommandContext, A::Command)],
     ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
-        let span = command_span("command.batch", A::CATEGORY, &stream, None);
+        let span = batch_span(A::CATEGORY, &stream);
         // Each command's events carry its caller's trace context, or else
         // the batch's.
         let batch_trace = trace::traceparent_of(&span);

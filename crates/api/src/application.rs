@@ -146,7 +146,8 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops the projectors.
+    /// Serves until `shutdown` completes, then stops the projectors and
+    /// flushes the trace exporter.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -172,6 +173,9 @@ impl Application {
         }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // What the last requests and steps traced goes out now (the
+        // exporter blocks: off the runtime's threads).
+        let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
         Ok(())
     }
 }

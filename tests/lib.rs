@@ -38,7 +38,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(TestDatabase::create().await, tweak).await
 }
 
-/// Installs the process's telemetry (once): logs if `TEST_LOG` is set, and
+/// Installs the process's telemetry (once; every test of this binary must
+/// go through here, never `telemetry::init_for_tests`, since the first
+/// install decides for the process): logs if `TEST_LOG` is set, and
 /// spans exported to [`otlp::collector`] every 100 ms (or on
 /// [`flush_traces`]). Only the traces a test starts (with a sampled
 /// `traceparent`) are recorded: the other tests' requests cost next to

@@ -190,10 +190,14 @@ fn install(logs: Option<EnvFilter>, tracing: &TracingSettings) -> &'static Telem
                 .with_writer(std::io::stderr)
                 .with_filter(filter)
         });
-        let _ = tracing_subscriber::registry()
-            .with(spans)
-            .with(log)
-            .try_init();
+        // Nothing to log or export: no subscriber at all, so spans cost
+        // nothing (a bare registry would still record every one).
+        if spans.is_some() || log.is_some() {
+            let _ = tracing_subscriber::registry()
+                .with(spans)
+                .with(log)
+                .try_init();
+        }
         Telemetry { provider }
     })
 }

@@ -82,7 +82,8 @@ enum Push {
 }
 
 /// The span of one push: a child of the span that wrote the event behind
-/// `change` (else of the subscription's), linked to the subscription.
+/// `change` (else of the subscription's), linked to the subscription; its
+/// `sent` says whether the change was news to the client.
 fn push_span(
     subscription: &'static str,
     id: uuid::Uuid,
@@ -96,6 +97,7 @@ fn push_span(
         subscription,
         id = %id,
         position = change.position.0,
+        sent = tracing::field::Empty,
     );
     if trace::follow(&span, change.traceparent.as_deref()) {
         if let Some(cx) = trace::traceparent_of(parent) {
@@ -134,9 +136,11 @@ async fn push_order_change(
         }
     };
     if same_state(&row, last) {
+        tracing::Span::current().record("sent", false);
         return Push::Unchanged;
     }
     *last = row;
+    tracing::Span::current().record("sent", true);
     tracing::info!(status = %last.status, "pushing the order");
     if tx.send(Ok(Order::from(last.clone()))).await.is_err() || is_final(last) {
         return Push::Done;

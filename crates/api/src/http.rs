@@ -2,6 +2,12 @@
 //! `/metrics`, the payment provider's `POST /payments/callback`, and the
 //! digital assets' `PUT /assets` and `GET /assets/{hash}` (see
 //! [`crate::assets`]).
+//!
+//! Each request has a span (a child of the caller's when it sends a W3C
+//! `traceparent`), each GraphQL operation one under it, and each WebSocket
+//! connection one under its upgrade request's (or, with a `traceparent` in
+//! `ConnectionInit`'s payload, one continuing that trace), which its
+//! subscriptions' spans are under.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

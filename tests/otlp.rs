@@ -30,6 +30,8 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Its parent's id (empty for a root).
     pub parent_span_id: String,
+    /// Its W3C `tracestate`.
+    pub trace_state: String,
     /// Its name.
     pub name: String,
     /// Its attributes, as text.
@@ -154,6 +156,7 @@ async fn export(State(received): State<Arc<Mutex<Received>>>, body: Bytes) -> im
                 trace_id,
                 span_id: hex::encode(&span.span_id),
                 parent_span_id: hex::encode(&span.parent_span_id),
+                trace_state: span.trace_state.clone(),
                 name: span.name,
                 attributes: span
                     .attributes

@@ -258,6 +258,10 @@ async fn one_trace_follows_an_order_from_its_request_through_the_saga_to_the_sub
         http.parent_span_id, caller,
         "the caller's span is the request's parent"
     );
+    assert_eq!(
+        http.trace_state, "shop=e2e",
+        "the caller's tracestate goes on"
+    );
     let graphql = one(&spans, "GraphQL", |s| s.name == "graphql PlaceTraced");
     assert_eq!(graphql.parent_span_id, http.span_id);
     let place = one(&spans, "placing command", |s| {

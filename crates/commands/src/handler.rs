@@ -1216,9 +1216,75 @@ mod tests {
         assert_eq!(stored[1].event_type, "listing.published");
         assert_eq!(stored[1].metadata.correlation_id, Some(ctx.correlation_id));
         assert_eq!(stored[1].metadata.actor, ctx.actor);
+        assert_eq!(
+            stored[1].metadata.traceparent, None,
+            "untraced: no trace context"
+        );
         let loaded = handler.load::<Listing>(id).await.expect("load");
         assert_eq!(loaded.revision, Some(1));
         assert_eq!(loaded.state, published.state);
+    }
+
+    #[tokio::test]
+    async fn events_carry_the_trace_context_of_the_command_that_appended_them() {
+        use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use tracing::Instrument;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _traced = tracing::subscriber::set_default(subscriber);
+        let ids = |traceparent: &str| {
+            let cx = trace::context_of(traceparent).expect("a valid traceparent");
+            let span = cx.span().span_context().clone();
+            (span.trace_id().to_string(), span.span_id().to_string())
+        };
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone()));
+        let (id, actor) = (Uuid::now_v7(), seller());
+
+        // Outside any span, the context's traceparent is the command's parent.
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ctx = CommandContext {
+            traceparent: Some(caller.into()),
+            ..CommandContext::new(actor.account_id.to_string())
+        };
+        handler
+            .execute::<Listing>(id, &ctx, &create(id, actor.clone()))
+            .await
+            .expect("create");
+        // Inside a span (a request's), that span is.
+        let request = tracing::info_span!("request");
+        let (request_trace, request_span) =
+            ids(&trace::traceparent_of(&request).expect("the request is traced"));
+        handler
+            .execute::<Listing>(
+                id,
+                &CommandContext::new(actor.account_id.to_string()),
+                &ListingCommand::Publish(PublishListing {
+                    actor,
+                    at: Utc::now(),
+                }),
+            )
+            .instrument(request)
+            .await
+            .expect("publish");
+
+        let stored = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
+        let (first_trace, first_span) =
+            ids(stored[0].metadata.traceparent.as_deref().expect("traced"));
+        assert_eq!(first_trace, "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(
+            first_span, "b7ad6b7169203331",
+            "the event names the command's span, not its caller's"
+        );
+        let (second_trace, second_span) =
+            ids(stored[1].metadata.traceparent.as_deref().expect("traced"));
+        assert_eq!(second_trace, request_trace);
+        assert_ne!(second_span, request_span);
     }
 
     #[tokio::test]

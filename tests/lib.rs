@@ -1,6 +1,13 @@
 //! Test support for the black-box end-to-end tests: [`spawn_app`] starts the
 //! whole marketplace (event store, projectors, API) on a fresh database and a
 //! random port, and [`TestApp`] talks GraphQL to it over real HTTP.
+//!
+//! Every app of a test process exports its spans to the process's
+//! in-process OTLP collector ([`otlp::collector`]): the tracing subscriber
+//! is process-wide, so it is installed once, pointed there, whichever test
+//! comes first. The collector keeps only the traces a test watches.
+
+pub mod otlp;
 
 use std::future::IntoFuture;
 
@@ -28,8 +35,35 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] with settings adjusted by `tweak` (limits, say).
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    marketplace_api::telemetry::init_for_tests();
-    let db = TestDatabase::create().await;
+    spawn_app_on(TestDatabase::create().await, tweak).await
+}
+
+/// Installs the process's telemetry (once; every test of this binary must
+/// go through here, never `telemetry::init_for_tests`, since the first
+/// install decides for the process): logs if `TEST_LOG` is set, and
+/// spans exported to [`otlp::collector`] every 100 ms (or on
+/// [`flush_traces`]). Only the traces a test starts (with a sampled
+/// `traceparent`) are recorded: the other tests' requests cost next to
+/// nothing.
+pub fn init_telemetry() {
+    let tracing = marketplace_api::telemetry::TracingSettings {
+        export_delay: std::time::Duration::from_millis(100),
+        new_traces: false,
+        ..marketplace_api::telemetry::TracingSettings::otlp(otlp::collector().endpoint.clone())
+    };
+    marketplace_api::telemetry::init_for_tests_with(&tracing);
+}
+
+/// Sends every finished span to the collector now.
+pub async fn flush_traces() {
+    tokio::task::spawn_blocking(marketplace_api::telemetry::flush)
+        .await
+        .expect("flush the trace exporter");
+}
+
+/// [`spawn_app_with`] on a database the test made (and perhaps prepared).
+pub async fn spawn_app_on(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_telemetry();
     let mut settings = Settings::for_database(db.url.clone());
     tweak(&mut settings);
     let master_key = settings.master_key.clone();

@@ -143,7 +143,7 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_tokens_and_checkpoints_survive_a_restart_on_kurrentdb() {
-    marketplace_api::telemetry::init_for_tests();
+    marketplace_e2e::init_telemetry();
     let server = kurrentdb_testserver::spawn().await.expect("test server");
     let db = marketplace_embedded_postgres::testdb::TestDatabase::create().await;
     let mut settings = marketplace_api::Settings::for_database(db.url.clone());

@@ -19,3 +19,4 @@ mod rebuild;
 mod replicas;
 mod shutdown;
 mod subscriptions;
+mod tracing;

@@ -172,7 +172,7 @@ impl Application {
     /// configured drain, stops accepting, lets requests in flight finish
     /// within the grace period, and stops the projectors and process
     /// managers, whose leaders release their locks (see
-    /// [`crate::shutdown`]).
+    /// [`crate::shutdown`]); last it flushes the trace exporter.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -249,6 +249,9 @@ impl Application {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
+        // What the last requests and steps traced goes out now (the
+        // exporter blocks: off the runtime's threads).
+        let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
     }
 }
 

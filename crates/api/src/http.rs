@@ -2,6 +2,12 @@
 //! `/metrics`, the payment provider's `POST /payments/callback`, and the
 //! digital assets' `PUT /assets` and `GET /assets/{hash}` (see
 //! [`crate::assets`]).
+//!
+//! Each request has a span (a child of the caller's when it sends a W3C
+//! `traceparent`), each GraphQL operation one under it, and each WebSocket
+//! connection one under its upgrade request's (or, with a `traceparent` in
+//! `ConnectionInit`'s payload, one continuing that trace), which its
+//! subscriptions' spans are under.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use marketplace_store::Position;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::graphql::admission::Caller;
@@ -260,19 +267,68 @@ fn graphql_response(response: async_graphql::Response, media: Media) -> Response
 }
 
 /// The span of one request: method, path (never the query string, which
-/// may carry a GET query's variables) and request id.
+/// may carry a GET query's variables) and request id. A W3C `traceparent`
+/// (and `tracestate`) header makes it a child of the caller's span.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     let id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        otel.name = format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %id,
-    )
+    );
+    if let Some(parent) = remote_parent(&HeaderCarrier(request.headers())) {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The caller's trace context from a W3C `traceparent` (and `tracestate`)
+/// in `carrier`, if it names a valid one.
+fn remote_parent(
+    carrier: &dyn opentelemetry::propagation::Extractor,
+) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Request headers as a propagator reads them.
+struct HeaderCarrier<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// `ConnectionInit`'s payload as a propagator reads it (its string
+/// entries, e.g. `{"traceparent": "00-…"}`).
+struct PayloadCarrier<'a>(&'a serde_json::Value);
+
+impl opentelemetry::propagation::Extractor for PayloadCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
 }
 
 fn error_response(e: ApiError, media: Media) -> Response {
@@ -482,11 +538,24 @@ async fn execute(
         }
         consistency = Some(token);
     }
+    let label = operation_label(&mut request);
+    let operation = tracing::info_span!(
+        "graphql",
+        otel.name = format!("graphql {label}"),
+        operation = %label,
+    );
     let mut response = match replica_for(http, &mut request, consistency).await {
         Some((replica, route)) => {
-            execute_on_replica(http, replica, route, request, viewer, caller).await
+            execute_on_replica(http, replica, route, request, viewer, caller)
+                .instrument(operation)
+                .await
         }
-        None => http.schema.execute(request.data(viewer).data(caller)).await,
+        None => {
+            http.schema
+                .execute(request.data(viewer).data(caller))
+                .instrument(operation)
+                .await
+        }
     };
     ApiError::code_request_errors(&mut response);
     if let Some(token) = consistency {
@@ -583,6 +652,28 @@ async fn execute_on_replica(
     replicas.mark_down(replica);
     replicas.count(crate::replicas::ReadRoute::Failed);
     http.schema.execute(again.data(viewer).data(caller)).await
+}
+
+/// What a request's span calls its operation: the operation's name (the
+/// one asked for, or the document's only one), else its type.
+fn operation_label(request: &mut async_graphql::Request) -> String {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    if let Some(name) = &request.operation_name {
+        return name.clone();
+    }
+    let kind = |ty: OperationType| match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    match request.parsed_query().map(|doc| &doc.operations) {
+        Ok(DocumentOperations::Single(op)) => kind(op.node.ty).to_owned(),
+        Ok(DocumentOperations::Multiple(ops)) if ops.len() == 1 => ops
+            .keys()
+            .next()
+            .map_or_else(|| "operation".to_owned(), ToString::to_string),
+        Ok(DocumentOperations::Multiple(_)) | Err(_) => "operation".to_owned(),
+    }
 }
 
 /// The read models did not reach a consistency token within the bounded
@@ -790,9 +881,15 @@ async fn graphql_ws(http: Http, client_ip: Option<IpAddr>, request: Request) -> 
         }
     };
     let schema = http.schema.clone();
+    // A child of the upgrade request's span (which a `traceparent` header
+    // made a child of the caller's).
+    let connection = tracing::info_span!("graphql.ws", otel.name = "graphql websocket");
     upgrade
         .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| serve_ws(socket, http, schema, viewer, client_ip))
+        .on_upgrade(move |socket| {
+            serve_ws(socket, http, schema, viewer, client_ip, connection.clone())
+                .instrument(connection)
+        })
         .into_response()
 }
 
@@ -805,6 +902,7 @@ async fn serve_ws(
     schema: MarketplaceSchema,
     header_viewer: Viewer,
     client_ip: Option<IpAddr>,
+    connection: tracing::Span,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
@@ -831,7 +929,24 @@ async fn serve_ws(
             client: client_of(&viewer, client_ip),
             prepaid: 0,
         };
+        // A `traceparent` in the payload (browsers cannot set headers on
+        // the upgrade) makes the connection's subscriptions continue that
+        // trace.
+        let trace = match remote_parent(&PayloadCarrier(&payload)) {
+            Some(parent) => {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let span = tracing::info_span!(
+                    parent: None,
+                    "graphql.ws.init",
+                    otel.name = "graphql websocket init"
+                );
+                let _ = span.set_parent(parent);
+                span
+            }
+            None => connection,
+        };
         let mut data = async_graphql::Data::default();
+        data.insert(crate::graphql::ConnectionTrace(trace));
         data.insert(viewer);
         data.insert(caller);
         data.insert(crate::graphql::SubscriptionBudget::default());

@@ -57,7 +57,10 @@
 //! - [`config`] (the master key: `MARKETPLACE_MASTER_KEY`, or a development
 //!   key generated under the data directory), [`database`] (`DATABASE_URL`
 //!   or the embedded cluster, migrations, the event store behind the
-//!   sealing store of `marketplace-keys`), [`state`], [`telemetry`].
+//!   sealing store of `marketplace-keys`), [`state`].
+//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP/HTTP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the process-wide subscriber, its
+//!   flush on shutdown).
 //! - `graphql::erasure`: `eraseAccount`, crypto-shredding for the owner or
 //!   an ADMIN.
 

@@ -4,7 +4,8 @@
 //! (whatever the number of WebSocket clients):
 //!
 //! - **Orders** (and payment intents, the same way). Every committed event of an `order-…` stream that someone
-//!   watches bumps that order's [`watch`] channel with the event's position.
+//!   watches bumps that order's [`watch`] channel with the event's position
+//!   and trace context (an [`OrderChange`]).
 //!   A subscriber waits until the orders read model has passed it, reads the
 //!   order, and sends it if it changed. Watch channels coalesce: a burst of
 //!   changes is seen as its latest state, never out of order.
@@ -46,10 +47,29 @@ const BATCH: usize = 512;
 /// Notifications buffered per account before a slow client misses some.
 const PER_ACCOUNT_BUFFER: usize = 256;
 
+/// The latest committed event of a watched order (or payment intent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderChange {
+    /// Its position in the log.
+    pub position: Position,
+    /// The `traceparent` it was written with: what is sent because of it
+    /// continues that trace.
+    pub traceparent: Option<String>,
+}
+
+impl Default for OrderChange {
+    fn default() -> Self {
+        Self {
+            position: Position::START,
+            traceparent: None,
+        }
+    }
+}
+
 /// Handles to the live feeds. Cheap to clone.
 #[derive(Clone)]
 pub struct Live {
-    orders: Arc<Mutex<HashMap<Uuid, watch::Sender<Position>>>>,
+    orders: Arc<Mutex<HashMap<Uuid, watch::Sender<OrderChange>>>>,
     /// Where the orders feed started following the log, once it has.
     orders_from: Arc<watch::Sender<Option<Position>>>,
     accounts: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Arc<notifications::NotificationRow>>>>>,
@@ -104,12 +124,13 @@ impl Live {
     }
 
     /// Watches one order (or payment intent): the receiver sees the
-    /// position of each committed event of its stream from now on.
-    pub fn watch_order(&self, id: Uuid) -> watch::Receiver<Position> {
+    /// position (and trace context) of each committed event of its stream
+    /// from now on.
+    pub fn watch_order(&self, id: Uuid) -> watch::Receiver<OrderChange> {
         let mut map = lock(&self.orders);
         map.retain(|_, tx| tx.receiver_count() > 0);
         map.entry(id)
-            .or_insert_with(|| watch::channel(Position::START).0)
+            .or_insert_with(|| watch::channel(OrderChange::default()).0)
             .subscribe()
     }
 
@@ -228,7 +249,10 @@ impl Sink for OrdersFeed {
                 // collide: both are UUIDs).
                 Event::Order(_) | Event::Payment(_) => {
                     if let Some(tx) = map.get(&event.entity_id()) {
-                        tx.send_replace(event.position);
+                        tx.send_replace(OrderChange {
+                            position: event.position,
+                            traceparent: event.metadata.traceparent.clone(),
+                        });
                     }
                 }
                 Event::Account(_) | Event::EmailClaim(_) => {}

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use marketplace_commands::audit::{history, state_as_of, trace, verify_chains, AsOf};
+use marketplace_commands::audit::{history, state_as_of, trace, trace_line, verify_chains, AsOf};
 use marketplace_keys::anchor::{anchor_head, check as check_anchors};
 use marketplace_store::{EventStore, StreamId};
 
@@ -62,7 +62,9 @@ pub enum AuditCommand {
         position: Option<u64>,
     },
     /// Every event one request caused, across streams, in log order (the
-    /// checkout saga's steps included), as JSON lines.
+    /// checkout saga's steps included), as JSON lines; each names its
+    /// correlation id and, if it was written while tracing was on, its
+    /// OpenTelemetry trace id (`traceId`).
     Trace {
         /// The correlation id (from any event's metadata).
         correlation_id: uuid::Uuid,
@@ -252,19 +254,7 @@ pub async fn run(
             };
             pb.finish_and_clear();
             for e in &events {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "position": e.position.0,
-                        "stream": e.stream_id.as_str(),
-                        "revision": e.revision,
-                        "eventType": e.event_type,
-                        "actor": e.metadata.actor,
-                        "causationId": e.metadata.causation_id,
-                        "recordedAt": e.recorded_at(),
-                        "data": e.data,
-                    })
-                );
+                println!("{}", trace_line(e));
             }
             if events.is_empty() {
                 anyhow::bail!("no event carries correlation id {correlation_id}");

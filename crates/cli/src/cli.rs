@@ -22,6 +22,11 @@ use marketplace_keys::{AnchorKey, MasterKey};
 /// DATABASE_URL is unset it starts (or reuses) a private PostgreSQL cluster
 /// under --data-dir from the system's PostgreSQL binaries, and stops it on
 /// exit.
+///
+/// Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (an OTLP/HTTP collector's
+/// base URL), spans are exported to `<endpoint>/v1/traces` under
+/// OTEL_SERVICE_NAME (default `marketplace`); a W3C `traceparent` on a
+/// request continues the caller's trace, and events carry it on.
 #[derive(Debug, Parser)]
 #[command(name = "marketplace", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {

@@ -4,9 +4,17 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    marketplace_api::telemetry::init("info,sqlx=warn,tower_http=warn");
+    use marketplace_api::telemetry::{self, TracingSettings};
+    let telemetry = telemetry::init(
+        "info,sqlx=warn,tower_http=warn",
+        &TracingSettings::from_env(),
+    );
     let cli = marketplace_cli::Cli::parse();
-    match marketplace_cli::run(cli).await {
+    let result = marketplace_cli::run(cli).await;
+    // The last spans are sent before the process exits (it blocks: off
+    // the runtime's threads).
+    let _ = tokio::task::spawn_blocking(|| telemetry.shutdown()).await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -143,3 +143,61 @@ async fn replay_check_passes_on_a_served_database_and_names_a_tampered_table() {
     served.await.expect("join").expect("served");
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trace_prints_each_events_trace_id_beside_its_correlation_id() {
+    use marketplace_store::{EventMetadata, ExpectedRevision, NewEvent, StreamId};
+    marketplace_api::telemetry::init_for_tests();
+    let db = TestDatabase::create().await;
+    let master = MasterKey::generate();
+    let pool = db.pool().await;
+    marketplace_api::database::migrate(&pool)
+        .await
+        .expect("migrate");
+    let store = PostgresEventStore::new(pool.clone()).await.expect("store");
+    let correlation = uuid::Uuid::now_v7();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let event = |traceparent: Option<&str>| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "test.happened".into(),
+        schema_version: 1,
+        data: serde_json::json!({}),
+        metadata: EventMetadata {
+            correlation_id: Some(correlation),
+            traceparent: traceparent.map(str::to_owned),
+            ..EventMetadata::default()
+        },
+    };
+    let stream = StreamId::new("test", uuid::Uuid::now_v7()).expect("stream");
+    store
+        .append(
+            &stream,
+            ExpectedRevision::NoStream,
+            // One written before traces existed, one inside a trace.
+            vec![event(None), event(Some(traceparent))],
+        )
+        .await
+        .expect("append");
+    pool.close().await;
+
+    let out = marketplace(
+        &["audit", "trace", &correlation.to_string()],
+        &db.url,
+        &master,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    for line in &lines {
+        assert_eq!(line["correlationId"], correlation.to_string(), "{line}");
+    }
+    assert_eq!(lines[0]["traceId"], serde_json::Value::Null, "{}", lines[0]);
+    assert_eq!(
+        lines[1]["traceId"], "0af7651916cd43dd8448eb211c80319c",
+        "{}",
+        lines[1]
+    );
+}

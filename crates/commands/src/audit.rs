@@ -313,6 +313,29 @@ pub async fn state_as_of(
     Ok(revision.zip(states.into_iter().last()))
 }
 
+/// One line of `marketplace audit trace`, as JSON: where the event is in
+/// the log, what it is, who caused it, its correlation id and, when it was
+/// written inside a trace, its trace id (from its `traceparent`), then its
+/// (redacted, as [`trace`] returns it) data.
+pub fn trace_line(e: &RecordedEvent) -> serde_json::Value {
+    serde_json::json!({
+        "position": e.position.0,
+        "stream": e.stream_id.as_str(),
+        "revision": e.revision,
+        "eventType": e.event_type,
+        "actor": e.metadata.actor,
+        "correlationId": e.metadata.correlation_id,
+        "traceId": e
+            .metadata
+            .traceparent
+            .as_deref()
+            .and_then(marketplace_consumers::trace::trace_id),
+        "causationId": e.metadata.causation_id,
+        "recordedAt": e.recorded_at(),
+        "data": e.data,
+    })
+}
+
 /// Every event that one request caused, across streams, in log order: the
 /// events whose metadata carries `correlation_id` (process managers keep
 /// the correlation of the event they react to). Scans the log;

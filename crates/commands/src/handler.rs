@@ -1,9 +1,10 @@
 //! The generic command handler.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marketplace_consumers::Envelope;
+use marketplace_consumers::{trace, Envelope};
 use marketplace_domain::Aggregate;
 
 use crate::cache::AggregateCache;
@@ -15,6 +16,7 @@ use marketplace_store::{
     EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
     Position, Snapshot, StoreError, StreamId,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Who and what caused a command: copied into every event it appends.
@@ -33,6 +35,10 @@ pub struct CommandContext {
     /// decided, so a process manager that repeats a step after a crash is
     /// deduplicated by the store. Unset: fresh ids.
     pub event_id_seed: Option<Uuid>,
+    /// The W3C `traceparent` its events carry. The handler fills it from
+    /// the command's span when tracing is on; set by a caller, it is the
+    /// command span's parent where the caller runs outside any trace.
+    pub traceparent: Option<String>,
 }
 
 impl CommandContext {
@@ -55,6 +61,21 @@ impl CommandContext {
             actor: Some(actor.to_owned()),
             idempotency_key: None,
             event_id_seed: Some(Uuid::new_v5(&trigger.event_id, step.as_bytes())),
+            traceparent: None,
+        }
+    }
+
+    /// This context with its events' trace context taken from `span` (the
+    /// command's), if `span` is traced; borrowed when nothing changes.
+    fn traced(&self, span: &tracing::Span) -> Cow<'_, CommandContext> {
+        match trace::traceparent_of(span) {
+            Some(traceparent) if self.traceparent.as_ref() != Some(&traceparent) => {
+                Cow::Owned(CommandContext {
+                    traceparent: Some(traceparent),
+                    ..self.clone()
+                })
+            }
+            Some(_) | None => Cow::Borrowed(self),
         }
     }
 
@@ -258,6 +279,29 @@ impl<A: Aggregate> Drop for HandOver<A> {
             Err(_) => drop(queued),
         }
     }
+}
+
+/// The span of one command on `stream`: a child of the caller's span;
+/// outside any trace, of the span the context's `traceparent` names, if
+/// any.
+fn command_span(category: &'static str, stream: &StreamId, ctx: &CommandContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        "command",
+        aggregate = category,
+        stream = %stream,
+        actor = ctx.actor.as_deref().unwrap_or("-"),
+    );
+    if trace::current_traceparent().is_none() {
+        trace::follow(&span, ctx.traceparent.as_deref());
+    }
+    span
+}
+
+/// The span of several commands on `stream` decided together: a child of
+/// the caller's span (their own contexts are linked, or carried by their
+/// events).
+fn batch_span(category: &'static str, stream: &StreamId) -> tracing::Span {
+    tracing::info_span!("command.batch", aggregate = category, stream = %stream)
 }
 
 /// The stream of aggregate `A` with id `id`.
@@ -466,6 +510,20 @@ impl CommandHandler {
         command: &A::Command,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
+        let span = command_span(A::CATEGORY, &stream, ctx);
+        let ctx = ctx.traced(&span);
+        self.execute_in_span::<A>(id, stream, &ctx, command)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        ctx: &CommandContext,
+        command: &A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
         if let Entry::Queued(outcome) = self.hot.enter::<A>(&stream, ctx, command) {
             return match outcome.await {
                 Ok(result) => result,
@@ -509,6 +567,23 @@ impl CommandHandler {
     /// appended as a whole, each command runs alone.
     async fn run_queued<A: Aggregate>(&self, id: Uuid, queued: Vec<Waiting<A>>) {
         let stream = stream_of::<A>(id);
+        // Decided and appended for several callers at once: linked to each
+        // caller's command span (their events carry their own contexts).
+        let span = batch_span(A::CATEGORY, &stream);
+        for w in queued.iter().take(trace::SPANS_PER_BATCH) {
+            trace::link(&span, w.ctx.traceparent.as_deref());
+        }
+        self.run_queued_in_span::<A>(id, stream, queued)
+            .instrument(span)
+            .await;
+    }
+
+    async fn run_queued_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        queued: Vec<Waiting<A>>,
+    ) {
         let commands: Vec<(CommandContext, A::Command)> = queued
             .iter()
             .map(|w| (w.ctx.clone(), w.command.clone()))
@@ -612,7 +687,11 @@ impl CommandHandler {
         command: &A::Command,
         key: IdempotencyKey,
     ) -> Result<Idempotent<Executed<A>>, CommandError<A::Error>> {
-        self.run::<A>(id, ctx, command, Some(key)).await
+        let span = command_span(A::CATEGORY, &stream_of::<A>(id), ctx);
+        let ctx = ctx.traced(&span);
+        self.run::<A>(id, &ctx, command, Some(key))
+            .instrument(span)
+            .await
     }
 
     /// The first record of `key`, if it was used.
@@ -802,6 +881,36 @@ impl CommandHandler {
         commands: &[(CommandContext, A::Command)],
     ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         let stream = stream_of::<A>(id);
+        let span = batch_span(A::CATEGORY, &stream);
+        // Each command's events carry its caller's trace context, or else
+        // the batch's.
+        let batch_trace = trace::traceparent_of(&span);
+        let traced: Vec<(CommandContext, A::Command)>;
+        let commands = match &batch_trace {
+            Some(traceparent) if commands.iter().any(|(c, _)| c.traceparent.is_none()) => {
+                traced = commands
+                    .iter()
+                    .map(|(c, command)| {
+                        let mut c = c.clone();
+                        c.traceparent.get_or_insert_with(|| traceparent.clone());
+                        (c, command.clone())
+                    })
+                    .collect();
+                &traced[..]
+            }
+            Some(_) | None => commands,
+        };
+        self.execute_many_in_span::<A>(id, stream, commands)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_many_in_span<A: Aggregate>(
+        &self,
+        id: Uuid,
+        stream: StreamId,
+        commands: &[(CommandContext, A::Command)],
+    ) -> Result<Vec<Result<(), A::Error>>, CommandError<A::Error>> {
         for attempt in 1..=self.retry.max_attempts {
             let (mut loaded, mut verified) = self.for_decision::<A>(id, &stream, attempt).await?;
             let (base, state, revision, outcomes, new_events) = loop {
@@ -964,6 +1073,20 @@ impl CommandHandler {
         events: Vec<NewEvent>,
         key: Option<&IdempotencyKey>,
     ) -> Result<marketplace_store::AppendOutcome, StoreError> {
+        let span = tracing::info_span!("append", stream = %stream, events = events.len());
+        self.append_in_span(category, stream, expected, events, key)
+            .instrument(span)
+            .await
+    }
+
+    async fn append_in_span(
+        &self,
+        category: &'static str,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<marketplace_store::AppendOutcome, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1003,6 +1126,7 @@ fn to_new_event<E: marketplace_domain::EventSet>(
             causation_id: ctx.causation_id,
             actor: ctx.actor.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
+            traceparent: ctx.traceparent.clone(),
             ..EventMetadata::default()
         },
     })
@@ -1085,9 +1209,75 @@ mod tests {
         assert_eq!(stored[1].event_type, "listing.published");
         assert_eq!(stored[1].metadata.correlation_id, Some(ctx.correlation_id));
         assert_eq!(stored[1].metadata.actor, ctx.actor);
+        assert_eq!(
+            stored[1].metadata.traceparent, None,
+            "untraced: no trace context"
+        );
         let loaded = handler.load::<Listing>(id).await.expect("load");
         assert_eq!(loaded.revision, Some(1));
         assert_eq!(loaded.state, published.state);
+    }
+
+    #[tokio::test]
+    async fn events_carry_the_trace_context_of_the_command_that_appended_them() {
+        use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use tracing::Instrument;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _traced = tracing::subscriber::set_default(subscriber);
+        let ids = |traceparent: &str| {
+            let cx = trace::context_of(traceparent).expect("a valid traceparent");
+            let span = cx.span().span_context().clone();
+            (span.trace_id().to_string(), span.span_id().to_string())
+        };
+        let store = InMemoryEventStore::new();
+        let handler = CommandHandler::new(Arc::new(store.clone()));
+        let (id, actor) = (Uuid::now_v7(), seller());
+
+        // Outside any span, the context's traceparent is the command's parent.
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ctx = CommandContext {
+            traceparent: Some(caller.into()),
+            ..CommandContext::new(actor.account_id.to_string())
+        };
+        handler
+            .execute::<Listing>(id, &ctx, &create(id, actor.clone()))
+            .await
+            .expect("create");
+        // Inside a span (a request's), that span is.
+        let request = tracing::info_span!("request");
+        let (request_trace, request_span) =
+            ids(&trace::traceparent_of(&request).expect("the request is traced"));
+        handler
+            .execute::<Listing>(
+                id,
+                &CommandContext::new(actor.account_id.to_string()),
+                &ListingCommand::Publish(PublishListing {
+                    actor,
+                    at: Utc::now(),
+                }),
+            )
+            .instrument(request)
+            .await
+            .expect("publish");
+
+        let stored = store
+            .read_stream(&stream_of::<Listing>(id), 0)
+            .await
+            .expect("read");
+        let (first_trace, first_span) =
+            ids(stored[0].metadata.traceparent.as_deref().expect("traced"));
+        assert_eq!(first_trace, "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(
+            first_span, "b7ad6b7169203331",
+            "the event names the command's span, not its caller's"
+        );
+        let (second_trace, second_span) =
+            ids(stored[1].metadata.traceparent.as_deref().expect("traced"));
+        assert_eq!(second_trace, request_trace);
+        assert_ne!(second_span, request_span);
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@
 //!   manager, as a [`Handler`]): STANDBY → RUNNING → FAILED after bounded
 //!   retries, with lanes, fenced checkpoints and a per-process
 //!   [`Registry`] of states.
+//! - [`trace`]: the W3C trace context events carry in their metadata:
+//!   written from the span that decided an event, followed by the spans
+//!   of whatever consumes it.
 //! - [`status`]: the cluster-wide status of every consumer of
 //!   [`checkpoints`] (state, position, lag, leader, last error).
 //!
@@ -33,6 +36,7 @@ pub mod retry;
 pub mod runner;
 pub mod status;
 pub mod subscription;
+pub mod trace;
 
 pub use checkpoints::{Checkpoints, Generation};
 pub use envelope::{decode_for, DecodeFailure, Envelope};

@@ -138,12 +138,18 @@ fn assert_strictly_increasing(events: &[RecordedEvent]) {
     }
 }
 
-/// Appends then reads back a stream: revisions from 0, data and metadata kept,
-/// `recorded_at` and the hash chain filled in.
+/// A W3C `traceparent` (the specification's example).
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Appends then reads back a stream: revisions from 0, data and metadata kept
+/// (a `traceparent` too, where an event carries one), `recorded_at` and the
+/// hash chain filled in.
 pub async fn appends_and_reads_a_stream<S: Conformance>(store: S) {
     let s = new_stream("order");
+    let mut traced = event(2);
+    traced.metadata.traceparent = Some(TRACEPARENT.into());
     let out = store
-        .append(&s, ExpectedRevision::NoStream, vec![event(1), event(2)])
+        .append(&s, ExpectedRevision::NoStream, vec![event(1), traced])
         .await
         .expect("append");
     assert_eq!(out.revision, 1);
@@ -160,6 +166,17 @@ pub async fn appends_and_reads_a_stream<S: Conformance>(store: S) {
     assert_eq!(read[0].metadata.prev_hash, None);
     assert_eq!(read[1].metadata.prev_hash, read[0].metadata.hash);
     assert!(read[1].metadata.hash.is_some());
+    assert_eq!(read[0].metadata.traceparent, None);
+    assert_eq!(read[1].metadata.traceparent.as_deref(), Some(TRACEPARENT));
+    let all = store
+        .read_all(read[0].position, 1_000)
+        .await
+        .expect("read all");
+    let logged = all
+        .iter()
+        .find(|e| e.event_id == read[1].event_id)
+        .expect("the traced event in the log");
+    assert_eq!(logged.metadata.traceparent.as_deref(), Some(TRACEPARENT));
 
     let tail = store.read_stream(&s, 1).await.expect("read tail");
     assert_eq!(tail.len(), 1);

@@ -132,6 +132,12 @@ impl fmt::Display for ExpectedRevision {
 ///
 /// `recorded_at` and the hash-chain fields are filled by the store at append
 /// time; writers leave them `None`.
+///
+/// The audit hash chain ([`chain_hash`]) covers the stream, revision, id,
+/// type, schema version and data, never the metadata: correlation,
+/// causation, actor and trace context are context of the write, not its
+/// content, so an event written before `traceparent` existed (stored
+/// without it) verifies as before, and so does one that carries it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventMetadata {
     /// Ties together everything caused by one user request.
@@ -148,6 +154,13 @@ pub struct EventMetadata {
     pub prev_hash: Option<String>,
     /// Hex sha256 of this event, chained over `prev_hash` (audit chain).
     pub hash: Option<String>,
+    /// The W3C `traceparent` of the span that wrote the event (the command
+    /// that decided it), so whatever reacts to the event (projections,
+    /// process managers, live feeds) continues the same trace. Absent on
+    /// events written while tracing was off, or before the field existed;
+    /// it is not part of the hash chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// An event to append.
@@ -285,8 +298,9 @@ pub(crate) fn check_storable(
             recorded_at: _,
             prev_hash,
             hash,
+            traceparent,
         } = &e.metadata;
-        let metadata = [actor, idempotency_key, prev_hash, hash];
+        let metadata = [actor, idempotency_key, prev_hash, hash, traceparent];
         if metadata.into_iter().flatten().any(|s| has_nul(s)) {
             return Err(refused(format!("the metadata of event {}", e.event_id)));
         }
@@ -418,6 +432,28 @@ mod tests {
             base,
             chain_hash(None, &s, 0, Uuid::nil(), "order.placed", 1, &other)
         );
+    }
+
+    #[test]
+    fn metadata_without_a_traceparent_reads_and_writes_as_before() {
+        let old = serde_json::json!({
+            "correlation_id": null, "causation_id": null, "actor": "a",
+            "idempotency_key": null, "recorded_at": null, "prev_hash": null, "hash": "h"
+        });
+        let read: EventMetadata = serde_json::from_value(old.clone()).expect("old metadata");
+        assert_eq!(read.traceparent, None);
+        assert_eq!(serde_json::to_value(&read).expect("json"), old);
+        let traced = EventMetadata {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..read
+        };
+        let json = serde_json::to_value(&traced).expect("json");
+        assert_eq!(
+            json["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let back: EventMetadata = serde_json::from_value(json).expect("traced metadata");
+        assert_eq!(back, traced);
     }
 
     fn event_with(data: serde_json::Value, metadata: EventMetadata) -> NewEvent {

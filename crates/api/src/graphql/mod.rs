@@ -24,7 +24,9 @@ use crate::state::AppState;
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
-pub use subscription::{SubscriptionBudget, SubscriptionRoot, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+pub use subscription::{
+    ConnectionTrace, SubscriptionBudget, SubscriptionRoot, MAX_SUBSCRIPTIONS_PER_CONNECTION,
+};
 
 /// Every query: accounts and the catalogue, orders and reviews.
 #[derive(MergedObject, Default, Debug)]

@@ -8,6 +8,9 @@ use async_graphql::{Context, Subscription, ID};
 use marketplace_projections::read_models::orders::{self, OrderRow};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use marketplace_consumers::trace;
 
 use marketplace_domain::payment::{FailureKind, PaymentIntent as IntentState, PaymentStatus};
 
@@ -16,6 +19,7 @@ use super::read::{may_see_order, Notification, Order, OrderStatus};
 use super::types::parse_id;
 use super::Viewer;
 use crate::error::{ApiError, ApiResult};
+use crate::live::OrderChange;
 use crate::state::AppState;
 
 /// Subscriptions one WebSocket connection may hold at once.
@@ -44,6 +48,104 @@ fn take_slot(ctx: &Context<'_>) -> Result<Option<OwnedSemaphorePermit>, ApiError
              complete one first"
         ))
     })
+}
+
+/// The span of a WebSocket connection (put in its connection data by the
+/// WebSocket handler): the parent of its subscriptions' spans. It continues
+/// the trace of the upgrade request's `traceparent` header, or of the one
+/// `ConnectionInit`'s payload carries.
+#[derive(Debug, Clone)]
+pub struct ConnectionTrace(pub tracing::Span);
+
+/// The span of one subscription, open as long as it runs: a child of its
+/// connection's.
+fn subscription_span(ctx: &Context<'_>, name: &'static str) -> tracing::Span {
+    let parent = ctx
+        .data_opt::<ConnectionTrace>()
+        .map_or_else(tracing::Span::current, |c| c.0.clone());
+    tracing::info_span!(
+        parent: &parent,
+        "subscription",
+        otel.name = format!("subscription {name}"),
+        subscription = name,
+    )
+}
+
+/// What one change of a watched order came to.
+enum Push {
+    /// The order as it now stands was sent.
+    Sent,
+    /// Nothing to send (the read model shows no change).
+    Unchanged,
+    /// The subscription is over (final status, error, or client gone).
+    Done,
+}
+
+/// The span of one push: a child of the span that wrote the event behind
+/// `change` (else of the subscription's), linked to the subscription; its
+/// `sent` says whether the change was news to the client.
+fn push_span(
+    subscription: &'static str,
+    id: uuid::Uuid,
+    change: &OrderChange,
+    parent: &tracing::Span,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "subscription.push",
+        otel.name = format!("push {subscription}"),
+        subscription,
+        id = %id,
+        position = change.position.0,
+        sent = tracing::field::Empty,
+    );
+    if trace::follow(&span, change.traceparent.as_deref()) {
+        if let Some(cx) = trace::traceparent_of(parent) {
+            trace::link(&span, Some(&cx));
+        }
+    }
+    span
+}
+
+/// Waits until the orders read model has folded `change`, reads the order
+/// and sends it if it changed.
+async fn push_order_change(
+    state: &AppState,
+    id: uuid::Uuid,
+    change: &OrderChange,
+    last: &mut OrderRow,
+    tx: &mpsc::Sender<ApiResult<Order>>,
+) -> Push {
+    // Wait (in bounded steps, so a closed client is noticed) until the
+    // read model has folded the change.
+    while !state
+        .progress
+        .wait_for(&[orders::NAME], change.position, Duration::from_secs(5))
+        .await
+    {
+        if tx.is_closed() {
+            return Push::Done;
+        }
+    }
+    let row = match orders::by_id(&state.pool, id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return Push::Unchanged,
+        Err(e) => {
+            let _ = tx.send(Err(ApiError::internal(e))).await;
+            return Push::Done;
+        }
+    };
+    if same_state(&row, last) {
+        tracing::Span::current().record("sent", false);
+        return Push::Unchanged;
+    }
+    *last = row;
+    tracing::Span::current().record("sent", true);
+    tracing::info!(status = %last.status, "pushing the order");
+    if tx.send(Ok(Order::from(last.clone()))).await.is_err() || is_final(last) {
+        return Push::Done;
+    }
+    Push::Sent
 }
 
 /// Every subscription.
@@ -91,6 +193,7 @@ impl SubscriptionRoot {
             .await?
             .filter(|o| may_see_order(&viewer, o))
             .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+        let subscription = subscription_span(ctx, "orderUpdated");
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let _slot = slot;
@@ -103,32 +206,16 @@ impl SubscriptionRoot {
                     _ = tx.closed() => return,
                     changed = changes.changed() => if changed.is_err() { return },
                 }
-                let position = *changes.borrow_and_update();
-                // Wait (in bounded steps, so a closed client is noticed)
-                // until the read model has folded the change.
-                while !state
-                    .progress
-                    .wait_for(&[orders::NAME], position, Duration::from_secs(5))
+                let change = changes.borrow_and_update().clone();
+                // Each push is in the trace of the event that caused it,
+                // linked to the subscription's span.
+                let span = push_span("orderUpdated", id, &change, &subscription);
+                match push_order_change(&state, id, &change, &mut last, &tx)
+                    .instrument(span)
                     .await
                 {
-                    if tx.is_closed() {
-                        return;
-                    }
-                }
-                let row = match orders::by_id(&state.pool, id).await {
-                    Ok(Some(row)) => row,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        let _ = tx.send(Err(ApiError::internal(e))).await;
-                        return;
-                    }
-                };
-                if same_state(&row, &last) {
-                    continue;
-                }
-                last = row;
-                if tx.send(Ok(Order::from(last.clone()))).await.is_err() || is_final(&last) {
-                    return;
+                    Push::Sent | Push::Unchanged => {}
+                    Push::Done => return,
                 }
             }
         });

@@ -43,6 +43,7 @@ pub fn credit_context(intent: PaymentIntentId, correlation: &CommandContext) -> 
         actor: correlation.actor.clone(),
         idempotency_key: None,
         event_id_seed: Some(Uuid::new_v5(&intent.0, b"credit")),
+        traceparent: correlation.traceparent.clone(),
     }
 }
 

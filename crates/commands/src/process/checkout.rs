@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::StreamExt;
-use marketplace_consumers::Envelope;
+use marketplace_consumers::{trace, Envelope};
 use marketplace_domain::account::{
     Account, AccountCommand, AccountError, EscrowOutcome, HoldFunds, SettleEscrow,
 };
@@ -25,6 +25,8 @@ use marketplace_domain::order::{
 };
 use marketplace_domain::values::{AccountId, FeeRate, ListingId, Quantity, Reason};
 use marketplace_domain::{AggregateKind, Event};
+
+use tracing::Instrument;
 
 use super::{check_fault, FaultHook, ProcessError, ProcessManager};
 use crate::handler::{CommandContext, CommandError, CommandHandler};
@@ -73,6 +75,16 @@ impl CheckoutSaga {
     }
 
     async fn checkout(&self, trigger: &Envelope, placed: &OrderPlaced) -> Result<(), ProcessError> {
+        self.checkout_in_step(trigger, placed)
+            .instrument(super::step_span(NAME, trigger))
+            .await
+    }
+
+    async fn checkout_in_step(
+        &self,
+        trigger: &Envelope,
+        placed: &OrderPlaced,
+    ) -> Result<(), ProcessError> {
         match self.status(placed).await? {
             OrderStatus::Pending => self.decide(trigger, placed).await,
             // Rejected, perhaps by another instance (a stale leader during a
@@ -199,6 +211,26 @@ impl CheckoutSaga {
     /// each order's hold, verdict and compensation go on side by side, the
     /// orders of one buyer one after another.
     async fn checkout_run(&self, run: &[(&Envelope, &OrderPlaced)]) -> Result<(), ProcessError> {
+        // One step span per order; the reservations shared by the run are
+        // decided in one batch whose commands each carry their order's.
+        let steps: std::collections::HashMap<uuid::Uuid, tracing::Span> = run
+            .iter()
+            .map(|(trigger, _)| (trigger.event_id, super::step_span(NAME, trigger)))
+            .collect();
+        let step = |trigger: &Envelope| {
+            steps
+                .get(&trigger.event_id)
+                .cloned()
+                .unwrap_or_else(tracing::Span::none)
+        };
+        self.checkout_run_in_steps(run, &step).await
+    }
+
+    async fn checkout_run_in_steps(
+        &self,
+        run: &[(&Envelope, &OrderPlaced)],
+        step: &(dyn Fn(&Envelope) -> tracing::Span + Send + Sync),
+    ) -> Result<(), ProcessError> {
         let Some(listing) = run
             .first()
             .and_then(|(_, p)| p.lines.first())
@@ -212,7 +244,11 @@ impl CheckoutSaga {
         for (&(trigger, placed), status) in run.iter().zip(statuses) {
             match status {
                 OrderStatus::Pending => pending.push((trigger, placed)),
-                OrderStatus::Rejected => self.compensate(trigger, placed).await?,
+                OrderStatus::Rejected => {
+                    self.compensate(trigger, placed)
+                        .instrument(step(trigger))
+                        .await?
+                }
                 OrderStatus::Absent
                 | OrderStatus::Confirmed
                 | OrderStatus::Shipped
@@ -234,8 +270,11 @@ impl CheckoutSaga {
             let reserves: Vec<(CommandContext, ListingCommand)> = candidates
                 .iter()
                 .map(|(trigger, placed)| {
+                    let mut ctx =
+                        CommandContext::caused_by(trigger, NAME, &format!("reserve:{listing}"));
+                    ctx.traceparent = trace::traceparent_of(&step(trigger));
                     (
-                        CommandContext::caused_by(trigger, NAME, &format!("reserve:{listing}")),
+                        ctx,
                         ListingCommand::Reserve(ReserveStock {
                             order_id: placed.order_id,
                             buyer_id: placed.buyer_id,
@@ -262,7 +301,7 @@ impl CheckoutSaga {
                     Err(e) => decided.push((trigger, placed, Some(listing_reason(&e)))),
                 }
             }
-            let freed = self.finish_all(decided).await?;
+            let freed = self.finish_all(decided, step).await?;
             if waiting.is_empty() {
                 return Ok(());
             }
@@ -271,7 +310,7 @@ impl CheckoutSaga {
                     .into_iter()
                     .map(|(t, p)| (t, p, Some(Reason::fixed("out of stock"))))
                     .collect();
-                self.finish_all(out_of_stock).await?;
+                self.finish_all(out_of_stock, step).await?;
                 return Ok(());
             }
             candidates = waiting;
@@ -299,7 +338,11 @@ impl CheckoutSaga {
     /// Finishes orders side by side, those of one buyer one after another;
     /// returns how many that held a reservation ended REJECTED (their units
     /// are back).
-    async fn finish_all(&self, orders: Vec<Reserved<'_>>) -> Result<usize, ProcessError> {
+    async fn finish_all(
+        &self,
+        orders: Vec<Reserved<'_>>,
+        step: &(dyn Fn(&Envelope) -> tracing::Span + Send + Sync),
+    ) -> Result<usize, ProcessError> {
         let mut by_buyer: BTreeMap<AccountId, Vec<Reserved<'_>>> = BTreeMap::new();
         for order in orders {
             by_buyer.entry(order.1.buyer_id).or_default().push(order);
@@ -309,7 +352,10 @@ impl CheckoutSaga {
                 let mut freed = 0;
                 for (trigger, placed, refusal) in orders {
                     let reserved = refusal.is_none();
-                    let status = self.finish(trigger, placed, refusal).await?;
+                    let status = self
+                        .finish(trigger, placed, refusal)
+                        .instrument(step(trigger))
+                        .await?;
                     if reserved && status == OrderStatus::Rejected {
                         freed += 1;
                     }

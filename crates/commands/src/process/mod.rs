@@ -128,8 +128,12 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// that pays; on failure, says at which event (those before it are
     /// done). By default one [`ProcessManager::handle`] after another.
     async fn handle_many(&self, events: &[&Envelope]) -> Result<(), (usize, ProcessError)> {
+        use tracing::Instrument;
         for (i, e) in events.iter().enumerate() {
-            self.handle(e).await.map_err(|err| (i, err))?;
+            self.handle(e)
+                .instrument(step_span(self.name(), e))
+                .await
+                .map_err(|err| (i, err))?;
         }
         Ok(())
     }
@@ -145,6 +149,28 @@ pub trait ProcessManager: Send + Sync + 'static {
 /// A stable hash for lane selection (FNV-1a).
 pub(crate) fn hash(bytes: &[u8]) -> u64 {
     marketplace_consumers::runner::lane_hash(bytes)
+}
+
+/// The span of a process manager's step for `trigger`: in the trace of the
+/// request that wrote the trigger (its stored `traceparent` is the
+/// parent), so the step's commands, and the events they append, continue
+/// that trace. Events recorded long ago (a catch-up) start no trace here.
+pub fn step_span(manager: &'static str, trigger: &Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "saga.step",
+        saga = manager,
+        event_type = trigger.event.event_type(),
+        stream = %trigger.stream_id,
+        position = trigger.position.0,
+    );
+    if trigger
+        .metadata
+        .recorded_at
+        .is_some_and(marketplace_consumers::trace::is_recent)
+    {
+        marketplace_consumers::trace::follow(&span, trigger.metadata.traceparent.as_deref());
+    }
+    span
 }
 
 /// A process manager as the consumer runtime sees it.

@@ -7,7 +7,8 @@
 
 use marketplace_consumers::leader::LockConnection;
 use marketplace_consumers::subscription::{Batching, Next, Subscription};
-use marketplace_store::Position;
+use marketplace_consumers::trace;
+use marketplace_store::{Position, RecordedEvent};
 use tokio::sync::watch;
 
 use super::commit::Halt;
@@ -37,6 +38,30 @@ pub(super) enum Mode {
     Serve,
     /// Until its build is live and caught up (`projections rebuild`).
     UntilLive,
+}
+
+/// The spans of a live build's folding of `batch`: one per recent event
+/// that carries a trace context (at most
+/// [`trace::SPANS_PER_BATCH`]), each a child of the span that wrote its
+/// event, open while the batch commits. A rebuild is not traced.
+fn apply_spans(name: &'static str, batch: &[RecordedEvent]) -> Vec<tracing::Span> {
+    batch
+        .iter()
+        .filter(|e| e.metadata.traceparent.is_some() && trace::is_recent(e.recorded_at()))
+        .take(trace::SPANS_PER_BATCH)
+        .map(|e| {
+            let span = tracing::info_span!(
+                "projection.apply",
+                projection = name,
+                event_type = %e.event_type,
+                stream = %e.stream_id,
+                position = e.position.0,
+                batch = batch.len(),
+            );
+            trace::follow(&span, e.metadata.traceparent.as_deref());
+            span
+        })
+        .collect()
 }
 
 impl ProjectorRuntime {
@@ -136,6 +161,12 @@ impl ProjectorRuntime {
                     // Events a switch already folded come round again.
                     batch.retain(|e| e.position > position);
                     if !batch.is_empty() {
+                        // Open until the batch is committed and published.
+                        let _applying = if live {
+                            apply_spans(name, &batch)
+                        } else {
+                            Vec::new()
+                        };
                         match self
                             .commit_with_retry(projection, generation, position, &batch, shutdown)
                             .await

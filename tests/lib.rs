@@ -105,7 +105,7 @@ pub struct Served {
 
 /// Builds and serves `settings` (on `db`, which `settings` must point at).
 pub async fn serve(db: &TestDatabase, settings: Settings) -> Served {
-    marketplace_api::telemetry::init_for_tests();
+    init_telemetry();
     let master_key = settings.master_key.clone();
     let app = Application::build(settings)
         .await

@@ -301,6 +301,21 @@ async fn an_erased_buyer_leaves_no_personal_data_and_everything_still_adds_up() 
         let left = rows_containing(&pool, needle).await;
         assert!(left.is_empty(), "{needle:?} is still readable: {left:#?}");
     }
+    // Nor in the server's logs (DEBUG for the marketplace's crates), which
+    // did record this test's requests: the erasure logs the account's id.
+    let logs = marketplace_api::telemetry::captured_logs().expect("the test log sink");
+    assert_eq!(logs.dropped(), 0, "the sink kept every line");
+    let text = logs.text();
+    eprintln!("the test log sink holds {} bytes", text.len());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("account erased") && l.contains(&buyer_id)),
+        "the server's logs of this test were captured"
+    );
+    for needle in [EMAIL, NAME, COMMENT, PASSWORD, &hash, &hash_tail] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        assert!(lines.is_empty(), "{needle:?} is in the logs: {lines:#?}");
+    }
 
     // The chains hold over the stored ciphertext.
     let breaks = marketplace_commands::audit::verify_chains(&*store.raw(), None, &|_, _| {})

@@ -14,7 +14,9 @@
 //! The subscriber is process-wide: it is installed once, by the first call
 //! of [`init`] or [`init_for_tests_with`]; later calls keep it. Whatever is
 //! exported but not yet sent is flushed by [`Telemetry::shutdown`] (the
-//! binary calls it on exit) or on demand by [`flush`].
+//! binary calls it on exit) or on demand by [`flush`]. Tests' logs also go
+//! to an in-memory sink ([`captured_logs`]), the injectable sink tests
+//! read.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -149,7 +151,7 @@ static INSTALLED: OnceLock<Telemetry> = OnceLock::new();
 pub fn init(default_filter: &str, tracing: &TracingSettings) -> &'static Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    install(Some(filter), tracing)
+    install(Some(filter), None, tracing)
 }
 
 /// For tests: logs only when `TEST_LOG` is set; no traces.
@@ -159,12 +161,71 @@ pub fn init_for_tests() {
 
 /// For tests that look at traces: like [`init_for_tests`], exporting as
 /// `tracing` says. The first call in a process decides for all of them.
+/// Tests' logs also go, at DEBUG for the marketplace's crates, to the
+/// in-memory sink [`captured_logs`] reads, so a test can check what the
+/// server's logs hold (no personal data, say).
 pub fn init_for_tests_with(tracing: &TracingSettings) -> &'static Telemetry {
     let logs = std::env::var_os("TEST_LOG")
         .is_some()
         .then(|| EnvFilter::new("info,sqlx=warn"));
-    install(logs, tracing)
+    install(logs, Some(&CAPTURED), tracing)
 }
+
+/// An in-memory log sink: every line the process logged through it, up to
+/// [`CapturedLogs::LIMIT`] bytes (what comes later is counted, not kept).
+#[derive(Debug, Default)]
+pub struct CapturedLogs {
+    text: std::sync::Mutex<Vec<u8>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl CapturedLogs {
+    /// The most it keeps.
+    pub const LIMIT: usize = 256 << 20;
+
+    /// What it holds, as text.
+    pub fn text(&self) -> String {
+        let text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Bytes logged past [`Self::LIMIT`], not kept.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl std::io::Write for &'static CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+        if text.len() + buf.len() <= CapturedLogs::LIMIT {
+            text.extend_from_slice(buf);
+        } else {
+            self.dropped.fetch_add(
+                u64::try_from(buf.len()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static CAPTURED: CapturedLogs = CapturedLogs {
+    text: std::sync::Mutex::new(Vec::new()),
+    dropped: std::sync::atomic::AtomicU64::new(0),
+};
+
+/// The test log sink, if the process installed it ([`init_for_tests_with`]
+/// came first).
+pub fn captured_logs() -> Option<&'static CapturedLogs> {
+    CAPTURING.get().copied()
+}
+
+static CAPTURING: OnceLock<&'static CapturedLogs> = OnceLock::new();
 
 /// Flushes the installed exporter, if any (see [`Telemetry::flush`]).
 pub fn flush() {
@@ -173,7 +234,11 @@ pub fn flush() {
     }
 }
 
-fn install(logs: Option<EnvFilter>, tracing: &TracingSettings) -> &'static Telemetry {
+fn install(
+    logs: Option<EnvFilter>,
+    capture: Option<&'static CapturedLogs>,
+    tracing: &TracingSettings,
+) -> &'static Telemetry {
     INSTALLED.get_or_init(|| {
         let provider = tracing.traces_url().and_then(|url| {
             exporter(&url, tracing)
@@ -190,16 +255,34 @@ fn install(logs: Option<EnvFilter>, tracing: &TracingSettings) -> &'static Telem
                 .with_writer(std::io::stderr)
                 .with_filter(filter)
         });
+        let captured = capture.map(|sink| {
+            let _ = CAPTURING.set(sink);
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || sink)
+                .with_filter(captured_targets())
+        });
         // Nothing to log or export: no subscriber at all, so spans cost
         // nothing (a bare registry would still record every one).
-        if spans.is_some() || log.is_some() {
+        if spans.is_some() || log.is_some() || captured.is_some() {
             let _ = tracing_subscriber::registry()
                 .with(spans)
                 .with(log)
+                .with(captured)
                 .try_init();
         }
         Telemetry { provider }
     })
+}
+
+/// What the test sink keeps: everything at INFO, the marketplace's crates
+/// at DEBUG.
+fn captured_targets() -> Targets {
+    TRACED_CRATES
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::INFO), |t, c| {
+            t.with_target(*c, LevelFilter::DEBUG)
+        })
 }
 
 fn traced_targets() -> Targets {

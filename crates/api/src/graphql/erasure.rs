@@ -73,6 +73,8 @@ impl ErasureMutation {
                 })
             })?;
         state.roles.forget(account_id);
+        // The account id only: nothing personal goes to the logs.
+        tracing::info!(account = %account_id, by = %claims.sub, "account erased");
         Ok(CommandResult {
             consistency_token: done.position.to_string(),
             payment_intent: None,

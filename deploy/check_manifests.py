@@ -23,8 +23,14 @@ import sys
 import yaml
 
 BUILTIN_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2"}
-# Read by the server outside clap (tracing's filter).
-READ_ELSEWHERE = {"RUST_LOG"}
+# Read by the server outside clap: the log filter, and the standard
+# OpenTelemetry variables (crates/api/src/telemetry.rs, TracingSettings).
+READ_ELSEWHERE = {
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_BSP_SCHEDULE_DELAY",
+}
 
 
 def fail(msg):

@@ -361,12 +361,20 @@ async fn a_request_still_running_when_the_grace_period_ends_is_answered_unavaila
     )
     .await
     .expect("write");
-    // It has reached the server once a later request on another connection
-    // is answered (connections are served as they are accepted).
-    let probe = reqwest::get(format!("{}/healthz", served.app.base))
-        .await
-        .expect("healthz");
-    assert_eq!(probe.status(), 200);
+    // It is in flight once the server counts two requests in flight: it
+    // and the `/metrics` request asking.
+    let metrics = format!("{}/metrics", served.app.base);
+    eventually("the slow request is in flight", || async {
+        let page = reqwest::get(&metrics)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        page.lines()
+            .any(|l| l == "marketplace_http_requests_in_flight 2")
+    })
+    .await;
 
     let mut served = served;
     served.signal_stop();

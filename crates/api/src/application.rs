@@ -221,6 +221,7 @@ impl Application {
                 } else {
                     tracing::warn!(
                         grace = ?settings.grace,
+                        in_flight = stopping.in_flight(),
                         "requests still in flight after the grace period are answered UNAVAILABLE"
                     );
                     stopping.cut();

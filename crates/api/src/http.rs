@@ -131,6 +131,7 @@ async fn while_stopping(
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let _counted = stopping.request();
     let mut response = tokio::select! {
         response = next.run(request) => response,
         () = stopping.was_cut() => error_response(

@@ -283,6 +283,15 @@ fn write_commands(out: &mut String, stats: &StatsSnapshot) {
 pub async fn render(state: &AppState) -> String {
     let mut out = String::new();
     state.requests.write(&mut out);
+    out.push_str(
+        "# HELP marketplace_http_requests_in_flight HTTP requests being served now (this one included).\n\
+         # TYPE marketplace_http_requests_in_flight gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "marketplace_http_requests_in_flight {}",
+        state.stopping.in_flight()
+    );
     write_commands(&mut out, &state.handler.stats().snapshot());
     out.push_str(
         "# HELP marketplace_projection_position Last log position committed by each projection.\n\

@@ -24,6 +24,8 @@
 //! period ends is answered `UNAVAILABLE` (503, `Retry-After`), which a
 //! client may retry elsewhere, rather than left without an answer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -54,10 +56,13 @@ impl Default for ShutdownSettings {
 /// How far the process is in stopping: draining (phase 1), then cutting
 /// what outlived the grace period (the end of phase 2). Each flag is raised
 /// once. Cheap to clone; every clone sees the same flags.
+/// It also counts the HTTP requests in flight (`/metrics`:
+/// `marketplace_http_requests_in_flight`).
 #[derive(Clone, Debug)]
 pub struct Stopping {
     draining: watch::Sender<bool>,
     cut: watch::Sender<bool>,
+    in_flight: Arc<AtomicU64>,
 }
 
 impl Default for Stopping {
@@ -65,11 +70,34 @@ impl Default for Stopping {
         Self {
             draining: watch::channel(false).0,
             cut: watch::channel(false).0,
+            in_flight: Arc::default(),
         }
     }
 }
 
+/// One request in flight, counted until it is dropped (answered, or
+/// abandoned by its connection).
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Stopping {
+    /// Counts a request in flight until the guard is dropped.
+    pub fn request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// HTTP requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Starts draining (idempotent).
     pub fn begin_drain(&self) {
         self.draining.send_replace(true);
@@ -127,5 +155,17 @@ mod tests {
         // Raised already: waiting returns at once.
         stopping.drained().await;
         stopping.was_cut().await;
+    }
+
+    #[test]
+    fn a_request_counts_in_flight_until_its_guard_is_dropped() {
+        let stopping = Stopping::default();
+        let one = stopping.request();
+        let two = stopping.clone().request();
+        assert_eq!(stopping.in_flight(), 2);
+        drop(one);
+        assert_eq!(stopping.in_flight(), 1);
+        drop(two);
+        assert_eq!(stopping.in_flight(), 0);
     }
 }

@@ -22,9 +22,8 @@
 //! - [`kurrentdb`]: the KurrentDB backend through the official `kurrentdb`
 //!   gRPC client (streams and revisions, `$all` commit positions, catch-up
 //!   subscriptions; event-id claims and per-key streams for what KurrentDB
-//!   has no transaction for). Its module docs explain the mapping. It keeps
-//!   no snapshots (known difference: loads after a cache miss fold the
-//!   whole stream).
+//!   has no transaction for). Its module docs explain the mapping.
+//!   Snapshots go to a bookkeeping stream per stream, outside `$all`.
 //! - [`memory`]: an in-process backend for unit tests of other crates.
 //! - [`retry`]: the one jittered [`retry::Backoff`] policy (the consumer
 //!   runtime re-exports it).

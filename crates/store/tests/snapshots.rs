@@ -1,4 +1,4 @@
-//! Snapshot storage on the backends that keep snapshots (Postgres, memory):
+//! Snapshot storage on every backend (Postgres, KurrentDB, memory):
 //! a snapshot reads back; one of a lower revision never replaces a higher
 //! one; one of another version always does.
 
@@ -69,6 +69,39 @@ async fn postgres_keeps_the_newest_snapshot_per_stream() {
     migrate(&pool).await.expect("migrate");
     let store = PostgresEventStore::new(pool).await.expect("store");
     keeps_the_newest(&store).await;
+}
+
+#[tokio::test]
+async fn kurrentdb_keeps_the_newest_snapshot_per_stream_outside_the_log() {
+    use marketplace_store::{
+        EventMetadata, ExpectedRevision, KurrentDbEventStore, NewEvent, Position,
+    };
+    let server = kurrentdb_testserver::spawn().await.expect("test server");
+    let store = KurrentDbEventStore::connect(&server.connection_string())
+        .expect("connect")
+        .with_namespace(&format!("t{}", Uuid::new_v4().simple()))
+        .expect("namespace");
+    let stream = StreamId::new("listing", Uuid::now_v7()).expect("stream");
+    let event = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "test.happened".into(),
+        schema_version: 1,
+        data: json!({ "n": 1 }),
+        metadata: EventMetadata::default(),
+    };
+    store
+        .append(&stream, ExpectedRevision::NoStream, vec![event])
+        .await
+        .expect("append");
+    let head = store.head().await.expect("head");
+    keeps_the_newest(&store).await;
+    // Snapshots are not events: the log and its head are as they were.
+    let all = store
+        .read_all(Position::START, 100)
+        .await
+        .expect("read_all");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(store.head().await.expect("head"), head);
 }
 
 #[tokio::test]

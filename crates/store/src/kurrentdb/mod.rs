@@ -89,6 +89,15 @@
 //! carries the very same event ids, recognised by their claims (and by the
 //! server's own deduplication).
 //!
+//! # Snapshots
+//! Each stream's snapshots are events of its own bookkeeping stream,
+//! `marketplace.snapshot-<stream>`, the last one current (so outside
+//! `$all`, like every bookkeeping stream). A write reads the last one and
+//! appends at its revision unless that one is newer and of the same
+//! version: of racing writers, an older state never replaces a newer. Old
+//! snapshots are not truncated (one event per snapshot, written every
+//! 1,000 events of its stream by the command layer).
+//!
 //! Known limit: a claimer stalled for longer than the lease between its
 //! append and its `recorded` can see its key released although its events
 //! were written; a later request with that key would then append again.
@@ -115,7 +124,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{
     chain_hash, check_storable, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey,
-    IdempotencyRecord, NewEvent, Position, RecordedEvent, StreamId,
+    IdempotencyRecord, NewEvent, Position, RecordedEvent, Snapshot, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 
@@ -260,6 +269,16 @@ impl KurrentDbEventStore {
     /// The name of `stream` on the server (with the namespace, if any).
     pub fn server_stream_name(&self, stream: &StreamId) -> String {
         format!("{}{}", self.inner.namespace, stream.as_str())
+    }
+
+    /// Where the snapshots of `stream` go: one event each, the last one
+    /// current. The `marketplace.` prefix keeps it out of `$all` reads.
+    fn snapshot_stream(&self, stream: &StreamId) -> String {
+        format!(
+            "{}marketplace.snapshot-{}",
+            self.inner.namespace,
+            stream.as_str()
+        )
     }
 
     fn bookkeeping_stream(&self, kind: &str, id: Uuid) -> String {
@@ -773,6 +792,46 @@ impl EventStore for KurrentDbEventStore {
         false
     }
 
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .read_last(&self.snapshot_stream(stream))
+            .await?
+            .and_then(|e| decode_snapshot(&e.data)))
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let name = self.snapshot_stream(stream);
+        let stored = StoredSnapshot::from(&snapshot);
+        // Read, compare, append at the revision read: a racing writer of
+        // an older state loses the race or is refused by the comparison.
+        for _ in 0..4 {
+            let last = self.read_last(&name).await?;
+            let state = match &last {
+                Some(e) => {
+                    if decode_snapshot(&e.data).is_some_and(|s| {
+                        s.version == snapshot.version && s.revision > snapshot.revision
+                    }) {
+                        return Ok(());
+                    }
+                    StreamState::StreamRevision(e.revision)
+                }
+                None => StreamState::NoStream,
+            };
+            let data = EventData::json("snapshot.stored", &stored)
+                .map_err(|err| StoreError::Backend(err.to_string()))?
+                .id(Uuid::new_v4());
+            if self.append_raw(&name, state, vec![data]).await?.is_ok() {
+                return Ok(());
+            }
+        }
+        // Another writer kept winning: it stored a state as new as this.
+        Ok(())
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         let options = ReadAllOptions::default()
             .backwards()
@@ -853,4 +912,36 @@ impl Subscribing {
             }
         }
     }
+}
+
+/// A [`Snapshot`] as its snapshot stream stores it.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    revision: u64,
+    position: u64,
+    version: u32,
+    state: serde_json::Value,
+}
+
+impl From<&Snapshot> for StoredSnapshot {
+    fn from(s: &Snapshot) -> Self {
+        Self {
+            revision: s.revision,
+            position: s.position.0,
+            version: s.version,
+            state: s.state.clone(),
+        }
+    }
+}
+
+/// A stored snapshot; `None` for one that does not decode (a snapshot is
+/// a cache: the loader then folds the stream).
+fn decode_snapshot(data: &[u8]) -> Option<Snapshot> {
+    let s: StoredSnapshot = serde_json::from_slice(data).ok()?;
+    Some(Snapshot {
+        revision: s.revision,
+        position: Position(s.position),
+        version: s.version,
+        state: s.state,
+    })
 }

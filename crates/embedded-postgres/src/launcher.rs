@@ -1422,23 +1422,33 @@ async fn run_initdb(
         // Smaller WAL segments keep the throwaway directory small.
         cmd.arg("--wal-segsize=1");
     }
+    match run_tool(cmd, run_as, binaries.initdb()).await? {
+        None => Ok(()),
+        Some((status, output)) => Err(EmbeddedError::InitDb {
+            data_dir: paths.data.clone(),
+            status,
+            output,
+        }),
+    }
+}
+
+/// Runs a cluster tool to its end (as `run_as`, if given): `None` when it
+/// succeeded, else its exit status and its output (stdout, then stderr).
+async fn run_tool(
+    mut cmd: tokio::process::Command,
+    run_as: Option<OsUser>,
+    binary: PathBuf,
+) -> Result<Option<(std::process::ExitStatus, String)>> {
     if let Some(user) = run_as {
         cmd.uid(user.uid).gid(user.gid);
     }
-    let output = cmd
-        .output()
-        .await
-        .map_err(io_err("run", binaries.initdb()))?;
+    let output = cmd.output().await.map_err(io_err("run", binary))?;
     if output.status.success() {
-        return Ok(());
+        return Ok(None);
     }
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Err(EmbeddedError::InitDb {
-        data_dir: paths.data.clone(),
-        status: output.status,
-        output: text,
-    })
+    Ok(Some((output.status, text)))
 }
 
 /// Clones the cluster at `primary` into `paths.data` (empty) as a standby:
@@ -1469,24 +1479,15 @@ async fn run_basebackup(
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    if let Some(user) = run_as {
-        cmd.uid(user.uid).gid(user.gid);
+    match run_tool(cmd, run_as, binaries.pg_basebackup()).await? {
+        None => Ok(()),
+        Some((status, output)) => Err(EmbeddedError::StartFailed {
+            data_dir: paths.data.clone(),
+            reason: format!("pg_basebackup failed ({status})"),
+            log: paths.log.clone(),
+            log_tail: output,
+        }),
     }
-    let output = cmd
-        .output()
-        .await
-        .map_err(io_err("run", binaries.pg_basebackup()))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Err(EmbeddedError::StartFailed {
-        data_dir: paths.data.clone(),
-        reason: format!("pg_basebackup failed ({})", output.status),
-        log: paths.log.clone(),
-        log_tail: text,
-    })
 }
 
 /// Creates the physical replication slot `slot` on `primary`, reserving

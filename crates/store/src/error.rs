@@ -43,6 +43,11 @@ pub enum StoreError {
         /// and SQLSTATE. It speaks of this request's data only.
         reason: String,
     },
+    /// The backend cannot do this operation at all (for example an atomic
+    /// append across several streams); callers check the capability first
+    /// ([`crate::EventStore::multi_stream_appends`]). Never retried.
+    #[error("the event store does not support {0}")]
+    Unsupported(&'static str),
     /// A transient backend failure (connection lost, timeout): safe to retry,
     /// because appends are idempotent by event id.
     #[error("event store unavailable: {0}")]

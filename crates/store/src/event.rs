@@ -230,6 +230,18 @@ pub struct AppendOutcome {
     pub position: Position,
 }
 
+/// One stream's share of a multi-stream append
+/// ([`crate::EventStore::append_streams`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamAppend {
+    /// The stream appended to (at most once per append).
+    pub stream: StreamId,
+    /// Where it must be for the whole append to happen.
+    pub expected: ExpectedRevision,
+    /// Its events, in order (at least one).
+    pub events: Vec<NewEvent>,
+}
+
 /// A client's idempotency key for one mutation, as the store records it.
 ///
 /// The store compares only `key`: an idempotent append whose key is already

@@ -48,7 +48,7 @@ pub mod conformance;
 pub use error::StoreError;
 pub use event::{
     AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent,
-    Position, RecordedEvent, Snapshot, StreamId, StreamIdError,
+    Position, RecordedEvent, Snapshot, StreamAppend, StreamId, StreamIdError,
 };
 pub use kurrentdb::KurrentDbEventStore;
 pub use memory::InMemoryEventStore;

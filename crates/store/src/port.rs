@@ -8,7 +8,7 @@ use futures::Stream;
 use crate::error::StoreError;
 use crate::event::{
     AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
-    RecordedEvent, Snapshot, StreamId,
+    RecordedEvent, Snapshot, StreamAppend, StreamId,
 };
 
 /// A stream of events from a subscription. It ends only on an error the
@@ -54,6 +54,40 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
         key: IdempotencyKey,
     ) -> Result<AppendOutcome, StoreError>;
+
+    /// Whether [`EventStore::append_streams`] is available: an atomic
+    /// append across several streams, each with its own expected revision.
+    /// Postgres and in-memory have it; KurrentDB's Rust client does not
+    /// expose its server's multi-stream append, so that backend says no and
+    /// its callers take the one-stream-at-a-time path (the checkout saga).
+    fn multi_stream_appends(&self) -> bool {
+        false
+    }
+
+    /// Appends every part, or none: each part's stream must be at its own
+    /// `expected` revision, or nothing is written and the error is the
+    /// first mismatching part's [`StoreError::WrongExpectedRevision`] (it
+    /// names the stream). Returns one outcome per part, in order; the
+    /// parts' events take consecutive positions in part order.
+    ///
+    /// - A stream named by two parts, or a part without events, is
+    ///   refused ([`StoreError::Rejected`], [`StoreError::EmptyAppend`]).
+    /// - Appending the very same parts again (same event ids) is an
+    ///   idempotent retry: the original outcomes, nothing written. Some
+    ///   but not all of the ids stored is [`StoreError::DuplicateEventId`].
+    /// - With `key`, the key is recorded atomically with the append, as in
+    ///   [`EventStore::append_idempotent`]: its record names the first
+    ///   part's stream and last revision, and the highest position of the
+    ///   whole append (a consistency token that covers every part).
+    ///
+    /// Backends without the capability answer [`StoreError::Unsupported`].
+    async fn append_streams(
+        &self,
+        _parts: Vec<StreamAppend>,
+        _key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        Err(StoreError::Unsupported("atomic appends across streams"))
+    }
 
     /// The record of an idempotency key, `None` if it was never used by a
     /// successful [`EventStore::append_idempotent`].

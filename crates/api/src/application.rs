@@ -128,6 +128,8 @@ impl Application {
             cache: Arc::new(crate::read_cache::ReadCache::new(progress.clone())),
             live,
             fee: settings.fee,
+            checkout_at_placement: !settings.checkout_in_saga
+                && marketplace_commands::flows::checkout::checks_out_at_placement(&handler),
             handler,
             pool,
             progress,

@@ -145,6 +145,10 @@ pub struct Settings {
     pub role: ServeRole,
     /// The marketplace fee taken on delivery.
     pub fee: FeeRate,
+    /// Check orders out through the checkout saga even where the event
+    /// store could decide them in the placement's own append (the
+    /// default there: `placeOrder` answers CONFIRMED or REJECTED).
+    pub checkout_in_saga: bool,
     /// Per-client rate limits on `/graphql` (per account, and per IP for
     /// anonymous calls); a `per_sec` of 0 disables a limit.
     pub rate_limits: RateLimits,
@@ -290,6 +294,7 @@ impl Settings {
             consistency_wait: Duration::from_secs(5),
             role: ServeRole::All,
             fee: FeeRate::DEFAULT,
+            checkout_in_saga: false,
             rate_limits: RateLimits::DISABLED,
             trusted_proxies: TrustedProxies::default(),
             master_key: MasterKey::generate(),

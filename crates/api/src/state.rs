@@ -36,6 +36,9 @@ pub struct AppState {
     pub consistency_wait: Duration,
     /// The marketplace fee taken on delivery.
     pub fee: FeeRate,
+    /// Whether `placeOrder` decides the checkout in the placement's append
+    /// (the store can, and `--checkout-in-saga` is off).
+    pub checkout_at_placement: bool,
     /// Live feeds for subscriptions.
     pub live: Live,
     /// GraphQL request latencies, for `/metrics`.

@@ -161,6 +161,13 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_FEE_BPS", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     fee_bps: u32,
+    /// Check orders out through the checkout saga (PENDING, then CONFIRMED
+    /// or REJECTED a moment later) even on the Postgres event store, which
+    /// otherwise decides each order in its placement's own atomic append
+    /// and answers `placeOrder` CONFIRMED or REJECTED. KurrentDB always
+    /// uses the saga.
+    #[arg(long, env = "MARKETPLACE_CHECKOUT_IN_SAGA")]
+    checkout_in_saga: bool,
     /// Rate limit per signed-in account: requests to /graphql allowed in a
     /// burst (the token bucket's capacity).
     #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ACCOUNT_BURST", default_value_t = 100,
@@ -638,6 +645,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         consistency_wait: Duration::from_millis(args.consistency_wait_ms),
         role: args.role,
         fee: marketplace_domain::values::FeeRate::from_basis_points(args.fee_bps)?,
+        checkout_in_saga: args.checkout_in_saga,
         rate_limits: RateLimits {
             account: Limit {
                 burst: args.rate_limit_account_burst,

@@ -67,7 +67,7 @@ impl CommandContext {
 
     /// This context with its events' trace context taken from `span` (the
     /// command's), if `span` is traced; borrowed when nothing changes.
-    fn traced(&self, span: &tracing::Span) -> Cow<'_, CommandContext> {
+    pub(crate) fn traced(&self, span: &tracing::Span) -> Cow<'_, CommandContext> {
         match trace::traceparent_of(span) {
             Some(traceparent) if self.traceparent.as_ref() != Some(&traceparent) => {
                 Cow::Owned(CommandContext {
@@ -85,7 +85,7 @@ impl CommandContext {
     /// key) carries the very ids it was first stored with, and the store
     /// recognises it as the same append at any time. That is what keeps
     /// the aggregates free of ever-growing "already done" sets.
-    fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
+    pub(crate) fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
         match self.event_id_seed {
             Some(seed) => Uuid::new_v5(&seed, format!("{stream}#{index}").as_bytes()),
             None => Uuid::now_v7(),
@@ -130,7 +130,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The jittered pause before retry number `attempt` (1-based).
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         self.backoff.delay(attempt)
     }
 }
@@ -212,6 +212,9 @@ pub struct CommandHandler {
     stats: Arc<CommandStats>,
     snapshot_every: u64,
     hot: Arc<HotStreams>,
+    /// Orders checked out at placement, queued per listing
+    /// ([`crate::flows::checkout`]).
+    checkout_hot: Arc<HotStreams>,
     email_index: EmailIndexKey,
 }
 
@@ -265,7 +268,7 @@ struct HandOver<A: Aggregate> {
 
 impl<A: Aggregate> Drop for HandOver<A> {
     fn drop(&mut self) {
-        let queued = self.handler.hot.take::<A>(&self.stream);
+        let queued = self.handler.hot.take::<Waiting<A>>(&self.stream);
         if queued.is_empty() {
             return;
         }
@@ -284,7 +287,11 @@ impl<A: Aggregate> Drop for HandOver<A> {
 /// The span of one command on `stream`: a child of the caller's span;
 /// outside any trace, of the span the context's `traceparent` names, if
 /// any.
-fn command_span(category: &'static str, stream: &StreamId, ctx: &CommandContext) -> tracing::Span {
+pub(crate) fn command_span(
+    category: &'static str,
+    stream: &StreamId,
+    ctx: &CommandContext,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "command",
         aggregate = category,
@@ -321,6 +328,7 @@ impl CommandHandler {
             stats: Arc::new(CommandStats::default()),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             hot: Arc::new(HotStreams::default()),
+            checkout_hot: Arc::new(HotStreams::default()),
             email_index: EmailIndexKey(SecretKey::from_bytes(UNCONFIGURED_EMAIL_INDEX)),
         }
     }
@@ -367,6 +375,95 @@ impl CommandHandler {
     /// The store this handler writes to.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// The state of `A` with id `id` if this handler has it cached (no
+    /// I/O): a true state of the stream at some revision, perhaps not the
+    /// latest.
+    pub fn cached<A: Aggregate>(&self, id: Uuid) -> Option<A> {
+        self.cache
+            .get::<A>(&stream_of::<A>(id))
+            .map(|(state, _, _)| state)
+    }
+
+    /// The queues of orders checked out at placement, per listing.
+    pub(crate) fn checkout_hot(&self) -> &HotStreams {
+        &self.checkout_hot
+    }
+
+    /// The conflict retry policy.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// `ctx` with event ids derived from `key`, unless it has a seed: a
+    /// client's retry with the same key carries the same ids.
+    pub(crate) fn keyed_context(
+        &self,
+        ctx: &CommandContext,
+        key: &IdempotencyKey,
+    ) -> CommandContext {
+        CommandContext {
+            event_id_seed: ctx
+                .event_id_seed
+                .or_else(|| Some(Uuid::new_v5(&KEYED_EVENTS, key.key.as_bytes()))),
+            ..ctx.clone()
+        }
+    }
+
+    /// `A` with id `id` to decide on, and whether it was read to the
+    /// stream's end: the cached state alone unless `read_to_end` (or on a
+    /// miss).
+    pub(crate) async fn loaded_for_decision<A: Aggregate>(
+        &self,
+        id: Uuid,
+        read_to_end: bool,
+    ) -> Result<(Loaded<A>, bool), LoadError> {
+        let attempt = if read_to_end { 2 } else { 1 };
+        self.for_decision::<A>(id, &stream_of::<A>(id), attempt)
+            .await
+    }
+
+    /// Records what an append left `A` with id `id` at: `state` after the
+    /// stream went from `before` to `outcome`; snapshots when due.
+    pub(crate) fn remember<A: Aggregate>(
+        &self,
+        id: Uuid,
+        state: A,
+        before: Option<u64>,
+        outcome: marketplace_store::AppendOutcome,
+    ) {
+        let stream = stream_of::<A>(id);
+        self.snapshot_if_due(&stream, &state, before, outcome.revision, outcome.position);
+        self.cache
+            .put(&stream, state, outcome.revision, outcome.position);
+    }
+
+    /// Appends across streams atomically, re-sending the very same events
+    /// (so idempotent) on a transient failure.
+    pub(crate) async fn append_streams_retrying_transient(
+        &self,
+        parts: Vec<marketplace_store::StreamAppend>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Vec<marketplace_store::AppendOutcome>, StoreError> {
+        let events: usize = parts.iter().map(|p| p.events.len()).sum();
+        let span = tracing::info_span!("append", streams = parts.len(), events);
+        async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.store.append_streams(parts.clone(), key.cloned()).await {
+                    Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
+                        tracing::warn!(error = %e, "transient append failure; retrying");
+                        self.stats.retry("order");
+                        tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// Rebuilds aggregate `A` with id `id` from its stream.
@@ -558,7 +655,7 @@ impl CommandHandler {
     async fn drain<A: Aggregate>(self, id: Uuid, stream: StreamId, mut queued: Vec<Waiting<A>>) {
         while !queued.is_empty() {
             self.run_queued::<A>(id, queued).await;
-            queued = self.hot.take::<A>(&stream);
+            queued = self.hot.take::<Waiting<A>>(&stream);
         }
     }
 
@@ -1110,7 +1207,7 @@ impl CommandHandler {
     }
 }
 
-fn to_new_event<E: marketplace_domain::EventSet>(
+pub(crate) fn to_new_event<E: marketplace_domain::EventSet>(
     event: &E,
     ctx: &CommandContext,
     event_id: Uuid,

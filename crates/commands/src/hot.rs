@@ -56,40 +56,57 @@ impl HotStreams {
         ctx: &CommandContext,
         command: &A::Command,
     ) -> Entry<A> {
+        let (reply, outcome) = oneshot::channel();
+        let queued = self.join(stream, || Waiting::<A> {
+            ctx: ctx.clone(),
+            command: command.clone(),
+            reply,
+        });
+        if queued {
+            Entry::Queued(outcome)
+        } else {
+            Entry::Lead
+        }
+    }
+
+    /// Queues what `waiting` makes behind the work in flight on `stream`
+    /// (true), or marks `stream` busy for the caller to lead (false). Each
+    /// instance queues one type of work per stream: work of another type
+    /// on a busy stream is not queued, it leads (and runs beside it).
+    pub(crate) fn join<W: Send + 'static>(
+        &self,
+        stream: &StreamId,
+        waiting: impl FnOnce() -> W,
+    ) -> bool {
         let Ok(mut busy) = self.busy.lock() else {
-            return Entry::Lead;
+            return false;
         };
         match busy.get_mut(stream) {
-            Some(queue) => match queue.downcast_mut::<Vec<Waiting<A>>>() {
+            Some(queue) => match queue.downcast_mut::<Vec<W>>() {
                 Some(queue) => {
-                    let (reply, outcome) = oneshot::channel();
-                    queue.push(Waiting {
-                        ctx: ctx.clone(),
-                        command: command.clone(),
-                        reply,
-                    });
-                    Entry::Queued(outcome)
+                    queue.push(waiting());
+                    true
                 }
                 // Stream ids carry their category, so this cannot be
                 // another aggregate's; run it alone rather than guess.
-                None => Entry::Lead,
+                None => false,
             },
             None => {
-                busy.insert(stream.clone(), Box::new(Vec::<Waiting<A>>::new()));
-                Entry::Lead
+                busy.insert(stream.clone(), Box::new(Vec::<W>::new()));
+                false
             }
         }
     }
 
     /// What queued on `stream` since the last call, to run as one batch;
     /// empty when nothing did, and then the stream is idle again.
-    pub(crate) fn take<A: Aggregate>(&self, stream: &StreamId) -> Vec<Waiting<A>> {
+    pub(crate) fn take<W: Send + 'static>(&self, stream: &StreamId) -> Vec<W> {
         let Ok(mut busy) = self.busy.lock() else {
             return Vec::new();
         };
         let queued = busy
             .get_mut(stream)
-            .and_then(|q| q.downcast_mut::<Vec<Waiting<A>>>())
+            .and_then(|q| q.downcast_mut::<Vec<W>>())
             .map(std::mem::take)
             .unwrap_or_default();
         if queued.is_empty() {

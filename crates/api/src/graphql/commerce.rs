@@ -5,6 +5,7 @@
 
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::Utc;
+use marketplace_commands::flows::checkout::{place_and_check_out, CheckoutError, OrderRequest};
 use marketplace_commands::flows::place_order::{price_lines, PriceLinesError};
 use marketplace_commands::{CommandContext, CommandError, Executed, Idempotent};
 use marketplace_domain::listing::{
@@ -252,10 +253,15 @@ impl CommerceMutation {
         change_listing(ctx, &id, Change::Delist).await
     }
 
-    /// Places an order at today's prices. It is PENDING until the checkout
-    /// saga reserves stock and holds funds: it then becomes CONFIRMED, or
-    /// REJECTED with a `statusReason`. Follow the consistency token, query
-    /// the order, or subscribe to see the outcome.
+    /// Places an order at today's prices and checks it out: stock is
+    /// reserved for every line and the buyer's funds are held, or the
+    /// order is REJECTED with a `statusReason` (out of stock, insufficient
+    /// funds, …) and nothing is held. On the Postgres event store this is
+    /// decided in the placement's own atomic append, so the answer is
+    /// already CONFIRMED or REJECTED. On KurrentDB (or with
+    /// `--checkout-in-saga`) the order is PENDING until the checkout saga
+    /// decides it a moment later: follow the consistency token, query the
+    /// order, or subscribe to see the outcome.
     async fn place_order(
         &self,
         ctx: &Context<'_>,
@@ -277,12 +283,6 @@ impl CommerceMutation {
                 quantity(line.quantity)?,
             ));
         }
-        let lines = price_lines(&state.handler, &wanted)
-            .await
-            .map_err(|e| match e {
-                PriceLinesError::ListingNotFound(_) => ApiError::NotFound(e.to_string()),
-                PriceLinesError::Load(e) => ApiError::internal(e),
-            })?;
         let key = idempotency_key.as_deref().map(|k| {
             let parts: Vec<String> = wanted.iter().map(|(l, q)| format!("{l}x{}", q.0)).collect();
             let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -294,18 +294,39 @@ impl CommerceMutation {
         };
         let mut cctx = CommandContext::new(claims.sub.to_string());
         cctx.idempotency_key = idempotency_key;
-        let command = OrderCommand::Place(PlaceOrder {
-            order_id: OrderId(order_id),
-            buyer: claims.actor(),
-            lines,
-            at: Utc::now(),
-        });
         // A fresh order is answered from the state its placement left (what
         // the read model will hold at the token): no wait for the
         // projection on the hot path. A replayed key reads the read model.
-        match execute_keyed::<OrderAggregate>(state, order_id, &cctx, &command, key, order_error)
-            .await?
-        {
+        let placed = if state.checkout_at_placement {
+            let request = OrderRequest {
+                order_id: OrderId(order_id),
+                buyer: claims.actor(),
+                wanted,
+                at: Utc::now(),
+            };
+            place_and_check_out(&state.handler, &cctx, request, state.fee, key)
+                .await
+                .map_err(|e| match e {
+                    CheckoutError::ListingNotFound(_) => ApiError::NotFound(e.to_string()),
+                    CheckoutError::Command(e) => command_error(e, order_error),
+                })?
+        } else {
+            let lines = price_lines(&state.handler, &wanted)
+                .await
+                .map_err(|e| match e {
+                    PriceLinesError::ListingNotFound(_) => ApiError::NotFound(e.to_string()),
+                    PriceLinesError::Load(e) => ApiError::internal(e),
+                })?;
+            let command = OrderCommand::Place(PlaceOrder {
+                order_id: OrderId(order_id),
+                buyer: claims.actor(),
+                lines,
+                at: Utc::now(),
+            });
+            execute_keyed::<OrderAggregate>(state, order_id, &cctx, &command, key, order_error)
+                .await?
+        };
+        match placed {
             Idempotent::Fresh(done) => match Order::placed(&done.state) {
                 Some(order) if done.appended > 0 => Ok(OrderPayload {
                     order: Some(order),

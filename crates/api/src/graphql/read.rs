@@ -90,13 +90,13 @@ impl Order {
             order_id: id,
             buyer_id: order.buyer_id?.0,
             seller_id: order.seller_id?.0,
-            status: "PENDING".to_owned(),
-            status_reason: None,
-            tracking_code: None,
+            status: status_name(order.status)?.to_owned(),
+            status_reason: order.status_reason.as_ref().map(|r| r.as_str().to_owned()),
+            tracking_code: order.tracking_code.as_ref().map(|t| t.as_str().to_owned()),
             total_minor: total.minor,
             currency: total.currency.as_str().to_owned(),
             placed_at,
-            updated_at: placed_at,
+            updated_at: order.updated_at.and_then(micros).unwrap_or(placed_at),
         };
         let lines = order
             .lines
@@ -714,4 +714,19 @@ impl AuditQuery {
             }))
         }))
     }
+}
+
+/// How the orders read model names `status`; `None` for an order not
+/// placed.
+fn status_name(status: marketplace_domain::order::OrderStatus) -> Option<&'static str> {
+    use marketplace_domain::order::OrderStatus;
+    Some(match status {
+        OrderStatus::Absent => return None,
+        OrderStatus::Pending => "PENDING",
+        OrderStatus::Confirmed => "CONFIRMED",
+        OrderStatus::Rejected => "REJECTED",
+        OrderStatus::Shipped => "SHIPPED",
+        OrderStatus::Delivered => "DELIVERED",
+        OrderStatus::Cancelled => "CANCELLED",
+    })
 }

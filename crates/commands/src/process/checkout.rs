@@ -100,6 +100,13 @@ impl CheckoutSaga {
     }
 
     async fn status(&self, placed: &OrderPlaced) -> Result<OrderStatus, ProcessError> {
+        // A verdict never goes back to PENDING: a cached decided order
+        // (one checked out at placement, in this process) needs no read.
+        if let Some(order) = self.handler.cached::<Order>(placed.order_id.0) {
+            if !matches!(order.status, OrderStatus::Absent | OrderStatus::Pending) {
+                return Ok(order.status);
+            }
+        }
         Ok(self
             .handler
             .load::<Order>(placed.order_id.0)
@@ -437,7 +444,7 @@ fn placed(event: &Event) -> Option<&OrderPlaced> {
     clippy::wildcard_enum_match_arm,
     reason = "every other refusal reads the same to the buyer"
 )]
-fn listing_reason(e: &ListingError) -> Reason {
+pub(crate) fn listing_reason(e: &ListingError) -> Reason {
     match e {
         ListingError::OutOfStock { .. } => Reason::fixed("out of stock"),
         ListingError::OwnListing => Reason::fixed("sellers cannot buy their own listings"),
@@ -449,7 +456,7 @@ fn listing_reason(e: &ListingError) -> Reason {
     clippy::wildcard_enum_match_arm,
     reason = "every other refusal reads the same to the buyer"
 )]
-fn account_reason(e: &AccountError) -> Reason {
+pub(crate) fn account_reason(e: &AccountError) -> Reason {
     match e {
         AccountError::InsufficientFunds { .. } => Reason::fixed("insufficient funds"),
         _ => Reason::fixed("payment failed"),

@@ -9,6 +9,11 @@
 //!
 //! where `fresh_store()` is an async fn returning an empty store implementing
 //! [`Conformance`].
+//!
+//! The checks of [`EventStore::append_streams`] run in full on a backend
+//! that claims the capability ([`EventStore::multi_stream_appends`]); on one
+//! that does not, each of them checks instead that the call is refused as
+//! [`StoreError::Unsupported`] and writes nothing.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,7 +27,7 @@ use uuid::Uuid;
 use crate::{
     AppendOutcome, EventMetadata, EventStore, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
     InMemoryEventStore, NewEvent, Position, PostgresEventStore, RecordedEvent, StoreError,
-    StreamId,
+    StreamAppend, StreamId,
 };
 
 /// What the suite needs beyond [`EventStore`]: a way to hold an append's
@@ -867,6 +872,600 @@ pub async fn an_append_holding_a_nul_character_is_refused_and_stores_nothing<S: 
     );
 }
 
+fn part(stream: &StreamId, expected: ExpectedRevision, events: Vec<NewEvent>) -> StreamAppend {
+    StreamAppend {
+        stream: stream.clone(),
+        expected,
+        events,
+    }
+}
+
+/// The events appended after `from`, in log order.
+async fn log_after<S: Conformance>(store: &S, from: Position) -> Vec<RecordedEvent> {
+    store.read_all(from, 10_000).await.expect("read_all")
+}
+
+/// On a backend without [`EventStore::append_streams`]: the call, with a
+/// key or without, is refused as [`StoreError::Unsupported`] and writes
+/// nothing (no event, no stream, no key).
+async fn assert_multi_stream_appends_unsupported<S: Conformance>(store: &S) {
+    let (a, b) = (new_stream("order"), new_stream("listing"));
+    let head = store.head().await.expect("head");
+    let key = idempotency_key("hash");
+    for key in [None, Some(key.clone())] {
+        let result = store
+            .append_streams(
+                vec![
+                    part(&a, ExpectedRevision::NoStream, vec![event(1)]),
+                    part(&b, ExpectedRevision::Any, vec![event(2)]),
+                ],
+                key,
+            )
+            .await;
+        assert!(
+            matches!(result, Err(StoreError::Unsupported(_))),
+            "expected Unsupported, got {result:?}"
+        );
+    }
+    assert_eq!(store.head().await.expect("head"), head);
+    assert!(store.read_stream(&a, 0).await.expect("read").is_empty());
+    assert!(store.read_stream(&b, 0).await.expect("read").is_empty());
+    assert_eq!(
+        store.idempotency_record(&key.key).await.expect("lookup"),
+        None
+    );
+}
+
+/// A backend answers [`EventStore::append_streams`] as its capability says:
+/// without it, `Unsupported` and nothing written; with it, the append
+/// happens.
+pub async fn append_streams_answers_as_the_capability_says<S: Conformance>(store: S) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b) = (new_stream("order"), new_stream("listing"));
+    let outcomes = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::NoStream, vec![event(1)]),
+                part(&b, ExpectedRevision::NoStream, vec![event(2)]),
+            ],
+            None,
+        )
+        .await
+        .expect("a backend with the capability appends");
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(store.read_stream(&a, 0).await.expect("read").len(), 1);
+    assert_eq!(store.read_stream(&b, 0).await.expect("read").len(), 1);
+}
+
+/// Three streams (one with history, two new) appended in one call: one
+/// outcome per part, each stream's revisions continuing its own, every
+/// event of the append at consecutive positions in part order, and each
+/// stream's hash chain linking to its own previous event.
+pub async fn appends_to_several_streams_atomically<S: Conformance>(store: S) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (order, listing, wallet) = (
+        new_stream("order"),
+        new_stream("listing"),
+        new_stream("wallet"),
+    );
+    store
+        .append(&order, ExpectedRevision::NoStream, vec![event(0), event(1)])
+        .await
+        .expect("seed");
+    let before = store.head().await.expect("head");
+    let parts = vec![
+        part(&order, ExpectedRevision::Exact(1), vec![event(2), event(3)]),
+        part(&listing, ExpectedRevision::NoStream, vec![event(4)]),
+        part(
+            &wallet,
+            ExpectedRevision::Any,
+            vec![event(5), event(6), event(7)],
+        ),
+    ];
+    let ids: Vec<Uuid> = parts
+        .iter()
+        .flat_map(|p| p.events.iter().map(|e| e.event_id))
+        .collect();
+    let outcomes = store
+        .append_streams(parts, None)
+        .await
+        .expect("multi-stream append");
+
+    let appended = log_after(&store, before).await;
+    assert_eq!(
+        appended.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        ids,
+        "the append's events, in part order, and nothing else"
+    );
+    assert_eq!(
+        appended
+            .iter()
+            .map(|e| (&e.stream_id, e.revision))
+            .collect::<Vec<_>>(),
+        vec![
+            (&order, 2),
+            (&order, 3),
+            (&listing, 0),
+            (&wallet, 0),
+            (&wallet, 1),
+            (&wallet, 2)
+        ]
+    );
+    assert_strictly_increasing(&appended);
+    if store.dense_positions() {
+        assert_eq!(
+            appended.iter().map(|e| e.position.0).collect::<Vec<_>>(),
+            (before.0 + 1..=before.0 + 6).collect::<Vec<_>>(),
+            "consecutive positions"
+        );
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            AppendOutcome {
+                revision: 3,
+                position: appended[1].position
+            },
+            AppendOutcome {
+                revision: 0,
+                position: appended[2].position
+            },
+            AppendOutcome {
+                revision: 2,
+                position: appended[5].position
+            },
+        ]
+    );
+    assert_eq!(store.head().await.expect("head"), appended[5].position);
+
+    let order_events = store.read_stream(&order, 0).await.expect("read");
+    assert_eq!(order_events.len(), 4);
+    for w in order_events.windows(2) {
+        assert_eq!(w[1].metadata.prev_hash, w[0].metadata.hash);
+    }
+    let listing_events = store.read_stream(&listing, 0).await.expect("read");
+    assert_eq!(listing_events[0].metadata.prev_hash, None);
+    let wallet_events = store.read_stream(&wallet, 0).await.expect("read");
+    assert_eq!(wallet_events[0].metadata.prev_hash, None);
+    assert_eq!(
+        wallet_events[2].metadata.prev_hash,
+        wallet_events[1].metadata.hash
+    );
+
+    // Two streams, both already there, right after.
+    let two = store
+        .append_streams(
+            vec![
+                part(&listing, ExpectedRevision::Exact(0), vec![event(8)]),
+                part(&order, ExpectedRevision::Exact(3), vec![event(9)]),
+            ],
+            None,
+        )
+        .await
+        .expect("two-stream append");
+    assert_eq!(
+        two.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        vec![1, 4]
+    );
+    assert!(two[0].position > appended[5].position && two[0].position < two[1].position);
+    assert_eq!(store.head().await.expect("head"), two[1].position);
+}
+
+/// One part at a wrong revision refuses the whole append: the error names
+/// that part's stream, and nothing of any part is written, so the same
+/// event ids can then be appended at the right revisions.
+pub async fn a_wrong_revision_in_one_part_writes_no_part<S: Conformance>(store: S) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b, fresh) = (
+        new_stream("order"),
+        new_stream("listing"),
+        new_stream("wallet"),
+    );
+    store
+        .append(&a, ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .expect("seed a");
+    store
+        .append(&b, ExpectedRevision::NoStream, vec![event(1)])
+        .await
+        .expect("seed b");
+    let head = store.head().await.expect("head");
+    let (a_before, b_before) = (
+        store.read_stream(&a, 0).await.expect("read"),
+        store.read_stream(&b, 0).await.expect("read"),
+    );
+    let (ea, eb, ef) = (vec![event(2)], vec![event(3)], vec![event(4)]);
+    let refused = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::Exact(0), ea.clone()),
+                part(&fresh, ExpectedRevision::NoStream, ef.clone()),
+                part(&b, ExpectedRevision::Exact(5), eb.clone()),
+            ],
+            None,
+        )
+        .await;
+    match refused {
+        Err(StoreError::WrongExpectedRevision {
+            stream,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(stream, b, "the error names the mismatching part's stream");
+            assert_eq!(expected, ExpectedRevision::Exact(5));
+            assert_eq!(actual, Some(0));
+        }
+        other => panic!("expected WrongExpectedRevision, got {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), head);
+    assert_eq!(store.read_stream(&a, 0).await.expect("read"), a_before);
+    assert_eq!(store.read_stream(&b, 0).await.expect("read"), b_before);
+    assert!(store.read_stream(&fresh, 0).await.expect("read").is_empty());
+    assert!(log_after(&store, head).await.is_empty());
+
+    let ok = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::Exact(0), ea),
+                part(&fresh, ExpectedRevision::NoStream, ef),
+                part(&b, ExpectedRevision::Exact(0), eb),
+            ],
+            None,
+        )
+        .await
+        .expect("the same ids at the right revisions");
+    assert_eq!(
+        ok.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        vec![1, 0, 1]
+    );
+    assert_eq!(log_after(&store, head).await.len(), 3);
+}
+
+/// Requests no state of the log could accept are refused and write
+/// nothing: a stream named by two parts (`Rejected`), a part without
+/// events or no part at all (`EmptyAppend`), one event id in two parts
+/// (`DuplicateEventId`).
+pub async fn a_multi_stream_append_naming_a_stream_twice_is_refused<S: Conformance>(store: S) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b) = (new_stream("order"), new_stream("listing"));
+    store
+        .append(&a, ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .expect("seed");
+    let head = store.head().await.expect("head");
+    let twice = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::Exact(0), vec![event(1)]),
+                part(&b, ExpectedRevision::NoStream, vec![event(2)]),
+                part(&a, ExpectedRevision::Any, vec![event(3)]),
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(twice, Err(StoreError::Rejected { .. })),
+        "expected Rejected, got {twice:?}"
+    );
+    let empty_part = store
+        .append_streams(
+            vec![
+                part(&b, ExpectedRevision::NoStream, vec![event(4)]),
+                part(&a, ExpectedRevision::Exact(0), vec![]),
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(empty_part, Err(StoreError::EmptyAppend)),
+        "expected EmptyAppend, got {empty_part:?}"
+    );
+    let no_part = store.append_streams(vec![], None).await;
+    assert!(
+        matches!(no_part, Err(StoreError::EmptyAppend)),
+        "expected EmptyAppend, got {no_part:?}"
+    );
+    let shared = event(5);
+    let one_id_twice = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::Exact(0), vec![shared.clone()]),
+                part(&b, ExpectedRevision::NoStream, vec![shared.clone()]),
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(one_id_twice, Err(StoreError::DuplicateEventId(id)) if id == shared.event_id),
+        "expected DuplicateEventId, got {one_id_twice:?}"
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+    assert_eq!(store.read_stream(&a, 0).await.expect("read").len(), 1);
+    assert!(store.read_stream(&b, 0).await.expect("read").is_empty());
+}
+
+/// Sending the very same parts again (same event ids, now stale
+/// expectations) returns the original outcomes and writes nothing; a
+/// request with some of those ids and some new ones is a
+/// `DuplicateEventId`, and writes nothing either.
+pub async fn retrying_a_multi_stream_append_returns_its_outcomes_and_writes_nothing<
+    S: Conformance,
+>(
+    store: S,
+) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b) = (new_stream("order"), new_stream("listing"));
+    let parts = vec![
+        part(&a, ExpectedRevision::NoStream, vec![event(1), event(2)]),
+        part(&b, ExpectedRevision::NoStream, vec![event(3)]),
+    ];
+    let first = store
+        .append_streams(parts.clone(), None)
+        .await
+        .expect("append");
+    let head = store.head().await.expect("head");
+    let retry = store
+        .append_streams(parts.clone(), None)
+        .await
+        .expect("idempotent retry");
+    assert_eq!(retry, first);
+    assert_eq!(store.head().await.expect("head"), head);
+
+    let mixed = vec![
+        parts[0].clone(),
+        part(&b, ExpectedRevision::Exact(0), vec![event(4)]),
+    ];
+    let refused = store.append_streams(mixed, None).await;
+    assert!(
+        matches!(refused, Err(StoreError::DuplicateEventId(_))),
+        "expected DuplicateEventId, got {refused:?}"
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+    assert_eq!(store.read_stream(&a, 0).await.expect("read").len(), 2);
+    assert_eq!(store.read_stream(&b, 0).await.expect("read").len(), 1);
+}
+
+/// A multi-stream append's idempotency key is recorded with it: the record
+/// names the first part's stream and last revision and the highest
+/// position of the append; a second use is refused with that record (even
+/// at wrong revisions) and writes nothing; a failed append leaves its key
+/// free; a retry of stored parts records its key with the original
+/// outcomes.
+pub async fn a_multi_stream_append_records_its_idempotency_key_atomically<S: Conformance>(
+    store: S,
+) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b) = (new_stream("order"), new_stream("listing"));
+    let key = idempotency_key("hash-1");
+    let parts = vec![
+        part(&a, ExpectedRevision::NoStream, vec![event(1), event(2)]),
+        part(&b, ExpectedRevision::NoStream, vec![event(3), event(4)]),
+    ];
+    let first = store
+        .append_streams(parts.clone(), Some(key.clone()))
+        .await
+        .expect("keyed append");
+    let recorded = store
+        .idempotency_record(&key.key)
+        .await
+        .expect("lookup")
+        .expect("the key is recorded");
+    assert_eq!(recorded.key, key.key);
+    assert_eq!(recorded.request_hash, "hash-1");
+    assert_eq!(recorded.stream_id, a, "the first part's stream");
+    assert_eq!(recorded.revision, first[0].revision, "its last revision");
+    assert_eq!(recorded.position, first[1].position, "the highest position");
+    assert_eq!(recorded.position, store.head().await.expect("head"));
+
+    let head = store.head().await.expect("head");
+    let again = store
+        .append_streams(
+            vec![
+                part(&a, ExpectedRevision::Exact(9), vec![event(5)]),
+                part(&b, ExpectedRevision::Exact(9), vec![event(6)]),
+            ],
+            Some(with_hash(&key, "hash-2")),
+        )
+        .await;
+    match again {
+        Err(StoreError::IdempotencyKeyUsed(record)) => assert_eq!(*record, recorded),
+        other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), head);
+
+    let unused = idempotency_key("hash-3");
+    let failed = store
+        .append_streams(
+            vec![
+                part(&b, ExpectedRevision::Exact(1), vec![event(7)]),
+                part(&a, ExpectedRevision::Exact(0), vec![event(8)]),
+            ],
+            Some(unused.clone()),
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::WrongExpectedRevision { ref stream, .. }) if *stream == a),
+        "expected WrongExpectedRevision on {a}, got {failed:?}"
+    );
+    assert_eq!(
+        store.idempotency_record(&unused.key).await.expect("lookup"),
+        None
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+
+    let retry = store
+        .append_streams(parts, Some(unused.clone()))
+        .await
+        .expect("a retry of stored parts under a fresh key");
+    assert_eq!(retry, first);
+    let retry_record = store
+        .idempotency_record(&unused.key)
+        .await
+        .expect("lookup")
+        .expect("recorded by the retry");
+    assert_eq!(
+        (&retry_record.stream_id, retry_record.outcome()),
+        (&a, recorded.outcome())
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+}
+
+/// A live subscriber receives every event of a multi-stream append once,
+/// in the log's order, and then what follows it.
+pub async fn subscribers_see_every_event_of_a_multi_stream_append_once<S: Conformance>(store: S) {
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let (a, b, c) = (
+        new_stream("order"),
+        new_stream("listing"),
+        new_stream("wallet"),
+    );
+    store
+        .append(&a, ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .expect("seed");
+    let from = store.head().await.expect("head");
+    let mut live = store.subscribe_all(from).await.expect("subscribe");
+    let parts = vec![
+        part(&a, ExpectedRevision::Exact(0), vec![event(1), event(2)]),
+        part(&b, ExpectedRevision::NoStream, vec![event(3)]),
+        part(&c, ExpectedRevision::NoStream, vec![event(4), event(5)]),
+    ];
+    let mut ids: Vec<Uuid> = parts
+        .iter()
+        .flat_map(|p| p.events.iter().map(|e| e.event_id))
+        .collect();
+    store
+        .append_streams(parts, None)
+        .await
+        .expect("multi-stream append");
+    let after = event(6);
+    ids.push(after.event_id);
+    store
+        .append(&b, ExpectedRevision::Exact(0), vec![after])
+        .await
+        .expect("an append after it");
+    let delivered = collect(&mut live, ids.len()).await;
+    assert_eq!(
+        delivered.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        ids,
+        "each event once, in order"
+    );
+    assert_strictly_increasing(&delivered);
+    assert_eq!(delivered, log_after(&store, from).await);
+    let extra = tokio::time::timeout(Duration::from_millis(100), live.next()).await;
+    assert!(extra.is_err(), "an extra event was delivered: {extra:?}");
+}
+
+/// 32 writers each append, in one call, an event to a shared hot stream
+/// (at the exact revision they last saw, retrying on conflict) and one to a
+/// stream of their own. Every writer lands exactly once: the hot stream's
+/// revisions run 0..32 without a gap, each writer's two events sit next to
+/// each other in the log, and the log's positions are gap-free.
+pub async fn concurrent_multi_stream_appends_on_a_shared_stream_land_without_gaps<
+    S: Conformance,
+>(
+    store: S,
+) {
+    const WRITERS: usize = 32;
+    const ATTEMPTS: usize = 10_000;
+    if !store.multi_stream_appends() {
+        return assert_multi_stream_appends_unsupported(&store).await;
+    }
+    let hot = new_stream("listing");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, hot, barrier) = (store.clone(), hot.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let own = new_stream("order");
+                let (hot_event, own_event) = (event(w as u64), event(1000 + w as u64));
+                let ids = (hot_event.event_id, own_event.event_id);
+                barrier.wait().await;
+                let mut expected = ExpectedRevision::NoStream;
+                for _ in 0..ATTEMPTS {
+                    let parts = vec![
+                        part(&hot, expected, vec![hot_event.clone()]),
+                        part(&own, ExpectedRevision::NoStream, vec![own_event.clone()]),
+                    ];
+                    match store.append_streams(parts, None).await {
+                        Ok(outcomes) => return (own, ids, outcomes),
+                        Err(StoreError::WrongExpectedRevision { stream, actual, .. }) => {
+                            assert_eq!(stream, hot, "only the hot stream conflicts");
+                            expected =
+                                actual.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+                        }
+                        Err(other) => panic!("writer {w} got {other}"),
+                    }
+                }
+                panic!("writer {w} never landed in {ATTEMPTS} attempts");
+            })
+        })
+        .collect();
+    let mut landed = Vec::with_capacity(WRITERS);
+    for t in tasks {
+        landed.push(t.await.expect("join"));
+    }
+
+    let hot_events = store.read_stream(&hot, 0).await.expect("read hot");
+    assert_eq!(
+        hot_events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        (0..WRITERS as u64).collect::<Vec<_>>(),
+        "the hot stream's revisions have no gap"
+    );
+    let log = log_after(&store, Position::START).await;
+    assert_eq!(log.len(), 2 * WRITERS);
+    assert_strictly_increasing(&log);
+    if store.dense_positions() {
+        assert_eq!(
+            log.iter().map(|e| e.position.0).collect::<Vec<_>>(),
+            (1..=2 * WRITERS as u64).collect::<Vec<_>>(),
+            "dense, gap-free positions"
+        );
+    }
+    let ids: HashSet<Uuid> = log.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 2 * WRITERS, "every event once");
+    for (own, (hot_id, own_id), outcomes) in &landed {
+        let at = log
+            .iter()
+            .position(|e| e.event_id == *hot_id)
+            .expect("the writer's hot event is in the log");
+        assert_eq!(log[at].stream_id, hot);
+        assert_eq!(
+            log[at + 1].event_id,
+            *own_id,
+            "the writer's events sit together"
+        );
+        assert_eq!(&log[at + 1].stream_id, own);
+        assert_eq!(
+            outcomes,
+            &vec![
+                AppendOutcome {
+                    revision: log[at].revision,
+                    position: log[at].position
+                },
+                AppendOutcome {
+                    revision: 0,
+                    position: log[at + 1].position
+                },
+            ]
+        );
+    }
+}
+
 /// Instantiates every conformance check as a `#[tokio::test]` for the backend
 /// built by the given async expression.
 #[macro_export]
@@ -886,7 +1485,15 @@ macro_rules! conformance_suite {
             an_idempotent_retry_of_stored_events_records_its_key,
             an_unknown_idempotency_key_has_no_record,
             twenty_concurrent_duplicates_append_once,
-            an_append_holding_a_nul_character_is_refused_and_stores_nothing
+            an_append_holding_a_nul_character_is_refused_and_stores_nothing,
+            append_streams_answers_as_the_capability_says,
+            appends_to_several_streams_atomically,
+            a_wrong_revision_in_one_part_writes_no_part,
+            a_multi_stream_append_naming_a_stream_twice_is_refused,
+            retrying_a_multi_stream_append_returns_its_outcomes_and_writes_nothing,
+            a_multi_stream_append_records_its_idempotency_key_atomically,
+            subscribers_see_every_event_of_a_multi_stream_append_once,
+            concurrent_multi_stream_appends_on_a_shared_stream_land_without_gaps
         );
     };
     (@tests $fresh:expr; $($name:ident),*) => {

@@ -9,12 +9,13 @@
 //! Layout:
 //! - [`event`]: the value types of the contract — [`StreamId`], [`NewEvent`],
 //!   [`RecordedEvent`], [`Position`], [`ExpectedRevision`], [`EventMetadata`],
-//!   [`IdempotencyKey`], [`IdempotencyRecord`], [`Snapshot`].
+//!   [`IdempotencyKey`], [`IdempotencyRecord`], [`Snapshot`], [`StreamAppend`].
 //! - [`error`]: [`StoreError`], whose variants say how a caller must treat them.
 //! - [`port`]: the [`EventStore`] trait (append, append_idempotent,
 //!   idempotency_record, read_stream, read_all, subscribe_all, head, and
-//!   the optional read_snapshot/write_snapshot) that every backend
-//!   implements.
+//!   the optional read_snapshot/write_snapshot and append_streams, an
+//!   atomic append across streams where multi_stream_appends says so) that
+//!   every backend implements.
 //! - [`postgres`]: the embedded default backend (one append-only `events`
 //!   table, an `idempotency_keys` table written in the same transaction as
 //!   the append, a serialising appender, LISTEN/NOTIFY for live delivery,

@@ -7,8 +7,15 @@
 //! mutex, which is also what keeps positions in commit order, exactly like
 //! the Postgres backend's appender lock; an idempotency key is checked and
 //! recorded under that same mutex, in the same log update as the events.
+//! An append across several streams ([`EventStore::append_streams`]) is
+//! planned part by part under the same mutex and written in one log update,
+//! or not at all.
+//!
+//! The planning the backends share lives here too: [`plan_append`] for one
+//! stream's part and [`plan_parts`] for a whole request of one or more
+//! parts, which the Postgres appender runs against its batch's state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -19,7 +26,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{
     chain_hash, check_storable, AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    NewEvent, Position, RecordedEvent, Snapshot, StreamId,
+    NewEvent, Position, RecordedEvent, Snapshot, StreamAppend, StreamId,
 };
 use crate::port::{EventStore, EventStream};
 use crate::subscription::catch_up_then_live;
@@ -149,6 +156,178 @@ pub(crate) fn plan_append(
     Ok(Plan::Write(out))
 }
 
+/// Refuses a request that no state of the log could accept: no part, a part
+/// without events ([`StoreError::EmptyAppend`]), or a stream named by two
+/// parts ([`StoreError::Rejected`]). Cheap enough for the caller's task.
+pub(crate) fn check_parts(parts: &[StreamAppend]) -> Result<(), StoreError> {
+    if parts.is_empty() || parts.iter().any(|p| p.events.is_empty()) {
+        return Err(StoreError::EmptyAppend);
+    }
+    if parts.len() > 1 {
+        let mut streams = HashSet::with_capacity(parts.len());
+        if let Some(twice) = parts.iter().find(|p| !streams.insert(&p.stream)) {
+            return Err(StoreError::Rejected {
+                reason: format!(
+                    "stream {} is named by two parts of one append",
+                    twice.stream
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What planning a request sees of the log: the last revision and hash of
+/// the streams it names, the stored (stream, revision, position) of the
+/// event ids it carries, and the last position taken. The Postgres appender
+/// keeps one for a whole batch, so each request also sees the ones planned
+/// before it.
+#[derive(Default)]
+pub(crate) struct PlanState {
+    pub current: HashMap<StreamId, (u64, Option<String>)>,
+    pub existing: HashMap<Uuid, (StreamId, u64, Position)>,
+    pub next: u64,
+}
+
+/// A request that planned successfully.
+pub(crate) enum PartsPlan {
+    /// Every part is already stored as the very same append: its original
+    /// outcomes, one per part.
+    AlreadyStored(Vec<AppendOutcome>),
+    /// Write `rows` (every part's events, in part order, at consecutive
+    /// positions); `outcomes` has one entry per part.
+    Write {
+        outcomes: Vec<AppendOutcome>,
+        rows: Vec<RecordedEvent>,
+    },
+}
+
+/// Plans a request of one or more parts against `state`, all or nothing:
+/// only a [`PartsPlan::Write`] changes `state` (positions taken, heads and
+/// ids of the written events); a refusal or an idempotent retry leaves it
+/// exactly as it was, so the next request plans as if this one had never
+/// been made and positions stay gap-free.
+///
+/// Each part is planned by [`plan_append`]; the first part refused decides
+/// the error. Every part already stored is an idempotent retry; some but not
+/// all is [`StoreError::DuplicateEventId`], as is an event id carried twice
+/// across parts.
+pub(crate) fn plan_parts(
+    parts: Vec<StreamAppend>,
+    state: &mut PlanState,
+) -> Result<PartsPlan, StoreError> {
+    check_parts(&parts)?;
+    if parts.len() > 1 {
+        let mut ids = HashSet::new();
+        if let Some(twice) = parts
+            .iter()
+            .flat_map(|p| &p.events)
+            .find(|e| !ids.insert(e.event_id))
+        {
+            return Err(StoreError::DuplicateEventId(twice.event_id));
+        }
+    }
+    // Positions are taken from a copy of the counter, and `state` is only
+    // written once every part has planned: that is the rollback.
+    let mut next = state.next;
+    let mut planned = Vec::with_capacity(parts.len());
+    for part in parts {
+        let first_id = part.events.first().map(|e| e.event_id);
+        let mine: Vec<_> = part
+            .events
+            .iter()
+            .filter_map(|e| {
+                state
+                    .existing
+                    .get(&e.event_id)
+                    .map(|(s, r, p)| (e.event_id, s.clone(), *r, *p))
+            })
+            .collect();
+        let plan = plan_append(
+            &part.stream,
+            part.expected,
+            part.events,
+            state.current.get(&part.stream).cloned(),
+            &mine,
+            || {
+                next += 1;
+                Position(next)
+            },
+        )?;
+        planned.push((part.stream, first_id, plan));
+    }
+    let stored = planned
+        .iter()
+        .filter(|(_, _, plan)| matches!(plan, Plan::AlreadyStored(_)))
+        .count();
+    if stored == planned.len() {
+        return Ok(PartsPlan::AlreadyStored(
+            planned
+                .into_iter()
+                .filter_map(|(_, _, plan)| match plan {
+                    Plan::AlreadyStored(outcome) => Some(outcome),
+                    Plan::Write(_) => None,
+                })
+                .collect(),
+        ));
+    }
+    if stored > 0 {
+        let stored_id = planned.iter().find_map(|(_, id, plan)| match plan {
+            Plan::AlreadyStored(_) => *id,
+            Plan::Write(_) => None,
+        });
+        return Err(StoreError::DuplicateEventId(stored_id.unwrap_or_default()));
+    }
+    let mut outcomes = Vec::with_capacity(planned.len());
+    let mut rows = Vec::new();
+    for (stream, _, plan) in planned {
+        let Plan::Write(part_rows) = plan else {
+            continue;
+        };
+        let Some(last) = part_rows.last() else {
+            return Err(StoreError::EmptyAppend);
+        };
+        outcomes.push(AppendOutcome {
+            revision: last.revision,
+            position: last.position,
+        });
+        state
+            .current
+            .insert(stream, (last.revision, last.metadata.hash.clone()));
+        for r in &part_rows {
+            state
+                .existing
+                .insert(r.event_id, (r.stream_id.clone(), r.revision, r.position));
+        }
+        rows.extend(part_rows);
+    }
+    state.next = next;
+    Ok(PartsPlan::Write { outcomes, rows })
+}
+
+/// The record of `key` for a request whose first part went to `stream`:
+/// that part's revision, and the highest position of the whole request (a
+/// consistency token covering every part).
+pub(crate) fn key_record(
+    key: IdempotencyKey,
+    stream: StreamId,
+    outcomes: &[AppendOutcome],
+    recorded_at: chrono::DateTime<Utc>,
+) -> IdempotencyRecord {
+    IdempotencyRecord {
+        key: key.key,
+        request_hash: key.request_hash,
+        stream_id: stream,
+        revision: outcomes.first().map_or(0, |o| o.revision),
+        position: outcomes
+            .iter()
+            .map(|o| o.position)
+            .max()
+            .unwrap_or(Position::START),
+        recorded_at,
+    }
+}
+
 impl InMemoryEventStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -196,71 +375,80 @@ impl InMemoryEventStore {
         key: Option<IdempotencyKey>,
         gate: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::EmptyAppend);
+        let part = StreamAppend {
+            stream: stream.clone(),
+            expected,
+            events,
+        };
+        let mut outcomes = self.append_parts(vec![part], key, gate).await?;
+        outcomes.pop().ok_or(StoreError::EmptyAppend)
+    }
+
+    /// Every append, of one part or several: checked, planned and written
+    /// under the writer mutex, in one log update.
+    async fn append_parts(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+        gate: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        check_parts(&parts)?;
+        check_storable(&[], key.as_ref())?;
+        for part in &parts {
+            check_storable(&part.events, None)?;
         }
-        check_storable(&events, key.as_ref())?;
+        let first_stream = parts[0].stream.clone();
         let _writer = self.inner.writer.lock().await;
         let plan = {
             let log = self.read_log();
             if let Some(record) = key.as_ref().and_then(|k| log.idempotency.get(&k.key)) {
                 return Err(StoreError::IdempotencyKeyUsed(Box::new(record.clone())));
             }
-            let current = log
-                .streams
-                .get(stream)
-                .and_then(|idx| idx.last())
-                .map(|&i| {
+            let mut state = PlanState {
+                next: log.events.last().map_or(0, |e| e.position.0),
+                ..PlanState::default()
+            };
+            for part in &parts {
+                let head = log.streams.get(&part.stream).and_then(|idx| idx.last());
+                if let Some(&i) = head {
                     let e = &log.events[i];
-                    (e.revision, e.metadata.hash.clone())
-                });
-            let existing: Vec<_> = events
-                .iter()
-                .filter_map(|e| log.by_event_id.get(&e.event_id))
-                .map(|&i| {
-                    let e = &log.events[i];
-                    (e.event_id, e.stream_id.clone(), e.revision, e.position)
-                })
-                .collect();
-            let mut next = log.events.last().map_or(0, |e| e.position.0);
-            plan_append(stream, expected, events, current, &existing, || {
-                next += 1;
-                Position(next)
-            })?
+                    state
+                        .current
+                        .insert(part.stream.clone(), (e.revision, e.metadata.hash.clone()));
+                }
+                for e in &part.events {
+                    if let Some(&i) = log.by_event_id.get(&e.event_id) {
+                        let e = &log.events[i];
+                        state
+                            .existing
+                            .insert(e.event_id, (e.stream_id.clone(), e.revision, e.position));
+                    }
+                }
+            }
+            plan_parts(parts, &mut state)?
         };
-        let record = |outcome: AppendOutcome| {
-            key.map(|k| IdempotencyRecord {
-                key: k.key,
-                request_hash: k.request_hash,
-                stream_id: stream.clone(),
-                revision: outcome.revision,
-                position: outcome.position,
-                recorded_at: Utc::now(),
-            })
+        let record = |outcomes: &[AppendOutcome]| {
+            key.map(|k| key_record(k, first_stream, outcomes, Utc::now()))
         };
-        let rows = match plan {
-            Plan::AlreadyStored(outcome) => {
-                if let Some(record) = record(outcome) {
+        let (outcomes, rows) = match plan {
+            PartsPlan::AlreadyStored(outcomes) => {
+                if let Some(record) = record(&outcomes) {
                     self.write_log()
                         .idempotency
                         .insert(record.key.clone(), record);
                 }
-                return Ok(outcome);
+                return Ok(outcomes);
             }
-            Plan::Write(rows) => rows,
+            PartsPlan::Write { outcomes, rows } => (outcomes, rows),
         };
         if let Some((at_gate, release)) = gate {
             let _ = at_gate.send(());
             let _ = release.await;
         }
-        let outcome = match rows.last() {
-            Some(last) => AppendOutcome {
-                revision: last.revision,
-                position: last.position,
-            },
-            None => return Err(StoreError::EmptyAppend),
+        let Some(top) = rows.last().map(|r| r.position) else {
+            return Err(StoreError::EmptyAppend);
         };
-        let record = record(outcome);
+        let record = record(&outcomes);
         {
             let mut log = self.write_log();
             if let Some(record) = record {
@@ -276,8 +464,8 @@ impl InMemoryEventStore {
                 log.events.push(row);
             }
         }
-        self.inner.commits.send_replace(outcome.position);
-        Ok(outcome)
+        self.inner.commits.send_replace(top);
+        Ok(outcomes)
     }
 }
 
@@ -302,6 +490,18 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         self.append_inner(stream, expected, events, Some(key), None)
             .await
+    }
+
+    fn multi_stream_appends(&self) -> bool {
+        true
+    }
+
+    async fn append_streams(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.append_parts(parts, key, None).await
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

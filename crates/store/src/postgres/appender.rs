@@ -11,6 +11,22 @@
 //! append commits, and a second request with a key claimed earlier in the same
 //! batch is refused with the first one's record.
 //!
+//! **A request has one part per stream.** A single append is a one-part
+//! request; an [`EventStore::append_streams`](crate::EventStore::append_streams)
+//! is a request of several parts, group-committed with the others like any
+//! request, and answered with one outcome per part. Its parts are planned
+//! one after the other (`plan_parts`, each part through `plan_append`, so
+//! each stream's hash chain continues its own) and take consecutive
+//! positions, all or nothing: if any part is refused (wrong expected
+//! revision, duplicate event id, a stream named twice, an empty part), the
+//! request fails with that part's error and leaves the batch's working state
+//! — the position counter, the streams' heads, the stored ids, the rows to
+//! insert — as if it had never been planned, so positions stay gap-free and
+//! the requests after it plan without it. Every part already stored is an
+//! idempotent retry (the stored outcomes); some but not all is
+//! `DuplicateEventId`. Its key's record names the first part's stream and
+//! revision and the request's highest position.
+//!
 //! **One request's bad data fails only that request.** Text Postgres cannot
 //! store (U+0000) is refused before a request is queued (`check_storable`,
 //! on the caller's task). Any other refusal of the data — an SQLSTATE that
@@ -29,7 +45,8 @@
 //! lost, pool timeout, `57P01` admin shutdown, …) do not fall back: every
 //! request of the batch — or of the rest of a fallback — gets the same
 //! retryable error, as before, and callers retry with the same event ids.
-//! A lone request never falls back: its failure is its own.
+//! A lone request never falls back: its failure is its own. A multi-part
+//! request is one request here too: it commits or is refused as a whole.
 
 use std::collections::HashMap;
 
@@ -41,9 +58,9 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{
     AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
-    RecordedEvent, StreamId,
+    RecordedEvent, StreamAppend, StreamId,
 };
-use crate::memory::{plan_append, Plan};
+use crate::memory::{key_record, plan_parts, PartsPlan, PlanState};
 
 /// The key of the transaction-scoped advisory lock every append takes
 /// ("mkt-log" in ASCII). All writers in all processes share it.
@@ -79,18 +96,45 @@ impl Default for GroupCommitLimits {
     }
 }
 
-/// One append, as the batch writer sees it.
+/// One append request, as the batch writer sees it: one part per stream
+/// (a single append is a one-part request), committed or refused as a
+/// whole.
 #[derive(Clone)]
 pub(crate) struct Batched {
-    pub stream: StreamId,
-    pub expected: ExpectedRevision,
-    pub events: Vec<NewEvent>,
+    pub parts: Vec<StreamAppend>,
     /// The idempotency key to record with the append's outcome, if any.
     pub idempotency: Option<IdempotencyKey>,
 }
 
+impl Batched {
+    /// A one-stream append.
+    pub fn single(
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Self {
+        Self {
+            parts: vec![StreamAppend {
+                stream: stream.clone(),
+                expected,
+                events,
+            }],
+            idempotency,
+        }
+    }
+
+    /// How many events the request carries, over all its parts.
+    pub fn events(&self) -> usize {
+        self.parts.iter().map(|p| p.events.len()).sum()
+    }
+}
+
+/// One request's outcome: one per part, in part order.
+pub(crate) type Outcomes = Result<Vec<AppendOutcome>, StoreError>;
+
 /// Where the appender sends one request's outcome.
-pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+pub(crate) type Reply = oneshot::Sender<Outcomes>;
 
 /// One append waiting for the appender, with where to send its outcome.
 pub(crate) struct Request {
@@ -106,12 +150,12 @@ pub(crate) async fn run(
     limits: GroupCommitLimits,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut events = first.batched.events.len();
+        let mut events = first.batched.events();
         let mut batch = vec![first];
         while batch.len() < limits.max_requests && events < limits.max_events {
             match rx.try_recv() {
                 Ok(r) => {
-                    events += r.batched.events.len();
+                    events += r.batched.events();
                     batch.push(r);
                 }
                 Err(_) => break,
@@ -139,14 +183,12 @@ pub(crate) async fn run(
 
 /// Answers each request of a committed transaction and announces its top
 /// position to local subscribers.
-fn deliver(
-    commits: &watch::Sender<Position>,
-    replies: Vec<Reply>,
-    results: Vec<Result<AppendOutcome, StoreError>>,
-) {
+fn deliver(commits: &watch::Sender<Position>, replies: Vec<Reply>, results: Vec<Outcomes>) {
     let top = results
         .iter()
-        .filter_map(|r| r.as_ref().ok().map(|o| o.position))
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
+        .map(|o| o.position)
         .max();
     if let Some(top) = top {
         commits.send_modify(|p| *p = (*p).max(top));
@@ -201,10 +243,7 @@ async fn commit_one_by_one(
 /// visible, so the fallback takes them again. A lost connection may leave
 /// the commit's outcome unknown; that is `Unavailable`, which never falls
 /// back, and callers resolve it by retrying the same event ids.
-async fn commit_batch(
-    pool: &PgPool,
-    work: Vec<Batched>,
-) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+async fn commit_batch(pool: &PgPool, work: Vec<Batched>) -> Result<Vec<Outcomes>, StoreError> {
     let mut tx = begin_locked(pool).await?;
     match write_batch(&mut tx, work).await {
         Ok(results) => {
@@ -222,18 +261,23 @@ async fn commit_batch(
 }
 
 /// Writes a batch of appends inside the caller's transaction, which holds
-/// the global append lock (begun by [`begin_locked`]). Returns one outcome
-/// per request, in order; the transaction is left open for the caller to
-/// commit.
+/// the global append lock (begun by [`begin_locked`]). Returns one result
+/// per request (one outcome per part), in order; the transaction is left
+/// open for the caller to commit.
 pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     work: Vec<Batched>,
-) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+) -> Result<Vec<Outcomes>, StoreError> {
     let ids: Vec<Uuid> = work
         .iter()
-        .flat_map(|w| w.events.iter().map(|e| e.event_id))
+        .flat_map(|w| &w.parts)
+        .flat_map(|p| p.events.iter().map(|e| e.event_id))
         .collect();
-    let mut streams: Vec<&str> = work.iter().map(|w| w.stream.as_str()).collect();
+    let mut streams: Vec<&str> = work
+        .iter()
+        .flat_map(|w| &w.parts)
+        .map(|p| p.stream.as_str())
+        .collect();
     streams.sort_unstable();
     streams.dedup();
     // One round trip for what planning needs: the appended ids already
@@ -243,8 +287,9 @@ pub(crate) async fn write_batch(
     // pool whose servers use `force_generic_plan`) would keep scanning the
     // whole table for the rest of the connection's life; planned per call
     // it uses the `event_id` and `(stream_id, revision)` indexes.
-    let mut existing: HashMap<Uuid, (StreamId, u64, Position)> = HashMap::new();
-    let mut current: HashMap<StreamId, (u64, Option<String>)> = HashMap::new();
+    // The batch's working state: what is stored, then also what the
+    // requests planned before in this batch will write.
+    let mut state = PlanState::default();
     let mut head: Option<i64> = None;
     for row in sqlx::query(
         "SELECT 0 AS kind, event_id, stream_id, revision, position, NULL::text AS hash \
@@ -274,7 +319,7 @@ pub(crate) async fn write_batch(
         let stream = StreamId::parse(&stream).map_err(|e| StoreError::Decode(e.to_string()))?;
         let revision = u64::try_from(row.try_get::<i64, _>("revision")?).unwrap_or(0);
         if kind == 0 {
-            existing.insert(
+            state.existing.insert(
                 row.try_get("event_id")?,
                 (
                     stream,
@@ -283,10 +328,12 @@ pub(crate) async fn write_batch(
                 ),
             );
         } else {
-            current.insert(stream, (revision, row.try_get("hash")?));
+            state
+                .current
+                .insert(stream, (revision, row.try_get("hash")?));
         }
     }
-    let mut next = head.map_or(0, |h| u64::try_from(h).unwrap_or(0));
+    state.next = head.map_or(0, |h| u64::try_from(h).unwrap_or(0));
 
     // Keys recorded before this batch, then also those claimed by the
     // requests planned earlier in it.
@@ -318,65 +365,29 @@ pub(crate) async fn write_batch(
             ))));
             continue;
         }
-        let mine: Vec<_> = w
-            .events
-            .iter()
-            .filter_map(|e| {
-                existing
-                    .get(&e.event_id)
-                    .map(|(s, r, p)| (e.event_id, s.clone(), *r, *p))
-            })
-            .collect();
-        let plan = plan_append(
-            &w.stream,
-            w.expected,
-            w.events,
-            current.get(&w.stream).cloned(),
-            &mine,
-            || {
-                next += 1;
-                Position(next)
-            },
-        );
-        let outcome = match plan {
-            Ok(Plan::AlreadyStored(outcome)) => outcome,
-            Ok(Plan::Write(new_rows)) => {
-                let Some(last) = new_rows.last() else {
-                    results.push(Err(StoreError::EmptyAppend));
-                    continue;
-                };
-                let outcome = AppendOutcome {
-                    revision: last.revision,
-                    position: last.position,
-                };
-                current.insert(
-                    w.stream.clone(),
-                    (last.revision, last.metadata.hash.clone()),
-                );
-                for r in &new_rows {
-                    existing.insert(r.event_id, (r.stream_id.clone(), r.revision, r.position));
-                }
+        let first_stream = key
+            .as_ref()
+            .and_then(|_| w.parts.first().map(|p| p.stream.clone()));
+        let outcomes = match plan_parts(w.parts, &mut state) {
+            Ok(PartsPlan::AlreadyStored(outcomes)) => outcomes,
+            Ok(PartsPlan::Write {
+                outcomes,
+                rows: new_rows,
+            }) => {
                 rows.extend(new_rows);
-                outcome
+                outcomes
             }
             Err(e) => {
                 results.push(Err(e));
                 continue;
             }
         };
-        if let Some(key) = key {
-            let record = IdempotencyRecord {
-                key: key.key,
-                request_hash: key.request_hash,
-                stream_id: w.stream,
-                revision: outcome.revision,
-                position: outcome.position,
-                recorded_at,
-            };
+        if let (Some(key), Some(stream)) = (key, first_stream) {
+            let record = key_record(key, stream, &outcomes, recorded_at);
             claimed.insert(record.key.clone(), record.clone());
             new_keys.push(record);
         }
-        results.push(Ok(outcome));
+        results.push(Ok(outcomes));
     }
 
     if !new_keys.is_empty() {
@@ -541,16 +552,45 @@ mod tests {
         events: Vec<NewEvent>,
         idempotency: Option<&IdempotencyKey>,
     ) -> Batched {
+        Batched::single(stream, expected, events, idempotency.cloned())
+    }
+
+    /// A request of several parts.
+    fn append_parts(
+        parts: Vec<(&StreamId, ExpectedRevision, Vec<NewEvent>)>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Batched {
         Batched {
-            stream: stream.clone(),
-            expected,
-            events,
+            parts: parts
+                .into_iter()
+                .map(|(stream, expected, events)| StreamAppend {
+                    stream: stream.clone(),
+                    expected,
+                    events,
+                })
+                .collect(),
             idempotency: idempotency.cloned(),
         }
     }
 
-    fn is_rejected(result: &Result<AppendOutcome, StoreError>) -> bool {
+    /// The one outcome of a one-part request.
+    #[track_caller]
+    fn single(result: Outcomes) -> Result<AppendOutcome, StoreError> {
+        result.map(|outcomes| {
+            let [outcome]: [_; 1] = outcomes.try_into().expect("one outcome per part");
+            outcome
+        })
+    }
+
+    fn is_rejected<T>(result: &Result<T, StoreError>) -> bool {
         matches!(result, Err(StoreError::Rejected { .. }))
+    }
+
+    fn outcome(revision: u64, position: u64) -> AppendOutcome {
+        AppendOutcome {
+            revision,
+            position: Position(position),
+        }
     }
 
     /// Polls `probe` until it yields a value; fails the test after [`DEADLINE`].
@@ -598,10 +638,7 @@ mod tests {
     /// Queues `work` before the appender starts, so that its first batch
     /// holds every request, runs the appender until the queue is done, and
     /// returns each request's outcome and the commit watermark.
-    async fn run_one_batch(
-        pool: &PgPool,
-        work: Vec<Batched>,
-    ) -> (Vec<Result<AppendOutcome, StoreError>>, Position) {
+    async fn run_one_batch(pool: &PgPool, work: Vec<Batched>) -> (Vec<Outcomes>, Position) {
         let (tx, rx) = mpsc::channel(work.len());
         let mut outcomes = Vec::with_capacity(work.len());
         for batched in work {
@@ -622,18 +659,18 @@ mod tests {
     }
 
     fn batched(stream: &StreamId, key: &IdempotencyKey) -> Batched {
-        Batched {
-            stream: stream.clone(),
-            expected: ExpectedRevision::Any,
-            events: vec![NewEvent {
+        Batched::single(
+            stream,
+            ExpectedRevision::Any,
+            vec![NewEvent {
                 event_id: Uuid::now_v7(),
                 event_type: "test.happened".into(),
                 schema_version: 1,
                 data: json!({}),
                 metadata: EventMetadata::default(),
             }],
-            idempotency: Some(key.clone()),
-        }
+            Some(key.clone()),
+        )
     }
 
     /// Two requests with one key in the same group commit: the first appends
@@ -659,7 +696,7 @@ mod tests {
         tx.commit().await.expect("commit");
 
         let [first, second]: [_; 2] = results.try_into().expect("two results");
-        let first = first.expect("the first appends");
+        let first = single(first).expect("the first appends");
         let record = match second {
             Err(StoreError::IdempotencyKeyUsed(record)) => *record,
             other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
@@ -754,6 +791,7 @@ mod tests {
         )
         .await;
 
+        let results: Vec<_> = results.into_iter().map(single).collect();
         let [r0, r1, r2, r3, r4, r5]: [_; 6] = results.try_into().expect("six outcomes");
         let first = r0.expect("the first request commits");
         assert_eq!(
@@ -845,6 +883,269 @@ mod tests {
             vec![
                 (ka.key.clone(), s1.to_string(), 1),
                 (kb.key.clone(), s3.to_string(), 4)
+            ]
+        );
+    }
+
+    /// The log's rows as (position, stream, revision), the hash links, and
+    /// how many transactions wrote them.
+    async fn stored_log(
+        pool: &PgPool,
+    ) -> (Vec<(i64, String, i64)>, Vec<sqlx::postgres::PgRow>, usize) {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, revision, metadata->>'hash' AS hash, \
+                    metadata->>'prev_hash' AS prev_hash, xmin::text AS xid \
+             FROM events ORDER BY position",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("events");
+        let log = rows
+            .iter()
+            .map(|r| (r.get("position"), r.get("stream_id"), r.get("revision")))
+            .collect();
+        let transactions: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.get("xid")).collect();
+        (log, rows, transactions.len())
+    }
+
+    async fn stored_keys(pool: &PgPool) -> Vec<(String, String, i64, i64)> {
+        sqlx::query_as(
+            "SELECT key, stream_id, revision, position FROM idempotency_keys ORDER BY position",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("keys")
+    }
+
+    /// One group commit of good and bad requests, single and multi-part,
+    /// queued straight to the appender (no pre-check): each multi-part
+    /// request that fails planning — a wrong revision in its last part, a
+    /// stream named twice, an empty part, a mix of stored and new ids —
+    /// fails alone and leaves no trace in the batch: the requests after it
+    /// get the positions it would have taken, find its streams as they were
+    /// and its key free. The rest commit in the one transaction, at
+    /// gap-free positions, each stream's hash chain intact, and an in-batch
+    /// retry of a multi-part request gets its outcomes.
+    #[tokio::test]
+    async fn a_failing_multi_part_request_fails_alone_and_leaves_no_gap() {
+        let pool = migrated_pool().await;
+        let [s1, s2, s3, s4, s5, s6, s7, s8] = std::array::from_fn(|_| stream());
+        let ka = key("a");
+        let e = || event(json!({}));
+        let first = e();
+        let good_multi = vec![
+            (&s2, ExpectedRevision::NoStream, vec![e()]),
+            (&s3, ExpectedRevision::NoStream, vec![e()]),
+        ];
+        let (results, watermark) = run_one_batch(
+            &pool,
+            vec![
+                append(&s1, ExpectedRevision::NoStream, vec![first.clone()], None),
+                append_parts(
+                    vec![
+                        (&s2, ExpectedRevision::NoStream, vec![e(), e()]),
+                        (&s1, ExpectedRevision::Exact(5), vec![e()]),
+                    ],
+                    Some(&ka),
+                ),
+                append_parts(good_multi.clone(), Some(&ka)),
+                append(&s1, ExpectedRevision::Exact(0), vec![e()], None),
+                append_parts(
+                    vec![
+                        (&s4, ExpectedRevision::NoStream, vec![e()]),
+                        (&s4, ExpectedRevision::Any, vec![e()]),
+                    ],
+                    None,
+                ),
+                append_parts(
+                    vec![
+                        (&s5, ExpectedRevision::NoStream, vec![e()]),
+                        (&s6, ExpectedRevision::Any, vec![]),
+                    ],
+                    None,
+                ),
+                append_parts(
+                    vec![
+                        (&s5, ExpectedRevision::NoStream, vec![e()]),
+                        (&s2, ExpectedRevision::Exact(0), vec![e()]),
+                    ],
+                    None,
+                ),
+                append_parts(good_multi, None),
+                append_parts(
+                    vec![
+                        (&s1, ExpectedRevision::Any, vec![first.clone()]),
+                        (&s7, ExpectedRevision::NoStream, vec![e()]),
+                    ],
+                    None,
+                ),
+                append_parts(
+                    vec![
+                        (&s7, ExpectedRevision::NoStream, vec![e(), e()]),
+                        (&s8, ExpectedRevision::NoStream, vec![e()]),
+                        (&s1, ExpectedRevision::NoStream, vec![e()]),
+                    ],
+                    None,
+                ),
+                append(&s7, ExpectedRevision::NoStream, vec![e()], None),
+            ],
+        )
+        .await;
+        let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10]: [_; 11] =
+            results.try_into().expect("eleven results");
+
+        assert_eq!(r0.expect("single"), vec![outcome(0, 1)]);
+        match r1 {
+            Err(StoreError::WrongExpectedRevision {
+                stream,
+                expected,
+                actual,
+            }) => assert_eq!(
+                (stream, expected, actual),
+                (s1.clone(), ExpectedRevision::Exact(5), Some(0))
+            ),
+            other => panic!("expected WrongExpectedRevision, got {other:?}"),
+        }
+        assert_eq!(
+            r2.expect("takes the positions and the key the refused one would have"),
+            vec![outcome(0, 2), outcome(0, 3)]
+        );
+        assert_eq!(r3.expect("single"), vec![outcome(1, 4)]);
+        assert!(is_rejected(&r4), "expected Rejected, got {r4:?}");
+        assert!(
+            matches!(r5, Err(StoreError::EmptyAppend)),
+            "expected EmptyAppend, got {r5:?}"
+        );
+        assert_eq!(
+            r6.expect("multi-part after a refused one"),
+            vec![outcome(0, 5), outcome(1, 6)]
+        );
+        assert_eq!(
+            r7.expect("an in-batch retry"),
+            vec![outcome(0, 2), outcome(0, 3)]
+        );
+        assert!(
+            matches!(r8, Err(StoreError::DuplicateEventId(id)) if id == first.event_id),
+            "expected DuplicateEventId, got {r8:?}"
+        );
+        match r9 {
+            Err(StoreError::WrongExpectedRevision { stream, actual, .. }) => {
+                assert_eq!((stream, actual), (s1.clone(), Some(1)));
+            }
+            other => panic!("expected WrongExpectedRevision, got {other:?}"),
+        }
+        assert_eq!(
+            r10.expect("the stream a refused request named is still new"),
+            vec![outcome(0, 7)]
+        );
+        assert_eq!(watermark, Position(7));
+
+        let (log, rows, transactions) = stored_log(&pool).await;
+        assert_eq!(
+            log,
+            vec![
+                (1, s1.to_string(), 0),
+                (2, s2.to_string(), 0),
+                (3, s3.to_string(), 0),
+                (4, s1.to_string(), 1),
+                (5, s5.to_string(), 0),
+                (6, s2.to_string(), 1),
+                (7, s7.to_string(), 0),
+            ],
+            "gap-free positions, nothing of the refused requests"
+        );
+        let hash = |i: usize, column: &str| rows[i].get::<Option<String>, _>(column);
+        assert_eq!(hash(3, "prev_hash"), hash(0, "hash"), "s1's chain");
+        assert_eq!(hash(5, "prev_hash"), hash(1, "hash"), "s2's chain");
+        assert_eq!(hash(6, "prev_hash"), None, "s7 starts afresh");
+        assert_eq!(transactions, 1, "one group commit");
+        assert_eq!(
+            stored_keys(&pool).await,
+            vec![(ka.key.clone(), s2.to_string(), 0, 3)],
+            "the first part's stream and revision, the request's top position"
+        );
+    }
+
+    /// The data-error fallback with multi-part requests: a batch in which
+    /// one part of one request holds data Postgres refuses (a `CHECK`) is
+    /// written again one request per transaction; that request fails as a
+    /// whole (its clean part is not stored, its key stays free), and the
+    /// other requests, multi-part ones included, commit with one outcome per
+    /// part at gap-free positions.
+    #[tokio::test]
+    async fn the_fallback_fails_a_refused_multi_part_request_as_a_whole() {
+        let pool = migrated_pool().await;
+        let [s1, s2, s3, s4] = std::array::from_fn(|_| stream());
+        let (ka, kb) = (key("a"), key("b"));
+        let e = || event(json!({}));
+        let (results, watermark) = run_one_batch(
+            &pool,
+            vec![
+                append_parts(
+                    vec![
+                        (&s1, ExpectedRevision::NoStream, vec![e()]),
+                        (&s2, ExpectedRevision::NoStream, vec![e()]),
+                    ],
+                    Some(&ka),
+                ),
+                append_parts(
+                    vec![
+                        (&s3, ExpectedRevision::NoStream, vec![e()]),
+                        (
+                            &s4,
+                            ExpectedRevision::NoStream,
+                            vec![event_refused_by_a_check()],
+                        ),
+                    ],
+                    Some(&kb),
+                ),
+                append_parts(
+                    vec![
+                        (&s1, ExpectedRevision::Exact(0), vec![e()]),
+                        (&s3, ExpectedRevision::NoStream, vec![e()]),
+                    ],
+                    Some(&kb),
+                ),
+                append(&s2, ExpectedRevision::Exact(0), vec![e()], None),
+            ],
+        )
+        .await;
+        let [r0, r1, r2, r3]: [_; 4] = results.try_into().expect("four results");
+        assert_eq!(r0.expect("multi-part"), vec![outcome(0, 1), outcome(0, 2)]);
+        match &r1 {
+            Err(StoreError::Rejected { reason }) => {
+                assert!(reason.contains("23514"), "the CHECK refused it: {reason}");
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(
+            r2.expect("the refused request's stream and key are free"),
+            vec![outcome(1, 3), outcome(0, 4)]
+        );
+        assert_eq!(r3.expect("single"), vec![outcome(1, 5)]);
+        assert_eq!(watermark, Position(5));
+
+        let (log, rows, transactions) = stored_log(&pool).await;
+        assert_eq!(
+            log,
+            vec![
+                (1, s1.to_string(), 0),
+                (2, s2.to_string(), 0),
+                (3, s1.to_string(), 1),
+                (4, s3.to_string(), 0),
+                (5, s2.to_string(), 1),
+            ]
+        );
+        let hash = |i: usize, column: &str| rows[i].get::<Option<String>, _>(column);
+        assert_eq!(hash(2, "prev_hash"), hash(0, "hash"));
+        assert_eq!(hash(4, "prev_hash"), hash(1, "hash"));
+        assert_eq!(transactions, 3, "one transaction per committed request");
+        assert_eq!(
+            stored_keys(&pool).await,
+            vec![
+                (ka.key.clone(), s1.to_string(), 0, 2),
+                (kb.key.clone(), s1.to_string(), 1, 4),
             ]
         );
     }

@@ -19,6 +19,10 @@
 //!   store (U+0000) is refused before it is queued, and a batch that fails on
 //!   any other data error is written again one request per transaction (see
 //!   `appender.rs`). Either way the caller gets [`StoreError::Rejected`].
+//! - **Appends across streams** ([`EventStore::append_streams`]) are one
+//!   request of several parts to the same appender: group-committed with
+//!   the other requests, in the same transaction, their parts planned all
+//!   or nothing and written at consecutive positions.
 //! - **Idempotency keys** live in the `idempotency_keys` table (primary key
 //!   `key`). The appender checks a request's key under the append lock and
 //!   inserts it, with the append's outcome, in the same transaction as the
@@ -42,8 +46,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::StoreError;
 use crate::event::{
     check_storable, AppendOutcome, EventMetadata, ExpectedRevision, IdempotencyKey,
-    IdempotencyRecord, NewEvent, Position, RecordedEvent, Snapshot, StreamId,
+    IdempotencyRecord, NewEvent, Position, RecordedEvent, Snapshot, StreamAppend, StreamId,
 };
+use crate::memory::check_parts;
 use crate::port::{EventStore, EventStream};
 use crate::subscription::{catch_up_then_live, PAGE};
 
@@ -138,18 +143,16 @@ impl PostgresEventStore {
         let mut tx = appender::begin_locked(&self.pool).await?;
         let mut results = appender::write_batch(
             &mut tx,
-            vec![appender::Batched {
-                stream: stream.clone(),
-                expected,
-                events,
-                idempotency: None,
-            }],
+            vec![appender::Batched::single(stream, expected, events, None)],
         )
         .await?;
         let _ = at_gate.send(());
         let _ = release.await;
         tx.commit().await?;
-        let result = results.pop().unwrap_or(Err(StoreError::EmptyAppend));
+        let result = results
+            .pop()
+            .unwrap_or(Err(StoreError::EmptyAppend))
+            .and_then(|mut outcomes| outcomes.pop().ok_or(StoreError::EmptyAppend));
         if let Ok(outcome) = &result {
             self.commits
                 .send_modify(|p| *p = (*p).max(outcome.position));
@@ -157,14 +160,16 @@ impl PostgresEventStore {
         result
     }
 
-    /// Hands one append to the appender task and waits for its outcome.
-    async fn submit(&self, batched: appender::Batched) -> Result<AppendOutcome, StoreError> {
-        if batched.events.is_empty() {
-            return Err(StoreError::EmptyAppend);
-        }
+    /// Hands one append request to the appender task and waits for its
+    /// outcomes (one per part).
+    async fn submit(&self, batched: appender::Batched) -> Result<Vec<AppendOutcome>, StoreError> {
         // On the caller's task, so a refused request never reaches a batch
         // and the walk costs the serialised appender nothing.
-        check_storable(&batched.events, batched.idempotency.as_ref())?;
+        check_parts(&batched.parts)?;
+        check_storable(&[], batched.idempotency.as_ref())?;
+        for part in &batched.parts {
+            check_storable(&part.events, None)?;
+        }
         let (reply, outcome) = oneshot::channel();
         self.appender
             .send(appender::Request { batched, reply })
@@ -173,6 +178,20 @@ impl PostgresEventStore {
         outcome
             .await
             .map_err(|_| StoreError::Unavailable("the appender dropped the request".into()))?
+    }
+
+    /// Submits a one-stream append: its one outcome.
+    async fn submit_single(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut outcomes = self
+            .submit(appender::Batched::single(stream, expected, events, key))
+            .await?;
+        outcomes.pop().ok_or(StoreError::EmptyAppend)
     }
 }
 
@@ -267,13 +286,7 @@ impl EventStore for PostgresEventStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.submit(appender::Batched {
-            stream: stream.clone(),
-            expected,
-            events,
-            idempotency: None,
-        })
-        .await
+        self.submit_single(stream, expected, events, None).await
     }
 
     async fn append_idempotent(
@@ -283,11 +296,22 @@ impl EventStore for PostgresEventStore {
         events: Vec<NewEvent>,
         key: IdempotencyKey,
     ) -> Result<AppendOutcome, StoreError> {
+        self.submit_single(stream, expected, events, Some(key))
+            .await
+    }
+
+    fn multi_stream_appends(&self) -> bool {
+        true
+    }
+
+    async fn append_streams(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         self.submit(appender::Batched {
-            stream: stream.clone(),
-            expected,
-            events,
-            idempotency: Some(key),
+            parts,
+            idempotency: key,
         })
         .await
     }

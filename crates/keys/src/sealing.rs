@@ -2,7 +2,9 @@
 //! and writes through, which seals personal fields on append and opens
 //! them on read.
 //!
-//! It wraps any backend. On append, each event whose type and version
+//! It wraps any backend, and has its capabilities (an append across
+//! streams where the backend has one). On append (of every part, for an
+//! append across streams), each event whose type and version
 //! have sealed personal fields (`personal::PERSONAL`) is sealed under its
 //! subject's data key, made on first use; the backend then stores, and
 //! chains (`metadata.hash`), the ciphertext. On every read (streams, the
@@ -24,7 +26,7 @@ use futures::StreamExt;
 use marketplace_event_schemas::personal::{self, personal_fields};
 use marketplace_store::{
     AppendOutcome, EventStore, EventStream, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    NewEvent, Position, RecordedEvent, Snapshot, StoreError, StreamId,
+    NewEvent, Position, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
 };
 use uuid::Uuid;
 
@@ -164,6 +166,25 @@ impl EventStore for SealingStore {
         self.inner
             .append_idempotent(stream, expected, events, key)
             .await
+    }
+
+    fn multi_stream_appends(&self) -> bool {
+        self.inner.multi_stream_appends()
+    }
+
+    async fn append_streams(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let mut sealed = Vec::with_capacity(parts.len());
+        for part in parts {
+            sealed.push(StreamAppend {
+                events: self.seal(part.events).await?,
+                ..part
+            });
+        }
+        self.inner.append_streams(sealed, key).await
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -13,7 +13,8 @@ use marketplace_keys::{Keyring, MasterKey, SealingStore};
 use marketplace_store::conformance::Conformance;
 use marketplace_store::{
     AppendOutcome, EventMetadata, EventStore, EventStream, ExpectedRevision, IdempotencyKey,
-    IdempotencyRecord, NewEvent, Position, PostgresEventStore, RecordedEvent, StoreError, StreamId,
+    IdempotencyRecord, NewEvent, Position, PostgresEventStore, RecordedEvent, StoreError,
+    StreamAppend, StreamId,
 };
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -149,6 +150,59 @@ async fn a_historic_plain_registration_is_hidden_once_its_owner_is_erased() {
     assert_eq!(read[0].data["display_name"], Value::Null);
 }
 
+/// An append across streams is sealed part by part, as `append` seals:
+/// every part's personal fields are stored sealed and read opened, and the
+/// call keeps the backend's capability and outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_of_an_append_across_streams_is_sealed() {
+    let (store, pg, pool) = fresh().await;
+    assert!(store.multi_stream_appends(), "the backend's capability");
+    let (grace, alan) = (Uuid::now_v7(), Uuid::now_v7());
+    let streams = [grace, alan].map(|id| StreamId::new("account", id).expect("stream"));
+    let outcomes = store
+        .append_streams(
+            vec![
+                StreamAppend {
+                    stream: streams[0].clone(),
+                    expected: ExpectedRevision::NoStream,
+                    events: vec![registered(grace, "grace@example.org")],
+                },
+                StreamAppend {
+                    stream: streams[1].clone(),
+                    expected: ExpectedRevision::NoStream,
+                    events: vec![registered(alan, "alan@example.org")],
+                },
+            ],
+            None,
+        )
+        .await
+        .expect("append across streams");
+    assert_eq!(
+        outcomes.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        [0, 0]
+    );
+    let at_rest: Vec<String> = sqlx::query_scalar("SELECT data::text FROM events")
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+    assert_eq!(at_rest.len(), 2);
+    assert!(
+        at_rest
+            .iter()
+            .all(|d| !d.contains("@example.org") && !d.contains("Grace")),
+        "every part is sealed at rest: {at_rest:?}"
+    );
+    let raw = pg.read_stream(&streams[1], 0).await.expect("raw read");
+    assert_ne!(raw[0].data["email"], "alan@example.org");
+    for (stream, email) in streams
+        .iter()
+        .zip(["grace@example.org", "alan@example.org"])
+    {
+        let opened = store.read_stream(stream, 0).await.expect("read");
+        assert_eq!(opened[0].data["email"], email);
+    }
+}
+
 /// The decorator, with the backend's held append for the delayed-commit
 /// check (the suite's events hold no personal fields, so nothing is sealed
 /// on that path).
@@ -178,6 +232,16 @@ impl EventStore for UnderTest {
         self.sealing
             .append_idempotent(stream, expected, events, key)
             .await
+    }
+    fn multi_stream_appends(&self) -> bool {
+        self.sealing.multi_stream_appends()
+    }
+    async fn append_streams(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.sealing.append_streams(parts, key).await
     }
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.sealing.idempotency_record(key).await

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use marketplace_store::conformance::Conformance;
 use marketplace_store::{
     AppendOutcome, EventStore, EventStream, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    KurrentDbEventStore, NewEvent, Position, RecordedEvent, StoreError, StreamId,
+    KurrentDbEventStore, NewEvent, Position, RecordedEvent, StoreError, StreamAppend, StreamId,
 };
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -66,6 +66,18 @@ impl EventStore for UnderTest {
         self.store
             .append_idempotent(stream, expected, events, key)
             .await
+    }
+
+    fn multi_stream_appends(&self) -> bool {
+        self.store.multi_stream_appends()
+    }
+
+    async fn append_streams(
+        &self,
+        parts: Vec<StreamAppend>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.store.append_streams(parts, key).await
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -102,6 +102,15 @@
 //! append and its `recorded` can see its key released although its events
 //! were written; a later request with that key would then append again.
 //!
+//! # No appends across streams
+//! [`EventStore::multi_stream_appends`] is false and
+//! [`EventStore::append_streams`] answers [`StoreError::Unsupported`] (the
+//! port's defaults): KurrentDB 25.1+ can append to several streams
+//! atomically, but the `kurrentdb` Rust crate does not expose that call (its
+//! `append_to_stream` and `batch_append` write one stream per request), and
+//! an emulation from several appends would not be atomic. Callers check the
+//! capability and take the one-stream path (the checkout saga).
+//!
 //! # Costs
 //! An append of `n` events makes `n` claim appends (concurrently), one read
 //! of the stream's last event (for the hash chain) and the append itself; an
@@ -789,6 +798,14 @@ impl EventStore for KurrentDbEventStore {
     }
 
     fn dense_positions(&self) -> bool {
+        false
+    }
+
+    /// No: the `kurrentdb` crate does not expose the server's multi-stream
+    /// append (KurrentDB 25.1+), so [`EventStore::append_streams`] keeps the
+    /// port's default, [`StoreError::Unsupported`], and callers take the
+    /// one-stream path (see the module docs).
+    fn multi_stream_appends(&self) -> bool {
         false
     }
 

@@ -54,6 +54,25 @@ impl AggregateCache {
         Some((state, entry.revision, entry.position))
     }
 
+    /// Takes the cached state of `stream` out of the cache, if it is an
+    /// `A`: no copy of a large state for a caller that will put back the
+    /// state it leaves (the next [`put`](Self::put)). Meanwhile others miss.
+    pub(crate) fn take<A: Send + Sync + 'static>(
+        &self,
+        stream: &StreamId,
+    ) -> Option<(A, u64, Position)> {
+        let mut entries = self.entries.lock().ok()?;
+        if !entries.get(stream)?.state.is::<A>() {
+            return None;
+        }
+        let entry = entries.remove(stream)?;
+        drop(entries);
+        let state = entry.state.downcast::<A>().ok()?;
+        // Only the cache held it: `get` hands out copies.
+        let state = Arc::try_unwrap(state).ok()?;
+        Some((state, entry.revision, entry.position))
+    }
+
     /// Records `state` as `stream` at `revision`, unless a newer revision is
     /// already cached.
     pub(crate) fn put<A: Send + Sync + 'static>(

@@ -439,6 +439,19 @@ impl CommandHandler {
             .put(&stream, state, outcome.revision, outcome.position);
     }
 
+    /// Puts a state taken with [`taken_for_decision`](Self::taken_for_decision)
+    /// back, unchanged.
+    pub(crate) fn put_back<A: Aggregate>(
+        &self,
+        id: Uuid,
+        state: A,
+        revision: u64,
+        position: Position,
+    ) {
+        self.cache
+            .put(&stream_of::<A>(id), state, revision, position);
+    }
+
     /// Appends across streams atomically, re-sending the very same events
     /// (so idempotent) on a transient failure.
     pub(crate) async fn append_streams_retrying_transient(
@@ -471,7 +484,7 @@ impl CommandHandler {
         let stream = stream_of::<A>(id);
         // Start from the cached state, else the snapshot, if any, and read
         // only the tail.
-        let mut loaded = match self.cache.get::<A>(&stream) {
+        let loaded = match self.cache.get::<A>(&stream) {
             Some((state, revision, position)) => Loaded {
                 state,
                 revision: Some(revision),
@@ -479,6 +492,35 @@ impl CommandHandler {
             },
             None => self.load_snapshot::<A>(&stream).await,
         };
+        self.read_tail(&stream, loaded, true).await
+    }
+
+    /// Like [`load`](Self::load), but a cached state is taken out of the
+    /// cache rather than copied (a hot listing with many open
+    /// reservations), and what is loaded is not cached: the caller puts
+    /// back what it leaves with [`remember`](Self::remember) or
+    /// [`put_back`](Self::put_back).
+    pub(crate) async fn take_latest<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, LoadError> {
+        let stream = stream_of::<A>(id);
+        let loaded = match self.cache.take::<A>(&stream) {
+            Some((state, revision, position)) => Loaded {
+                state,
+                revision: Some(revision),
+                position,
+            },
+            None => self.load_snapshot::<A>(&stream).await,
+        };
+        self.read_tail(&stream, loaded, false).await
+    }
+
+    /// Folds `stream`'s events after `loaded` into it; caches the result
+    /// (and snapshots it when due) if `cache` and anything was read.
+    async fn read_tail<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        mut loaded: Loaded<A>,
+        cache: bool,
+    ) -> Result<Loaded<A>, LoadError> {
         // A page at a time: a long tail (a stream without a snapshot) is
         // never all in memory at once.
         let mut read = 0usize;
@@ -486,7 +528,7 @@ impl CommandHandler {
             let from = loaded.revision.map_or(0, |r| r + 1);
             let page = self
                 .store
-                .read_stream_page(&stream, from, LOAD_PAGE)
+                .read_stream_page(stream, from, LOAD_PAGE)
                 .await
                 .map_err(LoadError::Store)?;
             let full = page.len() == LOAD_PAGE;
@@ -502,11 +544,11 @@ impl CommandHandler {
                 break;
             }
         }
-        if let (Some(revision), true) = (loaded.revision, read > 0) {
+        if let (Some(revision), true) = (loaded.revision, cache && read > 0) {
             self.cache
-                .put(&stream, loaded.state.clone(), revision, loaded.position);
+                .put(stream, loaded.state.clone(), revision, loaded.position);
             if self.snapshot_every > 0 && read as u64 >= self.snapshot_every {
-                self.snapshot(&stream, &loaded.state, revision, loaded.position);
+                self.snapshot(stream, &loaded.state, revision, loaded.position);
             }
         }
         Ok(loaded)

@@ -283,6 +283,8 @@ async fn run_queued(handler: &CommandHandler, queued: Vec<QueuedCheckout>) {
 struct Working<A> {
     state: A,
     base: Option<u64>,
+    /// The position of the stream's last event when loaded.
+    position: Position,
     revision: Option<u64>,
     /// Read to the stream's end (not only the cache).
     verified: bool,
@@ -294,6 +296,7 @@ impl<A: Aggregate> Working<A> {
         Self {
             state: loaded.state,
             base: loaded.revision,
+            position: loaded.position,
             revision: loaded.revision,
             verified,
             events: Vec::new(),
@@ -340,31 +343,26 @@ async fn decide_and_append(
 ) -> Result<Vec<Result<Executed<Order>, CheckoutError>>, CheckoutError> {
     let retry = handler.retry_policy();
     for attempt in 1..=retry.max_attempts {
-        let mut read_to_end = attempt > 1;
-        let (listings, accounts, decided) = loop {
-            let mut listings = BTreeMap::new();
-            let mut wanted: Vec<ListingId> = Vec::new();
-            for (_, request, _) in batch {
-                wanted.extend(request.wanted.iter().map(|&(l, _)| l));
+        let read_to_end = attempt > 1;
+        // Each listing read to its end (one short read of its tail, the
+        // cached state taken rather than copied): every refusal and every
+        // price is decided on its latest state.
+        let mut listings = BTreeMap::new();
+        let mut wanted: Vec<ListingId> = Vec::new();
+        for (_, request, _) in batch {
+            wanted.extend(request.wanted.iter().map(|&(l, _)| l));
+        }
+        for listing in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(listing) {
+                let loaded = handler
+                    .take_latest::<Listing>(listing.0)
+                    .await
+                    .map_err(CommandError::from)?;
+                slot.insert(Working::from(loaded, true));
             }
-            for listing in wanted {
-                if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(listing) {
-                    let (loaded, verified) = handler
-                        .loaded_for_decision::<Listing>(listing.0, read_to_end)
-                        .await
-                        .map_err(CommandError::from)?;
-                    slot.insert(Working::from(loaded, verified));
-                }
-            }
-            let mut accounts: BTreeMap<AccountId, Working<Account>> = BTreeMap::new();
-            let (listings, accounts, decided, unverified_refusal) =
-                decide_batch(handler, batch, listings, &mut accounts, read_to_end).await?;
-            if unverified_refusal && !read_to_end {
-                read_to_end = true;
-                continue;
-            }
-            break (listings, accounts, decided);
-        };
+        }
+        let (listings, accounts, decided) =
+            decide_batch(handler, batch, listings, read_to_end).await?;
 
         // The append: each order's stream, then each listing and account
         // the batch moved.
@@ -382,12 +380,17 @@ async fn decide_and_append(
                 }
             }
         }
-        let moved_listings: Vec<(&ListingId, &Working<Listing>)> = listings
-            .iter()
-            .filter(|(_, w)| !w.events.is_empty())
-            .collect();
-        let moved_accounts: Vec<(&AccountId, &Working<Account>)> = accounts
-            .iter()
+        // Listings the batch did not move go back to the cache as they were.
+        let (moved_listings, unmoved): (Vec<_>, Vec<_>) = listings
+            .into_iter()
+            .partition(|(_, w)| !w.events.is_empty());
+        for (id, w) in unmoved {
+            if let Some(revision) = w.base {
+                handler.put_back::<Listing>(id.0, w.state, revision, w.position);
+            }
+        }
+        let moved_accounts: Vec<(AccountId, Working<Account>)> = accounts
+            .into_iter()
             .filter(|(_, w)| !w.events.is_empty())
             .collect();
         for (id, w) in &moved_listings {
@@ -428,11 +431,11 @@ async fn decide_and_append(
         // Cache what the append left: the listings and accounts at their
         // new revisions, each order at its own.
         let mut rest = appended[orders.len()..].iter();
-        for ((id, w), outcome) in moved_listings.iter().zip(rest.by_ref()) {
-            handler.remember::<Listing>(id.0, w.state.clone(), w.base, *outcome);
+        for ((id, w), outcome) in moved_listings.into_iter().zip(rest.by_ref()) {
+            handler.remember::<Listing>(id.0, w.state, w.base, *outcome);
         }
-        for ((id, w), outcome) in moved_accounts.iter().zip(rest) {
-            handler.remember::<Account>(id.0, w.state.clone(), w.base, *outcome);
+        for ((id, w), outcome) in moved_accounts.into_iter().zip(rest) {
+            handler.remember::<Account>(id.0, w.state, w.base, *outcome);
         }
         return Ok(answers(handler, decided, &appended[..orders.len()], top));
     }
@@ -449,13 +452,11 @@ async fn decide_and_append(
     }))
 }
 
-/// The listings and accounts a batch moved, what it decided per order,
-/// and whether it refused something on a state not read to its end.
+/// The listings and accounts of a batch, and what it decided per order.
 type BatchDecision = (
     BTreeMap<ListingId, Working<Listing>>,
     BTreeMap<AccountId, Working<Account>>,
     Vec<Decided>,
-    bool,
 );
 
 /// Decides every order of `batch` in turn against the working states.
@@ -463,11 +464,10 @@ async fn decide_batch(
     handler: &CommandHandler,
     batch: &[(CommandContext, OrderRequest, FeeRate)],
     mut listings: BTreeMap<ListingId, Working<Listing>>,
-    accounts: &mut BTreeMap<AccountId, Working<Account>>,
     read_to_end: bool,
 ) -> Result<BatchDecision, CheckoutError> {
+    let mut accounts: BTreeMap<AccountId, Working<Account>> = BTreeMap::new();
     let mut decided = Vec::with_capacity(batch.len());
-    let mut unverified_refusal = false;
     for (ctx, request, fee) in batch {
         // Price the lines from the listings as they stand.
         let mut lines = Vec::with_capacity(request.wanted.len());
@@ -492,7 +492,6 @@ async fn decide_batch(
             }
         }
         if let Some(listing_id) = missing {
-            unverified_refusal |= listings.get(&listing_id).is_some_and(|w| !w.verified);
             decided.push(Decided::Refused(CheckoutError::ListingNotFound(listing_id)));
             continue;
         }
@@ -539,7 +538,6 @@ async fn decide_batch(
             match w.state.decide(&reserve) {
                 Ok(events) => reservations.push((listing_id, events)),
                 Err(e) => {
-                    unverified_refusal |= !w.verified;
                     refusal = Some(listing_reason(&e));
                     break;
                 }
@@ -555,23 +553,33 @@ async fn decide_batch(
                     .map_err(CommandError::from)?;
                 slot.insert(Working::from(loaded, verified));
             }
-            if let Some(w) = accounts.get(&buyer) {
-                let total = order.state.total.clone();
-                match total.map(|amount| {
-                    w.state.decide(&AccountCommand::Hold(HoldFunds {
-                        order_id: request.order_id,
-                        amount,
-                        at: request.at,
-                    }))
-                }) {
-                    Some(Ok(events)) => hold = events,
-                    Some(Err(e)) => {
-                        unverified_refusal |= !w.verified;
-                        refusal = Some(account_reason(&e));
-                    }
-                    None => {
-                        refusal = Some(marketplace_domain::values::Reason::fixed("payment failed"))
-                    }
+            let Some(amount) = order.state.total.clone() else {
+                return Err(CheckoutError::Command(CommandError::Rejected(
+                    OrderError::NoLines,
+                )));
+            };
+            let hold_funds = AccountCommand::Hold(HoldFunds {
+                order_id: request.order_id,
+                amount,
+                at: request.at,
+            });
+            if let Some(w) = accounts.get_mut(&buyer) {
+                let mut decision = w.state.decide(&hold_funds);
+                // Refused on a cached wallet: a deposit may have landed
+                // since (in another process), so it is decided again on
+                // the latest. Nothing of this batch is in the wallet yet
+                // (no hold of it), so the reload loses nothing.
+                if decision.is_err() && !w.verified && w.events.is_empty() {
+                    let (latest, _) = handler
+                        .loaded_for_decision::<Account>(buyer.0, true)
+                        .await
+                        .map_err(CommandError::from)?;
+                    *w = Working::from(latest, true);
+                    decision = w.state.decide(&hold_funds);
+                }
+                match decision {
+                    Ok(events) => hold = events,
+                    Err(e) => refusal = Some(account_reason(&e)),
                 }
             }
         }
@@ -611,12 +619,7 @@ async fn decide_batch(
         }
         decided.push(Decided::Order(order.state, order.events));
     }
-    Ok((
-        listings,
-        std::mem::take(accounts),
-        decided,
-        unverified_refusal,
-    ))
+    Ok((listings, accounts, decided))
 }
 
 /// Each order's answer once its batch is appended (`appended`: the
@@ -672,7 +675,7 @@ mod tests {
         }
     }
 
-    async fn account(handler: &CommandHandler, role: Role, deposit: i64) -> Actor {
+    async fn account(handler: &CommandHandler, roles: &[Role], deposit: i64) -> Actor {
         let id = AccountId(Uuid::now_v7());
         let ctx = CommandContext::new("test");
         let register = AccountCommand::Register(RegisterAccount {
@@ -680,7 +683,7 @@ mod tests {
             email: Email::parse(&format!("{}@example.com", id.0.simple())).expect("email"),
             display_name: DisplayName::parse("Someone").expect("name"),
             password_hash: PasswordHash::from_phc("$argon2id$v=19$test".into()).expect("hash"),
-            roles: vec![role],
+            roles: roles.to_vec(),
             channel: RegistrationChannel::SelfService,
             at: Utc::now(),
         });
@@ -765,11 +768,12 @@ mod tests {
     async fn a_batch_is_decided_in_order_in_one_append_and_keeps_each_outcome() {
         let store = Arc::new(InMemoryEventStore::new());
         let handler = CommandHandler::new(store.clone());
-        let seller = account(&handler, Role::Seller, 0).await;
+        let seller = account(&handler, &[Role::Seller, Role::Buyer], 0).await;
         let lamp = listing(&handler, &seller, 3).await;
         let rich: Vec<Actor> =
-            futures::future::join_all((0..4).map(|_| account(&handler, Role::Buyer, 10_000))).await;
-        let poor = account(&handler, Role::Buyer, 10).await;
+            futures::future::join_all((0..4).map(|_| account(&handler, &[Role::Buyer], 10_000)))
+                .await;
+        let poor = account(&handler, &[Role::Buyer], 10).await;
         let unknown = ListingId(Uuid::now_v7());
         let batch = vec![
             order(&rich[0], lamp),
@@ -852,9 +856,9 @@ mod tests {
     async fn a_refusal_on_a_stale_cached_state_is_decided_again_on_the_latest() {
         let store = Arc::new(InMemoryEventStore::new());
         let handler = CommandHandler::new(store.clone());
-        let seller = account(&handler, Role::Seller, 0).await;
+        let seller = account(&handler, &[Role::Seller, Role::Buyer], 0).await;
         let lamp = listing(&handler, &seller, 1).await;
-        let buyer = account(&handler, Role::Buyer, 10_000).await;
+        let buyer = account(&handler, &[Role::Buyer], 10_000).await;
         // The first unit sells; this handler caches the sold-out lamp.
         let first = decide_and_append(&handler, &[order(&buyer, lamp)], None)
             .await

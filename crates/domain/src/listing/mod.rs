@@ -237,13 +237,13 @@ impl Aggregate for Listing {
                 self.updated_at = Some(e.delisted_at);
             }
             ListingEvent::StockReserved(e) => {
-                self.reserved.insert(e.order_id, e.quantity.0);
+                self.reserve(e.order_id, e.quantity.0);
             }
             ListingEvent::ReservationReleased(e) => {
-                self.reserved.remove(&e.order_id);
+                self.unreserve(e.order_id);
             }
             ListingEvent::ReservationCommitted(e) => {
-                self.reserved.remove(&e.order_id);
+                self.unreserve(e.order_id);
                 self.committed(e.order_id);
                 self.sold = self.sold.saturating_add(e.quantity.0);
             }
@@ -259,7 +259,9 @@ impl Aggregate for Listing {
     }
 
     fn from_snapshot(snapshot: serde_json::Value) -> Option<Self> {
-        serde_json::from_value(snapshot).ok()
+        let mut listing: Self = serde_json::from_value(snapshot).ok()?;
+        listing.recount();
+        Some(listing)
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Listing {
     /// there (a refusal: the books disagree with the order).
     #[serde(default)]
     pub recently_committed: VecDeque<OrderId>,
+    /// The sum of `reserved`, kept with it (not stored: recounted from it),
+    /// so deciding a reservation does not walk every open one.
+    #[serde(skip)]
+    reserved_units: u64,
     /// Status.
     pub status: ListingStatus,
     /// Last change.
@@ -67,7 +71,27 @@ impl Listing {
 
     /// Units reserved across all orders.
     pub fn reserved_total(&self) -> u32 {
-        self.reserved.values().sum()
+        u32::try_from(self.reserved_units).unwrap_or(u32::MAX)
+    }
+
+    /// Records `order`'s reservation of `units` (replacing one it had).
+    pub(super) fn reserve(&mut self, order: OrderId, units: u32) {
+        if let Some(before) = self.reserved.insert(order, units) {
+            self.reserved_units -= u64::from(before);
+        }
+        self.reserved_units += u64::from(units);
+    }
+
+    /// Ends `order`'s reservation, if it has one.
+    pub(super) fn unreserve(&mut self, order: OrderId) {
+        if let Some(units) = self.reserved.remove(&order) {
+            self.reserved_units -= u64::from(units);
+        }
+    }
+
+    /// Counts `reserved` again (after reading a snapshot).
+    pub(super) fn recount(&mut self) {
+        self.reserved_units = self.reserved.values().map(|&u| u64::from(u)).sum();
     }
 
     /// Units that can still be bought: stock − reserved − sold, never

@@ -1,12 +1,14 @@
 //! Audit queries (ADMIN only): a stream's history with state, and an order
 //! as it stood at a moment.
 
-use marketplace_e2e::{spawn_app, Req};
+use marketplace_e2e::{spawn_app, spawn_app_with, Req};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_sees_an_order_pending_before_confirmation_and_confirmed_after() {
-    let app = spawn_app().await;
+    // The saga decides a moment after the placement: a moment between the
+    // two events to look at (checked out at placement, they are one append).
+    let app = spawn_app_with(|s| s.checkout_in_saga = true).await;
     let (seller, _, _) = app.register("seller@example.com", &["SELLER"]).await;
     let listing = app
         .gql(

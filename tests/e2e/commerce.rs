@@ -335,7 +335,8 @@ async fn a_placed_order_reads_back_as_the_mutation_answered_it() {
         .as_str()
         .expect("token")
         .to_owned();
-    assert_eq!(answered["status"], "PENDING");
+    // Checked out in the placement's own append: the answer is final.
+    assert_eq!(answered["status"], "CONFIRMED");
     assert_eq!(answered["statusReason"], Value::Null);
     assert_eq!(answered["trackingCode"], Value::Null);
     assert_eq!(answered["updatedAt"], answered["placedAt"]);

@@ -164,7 +164,9 @@ async fn one_trace_follows_an_order_from_its_request_through_the_saga_to_the_sub
         taken,
         "the checkout saga's lock is free before the app starts"
     );
-    let app = spawn_app_on(db, |_| {}).await;
+    // The saga's path (KurrentDB's, or `--checkout-in-saga`): its steps
+    // are async hops the trace must follow.
+    let app = spawn_app_on(db, |s| s.checkout_in_saga = true).await;
     let (_seller, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
     let buyer = buyer_with(&app, "buyer@example.com", "100.00").await;
 

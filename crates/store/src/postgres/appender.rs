@@ -49,12 +49,14 @@
 //! request is one request here too: it commits or is refused as a whole.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::recent::RecentEvents;
 use crate::error::StoreError;
 use crate::event::{
     AppendOutcome, ExpectedRevision, IdempotencyKey, IdempotencyRecord, NewEvent, Position,
@@ -148,6 +150,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Request>,
     commits: watch::Sender<Position>,
     limits: GroupCommitLimits,
+    recent: Arc<RecentEvents>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut events = first.batched.events();
@@ -167,14 +170,17 @@ pub(crate) async fn run(
         // fallback. A lone request never falls back: a refusal is its own.
         let fallback = (work.len() > 1).then(|| work.clone());
         match (commit_batch(&pool, work).await, fallback) {
-            (Ok(results), _) => deliver(&commits, replies, results),
+            (Ok((results, rows)), _) => {
+                recent.push(&rows);
+                deliver(&commits, replies, results);
+            }
             (Err(e @ StoreError::Rejected { .. }), Some(work)) => {
                 tracing::warn!(
                     error = %e,
                     requests = replies.len(),
                     "group commit refused one request's data; committing its requests one by one"
                 );
-                commit_one_by_one(&pool, &commits, work, replies).await;
+                commit_one_by_one(&pool, &commits, &recent, work, replies).await;
             }
             (Err(e), _) => fail(replies, &e),
         }
@@ -214,13 +220,17 @@ fn fail(replies: Vec<Reply>, e: &StoreError) {
 async fn commit_one_by_one(
     pool: &PgPool,
     commits: &watch::Sender<Position>,
+    recent: &RecentEvents,
     work: Vec<Batched>,
     replies: Vec<Reply>,
 ) {
     let mut pending = work.into_iter().zip(replies);
     while let Some((w, reply)) = pending.next() {
         match commit_batch(pool, vec![w]).await {
-            Ok(results) => deliver(commits, vec![reply], results),
+            Ok((results, rows)) => {
+                recent.push(&rows);
+                deliver(commits, vec![reply], results);
+            }
             Err(e @ StoreError::Rejected { .. }) => {
                 let _ = reply.send(Err(e));
             }
@@ -243,12 +253,15 @@ async fn commit_one_by_one(
 /// visible, so the fallback takes them again. A lost connection may leave
 /// the commit's outcome unknown; that is `Unavailable`, which never falls
 /// back, and callers resolve it by retrying the same event ids.
-async fn commit_batch(pool: &PgPool, work: Vec<Batched>) -> Result<Vec<Outcomes>, StoreError> {
+async fn commit_batch(
+    pool: &PgPool,
+    work: Vec<Batched>,
+) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
     let mut tx = begin_locked(pool).await?;
-    match write_batch(&mut tx, work).await {
-        Ok(results) => {
+    match write_batch_rows(&mut tx, work).await {
+        Ok(written) => {
             tx.commit().await?;
-            Ok(results)
+            Ok(written)
         }
         Err(e) => {
             // Release the append lock now, not when the pool next touches the
@@ -268,6 +281,14 @@ pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     work: Vec<Batched>,
 ) -> Result<Vec<Outcomes>, StoreError> {
+    Ok(write_batch_rows(conn, work).await?.0)
+}
+
+/// [`write_batch`], also returning the rows it inserted (in position order).
+async fn write_batch_rows(
+    conn: &mut PgConnection,
+    work: Vec<Batched>,
+) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
     let ids: Vec<Uuid> = work
         .iter()
         .flat_map(|w| &w.parts)
@@ -394,9 +415,9 @@ pub(crate) async fn write_batch(
         insert_keys(conn, new_keys).await?;
     }
     if let Some(last) = rows.last().map(|r| r.position) {
-        insert_rows(conn, rows, last).await?;
+        insert_rows(conn, &rows, last).await?;
     }
-    Ok(results)
+    Ok((results, rows))
 }
 
 async fn insert_keys(
@@ -439,7 +460,7 @@ async fn insert_keys(
 /// one statement.
 async fn insert_rows(
     conn: &mut PgConnection,
-    rows: Vec<RecordedEvent>,
+    rows: &[RecordedEvent],
     last: Position,
 ) -> Result<(), StoreError> {
     let n = rows.len();
@@ -462,8 +483,8 @@ async fn insert_rows(
         metadata.push(
             serde_json::to_value(&r.metadata).map_err(|e| StoreError::Backend(e.to_string()))?,
         );
-        event_type.push(r.event_type);
-        data.push(r.data);
+        event_type.push(r.event_type.clone());
+        data.push(r.data.clone());
     }
     sqlx::query(
         "WITH inserted AS ( \
@@ -649,7 +670,14 @@ mod tests {
         }
         drop(tx);
         let (commits, watermark) = watch::channel(Position::START);
-        run(pool.clone(), rx, commits, GroupCommitLimits::default()).await;
+        run(
+            pool.clone(),
+            rx,
+            commits,
+            GroupCommitLimits::default(),
+            Arc::default(),
+        )
+        .await;
         let mut results = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             results.push(outcome.await.expect("every request is answered"));
@@ -1181,7 +1209,13 @@ mod tests {
         }
         drop(tx);
         let (commits, _) = watch::channel(Position::START);
-        let appender = tokio::spawn(run(pool.clone(), rx, commits, GroupCommitLimits::default()));
+        let appender = tokio::spawn(run(
+            pool.clone(),
+            rx,
+            commits,
+            GroupCommitLimits::default(),
+            Arc::default(),
+        ));
 
         let pid = waiting_for_the_append_lock(&pool).await;
         let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")

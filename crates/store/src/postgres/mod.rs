@@ -34,6 +34,7 @@
 //!   subscribers directly.
 
 mod appender;
+mod recent;
 
 use std::sync::Arc;
 
@@ -86,6 +87,8 @@ pub struct PostgresEventStore {
     pool: PgPool,
     appender: mpsc::Sender<appender::Request>,
     commits: watch::Sender<Position>,
+    /// The newest events this process appended, for its own subscribers.
+    recent: Arc<recent::RecentEvents>,
     _tasks: Arc<TaskGuard>,
 }
 
@@ -110,11 +113,19 @@ impl PostgresEventStore {
         listener.listen(NOTIFY_CHANNEL).await?;
         let listen_task = tokio::spawn(listen(listener, commits.clone()));
         let (tx, rx) = mpsc::channel(limits.max_requests * 4);
-        let append_task = tokio::spawn(appender::run(pool.clone(), rx, commits.clone(), limits));
+        let recent = Arc::new(recent::RecentEvents::default());
+        let append_task = tokio::spawn(appender::run(
+            pool.clone(),
+            rx,
+            commits.clone(),
+            limits,
+            recent.clone(),
+        ));
         Ok(Self {
             pool,
             appender: tx,
             commits,
+            recent,
             _tasks: Arc::new(TaskGuard(vec![
                 listen_task.abort_handle(),
                 append_task.abort_handle(),
@@ -363,15 +374,23 @@ impl EventStore for PostgresEventStore {
         from: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_page(&self.pool, from, limit).await
+        match self.recent.read(from, limit) {
+            Some(events) => Ok(events),
+            None => read_page(&self.pool, from, limit).await,
+        }
     }
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, recent) = (self.pool.clone(), self.recent.clone());
         Ok(catch_up_then_live(
             move |pos| {
-                let pool = pool.clone();
-                async move { read_page(&pool, pos, PAGE).await }
+                let (pool, recent) = (pool.clone(), recent.clone());
+                async move {
+                    match recent.read(pos, PAGE) {
+                        Some(events) => Ok(events),
+                        None => read_page(&pool, pos, PAGE).await,
+                    }
+                }
             },
             from,
             self.commits.subscribe(),

@@ -111,9 +111,9 @@ impl PostgresEventStore {
         // LISTEN before returning, so no commit after `new` can go unannounced.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        let listen_task = tokio::spawn(listen(listener, commits.clone()));
         let (tx, rx) = mpsc::channel(limits.max_requests * 4);
         let recent = Arc::new(recent::RecentEvents::default());
+        let listen_task = tokio::spawn(listen(listener, commits.clone(), recent.clone()));
         let append_task = tokio::spawn(appender::run(
             pool.clone(),
             rx,
@@ -206,7 +206,11 @@ impl PostgresEventStore {
     }
 }
 
-async fn listen(mut listener: PgListener, commits: watch::Sender<Position>) {
+async fn listen(
+    mut listener: PgListener,
+    commits: watch::Sender<Position>,
+    recent: Arc<recent::RecentEvents>,
+) {
     loop {
         match listener.recv().await {
             Ok(n) => {
@@ -217,6 +221,9 @@ async fn listen(mut listener: PgListener, commits: watch::Sender<Position>) {
                 // The listener reconnects on the next recv; notifications sent
                 // meanwhile are lost, so wake every subscriber to re-read.
                 tracing::warn!(error = %e, "event notification listener lost its connection");
+                // Another process's commits may have gone unannounced: the
+                // in-memory tail can no longer say "nothing newer".
+                recent.forget();
                 commits.send_modify(|_| {});
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
@@ -382,10 +389,17 @@ impl EventStore for PostgresEventStore {
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
         let (pool, recent) = (self.pool.clone(), self.recent.clone());
+        let announced = self.commits.subscribe();
         Ok(catch_up_then_live(
             move |pos| {
                 let (pool, recent) = (pool.clone(), recent.clone());
+                // At the newest event, with nothing newer announced: wait
+                // for the next announcement rather than ask Postgres.
+                let idle = recent.is_newest(pos, *announced.borrow());
                 async move {
+                    if idle {
+                        return Ok(Vec::new());
+                    }
                     match recent.read(pos, PAGE) {
                         Some(events) => Ok(events),
                         None => read_page(&pool, pos, PAGE).await,

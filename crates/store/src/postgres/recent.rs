@@ -57,6 +57,27 @@ impl RecentEvents {
         }
     }
 
+    /// Whether `from` is the newest event this run holds, and `announced`
+    /// (the newest position anyone announced) is not past it: a live
+    /// subscriber there has nothing to read yet and can wait for the next
+    /// announcement without asking Postgres. Sound only while
+    /// announcements are not lost: the listener calls
+    /// [`forget`](Self::forget) when it may have missed some.
+    pub(crate) fn is_newest(&self, from: Position, announced: Position) -> bool {
+        self.run
+            .read()
+            .ok()
+            .and_then(|run| run.back().map(|last| last.position))
+            .is_some_and(|last| last == from && announced <= last)
+    }
+
+    /// Drops the run: reads go to Postgres until the next push.
+    pub(crate) fn forget(&self) {
+        if let Ok(mut run) = self.run.write() {
+            run.clear();
+        }
+    }
+
     /// Up to `limit` events strictly after `from`, if the run holds the
     /// very next one; `None` sends the reader to Postgres.
     pub(crate) fn read(&self, from: Position, limit: usize) -> Option<Vec<RecordedEvent>> {
@@ -126,6 +147,25 @@ mod tests {
             positions(&recent.read(Position(9), 10).expect("held")),
             [10, 11]
         );
+    }
+
+    #[test]
+    fn a_subscriber_at_the_newest_event_waits_unless_more_was_announced() {
+        let recent = RecentEvents::default();
+        assert!(!recent.is_newest(Position(0), Position(0)), "nothing held");
+        recent.push(&[at(5), at(6)]);
+        assert!(recent.is_newest(Position(6), Position(6)));
+        assert!(
+            !recent.is_newest(Position(5), Position(6)),
+            "6 is there to read"
+        );
+        assert!(
+            !recent.is_newest(Position(6), Position(7)),
+            "another process announced 7"
+        );
+        recent.forget();
+        assert!(!recent.is_newest(Position(6), Position(6)), "forgotten");
+        assert!(recent.read(Position(5), 10).is_none());
     }
 
     #[test]

@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: under a flash sale a third of the
+/// server's CPU went to glibc's arena locking and consolidation (`perf` of
+/// `bench checkout`, BENCHMARKS.md), and mimalloc hands freed memory back
+/// to the system instead of keeping it in per-thread arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     use marketplace_api::telemetry::{self, TracingSettings};

@@ -424,6 +424,25 @@ impl CommandHandler {
             .await
     }
 
+    /// `A` with id `id` to decide on, taken out of the cache (not copied)
+    /// if it is there, and whether it was read to the stream's end (a miss
+    /// loads it). The caller puts back what it leaves with
+    /// [`remember`](Self::remember) or [`put_back`](Self::put_back).
+    pub(crate) async fn taken_for_decision<A: Aggregate>(
+        &self,
+        id: Uuid,
+    ) -> Result<(Loaded<A>, bool), LoadError> {
+        if let Some((state, revision, position)) = self.cache.take::<A>(&stream_of::<A>(id)) {
+            let loaded = Loaded {
+                state,
+                revision: Some(revision),
+                position,
+            };
+            return Ok((loaded, false));
+        }
+        Ok((self.load::<A>(id).await?, true))
+    }
+
     /// Records what an append left `A` with id `id` at: `state` after the
     /// stream went from `before` to `outcome`; snapshots when due.
     pub(crate) fn remember<A: Aggregate>(

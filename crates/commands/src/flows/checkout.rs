@@ -380,7 +380,7 @@ async fn decide_and_append(
                 }
             }
         }
-        // Listings the batch did not move go back to the cache as they were.
+        // What the batch did not move goes back to the cache as it was.
         let (moved_listings, unmoved): (Vec<_>, Vec<_>) = listings
             .into_iter()
             .partition(|(_, w)| !w.events.is_empty());
@@ -389,10 +389,14 @@ async fn decide_and_append(
                 handler.put_back::<Listing>(id.0, w.state, revision, w.position);
             }
         }
-        let moved_accounts: Vec<(AccountId, Working<Account>)> = accounts
+        let (moved_accounts, unmoved): (Vec<_>, Vec<_>) = accounts
             .into_iter()
-            .filter(|(_, w)| !w.events.is_empty())
-            .collect();
+            .partition(|(_, w)| !w.events.is_empty());
+        for (id, w) in unmoved {
+            if let Some(revision) = w.base {
+                handler.put_back::<Account>(id.0, w.state, revision, w.position);
+            }
+        }
         for (id, w) in &moved_listings {
             parts.push(StreamAppend {
                 stream: stream_of::<Listing>(id.0),
@@ -547,10 +551,12 @@ async fn decide_batch(
         let mut hold = Vec::new();
         if refusal.is_none() {
             if let std::collections::btree_map::Entry::Vacant(slot) = accounts.entry(buyer) {
-                let (loaded, verified) = handler
-                    .loaded_for_decision::<Account>(buyer.0, read_to_end)
-                    .await
-                    .map_err(CommandError::from)?;
+                let (loaded, verified) = if read_to_end {
+                    handler.loaded_for_decision::<Account>(buyer.0, true).await
+                } else {
+                    handler.taken_for_decision::<Account>(buyer.0).await
+                }
+                .map_err(CommandError::from)?;
                 slot.insert(Working::from(loaded, verified));
             }
             let Some(amount) = order.state.total.clone() else {

@@ -86,9 +86,15 @@ async fn the_live_tail_read_from_memory_is_what_the_table_holds() {
     }
     let table = reader.read_all(Position::START, 100).await.expect("read");
     assert_eq!(table.len(), 18);
-    for from in 0..18u64 {
-        let mine = here.read_all(Position(from), 100).await.expect("read");
-        assert_eq!(mine, table[from as usize..], "read_all after {from}");
+    // Subscriptions from every position, caught up from memory where it
+    // holds the run.
+    for from in [0u64, 3, 4, 9, 16] {
+        let mut sub = here.subscribe_all(Position(from)).await.expect("subscribe");
+        let mut got = Vec::new();
+        while got.len() < table.len() - from as usize {
+            got.push(sub.next().await.expect("live").expect("event"));
+        }
+        assert_eq!(got, table[from as usize..], "subscribed after {from}");
     }
     let mut delivered = Vec::new();
     while delivered.len() < table.len() {

@@ -381,10 +381,9 @@ impl EventStore for PostgresEventStore {
         from: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self.recent.read(from, limit) {
-            Some(events) => Ok(events),
-            None => read_page(&self.pool, from, limit).await,
-        }
+        // Always the table: audits (`audit verify`) read the log through
+        // this, and must see what is stored, not what was appended.
+        read_page(&self.pool, from, limit).await
     }
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {

@@ -1,7 +1,8 @@
 //! The log's newest events as this process's appender committed them, so
 //! that the subscribers in this process (projections, process managers,
 //! live feeds) read the live tail from memory instead of each querying and
-//! decoding the same rows again.
+//! decoding the same rows again. Only subscriptions read it: `read_all`
+//! (what audits read) always asks the table.
 //!
 //! It only ever answers for a run of positions it holds without a gap:
 //! events are pushed after their transaction commits, in commit order (the
@@ -27,7 +28,7 @@ pub(crate) struct RecentEvents {
 impl RecentEvents {
     /// Most events held (a few MB): enough for subscribers that keep up;
     /// one that falls behind reads from Postgres.
-    pub(crate) const CAPACITY: usize = 8_192;
+    pub(crate) const CAPACITY: usize = 32_768;
 
     /// Adds the rows of a committed transaction, in position order, as the
     /// table holds them (`recorded_at` to the microsecond).

@@ -30,7 +30,10 @@
 //! - [`flows`]: one file per use case that spans aggregates or that the API
 //!   and the tools share — registering an account (claim the email, then
 //!   open the account; an erased account's email is free again), finding
-//!   an account to log in, pricing a new order's lines, settling a
+//!   an account to log in, pricing a new order's lines, checking an order
+//!   out in its placement's own atomic multi-stream append (`checkout`:
+//!   hot listings batch per listing, each order keeping its own outcome;
+//!   the saga's path where the store has no such append), settling a
 //!   deposit's payment intent (record, then credit once). Erasure itself is
 //!   the API's (`eraseAccount`): it destroys the data key, which lives
 //!   outside this crate, then runs `AccountCommand::Erase`.

@@ -31,7 +31,11 @@
 //!   retries, crashes, concurrent duplicates and processes.
 //! - **Live delivery** through `LISTEN/NOTIFY` on channel
 //!   `marketplace_events`; appends in this process also wake local
-//!   subscribers directly.
+//!   subscribers directly, and those subscribers read the rows the
+//!   appender just committed from memory (`recent.rs`: a bounded, gap-free
+//!   run; anything it does not hold is read from the table), so five
+//!   projections and three process managers do not each query and decode
+//!   every new row. `read_all`, what audits read, always reads the table.
 
 mod appender;
 mod recent;

@@ -1,7 +1,7 @@
 //! Audit queries (ADMIN only): a stream's history with state, and an order
 //! as it stood at a moment.
 
-use marketplace_e2e::{spawn_app, spawn_app_with, Req};
+use marketplace_e2e::{spawn_app_with, Req};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

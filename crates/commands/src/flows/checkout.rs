@@ -602,13 +602,11 @@ async fn decide_batch(
             .decide(&verdict)
             .map_err(CommandError::Rejected)?;
         // The verdict's events follow the placement's in the order stream.
-        let mut tail = order.events.len();
-        for e in &verdict_events {
+        for (index, e) in (order.events.len()..).zip(&verdict_events) {
             order.events.push(
-                to_new_event(e, ctx, ctx.event_id(&order_stream, tail))
+                to_new_event(e, ctx, ctx.event_id(&order_stream, index))
                     .map_err(CommandError::from)?,
             );
-            tail += 1;
         }
         order.state = verdict_events
             .iter()

@@ -90,6 +90,11 @@ pub struct CheckoutArgs {
     /// Past orders on the hot listing of case c.
     #[arg(long, default_value_t = 100_000)]
     pub past_orders: usize,
+    /// Check orders out through the checkout saga (as `serve
+    /// --checkout-in-saga` does) instead of in the placement's own atomic
+    /// append, to compare the two.
+    #[arg(long)]
+    pub checkout_in_saga: bool,
 }
 
 /// What one case measured.
@@ -160,9 +165,18 @@ async fn run_case(url: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<
     scratch.close().await;
     let settings = Settings {
         rate_limits: RateLimits::DISABLED,
+        checkout_in_saga: args.checkout_in_saga,
         ..Settings::for_database(bench_url(url))
     };
     let app = Application::build(settings).await?;
+    println!(
+        "  checkout: {}",
+        if app.state().checkout_at_placement {
+            "at placement (one atomic append across the order, listing and wallet streams)"
+        } else {
+            "by the checkout saga"
+        }
+    );
     let addr = app.local_addr().context("the API did not bind")?;
     let pool = app.state().pool.clone();
     let handler = app.state().handler.clone();

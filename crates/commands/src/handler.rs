@@ -563,9 +563,12 @@ impl CommandHandler {
                 break;
             }
         }
-        if let (Some(revision), true) = (loaded.revision, cache && read > 0) {
-            self.cache
-                .put(stream, loaded.state.clone(), revision, loaded.position);
+        if let (Some(revision), true) = (loaded.revision, read > 0) {
+            if cache {
+                self.cache
+                    .put(stream, loaded.state.clone(), revision, loaded.position);
+            }
+            // A long fold is stored as a snapshot either way.
             if self.snapshot_every > 0 && read as u64 >= self.snapshot_every {
                 self.snapshot(stream, &loaded.state, revision, loaded.position);
             }

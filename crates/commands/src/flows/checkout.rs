@@ -890,4 +890,69 @@ mod tests {
             "not refused as out of stock on the stale state"
         );
     }
+
+    #[tokio::test]
+    async fn a_long_stream_folded_without_a_snapshot_gets_one() {
+        use marketplace_domain::listing::{ListingEvent, ReservationCommitted, StockReserved};
+        let store = Arc::new(InMemoryEventStore::new());
+        let setup = CommandHandler::new(store.clone());
+        let seller = account(&setup, &[Role::Seller], 0).await;
+        let lamp = listing(&setup, &seller, 5_000).await;
+        let buyer = account(&setup, &[Role::Buyer], 10_000).await;
+        // 1,200 past orders written straight to the log: no snapshot.
+        let stream = stream_of::<Listing>(lamp.0);
+        let ctx = CommandContext::new("test");
+        let mut past = Vec::new();
+        for _ in 0..600 {
+            let order_id = OrderId(Uuid::now_v7());
+            for e in [
+                ListingEvent::StockReserved(StockReserved {
+                    listing_id: lamp,
+                    order_id,
+                    quantity: Quantity(1),
+                    reserved_at: Utc::now(),
+                }),
+                ListingEvent::ReservationCommitted(ReservationCommitted {
+                    listing_id: lamp,
+                    order_id,
+                    quantity: Quantity(1),
+                    committed_at: Utc::now(),
+                }),
+            ] {
+                past.push(to_new_event(&e, &ctx, Uuid::now_v7()).expect("encode"));
+            }
+        }
+        store
+            .append(&stream, ExpectedRevision::Any, past)
+            .await
+            .expect("append the past");
+        let before = store
+            .read_snapshot(&stream)
+            .await
+            .expect("read")
+            .map(|s| s.revision);
+
+        // A fresh process checks an order out: it folds the whole stream.
+        let fresh = CommandHandler::new(store.clone());
+        let done = decide_and_append(&fresh, &[order(&buyer, lamp)], None)
+            .await
+            .expect("append");
+        assert_eq!(status(&done[0]).0, OrderStatus::Confirmed);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let snapshot = store.read_snapshot(&stream).await.expect("read");
+            if let Some(s) = snapshot.filter(|s| Some(s.revision) != before && s.revision >= 1_200)
+            {
+                let state = Listing::from_snapshot(s.state).expect("reads");
+                assert_eq!(state.sold, 600);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot of the long fold"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -1114,3 +1114,63 @@ async fn the_catalogue_sorts_by_approved_rating_with_unrated_listings_last() {
         ]
     );
 }
+
+/// An order's confirmation notifies its buyer and its seller with its
+/// total, whether its placement is in the same batch (checked out at
+/// placement: one append) or came in an earlier one (the saga's path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_notifications_name_both_parties_whether_placed_in_the_same_batch_or_before() {
+    let (pool, store) = setup().await;
+    let (buyer, seller, item) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (together, apart) = (Uuid::now_v7(), Uuid::now_v7());
+    append::<Order>(
+        &store,
+        together,
+        vec![
+            placed(together, buyer, seller, item, 1),
+            confirmed(together, 2),
+        ],
+    )
+    .await;
+    append::<Order>(&store, apart, vec![placed(apart, buyer, seller, item, 3)]).await;
+    let head = fold_as_one_batch(&pool, &store).await;
+    let progress = Progress::default();
+    let _stop = spawn_runtime(&pool, &store, &progress);
+    caught_up(&progress, head).await;
+    let head = append::<Order>(&store, apart, vec![confirmed(apart, 4)]).await;
+    caught_up(&progress, head).await;
+
+    let page = |account: Uuid| {
+        let pool = pool.clone();
+        async move {
+            notifications::for_account(&pool, account, 10, None)
+                .await
+                .expect("query")
+                .expect("page")
+                .rows
+                .into_iter()
+                .map(|(n, _)| (n.kind, n.message))
+                .collect::<Vec<_>>()
+        }
+    };
+    let short = |id: Uuid| id.simple().to_string()[..8].to_owned();
+    let told_buyer = page(buyer).await;
+    let told_seller = page(seller).await;
+    for order in [together, apart] {
+        assert!(
+            told_buyer
+                .iter()
+                .any(|(kind, message)| kind == "ORDER_CONFIRMED"
+                    && message.contains(&short(order))
+                    && !message.contains("{total}")),
+            "the buyer is told about {order}: {told_buyer:?}"
+        );
+        assert!(
+            told_seller.iter().any(|(kind, message)| kind == "ITEM_SOLD"
+                && message.contains(&short(order))
+                && !message.contains("{total}")),
+            "the seller is told about {order}: {told_seller:?}"
+        );
+    }
+    assert_eq!((told_buyer.len(), told_seller.len()), (2, 2));
+}

@@ -227,6 +227,13 @@ impl Projection for NotificationsProjection {
                 Event::Listing(_) | Event::EmailClaim(_) | Event::Payment(_) | Event::Asset(_) => {}
             }
         }
+        // The parties of orders placed in this batch are known already
+        // (checked out at placement, an order's placement and verdict
+        // usually arrive together): only the others are looked up.
+        let mut parties: std::collections::HashMap<Uuid, (Uuid, Uuid, i64, String)> = orders
+            .iter()
+            .map(|(o, b, s, t, c)| (*o, (*b, *s, *t, c.clone())))
+            .collect();
         if !orders.is_empty() {
             let (ids, buyers, sellers, totals, currencies) = orders.into_iter().fold(
                 (vec![], vec![], vec![], vec![], vec![]),
@@ -267,24 +274,29 @@ impl Projection for NotificationsProjection {
             return Ok(());
         }
         // Resolve order parties and review authors in two statements.
-        let order_ids: Vec<Uuid> = pending
+        let mut order_ids: Vec<Uuid> = pending
             .iter()
             .filter_map(|p| match p.to {
                 To::Buyer(o) | To::Seller(o) => Some(o),
                 To::Author(_) | To::Account(_) => None,
             })
+            .filter(|o| !parties.contains_key(o))
             .collect();
-        let parties: std::collections::HashMap<Uuid, (Uuid, Uuid, i64, String)> =
-            sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String)>(
-                "SELECT order_id, buyer_id, seller_id, total_minor, currency \
-                 FROM rm_notification_orders WHERE order_id = ANY($1)",
-            )
-            .bind(&order_ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(o, b, s, t, c)| (o, (b, s, t, c)))
-            .collect();
+        order_ids.sort_unstable();
+        order_ids.dedup();
+        if !order_ids.is_empty() {
+            parties.extend(
+                sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String)>(
+                    "SELECT order_id, buyer_id, seller_id, total_minor, currency \
+                     FROM rm_notification_orders WHERE order_id = ANY($1)",
+                )
+                .bind(&order_ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(o, b, s, t, c)| (o, (b, s, t, c))),
+            );
+        }
         let review_ids: Vec<Uuid> = pending
             .iter()
             .filter_map(|p| match p.to {
@@ -292,14 +304,19 @@ impl Projection for NotificationsProjection {
                 To::Buyer(_) | To::Seller(_) | To::Account(_) => None,
             })
             .collect();
-        let authors: std::collections::HashMap<Uuid, Uuid> = sqlx::query_as::<_, (Uuid, Uuid)>(
-            "SELECT review_id, author_id FROM rm_notification_reviews WHERE review_id = ANY($1)",
-        )
-        .bind(&review_ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let authors: std::collections::HashMap<Uuid, Uuid> = if review_ids.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            sqlx::query_as::<_, (Uuid, Uuid)>(
+                "SELECT review_id, author_id FROM rm_notification_reviews \
+                 WHERE review_id = ANY($1)",
+            )
+            .bind(&review_ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
 
         let mut ids = Vec::new();
         let mut accounts = Vec::new();

@@ -503,15 +503,25 @@ impl CommandHandler {
         let stream = stream_of::<A>(id);
         // Start from the cached state, else the snapshot, if any, and read
         // only the tail.
-        let loaded = match self.cache.get::<A>(&stream) {
+        let cached = self.cache.get::<A>(&stream);
+        let loaded = self.cached_or_snapshot(&stream, cached).await;
+        self.read_tail(&stream, loaded, true).await
+    }
+
+    /// Where a load starts: the cached state, else the stream's snapshot.
+    async fn cached_or_snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        cached: Option<(A, u64, Position)>,
+    ) -> Loaded<A> {
+        match cached {
             Some((state, revision, position)) => Loaded {
                 state,
                 revision: Some(revision),
                 position,
             },
-            None => self.load_snapshot::<A>(&stream).await,
-        };
-        self.read_tail(&stream, loaded, true).await
+            None => self.load_snapshot::<A>(stream).await,
+        }
     }
 
     /// Like [`load`](Self::load), but a cached state is taken out of the
@@ -521,14 +531,8 @@ impl CommandHandler {
     /// [`put_back`](Self::put_back).
     pub(crate) async fn take_latest<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, LoadError> {
         let stream = stream_of::<A>(id);
-        let loaded = match self.cache.take::<A>(&stream) {
-            Some((state, revision, position)) => Loaded {
-                state,
-                revision: Some(revision),
-                position,
-            },
-            None => self.load_snapshot::<A>(&stream).await,
-        };
+        let taken = self.cache.take::<A>(&stream);
+        let loaded = self.cached_or_snapshot(&stream, taken).await;
         self.read_tail(&stream, loaded, false).await
     }
 

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use marketplace_domain::account::{Account, AccountCommand, HoldFunds};
 use marketplace_domain::listing::{Listing, ListingCommand, ReserveStock};
 use marketplace_domain::order::{
-    CheckoutOutcome, CompleteCheckout, LineSpec, Order, OrderCommand, OrderError, PlaceOrder,
+    CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderError, PlaceOrder,
 };
 use marketplace_domain::values::{AccountId, Actor, FeeRate, ListingId, OrderId, Quantity};
 use marketplace_domain::Aggregate;
@@ -48,6 +48,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::flows::place_order::line_of;
 use crate::handler::{
     command_span, stream_of, to_new_event, CommandContext, CommandError, CommandHandler, Executed,
     Idempotent, Loaded,
@@ -167,14 +168,19 @@ async fn alone(
             Err(CheckoutError::Command(CommandError::IdempotencyKeyReused))
         }
     };
-    if let Some(key) = &key {
-        if let Some(record) = handler
-            .idempotency_record(key)
-            .await
-            .map_err(CommandError::Store)?
-        {
-            return replay(record, key);
+    // The first use's record, if the key was used (checked before
+    // deciding, and again when a duplicate won the race).
+    let recorded = || async {
+        match &key {
+            Some(key) => handler
+                .idempotency_record(key)
+                .await
+                .map_err(|e| CheckoutError::Command(CommandError::Store(e))),
+            None => Ok(None),
         }
+    };
+    if let (Some(record), Some(key)) = (recorded().await?, &key) {
+        return replay(record, key);
     }
     let batch = [(ctx, request.clone(), fee)];
     match decide_and_append(handler, &batch, key.as_ref()).await {
@@ -195,16 +201,10 @@ async fn alone(
         // The order stream exists: a concurrent duplicate with this key
         // won; its record is visible now.
         Err(e @ CheckoutError::Command(CommandError::Conflict { .. })) => {
-            if let Some(key) = &key {
-                if let Some(record) = handler
-                    .idempotency_record(key)
-                    .await
-                    .map_err(CommandError::Store)?
-                {
-                    return replay(record, key);
-                }
+            match (recorded().await?, &key) {
+                (Some(record), Some(key)) => replay(record, key),
+                _ => Err(e),
             }
-            Err(e)
         }
         Err(e) => Err(e),
     }
@@ -477,19 +477,12 @@ async fn decide_batch(
         let mut lines = Vec::with_capacity(request.wanted.len());
         let mut missing = None;
         for &(listing_id, quantity) in &request.wanted {
-            let Some(w) = listings.get(&listing_id) else {
-                missing = Some(listing_id);
-                break;
-            };
-            match (w.state.seller_id, w.state.kind, w.state.price.clone()) {
-                (Some(seller_id), Some(kind), Some(unit_price)) => lines.push(LineSpec {
-                    listing_id,
-                    seller_id,
-                    kind,
-                    quantity: quantity.0,
-                    unit_price,
-                }),
-                _ => {
+            match listings
+                .get(&listing_id)
+                .and_then(|w| line_of(&w.state, listing_id, quantity))
+            {
+                Some(line) => lines.push(line),
+                None => {
                     missing = Some(listing_id);
                     break;
                 }

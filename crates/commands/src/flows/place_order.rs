@@ -33,20 +33,24 @@ pub async fn price_lines(
     let mut lines = Vec::with_capacity(wanted.len());
     for &(listing_id, quantity) in wanted {
         let listing = handler.load::<Listing>(listing_id.0).await?.state;
-        let (Some(seller_id), Some(kind), Some(unit_price)) =
-            (listing.seller_id, listing.kind, listing.price)
-        else {
-            return Err(PriceLinesError::ListingNotFound(listing_id));
-        };
-        lines.push(LineSpec {
-            listing_id,
-            seller_id,
-            kind,
-            quantity: quantity.0,
-            unit_price,
-        });
+        let line = line_of(&listing, listing_id, quantity)
+            .ok_or(PriceLinesError::ListingNotFound(listing_id))?;
+        lines.push(line);
     }
     Ok(lines)
+}
+
+/// A line for `quantity` units of `listing` (whose id is `listing_id`) at
+/// its seller, kind and price as they stand; `None` if it was never
+/// created.
+pub fn line_of(listing: &Listing, listing_id: ListingId, quantity: Quantity) -> Option<LineSpec> {
+    Some(LineSpec {
+        listing_id,
+        seller_id: listing.seller_id?,
+        kind: listing.kind?,
+        quantity: quantity.0,
+        unit_price: listing.price.clone()?,
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The serialising appender with group commit.
 //!
 //! One task per process owns the write path. It takes the first queued
-//! request, drains whatever else is already waiting (up to the limits), and
-//! writes the lot in one transaction under the global append lock. Each
+//! request, drains whatever else is already waiting (up to the limits),
+//! yielding while that brings more, and writes the lot in one transaction
+//! under the global append lock. Each
 //! request is planned on its own — idempotency key, expected revision,
 //! idempotent retry, hash chain — against the stored state plus the requests
 //! planned before it in the same batch, so a conflict refuses only its own
@@ -69,13 +70,28 @@ use crate::memory::{key_record, plan_parts, PartsPlan, PlanState};
 const APPEND_LOCK_KEY: i64 = 0x006d_6b74_2d6c_6f67;
 
 /// Begins a transaction holding the global append lock, in one round trip
-/// (`BEGIN` and the lock as one simple query). The statements after it see
-/// every append committed before the lock was granted.
+/// (`BEGIN`, the plan setting and the lock as one simple query). The
+/// statements after it see every append committed before the lock was
+/// granted.
+///
+/// The appender's statements are prepared once per connection and run on
+/// their generic plan (`plan_cache_mode = force_generic_plan`), planned
+/// without sequential scans (`enable_seqscan = off`). Planning the
+/// id/head lookup per call was most of its server time; and a generic plan
+/// made while the table was small (a fresh database) would otherwise scan
+/// the whole table for the rest of the connection's life. Without
+/// sequential scans every lookup goes through the `event_id`,
+/// `(stream_id, revision)` and position indexes, whatever the table's size
+/// when the plan was made.
 pub(crate) async fn begin_locked(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
     static LOCKED_BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+        format!(
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+             SET LOCAL enable_seqscan = off; \
+             SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
+        )
     });
     Ok(pool.begin_with(LOCKED_BEGIN.as_str()).await?)
 }
@@ -97,6 +113,11 @@ impl Default for GroupCommitLimits {
         }
     }
 }
+
+/// How many times the appender yields, before writing a batch, to let
+/// writers that are already woken queue their requests; it stops at the
+/// first yield after which nothing is queued.
+const MAX_GATHER_YIELDS: usize = 8;
 
 /// One append request, as the batch writer sees it: one part per stream
 /// (a single append is a one-part request), committed or refused as a
@@ -155,13 +176,27 @@ pub(crate) async fn run(
     while let Some(first) = rx.recv().await {
         let mut events = first.batched.events();
         let mut batch = vec![first];
-        while batch.len() < limits.max_requests && events < limits.max_events {
-            match rx.try_recv() {
-                Ok(r) => {
-                    events += r.batched.events();
-                    batch.push(r);
+        // Drain what is queued; then, as long as yielding to the tasks
+        // already woken brings more (the writers the last commit answered,
+        // coming back), drain again. Without it the writers one commit
+        // answered come back split: the first alone in a batch of one, the
+        // rest in the next, behind it (half the batches held one request).
+        for _ in 0..MAX_GATHER_YIELDS {
+            while batch.len() < limits.max_requests && events < limits.max_events {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        events += r.batched.events();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            if batch.len() >= limits.max_requests || events >= limits.max_events {
+                break;
+            }
+            tokio::task::yield_now().await;
+            if rx.is_empty() {
+                break;
             }
         }
         let (work, replies): (Vec<_>, Vec<_>) =
@@ -303,11 +338,8 @@ async fn write_batch_rows(
     streams.dedup();
     // One round trip for what planning needs: the appended ids already
     // stored (kind 0), each stream's last revision and hash (kind 1), and
-    // the log's last position (kind 2). Not a cached prepared statement: a
-    // generic plan made while the table was small (a fresh database, a
-    // pool whose servers use `force_generic_plan`) would keep scanning the
-    // whole table for the rest of the connection's life; planned per call
-    // it uses the `event_id` and `(stream_id, revision)` indexes.
+    // the log's last position (kind 2). Prepared once per connection, on
+    // an index-only generic plan (see `begin_locked`).
     // The batch's working state: what is stored, then also what the
     // requests planned before in this batch will write.
     let mut state = PlanState::default();
@@ -325,7 +357,6 @@ async fn write_batch_rows(
          UNION ALL \
          SELECT 2, NULL::uuid, NULL::text, NULL::bigint, max(position), NULL::text FROM events",
     )
-    .persistent(false)
     .bind(&ids)
     .bind(&streams)
     .fetch_all(&mut *conn)

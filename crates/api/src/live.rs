@@ -210,10 +210,7 @@ async fn feed(
         return;
     };
     sink.started(events.position());
-    let batching = Batching {
-        max_events: BATCH,
-        max_wait: Duration::ZERO,
-    };
+    let batching = Batching::fixed(BATCH, Duration::ZERO);
     loop {
         match events.next_batch(batching, None, &mut stop).await {
             Next::Stopped => return,

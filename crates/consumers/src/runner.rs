@@ -129,7 +129,8 @@ impl Default for RunnerConfig {
         Self {
             batching: Batching {
                 max_events: 256,
-                max_wait: Duration::from_millis(2),
+                idle_wait: Duration::from_millis(2),
+                busy_wait: Duration::from_millis(10),
             },
             lanes: 8,
             max_attempts: 5,

@@ -17,20 +17,53 @@ use tokio::time::Instant;
 use crate::retry::{Backoff, Retry};
 
 /// How events are gathered into a batch.
+///
+/// The gathering window adapts to the load. A batch whose first event came
+/// after a quiet spell (the consumer waited at least `busy_wait` for it)
+/// gathers for `idle_wait`: on a quiet log a command's events are handled
+/// at once. A batch whose first event was already waiting, or came sooner,
+/// is part of a busy stretch and gathers for `busy_wait`, so that under load
+/// one transaction folds many commits' events instead of a few.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batching {
     /// Most events in one batch.
     pub max_events: usize,
-    /// How long to keep gathering after the first event (zero: take only
-    /// what is already there).
-    pub max_wait: Duration,
+    /// How long to keep gathering after the first event when it followed a
+    /// quiet spell (zero: take only what is already there).
+    pub idle_wait: Duration,
+    /// How long to keep gathering after the first event while the log is
+    /// busy (never shorter than `idle_wait`).
+    pub busy_wait: Duration,
+}
+
+impl Batching {
+    /// A window that does not adapt: always `wait`.
+    pub fn fixed(max_events: usize, wait: Duration) -> Self {
+        Self {
+            max_events,
+            idle_wait: wait,
+            busy_wait: wait,
+        }
+    }
+
+    /// The window for a batch whose consumer waited `waited` for its first
+    /// event.
+    pub fn window(&self, waited: Duration) -> Duration {
+        let busy = self.busy_wait.max(self.idle_wait);
+        if waited < busy {
+            busy
+        } else {
+            self.idle_wait
+        }
+    }
 }
 
 impl Default for Batching {
     fn default() -> Self {
         Self {
             max_events: 1_000,
-            max_wait: Duration::from_millis(5),
+            idle_wait: Duration::from_millis(5),
+            busy_wait: Duration::from_millis(25),
         }
     }
 }
@@ -152,6 +185,7 @@ impl Subscription {
                 }
                 continue;
             };
+            let asked = Instant::now();
             let first = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return Next::Stopped,
                 _ = sleep_until(idle_at) => return Next::Idle,
@@ -165,7 +199,8 @@ impl Subscription {
                 None => failure = Some("the subscription ended".to_owned()),
             }
             if failure.is_none() {
-                failure = self.gather(&mut batch, batching).await;
+                let window = batching.window(asked.elapsed());
+                failure = self.gather(&mut batch, batching.max_events, window).await;
             }
             if let Some(error) = failure {
                 self.events = None;
@@ -184,17 +219,19 @@ impl Subscription {
         }
     }
 
-    /// Adds what follows the first event, up to the batch limits; returns
-    /// the error that cut the batch short, if any.
+    /// Adds what follows the first event, up to `max_events` or for
+    /// `window` (zero: only what is already there); returns the error that
+    /// cut the batch short, if any.
     async fn gather(
         &mut self,
         batch: &mut Vec<RecordedEvent>,
-        batching: Batching,
+        max_events: usize,
+        window: Duration,
     ) -> Option<String> {
-        let deadline = Instant::now() + batching.max_wait;
-        while batch.len() < batching.max_events.max(1) {
+        let deadline = Instant::now() + window;
+        while batch.len() < max_events.max(1) {
             let events = self.events.as_mut()?;
-            let next = if batching.max_wait.is_zero() {
+            let next = if window.is_zero() {
                 match events.next().now_or_never() {
                     Some(next) => next,
                     None => return None,
@@ -234,5 +271,46 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_short_after_a_quiet_spell_and_long_while_busy() {
+        let b = Batching {
+            max_events: 100,
+            idle_wait: Duration::from_millis(5),
+            busy_wait: Duration::from_millis(25),
+        };
+        assert_eq!(
+            b.window(Duration::ZERO),
+            b.busy_wait,
+            "the event was waiting"
+        );
+        assert_eq!(
+            b.window(Duration::from_millis(10)),
+            b.busy_wait,
+            "it came soon"
+        );
+        assert_eq!(
+            b.window(Duration::from_secs(1)),
+            b.idle_wait,
+            "after a quiet spell"
+        );
+        let fixed = Batching::fixed(100, Duration::ZERO);
+        assert_eq!(fixed.window(Duration::ZERO), Duration::ZERO);
+        assert_eq!(fixed.window(Duration::from_secs(1)), Duration::ZERO);
+        let odd = Batching {
+            busy_wait: Duration::from_millis(1),
+            ..b
+        };
+        assert_eq!(
+            odd.window(Duration::ZERO),
+            b.idle_wait,
+            "never shorter when busy than when idle"
+        );
     }
 }

@@ -28,6 +28,7 @@ fn fast() -> RuntimeConfig {
     RuntimeConfig {
         max_batch: 10,
         max_wait: Duration::from_millis(2),
+        busy_wait: Duration::from_millis(5),
         lock_retry: Duration::from_millis(50),
         leader_check: Duration::from_millis(50),
         follow_interval: Duration::from_millis(10),

@@ -127,7 +127,8 @@ impl ProjectorRuntime {
         let mut events = Subscription::new(name, self.store.clone(), position, self.config.retry);
         let batching = Batching {
             max_events: self.config.max_batch,
-            max_wait: self.config.max_wait,
+            idle_wait: self.config.max_wait,
+            busy_wait: self.config.busy_wait,
         };
         // Whether the last batch left the subscription drained (caught up).
         let mut caught_up;

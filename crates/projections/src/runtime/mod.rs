@@ -19,7 +19,8 @@
 //!   `generation` from the `projection_generations` sequence), subscribes
 //!   from the stored checkpoint, gathers a batch until
 //!   [`RuntimeConfig::max_batch`] events or [`RuntimeConfig::max_wait`]
-//!   after its first event, and commits it. Every `leader_check` it checks that
+//!   after its first event ([`RuntimeConfig::busy_wait`] while the log is
+//!   busy), and commits it. Every `leader_check` it checks that
 //!   its lock connection is still alive and that its build still has its
 //!   generation and is not retired; if not, or if the log or the database
 //!   becomes unreachable ([`ProjectionError::is_unavailable`]), it steps down
@@ -291,8 +292,13 @@ impl std::fmt::Display for Generation {
 pub struct RuntimeConfig {
     /// Most events folded in one transaction.
     pub max_batch: usize,
-    /// How long to keep gathering a batch after its first event.
+    /// How long to keep gathering a batch after its first event when the
+    /// log was quiet before it.
     pub max_wait: Duration,
+    /// How long to keep gathering while the log is busy (the first event
+    /// was waiting, or came within this long): under load one transaction
+    /// folds many commits. See [`marketplace_consumers::Batching`].
+    pub busy_wait: Duration,
     /// How often a standby tries the leadership lock.
     pub lock_retry: Duration,
     /// How often an idle leader checks that its lock connection is alive
@@ -319,6 +325,7 @@ impl Default for RuntimeConfig {
         Self {
             max_batch: 1_000,
             max_wait: Duration::from_millis(5),
+            busy_wait: Duration::from_millis(25),
             lock_retry: Duration::from_millis(500),
             leader_check: Duration::from_secs(5),
             follow_interval: Duration::from_millis(50),

@@ -204,7 +204,7 @@ pub(crate) async fn run(
         // Writing consumes the requests; keep them for the one-by-one
         // fallback. A lone request never falls back: a refusal is its own.
         let fallback = (work.len() > 1).then(|| work.clone());
-        match (commit_batch(&pool, work).await, fallback) {
+        match (commit_batch(&pool, &recent, work).await, fallback) {
             (Ok((results, rows)), _) => {
                 recent.push(&rows);
                 deliver(&commits, replies, results);
@@ -217,7 +217,7 @@ pub(crate) async fn run(
                 );
                 commit_one_by_one(&pool, &commits, &recent, work, replies).await;
             }
-            (Err(e), _) => fail(replies, &e),
+            (Err(e), _) => fail(&commits, replies, &e),
         }
     }
 }
@@ -240,8 +240,12 @@ fn deliver(commits: &watch::Sender<Position>, replies: Vec<Reply>, results: Vec<
 }
 
 /// Answers every request of a transaction that failed with the same error.
-fn fail(replies: Vec<Reply>, e: &StoreError) {
+/// Also wakes every local subscriber: one waiting for this transaction's
+/// rows in memory asks the table instead (a commit whose outcome is unknown
+/// may have happened).
+fn fail(commits: &watch::Sender<Position>, replies: Vec<Reply>, e: &StoreError) {
     tracing::warn!(error = %e, requests = replies.len(), "group commit failed");
+    commits.send_modify(|_| {});
     for reply in replies {
         let _ = reply.send(Err(e.clone()));
     }
@@ -261,7 +265,7 @@ async fn commit_one_by_one(
 ) {
     let mut pending = work.into_iter().zip(replies);
     while let Some((w, reply)) = pending.next() {
-        match commit_batch(pool, vec![w]).await {
+        match commit_batch(pool, recent, vec![w]).await {
             Ok((results, rows)) => {
                 recent.push(&rows);
                 deliver(commits, vec![reply], results);
@@ -271,6 +275,7 @@ async fn commit_one_by_one(
             }
             Err(e) => {
                 fail(
+                    commits,
                     std::iter::once(reply)
                         .chain(pending.map(|(_, r)| r))
                         .collect(),
@@ -288,14 +293,25 @@ async fn commit_one_by_one(
 /// visible, so the fallback takes them again. A lost connection may leave
 /// the commit's outcome unknown; that is `Unavailable`, which never falls
 /// back, and callers resolve it by retrying the same event ids.
+///
+/// While the commit is in flight its top position is marked in `recent`
+/// (see [`RecentEvents::committing`]); the caller pushes the rows after a
+/// success, and a failure clears the mark here.
 async fn commit_batch(
     pool: &PgPool,
+    recent: &RecentEvents,
     work: Vec<Batched>,
 ) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
     let mut tx = begin_locked(pool).await?;
     match write_batch_rows(&mut tx, work).await {
         Ok(written) => {
-            tx.commit().await?;
+            if let Some(top) = written.1.last() {
+                recent.committing(top.position);
+            }
+            if let Err(e) = tx.commit().await {
+                recent.committed_or_not();
+                return Err(e.into());
+            }
             Ok(written)
         }
         Err(e) => {

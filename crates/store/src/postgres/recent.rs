@@ -11,8 +11,19 @@
 //! starts a new run. A read asking for anything the run does not cover
 //! goes to Postgres, so what a reader gets is exactly what the table holds
 //! at those positions. The run is bounded ([`RecentEvents::CAPACITY`]).
+//!
+//! **The appender's own commits in flight.** The `NOTIFY` of a commit often
+//! reaches this process's listener before the appender has pushed that
+//! commit's rows; a subscriber woken by it would find nothing newer here
+//! and query the table for rows about to arrive in memory. So the appender
+//! marks the top position of the commit it is waiting for
+//! ([`RecentEvents::committing`]); a subscriber at the newest held event,
+//! with nothing announced past that mark, waits for the push (the appender
+//! wakes every subscriber after it). A commit that fails clears the mark
+//! ([`RecentEvents::committed_or_not`]) and wakes them to ask the table.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use chrono::DateTime;
@@ -23,6 +34,8 @@ use crate::event::{Position, RecordedEvent};
 #[derive(Debug, Default)]
 pub(crate) struct RecentEvents {
     run: RwLock<VecDeque<RecordedEvent>>,
+    /// The top position of the appender's commit in flight (0: none).
+    in_flight: AtomicU64,
 }
 
 impl RecentEvents {
@@ -64,12 +77,31 @@ impl RecentEvents {
     /// announcement without asking Postgres. Sound only while
     /// announcements are not lost: the listener calls
     /// [`forget`](Self::forget) when it may have missed some.
+    ///
+    /// Also true when what was announced past `from` is no further than the
+    /// appender's commit in flight: those rows come here once it commits.
     pub(crate) fn is_newest(&self, from: Position, announced: Position) -> bool {
+        let in_flight = Position(self.in_flight.load(Ordering::Acquire));
         self.run
             .read()
             .ok()
             .and_then(|run| run.back().map(|last| last.position))
-            .is_some_and(|last| last == from && announced <= last)
+            .is_some_and(|last| last == from && announced <= last.max(in_flight))
+    }
+
+    /// The appender is about to commit rows up to `top`, in order after the
+    /// run: until it pushes them (or [`committed_or_not`] says the commit
+    /// failed), an announcement up to `top` is its own.
+    ///
+    /// [`committed_or_not`]: Self::committed_or_not
+    pub(crate) fn committing(&self, top: Position) {
+        self.in_flight.store(top.0, Ordering::Release);
+    }
+
+    /// The commit in flight failed (its outcome may be unknown): nothing is
+    /// waited for any longer, and readers go to the table for it.
+    pub(crate) fn committed_or_not(&self) {
+        self.in_flight.store(0, Ordering::Release);
     }
 
     /// Drops the run: reads go to Postgres until the next push.
@@ -167,6 +199,32 @@ mod tests {
         recent.forget();
         assert!(!recent.is_newest(Position(6), Position(6)), "forgotten");
         assert!(recent.read(Position(5), 10).is_none());
+    }
+
+    #[test]
+    fn an_announcement_of_the_commit_in_flight_is_waited_for_in_memory() {
+        let recent = RecentEvents::default();
+        recent.push(&[at(5), at(6)]);
+        recent.committing(Position(8));
+        assert!(
+            recent.is_newest(Position(6), Position(8)),
+            "7 and 8 are this appender's commit in flight: wait for its push"
+        );
+        assert!(
+            !recent.is_newest(Position(6), Position(9)),
+            "9 is past it: another process's, read the table"
+        );
+        recent.push(&[at(7), at(8)]);
+        assert_eq!(
+            positions(&recent.read(Position(6), 10).expect("held")),
+            [7, 8]
+        );
+        recent.committing(Position(10));
+        recent.committed_or_not();
+        assert!(
+            !recent.is_newest(Position(8), Position(10)),
+            "the commit failed, perhaps after committing: ask the table"
+        );
     }
 
     #[test]

@@ -335,6 +335,22 @@ pub(crate) async fn write_batch(
     Ok(write_batch_rows(conn, work).await?.0)
 }
 
+/// What planning a batch reads, in one statement: the appended ids already
+/// stored (`$1`), each named stream's last revision and hash (`$2`), and the
+/// log's last position.
+const PLANNING_LOOKUP: &str =
+    "SELECT 0 AS kind, event_id, stream_id, revision, position, NULL::text AS hash \
+       FROM events WHERE event_id = ANY($1) \
+     UNION ALL \
+     SELECT 1, NULL::uuid, s.stream_id, e.revision, NULL::bigint, e.metadata->>'hash' \
+       FROM unnest($2::text[]) AS s(stream_id) \
+       CROSS JOIN LATERAL ( \
+           SELECT revision, metadata FROM events \
+           WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
+       ) e \
+     UNION ALL \
+     SELECT 2, NULL::uuid, NULL::text, NULL::bigint, max(position), NULL::text FROM events";
+
 /// [`write_batch`], also returning the rows it inserted (in position order).
 async fn write_batch_rows(
     conn: &mut PgConnection,
@@ -360,23 +376,11 @@ async fn write_batch_rows(
     // requests planned before in this batch will write.
     let mut state = PlanState::default();
     let mut head: Option<i64> = None;
-    for row in sqlx::query(
-        "SELECT 0 AS kind, event_id, stream_id, revision, position, NULL::text AS hash \
-           FROM events WHERE event_id = ANY($1) \
-         UNION ALL \
-         SELECT 1, NULL::uuid, s.stream_id, e.revision, NULL::bigint, e.metadata->>'hash' \
-           FROM unnest($2::text[]) AS s(stream_id) \
-           CROSS JOIN LATERAL ( \
-               SELECT revision, metadata FROM events \
-               WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
-           ) e \
-         UNION ALL \
-         SELECT 2, NULL::uuid, NULL::text, NULL::bigint, max(position), NULL::text FROM events",
-    )
-    .bind(&ids)
-    .bind(&streams)
-    .fetch_all(&mut *conn)
-    .await?
+    for row in sqlx::query(PLANNING_LOOKUP)
+        .bind(&ids)
+        .bind(&streams)
+        .fetch_all(&mut *conn)
+        .await?
     {
         let kind: i32 = row.try_get("kind")?;
         if kind == 2 {
@@ -586,6 +590,47 @@ mod tests {
 
     fn stream() -> StreamId {
         StreamId::new("order", Uuid::now_v7()).expect("stream")
+    }
+
+    /// The plan kept for the connection's life is made on its first call,
+    /// here on a log of twenty events (analysed): it must still go through
+    /// the indexes, or it would scan the whole log on every batch once the
+    /// log has grown. Planned as Postgres would by default, it is a
+    /// sequential scan and a sort.
+    #[tokio::test]
+    async fn the_planning_lookup_plan_made_on_a_small_log_uses_the_indexes() {
+        let pool = migrated_pool().await;
+        sqlx::query(
+            "INSERT INTO events SELECT g, 'order-' || gen_random_uuid(), 0, gen_random_uuid(), \
+                    'test.happened', 1, '{}', '{}', now() FROM generate_series(1, 20) g",
+        )
+        .execute(&pool)
+        .await
+        .expect("a small log");
+        sqlx::query("ANALYZE events")
+            .execute(&pool)
+            .await
+            .expect("analyse");
+        let mut tx = begin_locked(&pool).await.expect("begin");
+        sqlx::query(&format!(
+            "PREPARE planning_lookup(uuid[], text[]) AS {PLANNING_LOOKUP}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("prepare");
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE planning_lookup('{}', '{}')")
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explain");
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "a sequential scan:\n{plan}");
+        for index in [
+            "events_event_id_key",
+            "events_stream_revision_key",
+            "events_pkey",
+        ] {
+            assert!(plan.contains(index), "{index} unused:\n{plan}");
+        }
     }
 
     fn event(data: serde_json::Value) -> NewEvent {

@@ -75,7 +75,9 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        let handler = crate::database::command_handler(&sealing).await?;
+        let handler = crate::database::command_handler(&sealing)
+            .await?
+            .with_cache_capacity(settings.aggregate_cache);
         let consumers = Registry::default();
         let payments = crate::payments::Payments::new(&settings.payments);
         let assets = crate::assets::Assets::open(&settings.assets)

@@ -149,6 +149,10 @@ pub struct Settings {
     /// store could decide them in the placement's own append (the
     /// default there: `placeOrder` answers CONFIRMED or REJECTED).
     pub checkout_in_saga: bool,
+    /// Aggregates the command handler keeps in memory (least recently
+    /// used first out; 0: none, every command reads its streams). The
+    /// largest share of the server's memory under load: a few KB each.
+    pub aggregate_cache: usize,
     /// Per-client rate limits on `/graphql` (per account, and per IP for
     /// anonymous calls); a `per_sec` of 0 disables a limit.
     pub rate_limits: RateLimits,
@@ -295,6 +299,7 @@ impl Settings {
             role: ServeRole::All,
             fee: FeeRate::DEFAULT,
             checkout_in_saga: false,
+            aggregate_cache: marketplace_commands::DEFAULT_CACHE_CAPACITY,
             rate_limits: RateLimits::DISABLED,
             trusted_proxies: TrustedProxies::default(),
             master_key: MasterKey::generate(),

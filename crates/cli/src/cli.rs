@@ -168,6 +168,14 @@ pub struct ServeArgs {
     /// uses the saga.
     #[arg(long, env = "MARKETPLACE_CHECKOUT_IN_SAGA")]
     checkout_in_saga: bool,
+    /// Aggregates (accounts, listings, orders, ...) kept in memory by the
+    /// command handler, least recently used out first; 0 keeps none, so
+    /// every command reads its streams. The largest share of the server's
+    /// memory under load; a busy aggregate is snapshotted, so a miss costs
+    /// a snapshot plus its tail.
+    #[arg(long, env = "MARKETPLACE_AGGREGATE_CACHE",
+          default_value_t = marketplace_commands::DEFAULT_CACHE_CAPACITY)]
+    aggregate_cache: usize,
     /// Rate limit per signed-in account: requests to /graphql allowed in a
     /// burst (the token bucket's capacity).
     #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ACCOUNT_BURST", default_value_t = 100,
@@ -646,6 +654,7 @@ async fn serve(db_args: DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         role: args.role,
         fee: marketplace_domain::values::FeeRate::from_basis_points(args.fee_bps)?,
         checkout_in_saga: args.checkout_in_saga,
+        aggregate_cache: args.aggregate_cache,
         rate_limits: RateLimits {
             account: Limit {
                 burst: args.rate_limit_account_burst,

@@ -483,11 +483,23 @@ async fn the_standby_finishes_exactly_once_after_the_leader_is_killed_mid_stream
     orders.extend(place_some(&servers[standby], &buyers, &listings, &second).await);
     let s = &servers[standby];
     let statuses = settle(s, &orders, &buyers).await;
-    assert_eq!(s.metric(LEADING).await, 1.0, "the standby took over");
-    assert!(
-        s.metric(HANDLED).await >= second.len() as f64,
-        "the standby handled the rest"
-    );
+    // Orders are final at placement, so settling does not wait for the
+    // saga: wait for the takeover itself (the killed leader's lock is freed
+    // when Postgres notices its session is gone).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (leading, handled) = (s.metric(LEADING).await, s.metric(HANDLED).await);
+        if leading == 1.0 && handled >= second.len() as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not take over and handle the rest: leading {leading}, \
+             handled {handled} of at least {}",
+            second.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     check_books(s, &listings, stock, &buyers, &orders, &statuses).await;
     check_exactly_once(&db.url, &orders).await;
 }

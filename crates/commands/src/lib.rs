@@ -55,5 +55,5 @@ pub mod stats;
 
 pub use handler::{
     CommandContext, CommandError, CommandHandler, Executed, Idempotent, LoadError, Loaded,
-    RetryPolicy,
+    RetryPolicy, DEFAULT_CACHE_CAPACITY,
 };

@@ -1,5 +1,7 @@
 //! Authentication: argon2 password hashes and JWT bearer tokens.
 
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argon2::password_hash::{Output, ParamsString, SaltString};
@@ -133,12 +135,24 @@ impl Claims {
     }
 }
 
+/// Seconds past its expiry that a token is still taken (clock skew).
+const LEEWAY_SECS: i64 = 5;
+
+/// Tokens whose signature was checked, kept so that a client's next request
+/// is not decoded and verified again.
+const VERIFIED_TOKENS: usize = 10_000;
+
 /// Signs and checks tokens.
 #[derive(Clone)]
 pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
+    /// Tokens this key verified, with what they say: a hit is served while
+    /// the token has not expired (the roles are still checked against the
+    /// account on every request, by the caller). A token that fails is
+    /// never kept.
+    verified: Arc<Mutex<lru::LruCache<String, Claims>>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -156,6 +170,9 @@ impl Tokens {
             encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
             decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
             ttl,
+            verified: Arc::new(Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(VERIFIED_TOKENS).unwrap_or(NonZeroUsize::MIN),
+            ))),
         }
     }
 
@@ -171,14 +188,35 @@ impl Tokens {
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
 
-    /// Checks a token's signature and expiry.
+    /// Checks a token's signature and expiry. A token this key verified
+    /// before is not decoded again while it has not expired.
     pub fn verify(&self, token: &str) -> Option<Claims> {
+        let now = Utc::now().timestamp();
+        if let Ok(mut verified) = self.verified.lock() {
+            if let Some(claims) = verified.get(token) {
+                if unexpired(claims, now) {
+                    return Some(claims.clone());
+                }
+                verified.pop(token);
+                return None;
+            }
+        }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        decode::<Claims>(token, &self.decoding, &validation)
-            .ok()
-            .map(|d| d.claims)
+        validation.leeway = LEEWAY_SECS.unsigned_abs();
+        let claims = decode::<Claims>(token, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.put(token.to_owned(), claims.clone());
+        }
+        Some(claims)
     }
+}
+
+/// Whether `claims` are still good at `now` (seconds since the epoch), with
+/// the same leeway as the signature check.
+fn unexpired(claims: &Claims, now: i64) -> bool {
+    claims.exp.saturating_add(LEEWAY_SECS) >= now
 }
 
 #[cfg(test)]
@@ -268,5 +306,40 @@ mod tests {
         .expect("encode");
         assert!(tokens.verify(&old).is_none(), "an expired token is refused");
         assert!(tokens.verify("not a token").is_none());
+    }
+
+    #[test]
+    fn a_verified_token_is_served_again_but_never_a_forged_one() {
+        let tokens = Tokens::new(&Secret::new("k1"), Duration::from_secs(60));
+        let id = Uuid::now_v7();
+        let t = tokens.issue(id, vec![Role::Buyer]).expect("issue");
+        let first = tokens.verify(&t).expect("verified");
+        assert_eq!(tokens.verify(&t), Some(first.clone()), "from the cache");
+        assert_eq!(tokens.verified.lock().expect("lock").len(), 1);
+        // The same claims under another signature are not the cached token.
+        let at = t.len() - 10;
+        let swapped = if &t[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &t[..at], &t[at + 1..]);
+        assert!(tokens.verify(&forged).is_none(), "a changed signature");
+        let other = Tokens::new(&Secret::new("k2"), Duration::from_secs(60));
+        assert!(other.verify(&t).is_none(), "another key's cache is its own");
+        assert_eq!(
+            tokens.verified.lock().expect("lock").len(),
+            1,
+            "refused tokens are not kept"
+        );
+    }
+
+    #[test]
+    fn a_cached_token_expires_with_the_signature_checks_leeway() {
+        let claims = Claims {
+            sub: Uuid::now_v7(),
+            roles: vec![],
+            iat: 0,
+            exp: 1_000,
+        };
+        assert!(unexpired(&claims, 1_000));
+        assert!(unexpired(&claims, 1_000 + LEEWAY_SECS));
+        assert!(!unexpired(&claims, 1_001 + LEEWAY_SECS));
     }
 }

@@ -51,6 +51,8 @@ struct Http {
     schema: MarketplaceSchema,
     /// One schema per read replica, over its pool ([`AppState::on_replica`]).
     replicas: Arc<Vec<MarketplaceSchema>>,
+    /// Parsed documents of recent requests ([`crate::documents`]).
+    documents: Arc<crate::documents::Documents>,
 }
 
 impl Http {
@@ -63,6 +65,7 @@ impl Http {
             state,
             schema,
             replicas: Arc::new(replicas),
+            documents: Arc::default(),
         }
     }
 }
@@ -119,6 +122,7 @@ pub fn ops_app(state: AppState, schema: MarketplaceSchema) -> Router {
             state,
             schema,
             replicas: Arc::default(),
+            documents: Arc::default(),
         })
 }
 
@@ -521,6 +525,7 @@ async fn execute(
             media,
         );
     }
+    http.documents.prepare(&mut request);
     let mut consistency = None;
     if let Some(raw) = headers.get(CONSISTENCY_HEADER) {
         let Some(token) = raw.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) else {

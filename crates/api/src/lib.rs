@@ -33,6 +33,8 @@
 //!   and the failed-login throttle, behind `RATE_LIMITED`.
 //! - [`proxy`]: the `--trusted-proxy` networks, and the client address
 //!   behind them (the right-most untrusted `X-Forwarded-For` entry).
+//! - [`documents`]: parsed GraphQL documents kept by their text, so a
+//!   repeated operation is not parsed again.
 //! - [`read_cache`]: the first catalogue pages, listings and accounts by
 //!   id, cached in process and invalidated by their read models' commits.
 //! - [`replicas`]: `--read-database-url`: GraphQL reads of the read models
@@ -71,6 +73,7 @@ pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod database;
+pub mod documents;
 pub mod error;
 pub mod graphiql;
 pub mod graphql;

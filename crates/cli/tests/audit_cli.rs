@@ -178,6 +178,7 @@ async fn audit_trace_prints_each_events_trace_id_beside_its_correlation_id() {
         )
         .await
         .expect("append");
+    drop(store);
     pool.close().await;
 
     let out = marketplace(

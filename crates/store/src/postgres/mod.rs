@@ -221,6 +221,13 @@ async fn listen(
                 let pos = n.payload().parse().map(Position).unwrap_or(Position::START);
                 commits.send_modify(|p| *p = (*p).max(pos));
             }
+            // The pool is closing: give its connection back (`close()`
+            // waits for every checked-out connection) and stop listening.
+            Err(sqlx::Error::PoolClosed) => {
+                recent.forget();
+                commits.send_modify(|_| {});
+                return;
+            }
             Err(e) => {
                 // The listener reconnects on the next recv; notifications sent
                 // meanwhile are lost, so wake every subscriber to re-read.

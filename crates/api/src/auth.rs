@@ -331,6 +331,46 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_token_is_not_decoded_again_until_it_expires() {
+        let tokens = Tokens::new(&Secret::new("k1"), Duration::from_secs(60));
+        let now = Utc::now().timestamp();
+        let kept = Claims {
+            sub: Uuid::now_v7(),
+            roles: vec![Role::Buyer],
+            iat: now,
+            exp: now + 60,
+        };
+        // Not a token at all: only the cache can answer for it.
+        tokens
+            .verified
+            .lock()
+            .expect("lock")
+            .put("kept".to_owned(), kept.clone());
+        assert_eq!(
+            tokens.verify("kept"),
+            Some(kept.clone()),
+            "served from the cache"
+        );
+        let expired = Claims {
+            exp: now - LEEWAY_SECS - 10,
+            ..kept
+        };
+        tokens
+            .verified
+            .lock()
+            .expect("lock")
+            .put("kept".to_owned(), expired);
+        assert!(
+            tokens.verify("kept").is_none(),
+            "an expired entry is refused"
+        );
+        assert!(
+            tokens.verified.lock().expect("lock").is_empty(),
+            "and dropped"
+        );
+    }
+
+    #[test]
     fn a_cached_token_expires_with_the_signature_checks_leeway() {
         let claims = Claims {
             sub: Uuid::now_v7(),

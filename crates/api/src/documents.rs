@@ -125,6 +125,24 @@ mod tests {
     }
 
     #[test]
+    fn a_request_whose_text_is_kept_gets_the_kept_document_without_parsing() {
+        let documents = Documents::default();
+        let kept = async_graphql::parser::parse_query("{ categories }").expect("parses");
+        documents
+            .parsed
+            .lock()
+            .expect("lock")
+            .put("{ me { id } }".to_owned(), kept);
+        let mut hit = request("{ me { id } }");
+        documents.prepare(&mut hit);
+        assert_eq!(
+            field_names(&mut hit),
+            ["categories"],
+            "the kept document, not a new parse of the text"
+        );
+    }
+
+    #[test]
     fn keeps_neither_bad_nor_long_documents_and_no_more_than_its_capacity() {
         let documents = Documents::default();
         let mut bad = request("{ me { id ");

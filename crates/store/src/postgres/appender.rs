@@ -1274,26 +1274,6 @@ mod tests {
     /// terminated, `57P01`, while it waits for the append lock) is not
     /// retried one by one: every request gets the same retryable error and
     /// nothing is written, even though the lock is free right after.
-    /// `PgPool::close` waits for every checked-out connection, and the
-    /// store's listener holds one for as long as the store lives.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_pool_closes_while_a_store_on_it_is_alive() {
-        let pool = migrated_pool().await;
-        let store = PostgresEventStore::new(pool.clone()).await.expect("store");
-        store
-            .append(
-                &stream(),
-                ExpectedRevision::NoStream,
-                vec![event(json!({}))],
-            )
-            .await
-            .expect("append");
-        tokio::time::timeout(Duration::from_secs(60), pool.close())
-            .await
-            .expect("the pool closed");
-        drop(store);
-    }
-
     #[tokio::test]
     async fn a_lost_connection_still_fails_the_whole_batch_as_retryable() {
         let pool = migrated_pool().await;

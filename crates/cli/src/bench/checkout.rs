@@ -13,6 +13,11 @@
 //! - **d**: demand 10× the stock: exactly the stock must sell, every other
 //!   order must be REJECTED.
 //!
+//! The sale starts once the setup has settled: every deposit credited, the
+//! read models at the head and the log still. Without that wait the first
+//! placements raced the deposit saga and the projections still folding the
+//! setup, and that first wave alone could set the p99 of a short case.
+//!
 //! `--concurrency` buyers, each with its own token and keep-alive
 //! connection, place one-unit orders until `--orders` are placed. The bench
 //! prints placements/s with p50/p99, then orders/s reaching a final status
@@ -31,11 +36,13 @@ use anyhow::Context as _;
 use marketplace_api::application::Application;
 use marketplace_api::config::Settings;
 use marketplace_api::ratelimit::RateLimits;
+use marketplace_api::state::READ_MODELS;
 use marketplace_commands::CommandHandler;
 use marketplace_domain::account::Account;
 use marketplace_domain::listing::{Listing, ListingEvent, ReservationCommitted, StockReserved};
 use marketplace_domain::values::{ListingId, OrderId, Quantity};
 use marketplace_domain::Aggregate;
+use marketplace_projections::Progress;
 use marketplace_store::{ExpectedRevision, Position, StreamId};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -87,6 +94,11 @@ pub struct CheckoutArgs {
     /// Orders placed in each case (in d, the demand; the stock is a tenth).
     #[arg(long, default_value_t = 4_000)]
     pub orders: usize,
+    /// Heap reserve in MiB, as `serve --heap-reserve` (the bench serves the
+    /// API in this process).
+    #[arg(long, env = "MARKETPLACE_HEAP_RESERVE",
+          default_value_t = crate::heap::DEFAULT_RESERVE_MIB)]
+    pub heap_reserve: usize,
     /// Past orders on the hot listing of case c.
     #[arg(long, default_value_t = 100_000)]
     pub past_orders: usize,
@@ -180,6 +192,7 @@ async fn run_case(url: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<
     let addr = app.local_addr().context("the API did not bind")?;
     let pool = app.state().pool.clone();
     let handler = app.state().handler.clone();
+    let progress = app.state().progress.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -192,6 +205,7 @@ async fn run_case(url: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<
             .build()?,
         handler,
         pool: pool.clone(),
+        progress,
     }
     .case(case, args)
     .await;
@@ -208,6 +222,7 @@ struct Bench {
     http: reqwest::Client,
     handler: CommandHandler,
     pool: sqlx::PgPool,
+    progress: Progress,
 }
 
 struct Buyer {
@@ -337,6 +352,7 @@ impl Bench {
                 buyers.push(b?);
             }
         }
+        self.quiesce(&buyers).await?;
         let start = self.handler.store().head().await?;
         reset_peak_rss();
 
@@ -504,6 +520,45 @@ impl Bench {
         );
         self.handler.load::<Listing>(id).await?;
         Ok(())
+    }
+
+    /// Waits until the setup has settled, so that the sale starts on a
+    /// quiet server, as a real one does: every deposit credited (the
+    /// deposit saga runs after `depositFunds` answers), the read models
+    /// at the head, and the head still for a moment (no consumer with work
+    /// left).
+    async fn quiesce(&self, buyers: &[Buyer]) -> anyhow::Result<()> {
+        let currency = eur(0)?.currency;
+        let deadline = Instant::now() + STALL;
+        for b in buyers {
+            while self
+                .handler
+                .load::<Account>(b.account)
+                .await?
+                .state
+                .balance(&currency)
+                .minor
+                < b.deposit
+            {
+                anyhow::ensure!(Instant::now() < deadline, "a deposit was never credited");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let store = self.handler.store();
+        let mut head = store.head().await?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            anyhow::ensure!(
+                self.progress.wait_for(READ_MODELS, head, left).await,
+                "the read models did not catch up with the setup"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = store.head().await?;
+            if now == head {
+                return Ok(());
+            }
+            head = now;
+        }
     }
 
     /// Polls the log until `placed` orders placed after `start` have a

@@ -176,16 +176,6 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETPLACE_AGGREGATE_CACHE",
           default_value_t = marketplace_commands::DEFAULT_CACHE_CAPACITY)]
     aggregate_cache: usize,
-    /// Heap reserve in MiB: memory the server takes and touches at start
-    /// and keeps, so that a burst of orders finds its pages resident
-    /// instead of faulting them in (like a JVM's AlwaysPreTouch). With a
-    /// reserve the allocator never hands freed memory back to the system
-    /// (the process restarts itself once with MIMALLOC_PURGE_DELAY=-1 unless
-    /// that is set), so the resident set stays at its highest peak. 0 keeps
-    /// the allocator's defaults.
-    #[arg(long, env = "MARKETPLACE_HEAP_RESERVE",
-          default_value_t = crate::heap::DEFAULT_RESERVE_MIB)]
-    pub heap_reserve: usize,
     /// Rate limit per signed-in account: requests to /graphql allowed in a
     /// burst (the token bucket's capacity).
     #[arg(long, env = "MARKETPLACE_RATE_LIMIT_ACCOUNT_BURST", default_value_t = 100,
@@ -450,26 +440,8 @@ enum AccountsCommand {
     },
 }
 
-impl Cli {
-    /// The heap reserve the command asks for, in MiB (see [`crate::heap`]):
-    /// `serve` and `bench checkout` serve the API; nothing else takes one.
-    pub fn heap_reserve(&self) -> usize {
-        match &self.command {
-            None => self.serve.heap_reserve,
-            Some(Command::Serve(args)) => args.heap_reserve,
-            Some(Command::Bench {
-                which: BenchCommand::Checkout(args),
-            }) => args.heap_reserve,
-            Some(_) => 0,
-        }
-    }
-}
-
-/// Runs the parsed command line. `exec_failure` says why the allocator
-/// could not be set to keep a heap reserve, if it could not.
-pub async fn run(cli: Cli, exec_failure: Option<String>) -> anyhow::Result<()> {
-    let reserve = cli.heap_reserve();
-    crate::heap::reserve_for_serving(reserve, exec_failure.as_deref()).await;
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.db, cli.serve).await,
         Some(Command::Serve(args)) => serve(cli.db, *args).await,
@@ -750,23 +722,6 @@ mod tests {
             Some(Command::Serve(args)) => Ok(*args),
             other => panic!("expected serve, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn only_the_serving_commands_take_a_heap_reserve() {
-        let reserve = |argv: &[&str]| Cli::try_parse_from(argv).expect("parses").heap_reserve();
-        let default = crate::heap::DEFAULT_RESERVE_MIB;
-        assert_eq!(reserve(&["marketplace"]), default);
-        assert_eq!(reserve(&["marketplace", "serve"]), default);
-        assert_eq!(reserve(&["marketplace", "serve", "--heap-reserve", "0"]), 0);
-        assert_eq!(reserve(&["marketplace", "--heap-reserve", "64"]), 64);
-        assert_eq!(reserve(&["marketplace", "bench", "checkout"]), default);
-        assert_eq!(
-            reserve(&["marketplace", "bench", "checkout", "--heap-reserve", "0"]),
-            0
-        );
-        assert_eq!(reserve(&["marketplace", "bench", "append"]), 0);
-        assert_eq!(reserve(&["marketplace", "migrate"]), 0);
     }
 
     #[test]

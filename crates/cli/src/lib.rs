@@ -24,13 +24,10 @@
 //! - [`seed`]: `marketplace seed`, a realistic marketplace written through
 //!   the command path, with the process managers running in-process.
 //! - [`bench`]: `marketplace bench …`, throughput figures for BENCHMARKS.md.
-//! - [`heap`]: the heap reserve of the serving commands (`--heap-reserve`),
-//!   touched at start and kept, so a burst does not fault its pages in.
 
 pub mod audit;
 pub mod bench;
 pub mod cli;
-pub mod heap;
 pub mod projections;
 pub mod seed;
 

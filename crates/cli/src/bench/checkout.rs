@@ -94,11 +94,6 @@ pub struct CheckoutArgs {
     /// Orders placed in each case (in d, the demand; the stock is a tenth).
     #[arg(long, default_value_t = 4_000)]
     pub orders: usize,
-    /// Heap reserve in MiB, as `serve --heap-reserve` (the bench serves the
-    /// API in this process).
-    #[arg(long, env = "MARKETPLACE_HEAP_RESERVE",
-          default_value_t = crate::heap::DEFAULT_RESERVE_MIB)]
-    pub heap_reserve: usize,
     /// Past orders on the hot listing of case c.
     #[arg(long, default_value_t = 100_000)]
     pub past_orders: usize,

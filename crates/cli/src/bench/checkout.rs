@@ -233,18 +233,7 @@ impl Bench {
         variables: Value,
         token: Option<&str>,
     ) -> anyhow::Result<Value> {
-        let mut r = self
-            .http
-            .post(&self.endpoint)
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        let answer: Value = r.send().await?.json().await?;
-        if answer.get("errors").is_some() {
-            anyhow::bail!("{answer}");
-        }
-        Ok(answer)
+        gql(&self.http, &self.endpoint, query, variables, token).await
     }
 
     async fn register(&self, email: &str, role: &str) -> anyhow::Result<(String, Uuid)> {
@@ -351,37 +340,49 @@ impl Bench {
         let start = self.handler.store().head().await?;
         reset_peak_rss();
 
-        // Place.
+        // Place. Each buyer is its own task, as separate clients are: a
+        // buyer's latency does not include waiting for its siblings'
+        // responses to be read.
         let next = Arc::new(AtomicUsize::new(0));
+        let ids = Arc::new(ids);
         let began = Instant::now();
-        let clients = buyers.iter().map(|b| {
-            let (next, ids) = (next.clone(), &ids);
-            async move {
-                let mut latencies = Vec::new();
-                let mut failed = 0usize;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= orders {
-                        break;
-                    }
-                    let listing = &ids[i % ids.len()];
-                    let sent = Instant::now();
-                    let placed = self
-                        .gql(
+        let clients: Vec<_> = buyers
+            .iter()
+            .map(|b| {
+                let (next, ids) = (next.clone(), ids.clone());
+                let (http, endpoint, token) =
+                    (self.http.clone(), self.endpoint.clone(), b.token.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut failed = 0usize;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= orders {
+                            break;
+                        }
+                        let listing = &ids[i % ids.len()];
+                        let sent = Instant::now();
+                        let placed = gql(
+                            &http,
+                            &endpoint,
                             "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { order { id } } }",
                             json!({ "input": { "lines": [{ "listingId": listing, "quantity": 1 }] } }),
-                            Some(&b.token),
+                            Some(&token),
                         )
                         .await;
-                    match placed {
-                        Ok(_) => latencies.push(sent.elapsed()),
-                        Err(_) => failed += 1,
+                        match placed {
+                            Ok(_) => latencies.push(sent.elapsed()),
+                            Err(_) => failed += 1,
+                        }
                     }
-                }
-                (latencies, failed)
-            }
-        });
-        let results = futures::future::join_all(clients).await;
+                    (latencies, failed)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(clients.len());
+        for client in clients {
+            results.push(client.await.context("a buyer's task panicked")?);
+        }
         let placing = began.elapsed();
         let mut latencies: Vec<Duration> = Vec::with_capacity(orders);
         let mut failed = 0;
@@ -603,6 +604,27 @@ impl Bench {
         anyhow::ensure!(off.is_empty(), "money not conserved: {off:?}");
         Ok(())
     }
+}
+
+/// One GraphQL request; an answer with `errors` is an error.
+async fn gql(
+    http: &reqwest::Client,
+    endpoint: &str,
+    query: &str,
+    variables: Value,
+    token: Option<&str>,
+) -> anyhow::Result<Value> {
+    let mut r = http
+        .post(endpoint)
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let answer: Value = r.send().await?.json().await?;
+    if answer.get("errors").is_some() {
+        anyhow::bail!("{answer}");
+    }
+    Ok(answer)
 }
 
 /// Resets this process's peak resident set (`VmHWM`), where the kernel

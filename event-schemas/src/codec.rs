@@ -58,19 +58,23 @@ pub fn decode<E: EventSet>(
     data: serde_json::Value,
 ) -> Result<E, CodecError> {
     let data = crate::upcast::to_current(event_type, version, data)?;
-    Ok(E::from_data(event_type, data)?)
+    Ok(E::from_data(event_type, &data)?)
 }
 
 /// Decodes stored data of `event_type` at `version` in a stream of
-/// `category` into an event of any aggregate, upcasting it first.
+/// `category` into an event of any aggregate. Data at the current version
+/// is read in place; an older version is copied and upcast first.
 pub fn decode_any(
     category: &str,
     event_type: &str,
     version: u32,
-    data: serde_json::Value,
+    data: &serde_json::Value,
 ) -> Result<Event, CodecError> {
-    let data = crate::upcast::to_current(event_type, version, data)?;
-    Ok(Event::from_data(category, event_type, data)?)
+    if crate::upcast::current_version(event_type).unwrap_or(1) == version {
+        return Ok(Event::from_data(category, event_type, data)?);
+    }
+    let data = crate::upcast::to_current(event_type, version, data.clone())?;
+    Ok(Event::from_data(category, event_type, &data)?)
 }
 
 #[cfg(test)]

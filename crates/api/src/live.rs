@@ -182,7 +182,7 @@ trait Sink: Send + 'static {
 }
 
 /// Decodes `batch`, passing over (with a debug line) what cannot be decoded.
-fn decoded(feed: &str, batch: &[RecordedEvent]) -> Vec<Envelope> {
+fn decoded(feed: &str, batch: &[Arc<RecordedEvent>]) -> Vec<Envelope> {
     batch
         .iter()
         .filter_map(|e| match Envelope::decode(e) {

@@ -7,6 +7,8 @@
 //! event of a stream no aggregate owns: [`decode_for`] and
 //! [`DecodeFailure::concerns`].
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 use marketplace_domain::{AggregateKind, Event};
 use marketplace_event_schemas::CodecError;
@@ -57,13 +59,15 @@ impl DecodeFailure {
 /// Decodes a batch, in log order, for a consumer that reads the aggregates
 /// `reads` holds for (see [`Envelope::decode_for`]): the first event it
 /// reads and cannot decode fails the batch.
-pub fn decode_for(
-    batch: &[RecordedEvent],
+/// The batch may hold the events or share them (`Arc`s from a
+/// subscription).
+pub fn decode_for<R: Borrow<RecordedEvent>>(
+    batch: &[R],
     reads: impl Fn(AggregateKind) -> bool,
 ) -> Result<Vec<Envelope>, DecodeFailure> {
     let mut out = Vec::with_capacity(batch.len());
     for recorded in batch {
-        out.extend(Envelope::decode_for(recorded, &reads)?);
+        out.extend(Envelope::decode_for(recorded.borrow(), &reads)?);
     }
     Ok(out)
 }
@@ -75,7 +79,7 @@ impl Envelope {
             recorded.stream_id.category(),
             &recorded.event_type,
             recorded.schema_version,
-            recorded.data.clone(),
+            &recorded.data,
         )
         .map_err(|source| DecodeFailure {
             event_type: recorded.event_type.clone(),

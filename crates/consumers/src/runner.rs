@@ -683,7 +683,7 @@ impl Runner {
 /// position, the error))`.
 fn decode_wanted(
     handler: &dyn Handler,
-    batch: &[RecordedEvent],
+    batch: &[Arc<RecordedEvent>],
 ) -> (Vec<Envelope>, Option<(Position, String)>) {
     let mut out = Vec::new();
     for recorded in batch {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use marketplace_store::{EventStore, EventStream, Position, RecordedEvent};
+use marketplace_store::{EventStore, Position, RecordedEvent, SharedEventStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -71,8 +71,10 @@ impl Default for Batching {
 /// What [`Subscription::next_batch`] came back with.
 #[derive(Debug)]
 pub enum Next {
-    /// Events in log order, each after the last one delivered.
-    Batch(Vec<RecordedEvent>),
+    /// Events in log order, each after the last one delivered. They are
+    /// shared with every other subscriber in this process: read them in
+    /// place.
+    Batch(Vec<Arc<RecordedEvent>>),
     /// Nothing arrived within the idle period.
     Idle,
     /// Shutdown was asked for.
@@ -84,7 +86,7 @@ pub struct Subscription {
     name: String,
     store: Arc<dyn EventStore>,
     after: Position,
-    events: Option<EventStream>,
+    events: Option<SharedEventStream>,
     retry: Retry,
     failures: u64,
 }
@@ -175,7 +177,7 @@ impl Subscription {
         let idle_at = idle.map(|d| Instant::now() + d);
         loop {
             let Some(events) = self.events.as_mut() else {
-                match self.store.subscribe_all(self.after).await {
+                match self.store.subscribe_all_shared(self.after).await {
                     Ok(events) => self.events = Some(events),
                     Err(e) => {
                         if self.fail(&e.to_string(), shutdown).await {
@@ -224,7 +226,7 @@ impl Subscription {
     /// cut the batch short, if any.
     async fn gather(
         &mut self,
-        batch: &mut Vec<RecordedEvent>,
+        batch: &mut Vec<Arc<RecordedEvent>>,
         max_events: usize,
         window: Duration,
     ) -> Option<String> {
@@ -251,7 +253,7 @@ impl Subscription {
         None
     }
 
-    fn take(&mut self, event: RecordedEvent, batch: &mut Vec<RecordedEvent>) {
+    fn take(&mut self, event: Arc<RecordedEvent>, batch: &mut Vec<Arc<RecordedEvent>>) {
         if event.position > self.after {
             self.after = event.position;
             batch.push(event);

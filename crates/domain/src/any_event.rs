@@ -75,7 +75,7 @@ macro_rules! aggregates {
             pub fn from_data(
                 category: &str,
                 event_type: &str,
-                data: serde_json::Value,
+                data: &serde_json::Value,
             ) -> Result<Event, DecodeError> {
                 $(
                     if category == <$aggregate as Aggregate>::CATEGORY {

@@ -52,8 +52,10 @@ pub trait EventSet: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
     fn schema_version(&self) -> u32;
     /// The event's data as JSON (current version).
     fn to_data(&self) -> Result<serde_json::Value, DecodeError>;
-    /// Decodes current-version data stored under `event_type`.
-    fn from_data(event_type: &str, data: serde_json::Value) -> Result<Self, DecodeError>;
+    /// Decodes current-version data stored under `event_type` (read in
+    /// place: a subscriber decoding a shared event copies only what the
+    /// event keeps).
+    fn from_data(event_type: &str, data: &serde_json::Value) -> Result<Self, DecodeError>;
 }
 
 /// Declares an aggregate's event enum and derives [`EventSet`] and `From`
@@ -90,11 +92,11 @@ macro_rules! event_set {
 
             fn from_data(
                 event_type: &str,
-                data: serde_json::Value,
+                data: &serde_json::Value,
             ) -> Result<Self, $crate::event::DecodeError> {
                 $(
                     if event_type == <$ty as $crate::event::DomainEvent>::NAME {
-                        return serde_json::from_value::<$ty>(data)
+                        return <$ty as serde::Deserialize>::deserialize(data)
                             .map(Self::$variant)
                             .map_err(|err| $crate::event::DecodeError::Malformed {
                                 event_type: event_type.to_owned(),

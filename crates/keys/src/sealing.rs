@@ -26,7 +26,8 @@ use futures::StreamExt;
 use marketplace_event_schemas::personal::{self, personal_fields};
 use marketplace_store::{
     AppendOutcome, EventStore, EventStream, ExpectedRevision, IdempotencyKey, IdempotencyRecord,
-    NewEvent, Position, RecordedEvent, Snapshot, StoreError, StreamAppend, StreamId,
+    NewEvent, Position, RecordedEvent, SharedEventStream, Snapshot, StoreError, StreamAppend,
+    StreamId,
 };
 use uuid::Uuid;
 
@@ -232,6 +233,27 @@ impl EventStore for SealingStore {
                 let mut opened = this.open(vec![event]).await?;
                 opened
                     .pop()
+                    .ok_or_else(|| StoreError::Backend("an opened event went missing".into()))
+            }
+        })))
+    }
+
+    async fn subscribe_all_shared(&self, from: Position) -> Result<SharedEventStream, StoreError> {
+        let inner = self.inner.subscribe_all_shared(from).await?;
+        let this = self.clone();
+        Ok(Box::pin(inner.then(move |item| {
+            let this = this.clone();
+            async move {
+                let event = item?;
+                // Most events hold no personal data: they pass on shared.
+                if personal::subject(&event.event_type, event.schema_version, &event.data).is_none()
+                {
+                    return Ok(event);
+                }
+                let mut opened = this.open(vec![Arc::unwrap_or_clone(event)]).await?;
+                opened
+                    .pop()
+                    .map(Arc::new)
                     .ok_or_else(|| StoreError::Backend("an opened event went missing".into()))
             }
         })))

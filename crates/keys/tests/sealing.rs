@@ -13,8 +13,8 @@ use marketplace_keys::{Keyring, MasterKey, SealingStore};
 use marketplace_store::conformance::Conformance;
 use marketplace_store::{
     AppendOutcome, EventMetadata, EventStore, EventStream, ExpectedRevision, IdempotencyKey,
-    IdempotencyRecord, NewEvent, Position, PostgresEventStore, RecordedEvent, StoreError,
-    StreamAppend, StreamId,
+    IdempotencyRecord, NewEvent, Position, PostgresEventStore, RecordedEvent, SharedEventStream,
+    StoreError, StreamAppend, StreamId,
 };
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -105,6 +105,17 @@ async fn personal_fields_are_sealed_at_rest_and_erased_on_every_read_path() {
     let first = live.next().await.expect("an event").expect("ok");
     assert_eq!(first.data["email"], Value::Null);
     let second = live.next().await.expect("an event").expect("ok");
+    assert_eq!(second.data["email"], "alan@example.org");
+    // The shared subscription (what consumers read) opens the same way;
+    // the events it passes on unopened are the log's own.
+    let mut shared = store
+        .subscribe_all_shared(Position::START)
+        .await
+        .expect("subscribe shared");
+    let first = shared.next().await.expect("an event").expect("ok");
+    assert_eq!(first.data["email"], Value::Null);
+    assert_eq!(first.data["roles"], json!(["BUYER"]));
+    let second = shared.next().await.expect("an event").expect("ok");
     assert_eq!(second.data["email"], "alan@example.org");
 
     // Nothing personal can be written for an erased person again.
@@ -262,6 +273,9 @@ impl EventStore for UnderTest {
     }
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
         self.sealing.subscribe_all(from).await
+    }
+    async fn subscribe_all_shared(&self, from: Position) -> Result<SharedEventStream, StoreError> {
+        self.sealing.subscribe_all_shared(from).await
     }
     async fn head(&self) -> Result<Position, StoreError> {
         self.sealing.head().await

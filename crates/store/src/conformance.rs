@@ -549,6 +549,77 @@ pub async fn a_subscription_starts_strictly_after_its_position<S: Conformance>(s
     assert_eq!(got[0].data, json!({"n": 3}));
 }
 
+/// A shared subscription (`subscribe_all_shared`) and a copying one
+/// (`subscribe_all`), started together while writers are busy, deliver
+/// the very events the log holds: same order, same payloads, same
+/// metadata, to the microsecond.
+pub async fn shared_and_copied_subscriptions_deliver_what_the_log_holds<S: Conformance>(store: S) {
+    const WRITERS: u64 = 3;
+    const EACH: u64 = 60;
+    for n in 0..40 {
+        store
+            .append(
+                &new_stream("seed"),
+                ExpectedRevision::NoStream,
+                vec![event(n)],
+            )
+            .await
+            .expect("seed");
+    }
+    let mut shared = store
+        .subscribe_all_shared(Position::START)
+        .await
+        .expect("subscribe shared");
+    let mut copied = store
+        .subscribe_all(Position::START)
+        .await
+        .expect("subscribe");
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = new_stream("live");
+                for n in 0..EACH {
+                    store
+                        .append(&s, ExpectedRevision::Any, vec![event(w * 1000 + n)])
+                        .await
+                        .expect("live append");
+                }
+            })
+        })
+        .collect();
+    let total = (40 + WRITERS * EACH) as usize;
+    let mut from_shared = Vec::with_capacity(total);
+    while from_shared.len() < total {
+        match tokio::time::timeout(DEADLINE, shared.next()).await {
+            Ok(Some(Ok(e))) => from_shared.push(RecordedEvent::clone(&e)),
+            Ok(Some(Err(e))) => panic!("shared subscription failed: {e}"),
+            Ok(None) => panic!("shared subscription ended"),
+            Err(_) => panic!(
+                "shared subscription delivered {} of {total}",
+                from_shared.len()
+            ),
+        }
+    }
+    let from_copied = collect(&mut copied, total).await;
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let log = store
+        .read_all(Position::START, total + 10)
+        .await
+        .expect("read_all");
+    assert_eq!(log.len(), total);
+    assert_eq!(
+        from_shared, log,
+        "the shared subscription and the log differ"
+    );
+    assert_eq!(
+        from_copied, log,
+        "the copying subscription and the log differ"
+    );
+}
+
 /// An idempotency key, once recorded, refuses every later append with the
 /// first append's record (same input or not) and nothing more is written.
 pub async fn a_used_idempotency_key_returns_the_first_outcome_and_appends_nothing<
@@ -1480,6 +1551,7 @@ macro_rules! conformance_suite {
             sixteen_concurrent_writers_get_one_winner_per_revision,
             catch_up_hands_over_to_live_without_gaps_or_duplicates,
             a_subscription_starts_strictly_after_its_position,
+            shared_and_copied_subscriptions_deliver_what_the_log_holds,
             a_used_idempotency_key_returns_the_first_outcome_and_appends_nothing,
             a_failed_append_leaves_its_idempotency_key_unrecorded,
             an_idempotent_retry_of_stored_events_records_its_key,

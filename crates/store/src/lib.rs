@@ -53,5 +53,5 @@ pub use event::{
 };
 pub use kurrentdb::KurrentDbEventStore;
 pub use memory::InMemoryEventStore;
-pub use port::{EventStore, EventStream};
+pub use port::{EventStore, EventStream, SharedEventStream};
 pub use postgres::PostgresEventStore;

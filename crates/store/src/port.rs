@@ -1,9 +1,10 @@
 //! The [`EventStore`] port: the only way the rest of the system touches the log.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use crate::error::StoreError;
 use crate::event::{
@@ -14,6 +15,11 @@ use crate::event::{
 /// A stream of events from a subscription. It ends only on an error the
 /// backend cannot recover from; dropping it unsubscribes.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;
+
+/// A subscription whose events are shared rather than copied: what
+/// [`EventStore::subscribe_all_shared`] returns.
+pub type SharedEventStream =
+    Pin<Box<dyn Stream<Item = Result<Arc<RecordedEvent>, StoreError>> + Send>>;
 
 /// An append-only, globally ordered log of streams (DESIGN.md §2).
 ///
@@ -129,6 +135,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// everything stored, then live events as they commit, with no gap and no
     /// duplicate, without polling in a busy loop.
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError>;
+
+    /// [`subscribe_all`](Self::subscribe_all), the same events in the same
+    /// order, handed out shared. A backend that keeps the live tail in
+    /// memory gives every local subscriber the one copy it holds, instead
+    /// of a deep copy of each event per subscriber; the default wraps
+    /// `subscribe_all`.
+    async fn subscribe_all_shared(&self, from: Position) -> Result<SharedEventStream, StoreError> {
+        Ok(Box::pin(
+            self.subscribe_all(from)
+                .await?
+                .map(|item| item.map(Arc::new)),
+        ))
+    }
 
     /// The position of the last committed event (`Position::START` if none).
     async fn head(&self) -> Result<Position, StoreError>;

@@ -11,42 +11,62 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream;
+use futures::{stream, Stream};
 use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::event::{Position, RecordedEvent};
-use crate::port::EventStream;
+
+/// What a subscription delivers: an event, owned or shared.
+pub(crate) trait Delivered: Send + 'static {
+    fn position(&self) -> Position;
+}
+
+impl Delivered for RecordedEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+impl Delivered for Arc<RecordedEvent> {
+    fn position(&self) -> Position {
+        self.as_ref().position
+    }
+}
 
 /// Events fetched per page while catching up.
 pub(crate) const PAGE: usize = 1_000;
 /// How long a parked subscriber waits before re-reading without a notification.
 const SAFETY_TICK: Duration = Duration::from_secs(5);
 
-struct State<F> {
+struct State<F, T> {
     read: F,
     next_from: Position,
-    buffer: VecDeque<RecordedEvent>,
+    buffer: VecDeque<T>,
     commits: watch::Receiver<Position>,
     failed: bool,
 }
 
 /// Builds a subscription from a page reader and a commit announcement channel.
-pub(crate) fn catch_up_then_live<F, Fut>(
+#[allow(clippy::type_complexity)]
+pub(crate) fn catch_up_then_live<F, Fut, T>(
     read: F,
     from: Position,
     commits: watch::Receiver<Position>,
-) -> EventStream
+) -> Pin<Box<dyn Stream<Item = Result<T, StoreError>> + Send>>
 where
     F: Fn(Position) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send + 'static,
+    Fut: Future<Output = Result<Vec<T>, StoreError>> + Send + 'static,
+    T: Delivered,
 {
     let state = State {
         read,
         next_from: from,
-        buffer: VecDeque::new(),
+        buffer: VecDeque::<T>::new(),
         commits,
         failed: false,
     };
@@ -56,7 +76,7 @@ where
         }
         loop {
             if let Some(event) = st.buffer.pop_front() {
-                st.next_from = event.position;
+                st.next_from = event.position();
                 return Some((Ok(event), st));
             }
             // Mark the current announcement as seen *before* reading, so a

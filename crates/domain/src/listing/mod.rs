@@ -456,9 +456,9 @@ mod tests {
     fn events_round_trip_through_their_stored_form() {
         use crate::event::EventSet;
         let e = created(ListingKind::Physical, 3, None);
-        let back = ListingEvent::from_data(e.event_type(), e.to_data().expect("encode"));
+        let back = ListingEvent::from_data(e.event_type(), &e.to_data().expect("encode"));
         assert_eq!(back, Ok(e));
-        assert!(ListingEvent::from_data("listing.exploded", serde_json::json!({})).is_err());
+        assert!(ListingEvent::from_data("listing.exploded", &serde_json::json!({})).is_err());
     }
 
     fn buyer() -> AccountId {

@@ -6,6 +6,7 @@
 //! a failure is pinned to one event ([`Halt::Failed`]) and the events before
 //! it still commit.
 
+use std::borrow::Borrow;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
@@ -34,12 +35,12 @@ impl ProjectorRuntime {
     /// Commits `batch` whole; if that fails, commits its events one by one,
     /// each with retries, so a failure is pinned to one event and the
     /// events before it still commit.
-    pub(super) async fn commit_with_retry(
+    pub(super) async fn commit_with_retry<R: Borrow<RecordedEvent> + Sync>(
         &self,
         projection: &dyn Projection,
         generation: Generation,
         from: Position,
-        batch: &[RecordedEvent],
+        batch: &[R],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Position, Halt> {
         if batch.len() > 1 {
@@ -63,12 +64,12 @@ impl ProjectorRuntime {
         }
         Ok(at)
     }
-    async fn commit_event_with_retry(
+    async fn commit_event_with_retry<R: Borrow<RecordedEvent> + Sync>(
         &self,
         projection: &dyn Projection,
         generation: Generation,
         from: Position,
-        event: &RecordedEvent,
+        event: &R,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Position, Halt> {
         let mut attempt = 0;
@@ -86,14 +87,14 @@ impl ProjectorRuntime {
                 }
                 Err(e) if attempt < self.config.max_attempts.max(1) => {
                     let delay = self.config.retry.delay(attempt);
-                    tracing::warn!(projection = projection.name(), position = %event.position, error = %e, attempt, ?delay, "event failed; retrying");
+                    tracing::warn!(projection = projection.name(), position = %event.borrow().position, error = %e, attempt, ?delay, "event failed; retrying");
                     if pause(delay, shutdown).await {
                         return Err(Halt::Shutdown);
                     }
                 }
                 Err(e) => {
                     return Err(Halt::Failed {
-                        position: event.position,
+                        position: event.borrow().position,
                         error: e.to_string(),
                     })
                 }
@@ -106,14 +107,14 @@ impl ProjectorRuntime {
     /// applied and the result is [`ProjectionError::Fenced`]. The fold runs
     /// with the build's schema first on the `search_path`; a build that is
     /// not live commits asynchronously (`synchronous_commit = off`).
-    pub async fn commit_batch(
+    pub async fn commit_batch<R: Borrow<RecordedEvent> + Sync>(
         &self,
         projection: &dyn Projection,
         generation: Generation,
         from: Position,
-        batch: &[RecordedEvent],
+        batch: &[R],
     ) -> Result<Position, ProjectionError> {
-        let Some(last) = batch.last() else {
+        let Some(last) = batch.last().map(Borrow::borrow) else {
             return Ok(from);
         };
         let mut tx = self.pool.begin().await?;

@@ -5,6 +5,8 @@
 //! switch whenever it has caught up (see `rebuild`). A [`Term`] says how
 //! the term ended.
 
+use std::sync::Arc;
+
 use marketplace_consumers::leader::LockConnection;
 use marketplace_consumers::subscription::{Batching, Next, Subscription};
 use marketplace_consumers::trace;
@@ -44,7 +46,7 @@ pub(super) enum Mode {
 /// that carries a trace context (at most
 /// [`trace::SPANS_PER_BATCH`]), each a child of the span that wrote its
 /// event, open while the batch commits. A rebuild is not traced.
-fn apply_spans(name: &'static str, batch: &[RecordedEvent]) -> Vec<tracing::Span> {
+fn apply_spans(name: &'static str, batch: &[Arc<RecordedEvent>]) -> Vec<tracing::Span> {
     batch
         .iter()
         .filter(|e| e.metadata.traceparent.is_some() && trace::is_recent(e.recorded_at()))

@@ -267,9 +267,9 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// Decodes `batch` for `projection` (see [`Projection::reads`]).
-pub fn decode_for(
+pub fn decode_for<R: std::borrow::Borrow<RecordedEvent>>(
     projection: &dyn Projection,
-    batch: &[RecordedEvent],
+    batch: &[R],
 ) -> Result<Vec<Envelope>, ProjectionError> {
     Ok(marketplace_consumers::decode_for(batch, |a| {
         projection.reads(a)

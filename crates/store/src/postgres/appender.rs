@@ -206,7 +206,7 @@ pub(crate) async fn run(
         let fallback = (work.len() > 1).then(|| work.clone());
         match (commit_batch(&pool, &recent, work).await, fallback) {
             (Ok((results, rows)), _) => {
-                recent.push(&rows);
+                recent.push(rows);
                 deliver(&commits, replies, results);
             }
             (Err(e @ StoreError::Rejected { .. }), Some(work)) => {
@@ -267,7 +267,7 @@ async fn commit_one_by_one(
     while let Some((w, reply)) = pending.next() {
         match commit_batch(pool, recent, vec![w]).await {
             Ok((results, rows)) => {
-                recent.push(&rows);
+                recent.push(rows);
                 deliver(commits, vec![reply], results);
             }
             Err(e @ StoreError::Rejected { .. }) => {

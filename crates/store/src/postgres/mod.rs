@@ -54,7 +54,7 @@ use crate::event::{
     IdempotencyRecord, NewEvent, Position, RecordedEvent, Snapshot, StreamAppend, StreamId,
 };
 use crate::memory::check_parts;
-use crate::port::{EventStore, EventStream};
+use crate::port::{EventStore, EventStream, SharedEventStream};
 use crate::subscription::{catch_up_then_live, PAGE};
 
 pub use appender::GroupCommitLimits;
@@ -398,6 +398,29 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
+        // The same reads as the shared subscription, each event copied out.
+        let (pool, recent) = (self.pool.clone(), self.recent.clone());
+        let announced = self.commits.subscribe();
+        Ok(catch_up_then_live(
+            move |pos| {
+                let (pool, recent) = (pool.clone(), recent.clone());
+                let idle = recent.is_newest(pos, *announced.borrow());
+                async move {
+                    if idle {
+                        return Ok(Vec::new());
+                    }
+                    match recent.read(pos, PAGE) {
+                        Some(events) => Ok(events.iter().map(|e| (**e).clone()).collect()),
+                        None => read_page(&pool, pos, PAGE).await,
+                    }
+                }
+            },
+            from,
+            self.commits.subscribe(),
+        ))
+    }
+
+    async fn subscribe_all_shared(&self, from: Position) -> Result<SharedEventStream, StoreError> {
         let (pool, recent) = (self.pool.clone(), self.recent.clone());
         let announced = self.commits.subscribe();
         Ok(catch_up_then_live(
@@ -412,7 +435,11 @@ impl EventStore for PostgresEventStore {
                     }
                     match recent.read(pos, PAGE) {
                         Some(events) => Ok(events),
-                        None => read_page(&pool, pos, PAGE).await,
+                        None => Ok(read_page(&pool, pos, PAGE)
+                            .await?
+                            .into_iter()
+                            .map(Arc::new)
+                            .collect()),
                     }
                 }
             },

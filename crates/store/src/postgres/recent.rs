@@ -2,7 +2,12 @@
 //! that the subscribers in this process (projections, process managers,
 //! live feeds) read the live tail from memory instead of each querying and
 //! decoding the same rows again. Only subscriptions read it: `read_all`
-//! (what audits read) always asks the table.
+//! (what audits read) always asks the table. Each event is held once and
+//! handed out shared ([`EventStore::subscribe_all_shared`]): a batch read
+//! by eight local subscribers costs eight reference counts, not eight deep
+//! copies of every payload.
+//!
+//! [`EventStore::subscribe_all_shared`]: crate::EventStore::subscribe_all_shared
 //!
 //! It only ever answers for a run of positions it holds without a gap:
 //! events are pushed after their transaction commits, in commit order (the
@@ -24,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use chrono::DateTime;
 
@@ -33,7 +38,7 @@ use crate::event::{Position, RecordedEvent};
 /// A bounded, gap-free run of the newest events this process appended.
 #[derive(Debug, Default)]
 pub(crate) struct RecentEvents {
-    run: RwLock<VecDeque<RecordedEvent>>,
+    run: RwLock<VecDeque<Arc<RecordedEvent>>>,
     /// The top position of the appender's commit in flight (0: none).
     in_flight: AtomicU64,
 }
@@ -45,8 +50,8 @@ impl RecentEvents {
 
     /// Adds the rows of a committed transaction, in position order, as the
     /// table holds them (`recorded_at` to the microsecond).
-    pub(crate) fn push(&self, rows: &[RecordedEvent]) {
-        let Some(first) = rows.first() else {
+    pub(crate) fn push(&self, rows: Vec<RecordedEvent>) {
+        let Some(first) = rows.first().map(|r| r.position) else {
             return;
         };
         let Ok(mut run) = self.run.write() else {
@@ -54,17 +59,16 @@ impl RecentEvents {
         };
         if run
             .back()
-            .is_some_and(|last| last.position.0 + 1 != first.position.0)
+            .is_some_and(|last| last.position.0 + 1 != first.0)
         {
             run.clear();
         }
-        for row in rows {
-            let mut row = row.clone();
+        for mut row in rows {
             row.metadata.recorded_at = row
                 .metadata
                 .recorded_at
                 .and_then(|t| DateTime::from_timestamp_micros(t.timestamp_micros()));
-            run.push_back(row);
+            run.push_back(Arc::new(row));
         }
         while run.len() > Self::CAPACITY {
             run.pop_front();
@@ -113,7 +117,7 @@ impl RecentEvents {
 
     /// Up to `limit` events strictly after `from`, if the run holds the
     /// very next one; `None` sends the reader to Postgres.
-    pub(crate) fn read(&self, from: Position, limit: usize) -> Option<Vec<RecordedEvent>> {
+    pub(crate) fn read(&self, from: Position, limit: usize) -> Option<Vec<Arc<RecordedEvent>>> {
         let run = self.run.read().ok()?;
         let first = run.front()?.position.0;
         let last = run.back()?.position.0;
@@ -143,7 +147,7 @@ mod tests {
         }
     }
 
-    fn positions(events: &[RecordedEvent]) -> Vec<u64> {
+    fn positions(events: &[Arc<RecordedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.position.0).collect()
     }
 
@@ -151,8 +155,8 @@ mod tests {
     fn answers_only_for_the_gap_free_run_it_holds() {
         let recent = RecentEvents::default();
         assert!(recent.read(Position(0), 10).is_none(), "empty");
-        recent.push(&[at(5), at(6)]);
-        recent.push(&[at(7)]);
+        recent.push(vec![at(5), at(6)]);
+        recent.push(vec![at(7)]);
         assert_eq!(
             positions(&recent.read(Position(4), 10).expect("held")),
             [5, 6, 7]
@@ -165,7 +169,7 @@ mod tests {
         );
         // Another process committed 8 and 9: the run starts again at 10,
         // and a reader at 7 must go to the table.
-        recent.push(&[at(10)]);
+        recent.push(vec![at(10)]);
         assert!(recent.read(Position(7), 10).is_none());
         assert_eq!(
             positions(&recent.read(Position(9), 10).expect("held")),
@@ -175,7 +179,7 @@ mod tests {
             recent.read(Position(10), 10).is_none(),
             "10 is the last held"
         );
-        recent.push(&[at(11)]);
+        recent.push(vec![at(11)]);
         assert_eq!(
             positions(&recent.read(Position(9), 10).expect("held")),
             [10, 11]
@@ -186,7 +190,7 @@ mod tests {
     fn a_subscriber_at_the_newest_event_waits_unless_more_was_announced() {
         let recent = RecentEvents::default();
         assert!(!recent.is_newest(Position(0), Position(0)), "nothing held");
-        recent.push(&[at(5), at(6)]);
+        recent.push(vec![at(5), at(6)]);
         assert!(recent.is_newest(Position(6), Position(6)));
         assert!(
             !recent.is_newest(Position(5), Position(6)),
@@ -204,7 +208,7 @@ mod tests {
     #[test]
     fn an_announcement_of_the_commit_in_flight_is_waited_for_in_memory() {
         let recent = RecentEvents::default();
-        recent.push(&[at(5), at(6)]);
+        recent.push(vec![at(5), at(6)]);
         recent.committing(Position(8));
         assert!(
             recent.is_newest(Position(6), Position(8)),
@@ -214,7 +218,7 @@ mod tests {
             !recent.is_newest(Position(6), Position(9)),
             "9 is past it: another process's, read the table"
         );
-        recent.push(&[at(7), at(8)]);
+        recent.push(vec![at(7), at(8)]);
         assert_eq!(
             positions(&recent.read(Position(6), 10).expect("held")),
             [7, 8]
@@ -231,7 +235,7 @@ mod tests {
     fn holds_at_most_its_capacity() {
         let recent = RecentEvents::default();
         let all: Vec<RecordedEvent> = (1..=RecentEvents::CAPACITY as u64 + 10).map(at).collect();
-        recent.push(&all);
+        recent.push(all.clone());
         assert!(
             recent.read(Position(0), 5).is_none(),
             "the oldest were dropped"

@@ -13,10 +13,21 @@
 //! - **d**: demand 10× the stock: exactly the stock must sell, every other
 //!   order must be REJECTED.
 //!
-//! The sale starts once the setup has settled: every deposit credited, the
-//! read models at the head and the log still. Without that wait the first
-//! placements raced the deposit saga and the projections still folding the
-//! setup, and that first wave alone could set the p99 of a short case.
+//! The sale starts on a server that is open and settled, as a storefront
+//! is when a sale begins:
+//!
+//! - every deposit credited;
+//! - a warm-up (`--warm-up`, on by default): every buyer places one order
+//!   on another listing, all at once, and each is final before the sale.
+//!   A fresh process's first orders pay for new connections, statements
+//!   prepared on each pooled connection and code run for the first time;
+//!   their figures are printed on their own line, not folded into the
+//!   sale's;
+//! - the read models at the head and the log still.
+//!
+//! Without these waits the first placements raced the deposit saga and the
+//! projections still folding the setup, and that first wave alone could
+//! set the p99 of a short case.
 //!
 //! `--concurrency` buyers, each with its own token and keep-alive
 //! connection, place one-unit orders until `--orders` are placed. The bench
@@ -102,6 +113,13 @@ pub struct CheckoutArgs {
     /// append, to compare the two.
     #[arg(long)]
     pub checkout_in_saga: bool,
+    /// Before the sale, every buyer places one order on another listing,
+    /// as a storefront open before the sale has (each connection, prepared
+    /// statement and code path used once); its figures are printed apart.
+    /// `--warm-up false` starts the sale on a server that has never taken
+    /// an order.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_up: bool,
 }
 
 /// What one case measured.
@@ -131,20 +149,15 @@ pub struct CaseFigures {
     pub peak_rss: u64,
 }
 
-/// Runs every case of `args` against the PostgreSQL at `url`.
+/// Runs every case of `args` against the PostgreSQL at `url` and prints
+/// each one's figures.
 pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    anyhow::ensure!(args.orders > 0, "--orders must be at least 1");
-    let mut cases = args.cases.clone();
-    cases.sort();
-    cases.dedup();
-    for case in cases {
-        let f = run_case(url, case, args).await?;
+    measure_each(url, args, |f| {
         println!(
             "{}: {} orders by {} buyers: placed {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {} failed); \
              final {:.0} orders/s ({} in {:.2} s: {} confirmed, {} rejected); books balanced; \
              peak RSS {} MB",
-            case.describe(),
+            f.case.describe(),
             f.placed,
             args.concurrency,
             f.placed_per_sec,
@@ -158,8 +171,35 @@ pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
             f.rejected,
             f.peak_rss / (1024 * 1024)
         );
+    })
+    .await
+    .map(drop)
+}
+
+/// Runs every case of `args` against the PostgreSQL at `url`, in case
+/// order, and returns what each measured. A case whose books do not
+/// balance is an error.
+pub async fn measure(url: &str, args: &CheckoutArgs) -> anyhow::Result<Vec<CaseFigures>> {
+    measure_each(url, args, |_| {}).await
+}
+
+async fn measure_each(
+    url: &str,
+    args: &CheckoutArgs,
+    mut each: impl FnMut(&CaseFigures),
+) -> anyhow::Result<Vec<CaseFigures>> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.orders > 0, "--orders must be at least 1");
+    let mut cases = args.cases.clone();
+    cases.sort();
+    cases.dedup();
+    let mut all = Vec::with_capacity(cases.len());
+    for case in cases {
+        let f = run_case(url, case, args).await?;
+        each(&f);
+        all.push(f);
     }
-    Ok(())
+    Ok(all)
 }
 
 /// `url` with its database replaced by `marketplace_bench`.
@@ -306,12 +346,15 @@ impl Bench {
                 ids.push(id?);
             }
         }
+        // Where the warm-up orders go: not a listing the case counts.
+        let warm_listing = self.listing(&seller, listings, args.concurrency).await?;
         if past > 0 {
             self.past_orders(&ids[0], past).await?;
             self.snapshot_after_the_past(&ids[0]).await?;
         }
-        // Twice a fair share: faster clients place more than their share.
-        let per_buyer = 2 * orders.div_ceil(args.concurrency) as i64 + 1;
+        // Twice a fair share (faster clients place more than their share),
+        // and the warm-up order.
+        let per_buyer = 2 * orders.div_ceil(args.concurrency) as i64 + 2;
         let mut buyers = Vec::with_capacity(args.concurrency);
         for chunk in (0..args.concurrency).collect::<Vec<_>>().chunks(16) {
             let made = futures::future::join_all(chunk.iter().map(|&i| async move {
@@ -336,53 +379,18 @@ impl Bench {
                 buyers.push(b?);
             }
         }
-        self.quiesce(&buyers).await?;
+        self.credited(&buyers).await?;
+        if args.warm_up {
+            self.warm_up(&buyers, &warm_listing).await?;
+        }
+        self.quiesce().await?;
         let start = self.handler.store().head().await?;
         reset_peak_rss();
 
-        // Place. Each buyer is its own task, as separate clients are: a
-        // buyer's latency does not include waiting for its siblings'
-        // responses to be read.
-        let next = Arc::new(AtomicUsize::new(0));
+        // Place.
         let ids = Arc::new(ids);
         let began = Instant::now();
-        let clients: Vec<_> = buyers
-            .iter()
-            .map(|b| {
-                let (next, ids) = (next.clone(), ids.clone());
-                let (http, endpoint, token) =
-                    (self.http.clone(), self.endpoint.clone(), b.token.clone());
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut failed = 0usize;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= orders {
-                            break;
-                        }
-                        let listing = &ids[i % ids.len()];
-                        let sent = Instant::now();
-                        let placed = gql(
-                            &http,
-                            &endpoint,
-                            "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { order { id } } }",
-                            json!({ "input": { "lines": [{ "listingId": listing, "quantity": 1 }] } }),
-                            Some(&token),
-                        )
-                        .await;
-                        match placed {
-                            Ok(_) => latencies.push(sent.elapsed()),
-                            Err(_) => failed += 1,
-                        }
-                    }
-                    (latencies, failed)
-                })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(clients.len());
-        for client in clients {
-            results.push(client.await.context("a buyer's task panicked")?);
-        }
+        let results = self.place(&buyers, &ids, orders, usize::MAX).await?;
         let placing = began.elapsed();
         let mut latencies: Vec<Duration> = Vec::with_capacity(orders);
         let mut failed = 0;
@@ -518,28 +526,121 @@ impl Bench {
         Ok(())
     }
 
-    /// Waits until the setup has settled, so that the sale starts on a
-    /// quiet server, as a real one does: every deposit credited (the
-    /// deposit saga runs after `depositFunds` answers), the read models
-    /// at the head, and the head still for a moment (no consumer with work
-    /// left).
-    async fn quiesce(&self, buyers: &[Buyer]) -> anyhow::Result<()> {
-        let currency = eur(0)?.currency;
+    /// Waits until every buyer's deposit is credited (the deposit saga
+    /// runs after `depositFunds` answers).
+    async fn credited(&self, buyers: &[Buyer]) -> anyhow::Result<()> {
         let deadline = Instant::now() + STALL;
         for b in buyers {
-            while self
-                .handler
-                .load::<Account>(b.account)
-                .await?
-                .state
-                .balance(&currency)
-                .minor
-                < b.deposit
-            {
+            while self.funds(b.account).await? < b.deposit {
                 anyhow::ensure!(Instant::now() < deadline, "a deposit was never credited");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        Ok(())
+    }
+
+    /// A buyer's balance plus what is held in escrow, in cents.
+    async fn funds(&self, account: Uuid) -> anyhow::Result<i64> {
+        let currency = eur(0)?.currency;
+        let a = self.handler.load::<Account>(account).await?.state;
+        let held: i64 = a.escrow.values().map(|m| m.minor).sum();
+        Ok(a.balance(&currency).minor + held)
+    }
+
+    /// Every buyer places one order on `listing`, all at once, and the
+    /// bench waits until each is final. Prints what they took: the cost of
+    /// a server's first orders (new connections, statements prepared,
+    /// code paths run for the first time), kept out of the sale's figures.
+    /// The books must balance after it too.
+    async fn warm_up(&self, buyers: &[Buyer], listing: &str) -> anyhow::Result<()> {
+        let start = self.handler.store().head().await?;
+        let ids = Arc::new(vec![listing.to_owned()]);
+        let results = self.place(buyers, &ids, buyers.len(), 1).await?;
+        let mut latencies: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+        let failed: usize = results.iter().map(|(_, f)| f).sum();
+        anyhow::ensure!(failed == 0, "{failed} warm-up orders failed");
+        latencies.sort_unstable();
+        let (confirmed, _) = self.settle(start, latencies.len() as u64).await?;
+        anyhow::ensure!(
+            confirmed == buyers.len() as u64,
+            "every warm-up order should be confirmed: {confirmed} of {}",
+            buyers.len()
+        );
+        for b in buyers.iter() {
+            let now = self.funds(b.account).await?;
+            anyhow::ensure!(
+                now == b.deposit,
+                "money not conserved in the warm-up: {now} cents against {}",
+                b.deposit
+            );
+        }
+        println!(
+            "  warm-up: {} orders, one per buyer, on another listing: p50 {:.1} ms, slowest {:.1} ms",
+            latencies.len(),
+            latencies[latencies.len() / 2].as_secs_f64() * 1e3,
+            latencies[latencies.len() - 1].as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
+
+    /// Buyers place one-unit orders for `ids` (in turn) until `orders` are
+    /// placed, each buyer at most `each`. Each buyer is its own task, as
+    /// separate clients are: a buyer's latency does not include waiting
+    /// for its siblings' responses to be read. Returns each buyer's
+    /// latencies and failures.
+    async fn place(
+        &self,
+        buyers: &[Buyer],
+        ids: &Arc<Vec<String>>,
+        orders: usize,
+        each: usize,
+    ) -> anyhow::Result<Vec<(Vec<Duration>, usize)>> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = buyers
+            .iter()
+            .map(|b| {
+                let (next, ids) = (next.clone(), ids.clone());
+                let (http, endpoint, token) =
+                    (self.http.clone(), self.endpoint.clone(), b.token.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut failed = 0usize;
+                    while latencies.len() + failed < each {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= orders {
+                            break;
+                        }
+                        let listing = &ids[i % ids.len()];
+                        let sent = Instant::now();
+                        let placed = gql(
+                            &http,
+                            &endpoint,
+                            "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { order { id } } }",
+                            json!({ "input": { "lines": [{ "listingId": listing, "quantity": 1 }] } }),
+                            Some(&token),
+                        )
+                        .await;
+                        match placed {
+                            Ok(_) => latencies.push(sent.elapsed()),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (latencies, failed)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(clients.len());
+        for client in clients {
+            results.push(client.await.context("a buyer's task panicked")?);
+        }
+        Ok(results)
+    }
+
+    /// Waits until the log has settled, so that the sale starts on a quiet
+    /// server, as a real one does: the read models at the head, and the
+    /// head still for a moment (no consumer with work left).
+    async fn quiesce(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STALL;
         let store = self.handler.store();
         let mut head = store.head().await?;
         loop {
@@ -591,12 +692,9 @@ impl Bench {
 
     /// Every buyer's balance plus escrow is what they deposited.
     async fn check_money(&self, buyers: &[Buyer]) -> anyhow::Result<()> {
-        let currency = eur(0)?.currency;
         let mut off = BTreeMap::new();
         for b in buyers {
-            let a = self.handler.load::<Account>(b.account).await?.state;
-            let held: i64 = a.escrow.values().map(|m| m.minor).sum();
-            let total = a.balance(&currency).minor + held;
+            let total = self.funds(b.account).await?;
             if total != b.deposit {
                 off.insert(b.account, (total, b.deposit));
             }

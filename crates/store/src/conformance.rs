@@ -132,6 +132,42 @@ async fn collect(stream: &mut crate::EventStream, n: usize) -> Vec<RecordedEvent
     out
 }
 
+/// `n` one-event streams.
+async fn seed_streams<S: Conformance>(store: &S, n: u64) {
+    for n in 0..n {
+        store
+            .append(
+                &new_stream("seed"),
+                ExpectedRevision::NoStream,
+                vec![event(n)],
+            )
+            .await
+            .expect("seed");
+    }
+}
+
+/// `writers` tasks, each appending `each` events to a stream of its own.
+fn live_writers<S: Conformance>(
+    store: &S,
+    writers: u64,
+    each: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = new_stream("live");
+                for n in 0..each {
+                    store
+                        .append(&s, ExpectedRevision::Any, vec![event(w * 1000 + n)])
+                        .await
+                        .expect("live append");
+                }
+            })
+        })
+        .collect()
+}
+
 fn assert_strictly_increasing(events: &[RecordedEvent]) {
     for w in events.windows(2) {
         assert!(
@@ -478,30 +514,8 @@ pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conforman
     const BEFORE: u64 = 300;
     const WRITERS: u64 = 4;
     const EACH: u64 = 100;
-    for n in 0..BEFORE {
-        store
-            .append(
-                &new_stream("seed"),
-                ExpectedRevision::NoStream,
-                vec![event(n)],
-            )
-            .await
-            .expect("seed");
-    }
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let s = new_stream("live");
-                for n in 0..EACH {
-                    store
-                        .append(&s, ExpectedRevision::Any, vec![event(w * 1000 + n)])
-                        .await
-                        .expect("live append");
-                }
-            })
-        })
-        .collect();
+    seed_streams(&store, BEFORE).await;
+    let writers = live_writers(&store, WRITERS, EACH);
     let mut sub = store
         .subscribe_all(Position::START)
         .await
@@ -556,16 +570,7 @@ pub async fn a_subscription_starts_strictly_after_its_position<S: Conformance>(s
 pub async fn shared_and_copied_subscriptions_deliver_what_the_log_holds<S: Conformance>(store: S) {
     const WRITERS: u64 = 3;
     const EACH: u64 = 60;
-    for n in 0..40 {
-        store
-            .append(
-                &new_stream("seed"),
-                ExpectedRevision::NoStream,
-                vec![event(n)],
-            )
-            .await
-            .expect("seed");
-    }
+    seed_streams(&store, 40).await;
     let mut shared = store
         .subscribe_all_shared(Position::START)
         .await
@@ -574,20 +579,7 @@ pub async fn shared_and_copied_subscriptions_deliver_what_the_log_holds<S: Confo
         .subscribe_all(Position::START)
         .await
         .expect("subscribe");
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let s = new_stream("live");
-                for n in 0..EACH {
-                    store
-                        .append(&s, ExpectedRevision::Any, vec![event(w * 1000 + n)])
-                        .await
-                        .expect("live append");
-                }
-            })
-        })
-        .collect();
+    let writers = live_writers(&store, WRITERS, EACH);
     let total = (40 + WRITERS * EACH) as usize;
     let mut from_shared = Vec::with_capacity(total);
     while from_shared.len() < total {

@@ -44,6 +44,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -398,25 +399,11 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
-        // The same reads as the shared subscription, each event copied out.
-        let (pool, recent) = (self.pool.clone(), self.recent.clone());
-        let announced = self.commits.subscribe();
-        Ok(catch_up_then_live(
-            move |pos| {
-                let (pool, recent) = (pool.clone(), recent.clone());
-                let idle = recent.is_newest(pos, *announced.borrow());
-                async move {
-                    if idle {
-                        return Ok(Vec::new());
-                    }
-                    match recent.read(pos, PAGE) {
-                        Some(events) => Ok(events.iter().map(|e| (**e).clone()).collect()),
-                        None => read_page(&pool, pos, PAGE).await,
-                    }
-                }
-            },
-            from,
-            self.commits.subscribe(),
+        // The shared subscription, each event copied out of the tail.
+        Ok(Box::pin(
+            self.subscribe_all_shared(from)
+                .await?
+                .map(|item| item.map(Arc::unwrap_or_clone)),
         ))
     }
 

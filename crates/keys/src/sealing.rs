@@ -224,18 +224,13 @@ impl EventStore for SealingStore {
     }
 
     async fn subscribe_all(&self, from: Position) -> Result<EventStream, StoreError> {
-        let inner = self.inner.subscribe_all(from).await?;
-        let this = self.clone();
-        Ok(Box::pin(inner.then(move |item| {
-            let this = this.clone();
-            async move {
-                let event = item?;
-                let mut opened = this.open(vec![event]).await?;
-                opened
-                    .pop()
-                    .ok_or_else(|| StoreError::Backend("an opened event went missing".into()))
-            }
-        })))
+        // The shared subscription, each event copied out (a no-op for an
+        // event only this stream holds).
+        Ok(Box::pin(
+            self.subscribe_all_shared(from)
+                .await?
+                .map(|item| item.map(Arc::unwrap_or_clone)),
+        ))
     }
 
     async fn subscribe_all_shared(&self, from: Position) -> Result<SharedEventStream, StoreError> {

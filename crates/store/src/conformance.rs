@@ -132,6 +132,16 @@ async fn collect(stream: &mut crate::EventStream, n: usize) -> Vec<RecordedEvent
     out
 }
 
+/// The whole log, which must hold exactly `total` events.
+async fn whole_log<S: Conformance>(store: &S, total: usize) -> Vec<RecordedEvent> {
+    let log = store
+        .read_all(Position::START, total + 10)
+        .await
+        .expect("read_all");
+    assert_eq!(log.len(), total, "the log holds {} events", log.len());
+    log
+}
+
 /// `n` one-event streams.
 async fn seed_streams<S: Conformance>(store: &S, n: u64) {
     for n in 0..n {
@@ -528,11 +538,7 @@ pub async fn catch_up_hands_over_to_live_without_gaps_or_duplicates<S: Conforman
     assert_strictly_increasing(&delivered);
     let ids: HashSet<_> = delivered.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), total, "duplicates delivered");
-    let log = store
-        .read_all(Position::START, total + 10)
-        .await
-        .expect("read_all");
-    assert_eq!(log.len(), total);
+    let log = whole_log(&store, total).await;
     assert_eq!(
         log.iter().map(|e| e.event_id).collect::<Vec<_>>(),
         delivered.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -597,11 +603,7 @@ pub async fn shared_and_copied_subscriptions_deliver_what_the_log_holds<S: Confo
     for w in writers {
         w.await.expect("writer");
     }
-    let log = store
-        .read_all(Position::START, total + 10)
-        .await
-        .expect("read_all");
-    assert_eq!(log.len(), total);
+    let log = whole_log(&store, total).await;
     assert_eq!(
         from_shared, log,
         "the shared subscription and the log differ"

@@ -3,10 +3,12 @@
 //! over HTTP, with the warm-up. What it asserts is what the bench reports:
 //! every placement answered, every order final, exactly the stock sold in
 //! (d) and the rest rejected, and the books balanced (the bench fails the
-//! case otherwise).
+//! case otherwise); and that the run drops its scratch databases, and one
+//! that an earlier run left behind.
 
 use marketplace_cli::bench::checkout::{self, Case, CheckoutArgs};
 use marketplace_embedded_postgres::testdb::TestDatabase;
+use sqlx::{Connection, PgConnection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_settles_every_order_and_balances_the_books() {
@@ -20,7 +22,26 @@ async fn every_case_settles_every_order_and_balances_the_books() {
         checkout_in_saga: false,
         warm_up: true,
     };
+    // What a run that did not finish leaves behind.
+    let mut admin = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("CREATE DATABASE marketplace_bench_checkout_leftover_a")
+        .execute(&mut admin)
+        .await
+        .expect("a leftover");
+
     let figures = checkout::measure(&db.url, &args).await.expect("measure");
+
+    let scratch: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, 'marketplace_bench_checkout_')",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("list databases");
+    assert_eq!(
+        scratch,
+        Vec::<String>::new(),
+        "the run dropped the leftover and its own scratch databases"
+    );
 
     let cases: Vec<Case> = figures.iter().map(|f| f.case).collect();
     assert_eq!(cases, [Case::A, Case::B, Case::C, Case::D], "in case order");

@@ -2,9 +2,10 @@
 //! from `placeOrder` over real HTTP to a final status, in the four shapes of
 //! a flash sale.
 //!
-//! Each case runs in a fresh scratch database (`marketplace_bench`) with the
-//! API, the projectors and the process managers in this process
-//! (`Application::build`, port 0, rate limits lifted), as `serve` runs them:
+//! Each case runs in a fresh scratch database of its own
+//! (`marketplace_bench_checkout_<run>_<case>`) with the API, the projectors
+//! and the process managers in this process (`Application::build`, port 0,
+//! rate limits lifted), as `serve` runs them:
 //!
 //! - **a**: one hot listing with deep stock;
 //! - **b**: 1,000 listings, each order for one of them;
@@ -28,6 +29,16 @@
 //! Without these waits the first placements raced the deposit saga and the
 //! projections still folding the setup, and that first wave alone could
 //! set the p99 of a short case.
+//!
+//! Nothing is dropped while a run measures: its databases are dropped
+//! together when it ends, and a scratch database left by an earlier run
+//! that did not finish (and that nobody is connected to) when the next one
+//! starts. Dropping a database frees its files, and on a file system that
+//! discards freed blocks at once (ext4 mounted with `discard`, as on the
+//! machine of BENCHMARKS.md) the next journal commit waits for the TRIM,
+//! and so does any WAL flush that needs it: `fdatasync` stalled for up to
+//! 106 ms there after 600 MB were freed. Per-case names also keep two runs
+//! against one server apart.
 //!
 //! `--concurrency` buyers, each with its own token and keep-alive
 //! connection, place one-unit orders until `--orders` are placed. The bench
@@ -56,10 +67,11 @@ use marketplace_domain::Aggregate;
 use marketplace_projections::Progress;
 use marketplace_store::{ExpectedRevision, Position, StreamId};
 use serde_json::{json, Value};
+use sqlx::Connection as _;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{eur, event, scratch_database};
+use super::{eur, event, fresh_database};
 
 /// The price of every listing, in cents.
 const PRICE: i64 = 100;
@@ -193,27 +205,110 @@ async fn measure_each(
     let mut cases = args.cases.clone();
     cases.sort();
     cases.dedup();
+    let mut scratch = ScratchDatabases::open(url).await?;
     let mut all = Vec::with_capacity(cases.len());
-    for case in cases {
-        let f = run_case(url, case, args).await?;
-        each(&f);
-        all.push(f);
+    let measured = async {
+        for case in cases {
+            let database = scratch.create(case).await?;
+            let f = run_case(&database, case, args).await?;
+            each(&f);
+            all.push(f);
+        }
+        anyhow::Ok(())
     }
+    .await;
+    let dropped = scratch.drop_all().await;
+    measured?;
+    dropped?;
     Ok(all)
 }
 
-/// `url` with its database replaced by `marketplace_bench`.
-fn bench_url(url: &str) -> String {
-    super::read::with_database(url, "marketplace_bench")
+/// The scratch databases of one run: one per case, named
+/// `marketplace_bench_checkout_<run>_<case>`, and dropped together when
+/// the run ends, so that no case is measured while the files of the one
+/// before it are being freed (see the module's documentation).
+struct ScratchDatabases {
+    /// The server's URL, as given.
+    server: String,
+    /// This run's part of each name: eight hex digits.
+    run: String,
+    /// The databases created so far.
+    created: Vec<String>,
 }
 
-async fn run_case(url: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
-    let scratch = scratch_database(url).await?;
-    scratch.close().await;
+impl ScratchDatabases {
+    const PREFIX: &'static str = "marketplace_bench_checkout_";
+
+    /// Drops what earlier runs left behind, unless someone is connected to
+    /// it (a run still going).
+    async fn open(server: &str) -> anyhow::Result<Self> {
+        let mut admin = sqlx::PgConnection::connect(server)
+            .await
+            .context("could not connect")?;
+        let leftovers: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+        )
+        .bind(Self::PREFIX)
+        .fetch_all(&mut admin)
+        .await?;
+        for name in leftovers {
+            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut admin)
+                .await;
+            match dropped {
+                Ok(_) => println!("  dropped {name}, left by an earlier run"),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
+                    println!("  kept {name}: another run is using it")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        admin.close().await?;
+        let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Ok(Self {
+            server: server.to_owned(),
+            run,
+            created: Vec::new(),
+        })
+    }
+
+    /// A fresh, migrated database for `case`; its URL.
+    async fn create(&mut self, case: Case) -> anyhow::Result<String> {
+        let name = format!(
+            "{}{}_{}",
+            Self::PREFIX,
+            self.run,
+            format!("{case:?}").to_lowercase()
+        );
+        self.created.push(name.clone());
+        fresh_database(&self.server, &name).await?.close().await;
+        Ok(super::read::with_database(&self.server, &name))
+    }
+
+    /// Drops every database this run created.
+    async fn drop_all(&mut self) -> anyhow::Result<()> {
+        if self.created.is_empty() {
+            return Ok(());
+        }
+        let mut admin = sqlx::PgConnection::connect(&self.server)
+            .await
+            .context("could not connect")?;
+        for name in self.created.drain(..) {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .with_context(|| format!("could not drop the scratch database {name}"))?;
+        }
+        admin.close().await?;
+        Ok(())
+    }
+}
+
+async fn run_case(database: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
     let settings = Settings {
         rate_limits: RateLimits::DISABLED,
         checkout_in_saga: args.checkout_in_saga,
-        ..Settings::for_database(bench_url(url))
+        ..Settings::for_database(database.to_owned())
     };
     let app = Application::build(settings).await?;
     println!(

@@ -3,7 +3,9 @@
 //! Every benchmark runs in its own scratch database (`marketplace_bench`),
 //! dropped and recreated at the start, on the same server as the main one,
 //! except `bench read`, which keeps its seeded catalogue between runs (see
-//! [`read`]).
+//! [`read`]), and `bench checkout`, which gives each case of a run a
+//! database of its own and drops them all when the run ends (see
+//! [`checkout`]).
 
 pub mod checkout;
 mod mix;
@@ -111,22 +113,28 @@ fn redact(url: &str) -> String {
 }
 
 async fn scratch_database(url: &str) -> anyhow::Result<PgPool> {
+    fresh_database(url, "marketplace_bench").await
+}
+
+/// Database `name` on the server at `url`, dropped if it exists, created
+/// and migrated. `name` must be a plain identifier.
+async fn fresh_database(url: &str, name: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
     let mut admin = options
         .clone()
         .connect()
         .await
         .context("could not connect")?;
-    sqlx::query("DROP DATABASE IF EXISTS marketplace_bench WITH (FORCE)")
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
-    sqlx::query("CREATE DATABASE marketplace_bench")
+    sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
     admin.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(32)
-        .connect_with(options.database("marketplace_bench"))
+        .connect_with(options.database(name))
         .await?;
     marketplace_api::database::migrate(&pool).await?;
     Ok(pool)

@@ -47,7 +47,10 @@
 //! last order is final. It checks the books — units sold never above the
 //! stock, every buyer's balance plus escrow equal to what they deposited —
 //! and prints this process's peak resident memory (client and server share
-//! it; the peak is reset before each case).
+//! it; the peak is reset before each case). When the server runs on this
+//! machine, it also prints the slowest flush of the disk under its data
+//! directory while the orders were placed (see [`super::disk`]): one slow
+//! flush holds every buyer in flight, and so can set a short case's p99.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,6 +74,7 @@ use sqlx::Connection as _;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::disk::{self, DiskFigures, DiskWatch};
 use super::{eur, event, fresh_database};
 
 /// The price of every listing, in cents.
@@ -159,6 +163,10 @@ pub struct CaseFigures {
     pub rejected: u64,
     /// Peak resident memory of this process during the case, in bytes.
     pub peak_rss: u64,
+    /// The flushes of the disk under the server's data directory while
+    /// the orders were placed, when the server is local and the kernel
+    /// reports them.
+    pub disk: Option<DiskFigures>,
 }
 
 /// Runs every case of `args` against the PostgreSQL at `url` and prints
@@ -183,6 +191,15 @@ pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
             f.rejected,
             f.peak_rss / (1024 * 1024)
         );
+        if let Some(d) = f.disk {
+            println!(
+                "  disk while placing: {} flushes, the slowest {} ms, {} of {} ms or more",
+                d.flushes,
+                d.slowest_ms,
+                d.slow,
+                disk::SLOW_MS
+            );
+        }
     })
     .await
     .map(drop)
@@ -484,9 +501,14 @@ impl Bench {
 
         // Place.
         let ids = Arc::new(ids);
+        let watch = self
+            .data_directory()
+            .await
+            .and_then(|d| DiskWatch::start(&d));
         let began = Instant::now();
         let results = self.place(&buyers, &ids, orders, usize::MAX).await?;
         let placing = began.elapsed();
+        let disk = watch.map(DiskWatch::finish);
         let mut latencies: Vec<Duration> = Vec::with_capacity(orders);
         let mut failed = 0;
         for (l, f) in results {
@@ -540,7 +562,22 @@ impl Bench {
             confirmed,
             rejected,
             peak_rss,
+            disk,
         })
+    }
+
+    /// The server's data directory, when the server runs on this machine
+    /// and lets this role read it.
+    async fn data_directory(&self) -> Option<std::path::PathBuf> {
+        let (dir, local): (String, bool) = sqlx::query_as(
+            "SELECT current_setting('data_directory'), \
+                    coalesce(inet_server_addr() <<= '127.0.0.0/8' OR inet_server_addr() = '::1', true)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ok()?;
+        let dir = std::path::PathBuf::from(dir);
+        (local && dir.join("PG_VERSION").exists()).then_some(dir)
     }
 
     /// Appends `n` past orders to the listing's stream: each reserved one

@@ -8,6 +8,7 @@
 //! [`checkout`]).
 
 pub mod checkout;
+pub mod disk;
 mod mix;
 pub mod read;
 

@@ -48,9 +48,10 @@
 //! stock, every buyer's balance plus escrow equal to what they deposited —
 //! and prints this process's peak resident memory (client and server share
 //! it; the peak is reset before each case). When the server runs on this
-//! machine, it also prints the slowest flush of the disk under its data
-//! directory while the orders were placed (see [`super::disk`]): one slow
-//! flush holds every buyer in flight, and so can set a short case's p99.
+//! machine, it also prints the longest stall of the disk under its data
+//! directory while the orders were placed, and how late a thread could be
+//! woken (see [`super::disk`]): one slow flush holds every buyer in
+//! flight, and so can set a short case's p99.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,7 +164,7 @@ pub struct CaseFigures {
     pub rejected: u64,
     /// Peak resident memory of this process during the case, in bytes.
     pub peak_rss: u64,
-    /// The flushes of the disk under the server's data directory while
+    /// The flushes and stalls of the disk under the server's data directory while
     /// the orders were placed, when the server is local and the kernel
     /// reports them.
     pub disk: Option<DiskFigures>,
@@ -193,11 +194,13 @@ pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
         );
         if let Some(d) = f.disk {
             println!(
-                "  disk while placing: {} flushes, the slowest {} ms, {} of {} ms or more",
+                "  disk while placing: {} flushes; longest stall {} ms ({} of {} ms or more); \
+                 a thread waited up to {} ms for the CPU",
                 d.flushes,
-                d.slowest_ms,
-                d.slow,
-                disk::SLOW_MS
+                d.longest_stall_ms,
+                d.stalls,
+                disk::STALL_MS,
+                d.sampler_late_ms
             );
         }
     })

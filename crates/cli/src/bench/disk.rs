@@ -1,39 +1,46 @@
-//! How long the disk under a local PostgreSQL took to flush while a case
-//! ran, read from the kernel's block statistics
+//! Whether the disk under a local PostgreSQL stalled while a case ran,
+//! read from the kernel's block statistics
 //! (`/sys/dev/block/<major>:<minor>/stat`, Linux 5.5 or later).
 //!
 //! Every acknowledged order waits for its commit's WAL flush, and the WAL
 //! is flushed by one process at a time, so one slow flush holds every
-//! buyer in flight at once. Printing the slowest flush next to a case's
-//! figures tells a p99 set by the disk apart from one set by the server.
+//! buyer in flight at once. Printing the disk's longest stall next to a
+//! case's figures tells a p99 set by the disk apart from one set by the
+//! server.
 //!
-//! A sampling thread reads the counters every [`EVERY`]. The kernel adds a
-//! flush's time when it completes, so a sample in which one flush completed
-//! and the flush time grew by `t` saw a flush of `t`; with several, the
-//! slowest took at least their mean.
+//! A sampling thread reads the counters every [`EVERY`]. A *stall* is a
+//! stretch of samples in which the disk had requests in flight and
+//! completed none: no read, write, discard or flush. It is measured from
+//! the first sample that saw no progress to the last, so a sampler that
+//! was itself kept waiting (the CPU busy) does not pass for a stalled disk,
+//! and a stall is at most [`EVERY`] longer than reported. How long the
+//! sampler was kept waiting is reported apart, as
+//! [`DiskFigures::sampler_late_ms`].
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the counters are read.
 const EVERY: Duration = Duration::from_millis(2);
-/// A flush at least this slow is counted.
-pub const SLOW_MS: u64 = 20;
+/// A stall at least this long is counted.
+pub const STALL_MS: u64 = 20;
 
 /// What the disk did while it was watched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskFigures {
     /// Flushes completed.
     pub flushes: u64,
-    /// The slowest flush seen, in milliseconds (a lower bound when several
-    /// completed between two samples).
-    pub slowest_ms: u64,
-    /// Flushes of at least 20 ms.
-    pub slow: u64,
+    /// The longest stall, in milliseconds.
+    pub longest_stall_ms: u64,
+    /// Stalls of at least [`STALL_MS`].
+    pub stalls: u64,
+    /// The longest the sampler woke up after it was due, in milliseconds:
+    /// how long a thread that asked for the CPU could wait for it.
+    pub sampler_late_ms: u64,
 }
 
 /// A running watch; [`DiskWatch::finish`] stops it.
@@ -48,22 +55,25 @@ impl DiskWatch {
     /// reports its flushes.
     pub fn start(path: &Path) -> Option<Self> {
         let stat = stat_file(path)?;
-        let mut last = Counters::read(&stat)?;
+        let first = Counters::read(&stat)?;
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(DiskFigures::default()));
         let (stopping, seeing) = (stop.clone(), seen.clone());
         let thread = std::thread::Builder::new()
             .name("bench-disk-watch".into())
             .spawn(move || {
+                let mut tracker = Tracker::new(first);
                 while !stopping.load(Ordering::Relaxed) {
+                    let due = Instant::now() + EVERY;
                     std::thread::sleep(EVERY);
                     let Some(now) = Counters::read(&stat) else {
                         break;
                     };
+                    let at = Instant::now();
+                    tracker.sample(now, at, at.saturating_duration_since(due));
                     if let Ok(mut seen) = seeing.lock() {
-                        seen.add(now.since(last));
+                        *seen = tracker.figures;
                     }
-                    last = now;
                 }
             })
             .ok()?;
@@ -84,26 +94,58 @@ impl DiskWatch {
     }
 }
 
-impl DiskFigures {
-    fn add(&mut self, delta: Counters) {
-        if delta.flushes == 0 {
-            return;
+/// Folds samples into [`DiskFigures`].
+#[derive(Debug)]
+struct Tracker {
+    last: Counters,
+    /// The first and the latest sample of the current stall.
+    stalled: Option<(Instant, Instant)>,
+    figures: DiskFigures,
+}
+
+impl Tracker {
+    fn new(first: Counters) -> Self {
+        Self {
+            last: first,
+            stalled: None,
+            figures: DiskFigures::default(),
         }
-        self.flushes += delta.flushes;
-        let at_least = delta.flush_ms / delta.flushes;
-        self.slowest_ms = self.slowest_ms.max(at_least);
-        if at_least >= SLOW_MS {
-            self.slow += 1;
+    }
+
+    /// Folds in the counters read at `at`, `late` after the sample was due.
+    /// A stall lasts from its first sample to its last: the time between
+    /// its last sample and the next (that saw progress) is not counted, as
+    /// the sampler may have been late for it.
+    fn sample(&mut self, now: Counters, at: Instant, late: Duration) {
+        let f = &mut self.figures;
+        f.sampler_late_ms = f.sampler_late_ms.max(late.as_millis() as u64);
+        f.flushes += now.flushes.saturating_sub(self.last.flushes);
+        let progressed = now.completed != self.last.completed;
+        if progressed || now.in_flight == 0 {
+            if let Some((first, latest)) = self.stalled.take() {
+                let stall = latest.saturating_duration_since(first).as_millis() as u64;
+                f.longest_stall_ms = f.longest_stall_ms.max(stall);
+                if stall >= STALL_MS {
+                    f.stalls += 1;
+                }
+            }
+        } else {
+            let first = self.stalled.map_or(at, |(first, _)| first);
+            self.stalled = Some((first, at));
         }
+        self.last = now;
     }
 }
 
-/// The two counters read: flushes completed, and milliseconds spent in
-/// them.
+/// What is read from a block device's `stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counters {
+    /// Reads, writes, discards and flushes completed.
+    completed: u64,
+    /// Flushes completed.
     flushes: u64,
-    flush_ms: u64,
+    /// Requests in flight.
+    in_flight: u64,
 }
 
 impl Counters {
@@ -111,25 +153,20 @@ impl Counters {
         Self::parse(&std::fs::read_to_string(stat).ok()?)
     }
 
-    /// Fields 16 and 17 of a block device's `stat` (see the kernel's
-    /// Documentation/block/stat.rst).
+    /// Fields 1, 5, 9, 12 and 16 of a block device's `stat` (see the
+    /// kernel's Documentation/block/stat.rst).
     fn parse(stat: &str) -> Option<Self> {
         let fields: Vec<u64> = stat
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()
             .ok()?;
+        let flushes = *fields.get(15)?;
         Some(Self {
-            flushes: *fields.get(15)?,
-            flush_ms: *fields.get(16)?,
+            completed: fields[0] + fields[4] + fields[11] + flushes,
+            flushes,
+            in_flight: fields[8],
         })
-    }
-
-    fn since(self, earlier: Self) -> Self {
-        Self {
-            flushes: self.flushes.saturating_sub(earlier.flushes),
-            flush_ms: self.flush_ms.saturating_sub(earlier.flush_ms),
-        }
     }
 }
 
@@ -154,47 +191,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_flush_fields_of_a_block_stat_line() {
+    fn reads_a_block_stat_line() {
         let line = " 9594075 265269 547160370 14294408 11717722 3576435 1477676040 \
-                    14006011 0 2607604 29705613 2726364 200 1093810704 821689 4588597 583504\n";
+                    14006011 3 2607604 29705613 2726364 200 1093810704 821689 4588597 583504\n";
         assert_eq!(
             Counters::parse(line),
             Some(Counters {
+                completed: 9_594_075 + 11_717_722 + 2_726_364 + 4_588_597,
                 flushes: 4_588_597,
-                flush_ms: 583_504
+                in_flight: 3,
             })
         );
         let before_5_5 = "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15";
         assert_eq!(Counters::parse(before_5_5), None, "no flush fields");
     }
 
+    fn counters(completed: u64, in_flight: u64) -> Counters {
+        Counters {
+            completed,
+            flushes: completed,
+            in_flight,
+        }
+    }
+
     #[test]
-    fn a_sample_with_one_slow_flush_counts_it_and_several_give_their_mean() {
-        let mut f = DiskFigures::default();
-        f.add(Counters {
-            flushes: 3,
-            flush_ms: 1,
-        });
-        f.add(Counters {
-            flushes: 0,
-            flush_ms: 0,
-        });
-        f.add(Counters {
-            flushes: 1,
-            flush_ms: 103,
-        });
-        f.add(Counters {
-            flushes: 2,
-            flush_ms: 50,
-        });
+    fn a_stall_runs_from_the_first_sample_without_progress_to_the_last() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = Tracker::new(counters(10, 0));
+        t.sample(counters(12, 1), ms(2), Duration::ZERO);
+        // One request in flight and nothing completed, from 4 to 104 ms.
+        for n in (4..=104).step_by(2) {
+            t.sample(counters(12, 1), ms(n), Duration::ZERO);
+        }
+        t.sample(counters(13, 0), ms(106), Duration::ZERO);
+        // A short one.
+        t.sample(counters(13, 2), ms(108), Duration::ZERO);
+        t.sample(counters(13, 2), ms(110), Duration::ZERO);
+        t.sample(counters(15, 0), ms(112), Duration::ZERO);
+        // The sampler itself was 40 ms late, and the disk progressed
+        // meanwhile: not a stall.
+        t.sample(counters(15, 1), ms(114), Duration::ZERO);
+        t.sample(counters(17, 1), ms(156), Duration::from_millis(40));
         assert_eq!(
-            f,
+            t.figures,
             DiskFigures {
-                flushes: 6,
-                slowest_ms: 103,
-                slow: 2
+                flushes: 7,
+                longest_stall_ms: 100,
+                stalls: 1,
+                sampler_late_ms: 40,
             }
         );
+    }
+
+    #[test]
+    fn an_idle_disk_never_stalls() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(counters(10, 0));
+        for n in 1..100 {
+            t.sample(
+                counters(10, 0),
+                t0 + Duration::from_millis(2 * n),
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(t.figures, DiskFigures::default());
     }
 
     #[test]
@@ -205,7 +266,6 @@ mod tests {
             assert!(DiskWatch::start(&dir).is_none());
             return;
         };
-        assert!(stat.ends_with("stat"));
         let watch = DiskWatch::start(&dir).expect("a watch");
         let before = Counters::read(&stat).expect("counters");
         let file = dir.join(format!("disk-watch-{}", std::process::id()));
@@ -219,16 +279,14 @@ mod tests {
             // A disk without a volatile cache is never asked to flush.
             return;
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while watch.seen().flushes == 0 {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the kernel counted a flush and the watch never saw it"
             );
             std::thread::sleep(EVERY);
         }
-        let seen = watch.finish();
-        assert!(seen.flushes >= 1);
-        assert!(seen.slow <= seen.flushes);
+        assert!(watch.finish().flushes >= 1);
     }
 }

@@ -17,7 +17,8 @@
 //! sampler was kept waiting is reported apart, as
 //! [`DiskFigures::sampler_late_ms`].
 
-use std::os::unix::fs::MetadataExt as _;
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,7 @@ impl DiskWatch {
     /// Starts watching the block device that holds `path`, if the kernel
     /// reports its flushes.
     pub fn start(path: &Path) -> Option<Self> {
-        let stat = stat_file(path)?;
+        let stat = File::open(stat_file(path)?).ok()?;
         let first = Counters::read(&stat)?;
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(DiskFigures::default()));
@@ -149,8 +150,12 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(stat: &Path) -> Option<Self> {
-        Self::parse(&std::fs::read_to_string(stat).ok()?)
+    /// Reads `stat` again from its start: the kernel writes it anew on
+    /// every read, and one open file spares the sampler a path lookup.
+    fn read(stat: &File) -> Option<Self> {
+        let mut buf = [0u8; 512];
+        let n = stat.read_at(&mut buf, 0).ok()?;
+        Self::parse(std::str::from_utf8(&buf[..n]).ok()?)
     }
 
     /// Fields 1, 5, 9, 12 and 16 of a block device's `stat` (see the
@@ -183,7 +188,7 @@ fn stat_file(path: &Path) -> Option<PathBuf> {
         device
     };
     let stat = disk.join("stat");
-    Counters::read(&stat).map(|_| stat)
+    Counters::read(&File::open(&stat).ok()?).map(|_| stat)
 }
 
 #[cfg(test)]
@@ -267,6 +272,7 @@ mod tests {
             return;
         };
         let watch = DiskWatch::start(&dir).expect("a watch");
+        let stat = File::open(stat).expect("open stat");
         let before = Counters::read(&stat).expect("counters");
         let file = dir.join(format!("disk-watch-{}", std::process::id()));
         std::fs::write(&file, b"flush me").expect("write");

@@ -34,11 +34,14 @@
 //! together when it ends, and a scratch database left by an earlier run
 //! that did not finish (and that nobody is connected to) when the next one
 //! starts. Dropping a database frees its files, and on a file system that
-//! discards freed blocks at once (ext4 mounted with `discard`, as on the
-//! machine of BENCHMARKS.md) the next journal commit waits for the TRIM,
-//! and so does any WAL flush that needs it: `fdatasync` stalled for up to
-//! 106 ms there after 600 MB were freed. Per-case names also keep two runs
-//! against one server apart.
+//! discards freed blocks (ext4 mounted with `discard`, as on the machine of
+//! BENCHMARKS.md) the TRIM is issued in the background for seconds after
+//! the next journal commits, and a WAL flush that meets it waits:
+//! `fdatasync` stalled for up to 106 ms there after 600 MB were freed, even
+//! after a `sync`. A finished case's database is instead made inert: its
+//! tables leave autovacuum (which otherwise vacuumed them during the next
+//! case), and a `CHECKPOINT` writes its dirty pages out before the next
+//! case starts. Per-case names also keep two runs against one server apart.
 //!
 //! `--concurrency` buyers, each with its own token and keep-alive
 //! connection, place one-unit orders until `--orders` are placed. The bench
@@ -231,6 +234,7 @@ async fn measure_each(
         for case in cases {
             let database = scratch.create(case).await?;
             let f = run_case(&database, case, args).await?;
+            retire(&database).await?;
             each(&f);
             all.push(f);
         }
@@ -322,6 +326,35 @@ impl ScratchDatabases {
         admin.close().await?;
         Ok(())
     }
+}
+
+/// Makes a finished case's database inert for the rest of the run: no
+/// autovacuum on its tables, and its dirty pages written out by a
+/// checkpoint (skipped where the role may not run one).
+async fn retire(database: &str) -> anyhow::Result<()> {
+    let mut db = sqlx::PgConnection::connect(database)
+        .await
+        .context("could not connect")?;
+    sqlx::query(
+        "DO $$ DECLARE t regclass; BEGIN
+           FOR t IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           LOOP
+             EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)', t);
+           END LOOP;
+         END $$",
+    )
+    .execute(&mut db)
+    .await
+    .context("could not turn autovacuum off in a finished case's database")?;
+    match sqlx::query("CHECKPOINT").execute(&mut db).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {}
+        done => {
+            done?;
+        }
+    }
+    db.close().await?;
+    Ok(())
 }
 
 async fn run_case(database: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {

@@ -1,6 +1,6 @@
 //! Operations surfaces: GraphQL `projections` (ADMIN only) and `/metrics`.
 
-use marketplace_e2e::{spawn_app, Req};
+use marketplace_e2e::{eventually, spawn_app, Req};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +111,7 @@ async fn admins_see_every_projection_running_with_its_lag_and_metrics_show_it() 
     assert_eq!(body["projections"]["orders"], "RUNNING", "{body}");
     // A FAILED read model makes the instance unready, and says which.
     let pool = app.db.pool().await;
+    at_the_head(&app, &pool).await;
     sqlx::query(
         "UPDATE projection_checkpoints SET state = 'FAILED' WHERE name = 'orders' AND live",
     )
@@ -160,6 +161,7 @@ async fn a_stuck_reviews_read_model_holds_up_neither_order_queries_with_a_token_
         .to_owned();
     app.wait_order(&buyer, &order, |s| s == "CONFIRMED").await;
     let pool = app.db.pool().await;
+    at_the_head(&app, &pool).await;
 
     // Reviews and notifications only degrade: still ready, and said so.
     sqlx::query(
@@ -437,4 +439,23 @@ async fn a_poison_event_fails_the_payout_process_visibly_and_a_retry_after_the_f
         .expect("payout");
     assert_eq!(payout.state, ProjectionState::Running, "{payout:?}");
     assert!(payout.position.0 >= failed_at.0, "{payout:?}");
+}
+
+/// Waits until every read model and process manager has folded the whole
+/// log, so that no runner has a batch left to commit: a commit writes
+/// RUNNING over a state a test has just marked.
+async fn at_the_head(app: &marketplace_e2e::TestApp, pool: &sqlx::PgPool) {
+    eventually("every consumer is at the head", async || {
+        let head = app.head().await;
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM projection_checkpoints WHERE live AND position < $1) \
+                  + (SELECT count(*) FROM consumer_checkpoints WHERE position < $1)",
+        )
+        .bind(head)
+        .fetch_one(pool)
+        .await
+        .expect("checkpoints");
+        behind == 0 && app.head().await == head
+    })
+    .await;
 }

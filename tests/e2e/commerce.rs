@@ -1,7 +1,7 @@
 //! A purchase from deposit to payout and review, over GraphQL, with the
 //! refusals of the contract and idempotency keys under concurrency.
 
-use marketplace_e2e::{spawn_app, Req, TestApp};
+use marketplace_e2e::{eventually, spawn_app, Req, TestApp};
 use serde_json::{json, Value};
 
 pub(crate) const CREATE: &str = "mutation($input: CreateListingInput!, $key: String) {
@@ -355,6 +355,155 @@ async fn a_placed_order_reads_back_as_the_mutation_answered_it() {
     for field in ["id", "buyer", "lines", "total", "placedAt"] {
         assert_eq!(read[field], answered[field], "{field}");
     }
+}
+
+/// Holds the accounts read model's tables so that its projector cannot
+/// write them (plain reads still pass), until the transaction ends.
+async fn hold_accounts_read_model(
+    pool: &sqlx::PgPool,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+         WHERE tablename IN ('rm_accounts', 'rm_account_balances')",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    assert!(!tables.is_empty(), "no accounts read model tables");
+    let mut held = pool.begin().await.expect("begin");
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN EXCLUSIVE MODE",
+        tables.join(", ")
+    ))
+    .execute(&mut *held)
+    .await
+    .expect("lock");
+    held
+}
+
+/// Whether the accounts read model shows `account` (read beside the hold).
+async fn projected(held: &mut sqlx::PgConnection, account: &str) -> bool {
+    let id = uuid::Uuid::parse_str(account).expect("account id");
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm_accounts WHERE account_id = $1)")
+        .bind(id)
+        .fetch_one(held)
+        .await
+        .expect("read")
+}
+
+const PLACED_WITH_BUYER: &str = "mutation($input: PlaceOrderInput!) {
+    placeOrder(input: $input) { consistencyToken order { id status buyer { id } } }
+}";
+
+/// A buyer registered a moment ago may not be in the accounts read model
+/// yet when their order is placed: `placeOrder`, which answers from the
+/// write side, then reads the buyer once that read model has passed the
+/// placement, and the answer is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_orders_buyer_not_yet_projected_is_read_once_the_accounts_catch_up() {
+    let app = marketplace_e2e::spawn_app_with(|s| {
+        s.consistency_wait = std::time::Duration::from_secs(120);
+    })
+    .await;
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
+    let pool = app.db.pool().await;
+    let mut held = hold_accounts_read_model(&pool).await;
+    let (buyer, buyer_id, _) = app.register("buyer@example.com", &["BUYER"]).await;
+    app.gql(
+        DEPOSIT,
+        json!({ "amount": { "amount": "100.00", "currencyCode": "EUR" } }),
+        auth(&buyer),
+    )
+    .await
+    .data("depositFunds.consistencyToken");
+    let place = app.gql(
+        PLACED_WITH_BUYER,
+        json!({ "input": place_input(&listing, 1) }),
+        auth(&buyer),
+    );
+    // Once the placement is in the log, with the buyer still not
+    // projected, the accounts read model is let go.
+    let release = async {
+        eventually("the placement appended", async || {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE event_type = 'order.placed')",
+            )
+            .fetch_one(&mut *held)
+            .await
+            .expect("read")
+        })
+        .await;
+        assert!(!projected(&mut held, &buyer_id).await);
+        held.rollback().await.expect("release");
+    };
+    let (placed, ()) = tokio::join!(place, release);
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    assert_eq!(placed.data("placeOrder.order.status"), "CONFIRMED");
+    assert_eq!(placed.data("placeOrder.order.buyer.id"), buyer_id.as_str());
+}
+
+/// If the accounts read model does not reach the placement within the
+/// consistency wait, the order is still placed and answered, and only
+/// its `buyer` carries an error: CONFLICT (read again with the token),
+/// not INTERNAL. Read again once the read model has caught up, it is
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_orders_buyer_the_accounts_do_not_reach_in_time_is_a_conflict_on_that_field() {
+    let app = marketplace_e2e::spawn_app_with(|s| {
+        s.consistency_wait = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
+    let pool = app.db.pool().await;
+    let mut held = hold_accounts_read_model(&pool).await;
+    let (buyer, buyer_id, _) = app.register("buyer@example.com", &["BUYER"]).await;
+    app.gql(
+        DEPOSIT,
+        json!({ "amount": { "amount": "100.00", "currencyCode": "EUR" } }),
+        auth(&buyer),
+    )
+    .await
+    .data("depositFunds.consistencyToken");
+    let placed = app
+        .gql(
+            PLACED_WITH_BUYER,
+            json!({ "input": place_input(&listing, 1) }),
+            auth(&buyer),
+        )
+        .await;
+    assert!(!projected(&mut held, &buyer_id).await);
+    held.rollback().await.expect("release");
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    let order = &placed.body["data"]["placeOrder"]["order"];
+    assert_eq!(order["status"], "CONFIRMED", "{}", placed.body);
+    assert_eq!(order["buyer"], Value::Null, "{}", placed.body);
+    assert_eq!(placed.body["errors"].as_array().map(Vec::len), Some(1));
+    assert_eq!(placed.error_code(), "CONFLICT", "{}", placed.body);
+    assert_eq!(
+        placed.body["errors"][0]["path"],
+        json!(["placeOrder", "order", "buyer"])
+    );
+    let token = placed.body["data"]["placeOrder"]["consistencyToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let id = order["id"].clone();
+    eventually("the order read back whole", async || {
+        let read = app
+            .gql(
+                "query($id: ID!) { order(id: $id) { buyer { id } } }",
+                json!({ "id": id }),
+                Req {
+                    token: Some(&buyer),
+                    consistency: Some(&token),
+                },
+            )
+            .await;
+        read.status == 200
+            && read.body.get("errors").is_none()
+            && read.body["data"]["order"]["buyer"]["id"] == buyer_id.as_str()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

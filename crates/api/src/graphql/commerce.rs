@@ -327,7 +327,7 @@ impl CommerceMutation {
                 .await?
         };
         match placed {
-            Idempotent::Fresh(done) => match Order::placed(&done.state) {
+            Idempotent::Fresh(done) => match Order::placed(&done.state, done.position) {
                 Some(order) if done.appended > 0 => Ok(OrderPayload {
                     order: Some(order),
                     consistency_token: done.position.to_string(),

@@ -9,10 +9,10 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use marketplace_domain::values::Role as DomainRole;
-use marketplace_projections::read_models::notifications;
 use marketplace_projections::read_models::orders::{self, OrderLineRow, OrderRow};
 use marketplace_projections::read_models::reviews::{self, ReviewRow};
 use marketplace_projections::read_models::Page;
+use marketplace_projections::read_models::{accounts, listings, notifications};
 use marketplace_store::Position;
 use uuid::Uuid;
 
@@ -64,11 +64,22 @@ pub enum ReviewStatus {
     Rejected,
 }
 
-/// An order: its read-model row, and its lines when they are known
-/// without the read model (an order just placed, answered from the write
-/// side: see [`Order::placed`]).
+/// An order: its read-model row, and what is known of it without the read
+/// model when it was just placed and is answered from the write side (see
+/// [`Order::placed`]).
 #[derive(Debug, Clone)]
-pub struct Order(pub OrderRow, pub Option<Vec<OrderLineRow>>);
+pub struct Order(pub OrderRow, pub Option<Placed>);
+
+/// An order answered from the state its placement left: its lines, and
+/// the log position the placement reached. The accounts and listings it
+/// names were written before it, so their read models show them once
+/// they have passed that position, which they may not have yet: the
+/// answer does not wait for them unless it has to (see [`or_at`]).
+#[derive(Debug, Clone)]
+pub struct Placed {
+    lines: Vec<OrderLineRow>,
+    at: Position,
+}
 
 impl From<OrderRow> for Order {
     fn from(row: OrderRow) -> Self {
@@ -81,7 +92,7 @@ impl Order {
     /// produced: exactly what the orders read model holds for it at that
     /// position (timestamps cut to Postgres' microseconds), so `placeOrder`
     /// answers without waiting for the projection.
-    pub fn placed(order: &marketplace_domain::order::Order) -> Option<Self> {
+    pub fn placed(order: &marketplace_domain::order::Order, at: Position) -> Option<Self> {
         let micros = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros());
         let id = order.id?.0;
         let total = order.total.as_ref()?;
@@ -111,24 +122,32 @@ impl Order {
                 currency: line.unit_price.currency.as_str().to_owned(),
             })
             .collect();
-        Some(Self(row, Some(lines)))
+        Some(Self(row, Some(Placed { lines, at })))
+    }
+
+    /// The position its references are read at, when answered from the
+    /// write side.
+    fn at(&self) -> Option<Position> {
+        self.1.as_ref().map(|p| p.at)
     }
 }
 
-/// One line of an order.
+/// One line of an order, and the position its order was answered at when
+/// that was from the write side.
 #[derive(Debug, Clone)]
-pub struct OrderLine(pub OrderLineRow);
+pub struct OrderLine(pub OrderLineRow, pub Option<Position>);
 
 #[Object]
 impl OrderLine {
     /// The listing bought (as it is now; the price paid is `unitPrice`).
     async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
-        super::types::listing_row(ctx, self.0.listing_id)
-            .await?
-            .map(Listing)
-            .ok_or_else(|| {
-                ApiError::internal(format!("listing {} not projected", self.0.listing_id))
-            })
+        let id = self.0.listing_id;
+        or_at(ctx, listings::NAME, self.1, || {
+            super::types::listing_row(ctx, id)
+        })
+        .await?
+        .map(Listing)
+        .ok_or_else(|| ApiError::internal(format!("listing {id} not projected")))
     }
 
     async fn quantity(&self) -> i32 {
@@ -141,11 +160,47 @@ impl OrderLine {
     }
 }
 
-async fn account(ctx: &Context<'_>, id: Uuid) -> ApiResult<Account> {
-    super::types::account_row(ctx, id)
-        .await?
-        .map(Account::from)
-        .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
+async fn account(ctx: &Context<'_>, id: Uuid, at: Option<Position>) -> ApiResult<Account> {
+    or_at(ctx, accounts::NAME, at, || {
+        super::types::account_row(ctx, id)
+    })
+    .await?
+    .map(Account::from)
+    .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
+}
+
+/// Reads a row that an answer from the write side names: at once, and if
+/// the read model does not show it yet, once more after the read model
+/// `name` has passed `at` (bounded by the consistency wait). Without `at`
+/// (a row from the read models, which name only what they hold), a miss
+/// is final.
+async fn or_at<T, F, Fut>(
+    ctx: &Context<'_>,
+    name: &str,
+    at: Option<Position>,
+    read: F,
+) -> ApiResult<Option<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
+    let row = read().await?;
+    match at {
+        Some(at) if row.is_none() => {
+            let state = ctx.data::<AppState>()?;
+            if state.wait_for(&[name], at).await {
+                read().await
+            } else {
+                // As for a consistency token the read models miss: the
+                // write stands, this field is to be read again shortly.
+                Err(ApiError::Conflict(format!(
+                    "the {name} read model has not caught up with this answer's \
+                     consistency token in time; read it again with the token"
+                )))
+            }
+        }
+        _ => Ok(row),
+    }
 }
 
 /// Batches the lines of many orders (of one request, and of requests
@@ -175,18 +230,23 @@ impl Order {
     }
 
     async fn buyer(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.buyer_id).await
+        account(ctx, self.0.buyer_id, self.at()).await
     }
 
     /// The seller of every line.
     async fn seller(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.seller_id).await
+        account(ctx, self.0.seller_id, self.at()).await
     }
 
     #[graphql(complexity = "marketplace_domain::order::MAX_LINES * child_complexity")]
     async fn lines(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderLine>> {
-        if let Some(lines) = &self.1 {
-            return Ok(lines.iter().cloned().map(OrderLine).collect());
+        if let Some(placed) = &self.1 {
+            let at = Some(placed.at);
+            return Ok(placed
+                .lines
+                .iter()
+                .map(|line| OrderLine(line.clone(), at))
+                .collect());
         }
         Ok(ctx
             .data_unchecked::<DataLoader<OrderLinesLoader>>()
@@ -195,7 +255,7 @@ impl Order {
             .map_err(ApiError::internal)?
             .unwrap_or_default()
             .into_iter()
-            .map(OrderLine)
+            .map(|line| OrderLine(line, None))
             .collect())
     }
 
@@ -245,7 +305,7 @@ impl Review {
     }
 
     async fn author(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.author_id).await
+        account(ctx, self.0.author_id, None).await
     }
 
     async fn rating(&self) -> i32 {
@@ -396,7 +456,9 @@ pub async fn order_after(
     id: Uuid,
     position: Position,
 ) -> ApiResult<OrderPayload> {
-    let order = if state.wait_for(&[orders::NAME], position).await {
+    // The accounts and listings it names too: they were written before it.
+    let names = [orders::NAME, accounts::NAME, listings::NAME];
+    let order = if state.wait_for(&names, position).await {
         orders::by_id(&state.pool, id).await?.map(Order::from)
     } else {
         None
@@ -413,7 +475,9 @@ pub async fn review_after(
     id: Uuid,
     position: Position,
 ) -> ApiResult<ReviewPayload> {
-    let review = if state.wait_for(&[reviews::NAME], position).await {
+    // And its author and listing, which were written before it.
+    let names = [reviews::NAME, accounts::NAME, listings::NAME];
+    let review = if state.wait_for(&names, position).await {
         reviews::by_id(&state.pool, id).await?.map(Review)
     } else {
         None

@@ -506,6 +506,49 @@ async fn a_placed_orders_buyer_the_accounts_do_not_reach_in_time_is_a_conflict_o
     .await;
 }
 
+/// Each read model follows the log on its own, so the catalogue may show a
+/// listing whose seller, registered a moment before, the accounts read
+/// model has not reached. A read of that listing's seller is not an
+/// internal error: it waits (bounded) for the accounts to pass where the
+/// catalogue was, and, if they do not in time, is a CONFLICT on that field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listings_seller_the_accounts_have_not_reached_is_waited_for_not_an_internal_error() {
+    const SELLER: &str = "query($id: ID!) { listing(id: $id) { title seller { id } } }";
+    let app = marketplace_e2e::spawn_app_with(|s| {
+        s.consistency_wait = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let pool = app.db.pool().await;
+    let mut held = hold_accounts_read_model(&pool).await;
+    let (seller, seller_id, _) = app.register("seller@example.com", &["SELLER"]).await;
+    let listing = app
+        .gql(CREATE, json!({ "input": lamp(5) }), auth(&seller))
+        .await
+        .data("createListing.listing.id")
+        .clone();
+    app.gql(PUBLISH, json!({ "id": listing }), auth(&seller))
+        .await
+        .data("publishListing.listing.status");
+    assert!(!projected(&mut held, &seller_id).await);
+
+    // Not in time: the catalogue's part stands, the seller is a CONFLICT.
+    let r = app
+        .gql(SELLER, json!({ "id": listing }), Req::default())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.error_code(), "CONFLICT", "{}", r.body);
+    assert_eq!(r.body["errors"][0]["path"], json!(["listing", "seller"]));
+
+    // Let go while the next read waits: it answers whole.
+    let read = app.gql(SELLER, json!({ "id": listing }), Req::default());
+    let release = async {
+        held.rollback().await.expect("release");
+    };
+    let (r, ()) = tokio::join!(read, release);
+    assert_eq!(r.data("listing.title"), "Brass lamp");
+    assert_eq!(r.data("listing.seller.id"), seller_id.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_rejects_with_a_reason_and_cancellation_refunds() {
     let app = spawn_app().await;

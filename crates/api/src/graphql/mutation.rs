@@ -13,7 +13,7 @@ use marketplace_domain::listing::{
 use marketplace_domain::values::{
     Category, ContentHash, Description, DisplayName, Email, ListingId, Quantity, Tags, Title,
 };
-use marketplace_projections::read_models::{accounts, listings};
+use marketplace_projections::read_models::listings;
 use marketplace_store::IdempotencyKey;
 use marketplace_store::Position;
 use sha2::{Digest, Sha256};
@@ -90,15 +90,14 @@ pub(crate) fn validate_idempotency_key(key: &Option<String>) -> Result<(), ApiEr
     }
 }
 
-/// Reads a listing back after a write, once the catalogue, and the
-/// accounts read model that shows its seller, have caught up.
+/// Reads a listing back after a write, once the catalogue has caught up
+/// (its seller is read when asked for: [`super::types::Seen`]).
 pub(crate) async fn listing_after(
     state: &AppState,
     id: Uuid,
     position: Position,
 ) -> Result<ListingPayload, ApiError> {
-    let names = [listings::NAME, accounts::NAME];
-    let listing = if state.wait_for(&names, position).await {
+    let listing = if state.wait_for(&[listings::NAME], position).await {
         listings::by_id(&state.pool, id).await?.map(Listing)
     } else {
         None

@@ -9,14 +9,14 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use marketplace_domain::values::Role as DomainRole;
+use marketplace_projections::read_models::notifications;
 use marketplace_projections::read_models::orders::{self, OrderLineRow, OrderRow};
 use marketplace_projections::read_models::reviews::{self, ReviewRow};
 use marketplace_projections::read_models::Page;
-use marketplace_projections::read_models::{accounts, listings, notifications};
 use marketplace_store::Position;
 use uuid::Uuid;
 
-use super::types::{Account, Listing, Money, PageInfo};
+use super::types::{account_named, listing_named, Account, Listing, Money, PageInfo, Seen};
 use super::Viewer;
 use crate::auth::Claims;
 use crate::error::{ApiError, ApiResult};
@@ -74,7 +74,7 @@ pub struct Order(pub OrderRow, pub Option<Placed>);
 /// the log position the placement reached. The accounts and listings it
 /// names were written before it, so their read models show them once
 /// they have passed that position, which they may not have yet: the
-/// answer does not wait for them unless it has to (see [`or_at`]).
+/// answer does not wait for them unless it has to (see [`Seen`]).
 #[derive(Debug, Clone)]
 pub struct Placed {
     lines: Vec<OrderLineRow>,
@@ -125,10 +125,11 @@ impl Order {
         Some(Self(row, Some(Placed { lines, at })))
     }
 
-    /// The position its references are read at, when answered from the
-    /// write side.
-    fn at(&self) -> Option<Position> {
-        self.1.as_ref().map(|p| p.at)
+    /// Where it was seen, for the accounts and listings it names.
+    fn seen(&self) -> Seen {
+        self.1
+            .as_ref()
+            .map_or(Seen::In(orders::NAME), |p| Seen::At(p.at))
     }
 }
 
@@ -141,13 +142,8 @@ pub struct OrderLine(pub OrderLineRow, pub Option<Position>);
 impl OrderLine {
     /// The listing bought (as it is now; the price paid is `unitPrice`).
     async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
-        let id = self.0.listing_id;
-        or_at(ctx, listings::NAME, self.1, || {
-            super::types::listing_row(ctx, id)
-        })
-        .await?
-        .map(Listing)
-        .ok_or_else(|| ApiError::internal(format!("listing {id} not projected")))
+        let seen = self.1.map_or(Seen::In(orders::NAME), Seen::At);
+        listing_named(ctx, self.0.listing_id, seen).await
     }
 
     async fn quantity(&self) -> i32 {
@@ -157,49 +153,6 @@ impl OrderLine {
     /// The unit price when the order was placed.
     async fn unit_price(&self) -> Money {
         Money::from_minor(self.0.unit_price_minor, &self.0.currency)
-    }
-}
-
-async fn account(ctx: &Context<'_>, id: Uuid, at: Option<Position>) -> ApiResult<Account> {
-    or_at(ctx, accounts::NAME, at, || {
-        super::types::account_row(ctx, id)
-    })
-    .await?
-    .map(Account::from)
-    .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
-}
-
-/// Reads a row that an answer from the write side names: at once, and if
-/// the read model does not show it yet, once more after the read model
-/// `name` has passed `at` (bounded by the consistency wait). Without `at`
-/// (a row from the read models, which name only what they hold), a miss
-/// is final.
-async fn or_at<T, F, Fut>(
-    ctx: &Context<'_>,
-    name: &str,
-    at: Option<Position>,
-    read: F,
-) -> ApiResult<Option<T>>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
-{
-    let row = read().await?;
-    match at {
-        Some(at) if row.is_none() => {
-            let state = ctx.data::<AppState>()?;
-            if state.wait_for(&[name], at).await {
-                read().await
-            } else {
-                // As for a consistency token the read models miss: the
-                // write stands, this field is to be read again shortly.
-                Err(ApiError::Conflict(format!(
-                    "the {name} read model has not caught up with this answer's \
-                     consistency token in time; read it again with the token"
-                )))
-            }
-        }
-        _ => Ok(row),
     }
 }
 
@@ -230,12 +183,12 @@ impl Order {
     }
 
     async fn buyer(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.buyer_id, self.at()).await
+        account_named(ctx, self.0.buyer_id, self.seen()).await
     }
 
     /// The seller of every line.
     async fn seller(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.seller_id, self.at()).await
+        account_named(ctx, self.0.seller_id, self.seen()).await
     }
 
     #[graphql(complexity = "marketplace_domain::order::MAX_LINES * child_complexity")]
@@ -296,16 +249,11 @@ impl Review {
     }
 
     async fn listing(&self, ctx: &Context<'_>) -> ApiResult<Listing> {
-        super::types::listing_row(ctx, self.0.listing_id)
-            .await?
-            .map(Listing)
-            .ok_or_else(|| {
-                ApiError::internal(format!("listing {} not projected", self.0.listing_id))
-            })
+        listing_named(ctx, self.0.listing_id, Seen::In(reviews::NAME)).await
     }
 
     async fn author(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        account(ctx, self.0.author_id, None).await
+        account_named(ctx, self.0.author_id, Seen::In(reviews::NAME)).await
     }
 
     async fn rating(&self) -> i32 {
@@ -456,9 +404,7 @@ pub async fn order_after(
     id: Uuid,
     position: Position,
 ) -> ApiResult<OrderPayload> {
-    // The accounts and listings it names too: they were written before it.
-    let names = [orders::NAME, accounts::NAME, listings::NAME];
-    let order = if state.wait_for(&names, position).await {
+    let order = if state.wait_for(&[orders::NAME], position).await {
         orders::by_id(&state.pool, id).await?.map(Order::from)
     } else {
         None
@@ -475,9 +421,7 @@ pub async fn review_after(
     id: Uuid,
     position: Position,
 ) -> ApiResult<ReviewPayload> {
-    // And its author and listing, which were written before it.
-    let names = [reviews::NAME, accounts::NAME, listings::NAME];
-    let review = if state.wait_for(&names, position).await {
+    let review = if state.wait_for(&[reviews::NAME], position).await {
         reviews::by_id(&state.pool, id).await?.map(Review)
     } else {
         None

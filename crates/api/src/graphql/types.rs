@@ -9,7 +9,9 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 use marketplace_domain::values::{Currency, Money as DomainMoney, Role as DomainRole};
-use marketplace_projections::read_models::{accounts::AccountRow, listings::ListingRow};
+use marketplace_projections::read_models::accounts::{self, AccountRow};
+use marketplace_projections::read_models::listings::{self, ListingRow};
+use marketplace_store::Position;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -327,6 +329,74 @@ impl Loader<Uuid> for ListingLoader {
     }
 }
 
+/// Where an object that names accounts or listings came from, and so how
+/// far their read models must have come to show what it names. Each read
+/// model follows the log on its own: a listing the catalogue shows may
+/// name a seller the accounts read model has not reached yet, though that
+/// seller was written first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Seen {
+    /// Read from this read model: what it names was written before its
+    /// position.
+    In(&'static str),
+    /// Answered from the write side, at this log position.
+    At(Position),
+}
+
+/// The account `id` that an object from `seen` names (see [`referenced`]).
+pub(crate) async fn account_named(ctx: &Context<'_>, id: Uuid, seen: Seen) -> ApiResult<Account> {
+    referenced(ctx, accounts::NAME, seen, || account_row(ctx, id))
+        .await?
+        .map(Account::from)
+        .ok_or_else(|| ApiError::internal(format!("account {id} not projected")))
+}
+
+/// The listing `id` that an object from `seen` names (see [`referenced`]).
+pub(crate) async fn listing_named(ctx: &Context<'_>, id: Uuid, seen: Seen) -> ApiResult<Listing> {
+    referenced(ctx, listings::NAME, seen, || listing_row(ctx, id))
+        .await?
+        .map(Listing)
+        .ok_or_else(|| ApiError::internal(format!("listing {id} not projected")))
+}
+
+/// Reads a row of the read model `name` that an object from `seen` names:
+/// at once, and, if `name` does not show it yet but has not reached where
+/// the object was seen, once more after it has (bounded by the consistency
+/// wait). A read model already that far that still lacks the row has lost
+/// it: `None`. One that does not get there in time is a `CONFLICT` on this
+/// field alone, to be read again with the consistency token.
+async fn referenced<T, F, Fut>(
+    ctx: &Context<'_>,
+    name: &'static str,
+    seen: Seen,
+    read: F,
+) -> ApiResult<Option<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
+    let row = read().await?;
+    if row.is_some() {
+        return Ok(row);
+    }
+    let state = ctx.data::<crate::state::AppState>()?;
+    let target = match seen {
+        Seen::At(at) => at,
+        Seen::In(source) => state.progress.position(source),
+    };
+    if state.progress.position(name) >= target {
+        return Ok(None);
+    }
+    if state.wait_for(&[name], target).await {
+        read().await
+    } else {
+        Err(ApiError::Conflict(format!(
+            "the {name} read model has not caught up in time with what this answer names; \
+             read it again with its consistency token"
+        )))
+    }
+}
+
 /// An account's row: from the read cache while current, else through the
 /// [`AccountLoader`] (and then cached).
 pub(crate) async fn account_row(ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<AccountRow>> {
@@ -408,13 +478,7 @@ impl Listing {
 
     /// The seller who owns it.
     async fn seller(&self, ctx: &Context<'_>) -> ApiResult<Account> {
-        let row = account_row(ctx, self.0.seller_id).await?.ok_or_else(|| {
-            ApiError::internal(format!(
-                "seller {} of listing {} not projected",
-                self.0.seller_id, self.0.listing_id
-            ))
-        })?;
-        Ok(row.into())
+        account_named(ctx, self.0.seller_id, Seen::In(listings::NAME)).await
     }
 
     async fn kind(&self) -> ListingKind {

@@ -24,7 +24,11 @@
 //!   prepared on each pooled connection and code run for the first time;
 //!   their figures are printed on their own line, not folded into the
 //!   sale's;
-//! - the read models at the head and the log still.
+//! - the read models at the head and the log still;
+//! - the setup's pages written out by a `CHECKPOINT` (case c's long past
+//!   above all), as a real listing's past was written long before its
+//!   sale: otherwise the checkpointer wrote them back while the sale's
+//!   commits waited on the same disk.
 //!
 //! Without these waits the first placements raced the deposit saga and the
 //! projections still folding the setup, and that first wave alone could
@@ -347,14 +351,19 @@ async fn retire(database: &str) -> anyhow::Result<()> {
     .execute(&mut db)
     .await
     .context("could not turn autovacuum off in a finished case's database")?;
-    match sqlx::query("CHECKPOINT").execute(&mut db).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {}
-        done => {
-            done?;
-        }
-    }
+    checkpoint(&mut db).await?;
     db.close().await?;
     Ok(())
+}
+
+/// Writes every dirty page out now (a `CHECKPOINT`), so that it is not
+/// written back while a case places its orders; skipped where the role
+/// may not run one.
+async fn checkpoint(db: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    match sqlx::query("CHECKPOINT").execute(db).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(()),
+        done => done.map(drop).context("could not run a checkpoint"),
+    }
 }
 
 async fn run_case(database: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
@@ -532,6 +541,10 @@ impl Bench {
             self.warm_up(&buyers, &warm_listing).await?;
         }
         self.quiesce().await?;
+        // The setup's pages (case c's long past above all) are written out
+        // before the sale, as a real listing's past would have been long
+        // ago; the sale's own pages are written back during it as usual.
+        checkpoint(&mut *self.pool.acquire().await?).await?;
         let start = self.handler.store().head().await?;
         reset_peak_rss();
 

@@ -71,6 +71,14 @@ const START_ATTEMPTS: usize = 4;
 const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 /// Unix-domain socket paths must fit in `sockaddr_un.sun_path` (108 bytes incl. NUL).
 const MAX_SOCKET_PATH: usize = 100;
+/// WAL a served cluster keeps for reuse (`min_wal_size`; initdb's default
+/// is 80 MB). A checkpoint recycles old segments into future ones up to
+/// this much, rather than removing them: otherwise a burst of orders past
+/// the recycled ones makes a new segment, and the commit that needs it
+/// waits while 16 MB of zeroes are written and flushed, and a removed
+/// segment's blocks are discarded on file systems mounted with `discard`.
+/// It costs this much disk once the log has written that much.
+const MIN_WAL_SIZE: &str = "512MB";
 /// Prefix of the directories created by [`EmbeddedPostgres::start_ephemeral`].
 const EPHEMERAL_PREFIX: &str = "marketplace-pg-";
 /// The database role created by `initdb -U` and used for every connection.
@@ -1730,6 +1738,8 @@ fn server_settings(launch: &Launch<'_>) -> Vec<String> {
             ]
             .map(str::to_owned),
         );
+    } else {
+        settings.push(format!("min_wal_size={MIN_WAL_SIZE}"));
     }
     settings
 }
@@ -1967,18 +1977,21 @@ mod tests {
         let port = first.port();
         let remembered = fs::read_to_string(first.cluster_dir().join("port")).expect("port file");
         assert_eq!(remembered.trim(), port.to_string());
-        let fsync: String = {
+        // A served cluster is durable, and recycles its WAL.
+        let (fsync, min_wal): (String, String) = {
             let mut conn = PgConnection::connect(&first.admin_url())
                 .await
                 .expect("connect");
-            let value = sqlx::query_scalar("show fsync")
-                .fetch_one(&mut conn)
-                .await
-                .expect("show");
+            let value =
+                sqlx::query_as("SELECT current_setting('fsync'), current_setting('min_wal_size')")
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("show");
             conn.close().await.expect("close");
             value
         };
         assert_eq!(fsync, "on");
+        assert_eq!(min_wal, MIN_WAL_SIZE);
 
         let second = EmbeddedPostgres::start_or_reuse(&dir)
             .await

@@ -395,19 +395,22 @@ const PLACED_WITH_BUYER: &str = "mutation($input: PlaceOrderInput!) {
     placeOrder(input: $input) { consistencyToken order { id status buyer { id } } }
 }";
 
-/// A buyer registered a moment ago may not be in the accounts read model
-/// yet when their order is placed: `placeOrder`, which answers from the
-/// write side, then reads the buyer once that read model has passed the
-/// placement, and the answer is whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_placed_orders_buyer_not_yet_projected_is_read_once_the_accounts_catch_up() {
-    let app = marketplace_e2e::spawn_app_with(|s| {
-        s.consistency_wait = std::time::Duration::from_secs(120);
-    })
-    .await;
+/// An app with `consistency_wait`, a listing, and a funded buyer whom the
+/// accounts read model does not show while the returned hold lasts:
+/// (app, listing, hold, buyer's token, buyer's id).
+async fn with_an_unprojected_buyer(
+    consistency_wait: std::time::Duration,
+) -> (
+    TestApp,
+    String,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    String,
+    String,
+) {
+    let app = marketplace_e2e::spawn_app_with(|s| s.consistency_wait = consistency_wait).await;
     let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
     let pool = app.db.pool().await;
-    let mut held = hold_accounts_read_model(&pool).await;
+    let held = hold_accounts_read_model(&pool).await;
     let (buyer, buyer_id, _) = app.register("buyer@example.com", &["BUYER"]).await;
     app.gql(
         DEPOSIT,
@@ -416,6 +419,17 @@ async fn a_placed_orders_buyer_not_yet_projected_is_read_once_the_accounts_catch
     )
     .await
     .data("depositFunds.consistencyToken");
+    (app, listing, held, buyer, buyer_id)
+}
+
+/// A buyer registered a moment ago may not be in the accounts read model
+/// yet when their order is placed: `placeOrder`, which answers from the
+/// write side, then reads the buyer once that read model has passed the
+/// placement, and the answer is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_orders_buyer_not_yet_projected_is_read_once_the_accounts_catch_up() {
+    let (app, listing, mut held, buyer, buyer_id) =
+        with_an_unprojected_buyer(std::time::Duration::from_secs(120)).await;
     let place = app.gql(
         PLACED_WITH_BUYER,
         json!({ "input": place_input(&listing, 1) }),
@@ -449,21 +463,8 @@ async fn a_placed_orders_buyer_not_yet_projected_is_read_once_the_accounts_catch
 /// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placed_orders_buyer_the_accounts_do_not_reach_in_time_is_a_conflict_on_that_field() {
-    let app = marketplace_e2e::spawn_app_with(|s| {
-        s.consistency_wait = std::time::Duration::from_millis(300);
-    })
-    .await;
-    let (_, listing) = seller_with_listing(&app, "seller@example.com", lamp(5)).await;
-    let pool = app.db.pool().await;
-    let mut held = hold_accounts_read_model(&pool).await;
-    let (buyer, buyer_id, _) = app.register("buyer@example.com", &["BUYER"]).await;
-    app.gql(
-        DEPOSIT,
-        json!({ "amount": { "amount": "100.00", "currencyCode": "EUR" } }),
-        auth(&buyer),
-    )
-    .await
-    .data("depositFunds.consistencyToken");
+    let (app, listing, mut held, buyer, buyer_id) =
+        with_an_unprojected_buyer(std::time::Duration::from_millis(300)).await;
     let placed = app
         .gql(
             PLACED_WITH_BUYER,

@@ -83,7 +83,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::disk::{self, DiskFigures, DiskWatch};
-use super::{eur, event, fresh_database};
+use super::{eur, event, ScratchDatabases};
 
 /// The price of every listing, in cents.
 const PRICE: i64 = 100;
@@ -232,11 +232,11 @@ async fn measure_each(
     let mut cases = args.cases.clone();
     cases.sort();
     cases.dedup();
-    let mut scratch = ScratchDatabases::open(url).await?;
+    let mut scratch = ScratchDatabases::open(url, "checkout").await?;
     let mut all = Vec::with_capacity(cases.len());
     let measured = async {
         for case in cases {
-            let database = scratch.create(case).await?;
+            let database = scratch.create(&format!("{case:?}").to_lowercase()).await?;
             let f = run_case(&database, case, args).await?;
             retire(&database).await?;
             each(&f);
@@ -249,87 +249,6 @@ async fn measure_each(
     measured?;
     dropped?;
     Ok(all)
-}
-
-/// The scratch databases of one run: one per case, named
-/// `marketplace_bench_checkout_<run>_<case>`, and dropped together when
-/// the run ends, so that no case is measured while the files of the one
-/// before it are being freed (see the module's documentation).
-struct ScratchDatabases {
-    /// The server's URL, as given.
-    server: String,
-    /// This run's part of each name: eight hex digits.
-    run: String,
-    /// The databases created so far.
-    created: Vec<String>,
-}
-
-impl ScratchDatabases {
-    const PREFIX: &'static str = "marketplace_bench_checkout_";
-
-    /// Drops what earlier runs left behind, unless someone is connected to
-    /// it (a run still going).
-    async fn open(server: &str) -> anyhow::Result<Self> {
-        let mut admin = sqlx::PgConnection::connect(server)
-            .await
-            .context("could not connect")?;
-        let leftovers: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
-        )
-        .bind(Self::PREFIX)
-        .fetch_all(&mut admin)
-        .await?;
-        for name in leftovers {
-            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-                .execute(&mut admin)
-                .await;
-            match dropped {
-                Ok(_) => println!("  dropped {name}, left by an earlier run"),
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
-                    println!("  kept {name}: another run is using it")
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        admin.close().await?;
-        let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
-        Ok(Self {
-            server: server.to_owned(),
-            run,
-            created: Vec::new(),
-        })
-    }
-
-    /// A fresh, migrated database for `case`; its URL.
-    async fn create(&mut self, case: Case) -> anyhow::Result<String> {
-        let name = format!(
-            "{}{}_{}",
-            Self::PREFIX,
-            self.run,
-            format!("{case:?}").to_lowercase()
-        );
-        self.created.push(name.clone());
-        fresh_database(&self.server, &name).await?.close().await;
-        Ok(super::read::with_database(&self.server, &name))
-    }
-
-    /// Drops every database this run created.
-    async fn drop_all(&mut self) -> anyhow::Result<()> {
-        if self.created.is_empty() {
-            return Ok(());
-        }
-        let mut admin = sqlx::PgConnection::connect(&self.server)
-            .await
-            .context("could not connect")?;
-        for name in self.created.drain(..) {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("could not drop the scratch database {name}"))?;
-        }
-        admin.close().await?;
-        Ok(())
-    }
 }
 
 /// Makes a finished case's database inert for the rest of the run: no

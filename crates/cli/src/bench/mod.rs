@@ -1,11 +1,11 @@
 //! `marketplace bench …`: throughput figures for BENCHMARKS.md.
 //!
-//! Every benchmark runs in its own scratch database (`marketplace_bench`),
-//! dropped and recreated at the start, on the same server as the main one,
-//! except `bench read`, which keeps its seeded catalogue between runs (see
-//! [`read`]), and `bench checkout`, which gives each case of a run a
-//! database of its own and drops them all when the run ends (see
-//! [`checkout`]).
+//! Every run of a benchmark works in scratch databases of its own, on the
+//! same server as the main one, named `marketplace_bench_<bench>_<run>_…`
+//! and dropped together when the run ends, whether it succeeded or not
+//! ([`ScratchDatabases`]); `bench checkout` gives each case one (see
+//! [`checkout`]). The exception is `bench read`, which keeps its seeded
+//! catalogue between runs (see [`read`]).
 
 pub mod checkout;
 pub mod disk;
@@ -87,16 +87,16 @@ pub async fn run(
             streams,
             events,
         } => {
-            let pool = scratch_database(url).await?;
-            let result = append(&pool, writers, streams.max(1), events).await;
-            pool.close().await;
-            result
+            in_scratch(url, "append", |pool| async move {
+                append(&pool, writers, streams.max(1), events).await
+            })
+            .await
         }
         BenchCommand::Project { events } => {
-            let pool = scratch_database(url).await?;
-            let result = project(&pool, events).await;
-            pool.close().await;
-            result
+            in_scratch(url, "project", |pool| async move {
+                project(&pool, events).await
+            })
+            .await
         }
         BenchCommand::Read(args) => read::run(url, master, &args).await,
         BenchCommand::Checkout(args) => checkout::run(url, &args).await,
@@ -113,8 +113,113 @@ fn redact(url: &str) -> String {
         .unwrap_or_else(|_| "<configured server>".into())
 }
 
-async fn scratch_database(url: &str) -> anyhow::Result<PgPool> {
-    fresh_database(url, "marketplace_bench").await
+/// Runs `bench` in a scratch database of its own, dropped afterwards.
+async fn in_scratch<F, Fut>(url: &str, bench: &str, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut scratch = ScratchDatabases::open(url, bench).await?;
+    let measured = async {
+        let pool = scratch.create_pool("main").await?;
+        let result = run(pool.clone()).await;
+        pool.close().await;
+        result
+    }
+    .await;
+    let dropped = scratch.drop_all().await;
+    measured?;
+    dropped
+}
+
+/// The scratch databases of one run of a benchmark, named
+/// `marketplace_bench_<bench>_<run>_<label>`, and dropped together when the
+/// run ends. Dropping frees files, and on a file system that discards
+/// freed blocks the next flushes can wait on it, so nothing is dropped
+/// while a run measures (see [`checkout`]'s documentation).
+pub(crate) struct ScratchDatabases {
+    /// The server's URL, as given.
+    server: String,
+    /// `marketplace_bench_<bench>_`.
+    prefix: String,
+    /// This run's part of each name: eight hex digits.
+    run: String,
+    /// The databases created so far.
+    created: Vec<String>,
+}
+
+impl ScratchDatabases {
+    /// Drops what earlier runs of `bench` left behind, unless someone is
+    /// connected to it (a run still going).
+    pub(crate) async fn open(server: &str, bench: &str) -> anyhow::Result<Self> {
+        let prefix = format!("marketplace_bench_{bench}_");
+        let mut admin = sqlx::PgConnection::connect(server)
+            .await
+            .context("could not connect")?;
+        let leftovers: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+        )
+        .bind(&prefix)
+        .fetch_all(&mut admin)
+        .await?;
+        for name in leftovers {
+            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut admin)
+                .await;
+            match dropped {
+                Ok(_) => println!("  dropped {name}, left by an earlier run"),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
+                    println!("  kept {name}: another run is using it")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        admin.close().await?;
+        let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Ok(Self {
+            server: server.to_owned(),
+            prefix,
+            run,
+            created: Vec::new(),
+        })
+    }
+
+    /// The name of this run's database `label`.
+    fn name(&self, label: &str) -> String {
+        format!("{}{}_{label}", self.prefix, self.run)
+    }
+
+    /// A fresh, migrated database `label`; its URL.
+    pub(crate) async fn create(&mut self, label: &str) -> anyhow::Result<String> {
+        self.create_pool(label).await?.close().await;
+        Ok(read::with_database(&self.server, &self.name(label)))
+    }
+
+    /// A fresh, migrated database `label`; a pool on it.
+    async fn create_pool(&mut self, label: &str) -> anyhow::Result<PgPool> {
+        let name = self.name(label);
+        // Counted before it exists, so that a failure half-way still drops it.
+        self.created.push(name.clone());
+        fresh_database(&self.server, &name).await
+    }
+
+    /// Drops every database this run created.
+    pub(crate) async fn drop_all(&mut self) -> anyhow::Result<()> {
+        if self.created.is_empty() {
+            return Ok(());
+        }
+        let mut admin = sqlx::PgConnection::connect(&self.server)
+            .await
+            .context("could not connect")?;
+        for name in self.created.drain(..) {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .with_context(|| format!("could not drop the scratch database {name}"))?;
+        }
+        admin.close().await?;
+        Ok(())
+    }
 }
 
 /// Database `name` on the server at `url`, dropped if it exists, created

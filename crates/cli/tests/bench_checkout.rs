@@ -21,6 +21,7 @@ async fn every_case_settles_every_order_and_balances_the_books() {
         past_orders: 500,
         checkout_in_saga: false,
         warm_up: true,
+        disk_quiet_secs: 1,
     };
     // What a run that did not finish leaves behind.
     let mut admin = PgConnection::connect(&db.url).await.expect("connect");
@@ -56,6 +57,12 @@ async fn every_case_settles_every_order_and_balances_the_books() {
         );
         assert!(f.p50 <= f.p99, "{:?}: percentiles in order", f.case);
         assert!(f.peak_rss > 0, "{:?}: a resident set was read", f.case);
+        assert!(
+            f.quiet.waited >= std::time::Duration::from_secs(1),
+            "{:?}: the sale waited for a second of quiet commits ({:?})",
+            f.case,
+            f.quiet
+        );
     }
     for f in &figures[..3] {
         assert_eq!(

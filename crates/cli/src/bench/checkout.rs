@@ -89,7 +89,7 @@ use sqlx::Connection as _;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::disk::{self, DiskFigures, DiskWatch};
+use super::disk::{self, checkpoint, quiet_disk, DiskFigures, DiskWatch, Quiet};
 use super::{eur, event, ScratchDatabases};
 
 /// The price of every listing, in cents.
@@ -193,17 +193,6 @@ pub struct CaseFigures {
     /// How long the sale waited for a quiet disk, and whether it was quiet
     /// when the sale began (see [`CheckoutArgs::disk_quiet_secs`]).
     pub quiet: Quiet,
-}
-
-/// The wait for a quiet disk before a sale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quiet {
-    /// From the first probe to the sale.
-    pub waited: Duration,
-    /// Whether the last `--disk-quiet-secs` saw no slow flush.
-    pub reached: bool,
-    /// The slowest probe's flush, in milliseconds.
-    pub slowest_ms: u64,
 }
 
 /// Runs every case of `args` against the PostgreSQL at `url` and prints
@@ -317,63 +306,6 @@ async fn retire(database: &str) -> anyhow::Result<()> {
     checkpoint(&mut db).await?;
     db.close().await?;
     Ok(())
-}
-
-/// Writes every dirty page out now (a `CHECKPOINT`), so that it is not
-/// written back while a case places its orders; skipped where the role
-/// may not run one.
-async fn checkpoint(db: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    match sqlx::query("CHECKPOINT").execute(db).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(()),
-        done => done.map(drop).context("could not run a checkpoint"),
-    }
-}
-
-/// The longest the sale waits for a quiet disk.
-const QUIET_AT_MOST: Duration = Duration::from_secs(30);
-
-/// Commits one transaction after another, each flushing its commit record
-/// as an order's does, until `quiet` has passed without one taking
-/// [`disk::STALL_MS`] or more, or [`QUIET_AT_MOST`] has passed. A stalled
-/// flush right before a sale holds every buyer's first order, and one
-/// such stall sets a short case's p99; this measures where the orders
-/// will wait, on a server anywhere, and writes a few hundred WAL records.
-async fn quiet_disk(db: &mut sqlx::PgConnection, quiet: Duration) -> anyhow::Result<Quiet> {
-    let began = Instant::now();
-    let mut quiet_since = began;
-    let mut slowest = Duration::ZERO;
-    let stall = Duration::from_millis(disk::STALL_MS);
-    while !quiet.is_zero() {
-        let now = Instant::now();
-        if now.duration_since(quiet_since) >= quiet {
-            break;
-        }
-        if now.duration_since(began) >= QUIET_AT_MOST {
-            return Ok(Quiet {
-                waited: now.duration_since(began),
-                reached: false,
-                slowest_ms: slowest.as_millis() as u64,
-            });
-        }
-        let probe = Instant::now();
-        let mut tx = sqlx::Connection::begin(&mut *db).await?;
-        sqlx::query("SELECT pg_current_xact_id()")
-            .execute(&mut *tx)
-            .await
-            .context("could not probe the disk with a commit")?;
-        tx.commit().await?;
-        let took = probe.elapsed();
-        slowest = slowest.max(took);
-        if took >= stall {
-            quiet_since = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(Quiet {
-        waited: began.elapsed(),
-        reached: true,
-        slowest_ms: slowest.as_millis() as u64,
-    })
 }
 
 async fn run_case(database: &str, case: Case, args: &CheckoutArgs) -> anyhow::Result<CaseFigures> {
@@ -565,8 +497,7 @@ impl Bench {
 
         // Place.
         let ids = Arc::new(ids);
-        let watch = self
-            .data_directory()
+        let watch = disk::local_data_directory(&self.pool)
             .await
             .and_then(|d| DiskWatch::start(&d));
         let began = Instant::now();
@@ -629,20 +560,6 @@ impl Bench {
             disk,
             quiet,
         })
-    }
-
-    /// The server's data directory, when the server runs on this machine
-    /// and lets this role read it.
-    async fn data_directory(&self) -> Option<std::path::PathBuf> {
-        let (dir, local): (String, bool) = sqlx::query_as(
-            "SELECT current_setting('data_directory'), \
-                    coalesce(inet_server_addr() <<= '127.0.0.0/8' OR inet_server_addr() = '::1', true)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .ok()?;
-        let dir = std::path::PathBuf::from(dir);
-        (local && dir.join("PG_VERSION").exists()).then_some(dir)
     }
 
     /// Appends `n` past orders to the listing's stream: each reserved one

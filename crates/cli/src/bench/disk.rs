@@ -16,6 +16,12 @@
 //! and a stall is at most [`EVERY`] longer than reported. How long the
 //! sampler was kept waiting is reported apart, as
 //! [`DiskFigures::sampler_late_ms`].
+//!
+//! Before a measured run, the benches write out dirty pages
+//! ([`checkpoint`]) and wait for a quiet disk ([`quiet_disk`]): commits
+//! flushed one at a time until none has stalled for a few seconds, so
+//! that a stall left by what ran just before (a dropped database's
+//! discards above all) does not land in the figures.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
@@ -24,6 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 /// How often the counters are read.
 const EVERY: Duration = Duration::from_millis(2);
@@ -93,6 +101,93 @@ impl DiskWatch {
         let _ = self.thread.join();
         seen.lock().map(|s| *s).unwrap_or_default()
     }
+}
+
+/// The wait for a quiet disk before a measured run ([`quiet_disk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quiet {
+    /// From the first probe to the start of the measured run.
+    pub waited: Duration,
+    /// Whether the last `--disk-quiet-secs` saw no slow flush (else the
+    /// wait gave up after [`QUIET_AT_MOST`]).
+    pub reached: bool,
+    /// The slowest probe's flush, in milliseconds.
+    pub slowest_ms: u64,
+}
+
+/// Writes every dirty page out now (a `CHECKPOINT`), so that it is not
+/// written back while a run measures; skipped where the role
+/// may not run one.
+pub(crate) async fn checkpoint(db: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    match sqlx::query("CHECKPOINT").execute(db).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(()),
+        done => done.map(drop).context("could not run a checkpoint"),
+    }
+}
+
+/// The longest [`quiet_disk`] waits.
+pub const QUIET_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Commits one transaction after another, each flushing its commit record
+/// as an order's or an append's does, until `quiet` has passed without
+/// one taking [`STALL_MS`] or more, or [`QUIET_AT_MOST`] has passed. A
+/// stalled flush right before a sale holds every buyer's first order, and
+/// one such stall sets a short case's p99; this measures where the
+/// commits will wait, on a server anywhere, and writes a few hundred WAL
+/// records.
+pub(crate) async fn quiet_disk(
+    db: &mut sqlx::PgConnection,
+    quiet: Duration,
+) -> anyhow::Result<Quiet> {
+    let began = Instant::now();
+    let mut quiet_since = began;
+    let mut slowest = Duration::ZERO;
+    let stall = Duration::from_millis(STALL_MS);
+    while !quiet.is_zero() {
+        let now = Instant::now();
+        if now.duration_since(quiet_since) >= quiet {
+            break;
+        }
+        if now.duration_since(began) >= QUIET_AT_MOST {
+            return Ok(Quiet {
+                waited: now.duration_since(began),
+                reached: false,
+                slowest_ms: slowest.as_millis() as u64,
+            });
+        }
+        let probe = Instant::now();
+        let mut tx = sqlx::Connection::begin(&mut *db).await?;
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *tx)
+            .await
+            .context("could not probe the disk with a commit")?;
+        tx.commit().await?;
+        let took = probe.elapsed();
+        slowest = slowest.max(took);
+        if took >= stall {
+            quiet_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Quiet {
+        waited: began.elapsed(),
+        reached: true,
+        slowest_ms: slowest.as_millis() as u64,
+    })
+}
+
+/// The server's data directory, when the server runs on this machine and
+/// lets this role read it: where [`DiskWatch`] can watch its disk.
+pub(crate) async fn local_data_directory(pool: &sqlx::PgPool) -> Option<PathBuf> {
+    let (dir, local): (String, bool) = sqlx::query_as(
+        "SELECT current_setting('data_directory'), \
+                coalesce(inet_server_addr() <<= '127.0.0.0/8' OR inet_server_addr() = '::1', true)",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()?;
+    let dir = PathBuf::from(dir);
+    (local && dir.join("PG_VERSION").exists()).then_some(dir)
 }
 
 /// Folds samples into [`DiskFigures`].

@@ -7,13 +7,13 @@
 //! [`checkout`]). The exception is `bench read`, which keeps its seeded
 //! catalogue between runs (see [`read`]).
 
+pub mod append;
 pub mod checkout;
 pub mod disk;
 mod mix;
 pub mod read;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use marketplace_domain::values::*;
 use marketplace_domain::EventSet;
 use marketplace_projections::{Progress, ProjectorRuntime};
-use marketplace_store::postgres::{GroupCommitLimits, PostgresEventStore};
-use marketplace_store::{EventMetadata, EventStore, ExpectedRevision, NewEvent, StreamId};
-use rand::Rng;
+use marketplace_store::postgres::PostgresEventStore;
+use marketplace_store::{EventMetadata, EventStore, NewEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::sync::watch;
@@ -35,18 +34,9 @@ use uuid::Uuid;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Events/s appended by N concurrent writers to M streams, with group
-    /// commit and without it (ratio taken in the same run).
-    Append {
-        /// Concurrent writers.
-        #[arg(long, default_value_t = 16)]
-        writers: usize,
-        /// Distinct streams written to.
-        #[arg(long, default_value_t = 1_000)]
-        streams: usize,
-        /// Events to append in each mode.
-        #[arg(long, default_value_t = 20_000)]
-        events: u64,
-    },
+    /// commit and without it (ratio taken in the same run), each mode on a
+    /// quiet disk, with the disk's longest stall while it ran.
+    Append(append::AppendArgs),
     /// Events/s folded by the projectors from a pre-filled log of the
     /// marketplace mix (accounts and wallets, listings and stock, orders
     /// through their whole life, payouts, reviews).
@@ -82,16 +72,7 @@ pub async fn run(
         redact(url)
     );
     match which {
-        BenchCommand::Append {
-            writers,
-            streams,
-            events,
-        } => {
-            in_scratch(url, "append", |pool| async move {
-                append(&pool, writers, streams.max(1), events).await
-            })
-            .await
-        }
+        BenchCommand::Append(args) => append::run(url, &args).await,
         BenchCommand::Project { events } => {
             in_scratch(url, "project", |pool| async move {
                 project(&pool, events).await
@@ -114,10 +95,10 @@ fn redact(url: &str) -> String {
 }
 
 /// Runs `bench` in a scratch database of its own, dropped afterwards.
-async fn in_scratch<F, Fut>(url: &str, bench: &str, run: F) -> anyhow::Result<()>
+async fn in_scratch<T, F, Fut>(url: &str, bench: &str, run: F) -> anyhow::Result<T>
 where
     F: FnOnce(PgPool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let mut scratch = ScratchDatabases::open(url, bench).await?;
     let measured = async {
@@ -128,8 +109,9 @@ where
     }
     .await;
     let dropped = scratch.drop_all().await;
-    measured?;
-    dropped
+    let measured = measured?;
+    dropped?;
+    Ok(measured)
 }
 
 /// The scratch databases of one run of a benchmark, named
@@ -270,115 +252,6 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
-}
-
-struct AppendFigures {
-    events_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn append_run(
-    store: PostgresEventStore,
-    writers: usize,
-    streams: usize,
-    events: u64,
-    label: &str,
-) -> anyhow::Result<AppendFigures> {
-    let ids: Arc<Vec<StreamId>> = Arc::new(
-        (0..streams)
-            .map(|_| StreamId::new("bench", Uuid::now_v7()))
-            .collect::<Result<_, _>>()?,
-    );
-    let left = Arc::new(AtomicU64::new(events));
-    let pb = bar(events, label);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let (store, ids, left, pb) = (store.clone(), ids.clone(), left.clone(), pb.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while left
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                let stream = &ids[rand::rng().random_range(0..ids.len())];
-                let e = NewEvent {
-                    event_id: Uuid::now_v7(),
-                    event_type: "bench.appended".into(),
-                    schema_version: 1,
-                    data: serde_json::json!({ "n": 1 }),
-                    metadata: EventMetadata::default(),
-                };
-                let t = Instant::now();
-                store.append(stream, ExpectedRevision::Any, vec![e]).await?;
-                latencies.push(t.elapsed());
-                pb.inc(1);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
-    pb.finish_and_clear();
-    latencies.sort();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Ok(AppendFigures {
-        events_per_sec: events as f64 / elapsed.as_secs_f64(),
-        p50: pick(0.50),
-        p99: pick(0.99),
-    })
-}
-
-async fn append(pool: &PgPool, writers: usize, streams: usize, events: u64) -> anyhow::Result<()> {
-    println!("bench append: {writers} writers, {streams} streams, {events} single-event appends per mode");
-    let grouped = append_run(
-        PostgresEventStore::new(pool.clone()).await?,
-        writers,
-        streams,
-        events,
-        "grouped",
-    )
-    .await?;
-    let single = append_run(
-        PostgresEventStore::with_limits(
-            pool.clone(),
-            GroupCommitLimits {
-                max_requests: 1,
-                max_events: 1,
-            },
-        )
-        .await?,
-        writers,
-        streams,
-        events,
-        "one-by-one",
-    )
-    .await?;
-    for (name, f) in [
-        ("group commit", &grouped),
-        ("one append per transaction", &single),
-    ] {
-        println!(
-            "{name:>28}: {:>9.0} events/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
-            f.events_per_sec,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3
-        );
-    }
-    println!(
-        "group commit speed-up: {:.1}x",
-        grouped.events_per_sec / single.events_per_sec.max(f64::MIN_POSITIVE)
-    );
-    Ok(())
 }
 
 /// `minor` euro cents (also used by `marketplace seed`).

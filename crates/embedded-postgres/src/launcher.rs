@@ -26,7 +26,7 @@
 //! * **WAL made ahead**: a served cluster keeps `min_wal_size` of WAL
 //!   segments for reuse, and a start that finds fewer makes the rest at
 //!   once, before it returns, rather than letting a commit wait while one
-//!   is made (see `MIN_WAL_SIZE`). A new cluster pays this once: about
+//!   is made (see `MIN_WAL_SIZE`). A new cluster pays the most: about
 //!   two seconds for 512 MB on the machine of BENCHMARKS.md.
 //! * **Crashes, on purpose**: a cluster this process started can be stopped
 //!   in immediate mode (`SIGQUIT`: no shutdown checkpoint, so the next start
@@ -1056,8 +1056,10 @@ impl EmbeddedPostgres {
     /// written and flushed: a new install's first burst of orders paid for
     /// it in its p99 (BENCHMARKS.md). Each segment is reached by a WAL
     /// switch after a one-record message, and a checkpoint then recycles
-    /// the passed ones into future segments. Done once per cluster; a
-    /// start that finds them all made runs one query.
+    /// the passed ones into future segments. A new cluster pays the most
+    /// (about 2 s for 512 MB here). Checkpoints remove segments again past
+    /// what recent ones needed, so a later start tops up what is missing
+    /// (0.1-0.3 s after a bench run); one that finds them all runs one query.
     async fn preallocate_wal(&self) -> Result<()> {
         let sql_err = |context: &str| {
             let context = format!("{context} on port {}", self.port);

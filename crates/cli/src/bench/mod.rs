@@ -25,7 +25,7 @@ use marketplace_domain::EventSet;
 use marketplace_projections::{Progress, ProjectorRuntime};
 use marketplace_store::postgres::PostgresEventStore;
 use marketplace_store::{EventMetadata, EventStore, NewEvent};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -205,7 +205,8 @@ impl ScratchDatabases {
 }
 
 /// Database `name` on the server at `url`, dropped if it exists, created
-/// and migrated. `name` must be a plain identifier.
+/// and migrated, and a pool on it as served. `name` must be a plain
+/// identifier.
 async fn fresh_database(url: &str, name: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
     let mut admin = options
@@ -220,10 +221,9 @@ async fn fresh_database(url: &str, name: &str) -> anyhow::Result<PgPool> {
         .execute(&mut admin)
         .await?;
     admin.close().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(32)
-        .connect_with(options.database(name))
-        .await?;
+    // The pool `serve` opens (no ping before each acquire, generic plans),
+    // so that the benches measure the store as it is served.
+    let pool = marketplace_api::database::connect(&read::with_database(url, name), 32).await?;
     marketplace_api::database::migrate(&pool).await?;
     Ok(pool)
 }

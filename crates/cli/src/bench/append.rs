@@ -93,31 +93,13 @@ pub async fn run(url: &str, args: &AppendArgs) -> anyhow::Result<()> {
         );
         if args.disk_quiet_secs > 0 {
             println!(
-                "{:>30}before: {} {} s without a commit flush of {} ms or more \
-                 (waited {:.1} s; slowest flush {} ms)",
+                "{:>30}before: {}",
                 "",
-                if m.quiet.reached {
-                    "disk quiet,"
-                } else {
-                    "disk NOT quiet, gave up after"
-                },
-                args.disk_quiet_secs,
-                disk::STALL_MS,
-                m.quiet.waited.as_secs_f64(),
-                m.quiet.slowest_ms
+                m.quiet.describe(args.disk_quiet_secs)
             );
         }
         if let Some(d) = m.disk {
-            println!(
-                "{:>30}disk: {} flushes; longest stall {} ms ({} of {} ms or more); \
-                 a thread waited up to {} ms for the CPU",
-                "",
-                d.flushes,
-                d.longest_stall_ms,
-                d.stalls,
-                disk::STALL_MS,
-                d.sampler_late_ms
-            );
+            println!("{:>30}disk: {}", "", d.describe());
         }
     }
     println!(

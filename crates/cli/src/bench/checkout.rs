@@ -219,29 +219,12 @@ pub async fn run(url: &str, args: &CheckoutArgs) -> anyhow::Result<()> {
         );
         if args.disk_quiet_secs > 0 {
             println!(
-                "  before the sale: {} {} s without a commit flush of {} ms or more \
-                 (waited {:.1} s; slowest flush {} ms)",
-                if f.quiet.reached {
-                    "disk quiet,"
-                } else {
-                    "disk NOT quiet, gave up after"
-                },
-                args.disk_quiet_secs,
-                disk::STALL_MS,
-                f.quiet.waited.as_secs_f64(),
-                f.quiet.slowest_ms
+                "  before the sale: {}",
+                f.quiet.describe(args.disk_quiet_secs)
             );
         }
         if let Some(d) = f.disk {
-            println!(
-                "  disk while placing: {} flushes; longest stall {} ms ({} of {} ms or more); \
-                 a thread waited up to {} ms for the CPU",
-                d.flushes,
-                d.longest_stall_ms,
-                d.stalls,
-                disk::STALL_MS,
-                d.sampler_late_ms
-            );
+            println!("  disk while placing: {}", d.describe());
         }
     })
     .await

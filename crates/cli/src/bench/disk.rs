@@ -115,6 +115,39 @@ pub struct Quiet {
     pub slowest_ms: u64,
 }
 
+impl Quiet {
+    /// One line for a run's output: whether the disk was quiet for
+    /// `quiet_secs` before it, and how long that took.
+    pub fn describe(&self, quiet_secs: u64) -> String {
+        let waited = self.waited.as_secs_f64();
+        if self.reached {
+            format!(
+                "disk quiet, {quiet_secs} s without a commit flush of {STALL_MS} ms or more \
+                 (waited {waited:.1} s; slowest flush {} ms)",
+                self.slowest_ms
+            )
+        } else {
+            format!(
+                "disk NOT quiet: no {quiet_secs} s without a commit flush of {STALL_MS} ms \
+                 or more in {waited:.1} s (slowest flush {} ms); started anyway",
+                self.slowest_ms
+            )
+        }
+    }
+}
+
+impl DiskFigures {
+    /// One line for a run's output: the flushes, the longest stall, and
+    /// how long a thread waited for the CPU.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} flushes; longest stall {} ms ({} of {STALL_MS} ms or more); \
+             a thread waited up to {} ms for the CPU",
+            self.flushes, self.longest_stall_ms, self.stalls, self.sampler_late_ms
+        )
+    }
+}
+
 /// Writes every dirty page out now (a `CHECKPOINT`), so that it is not
 /// written back while a run measures; skipped where the role
 /// may not run one.
@@ -289,6 +322,34 @@ fn stat_file(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quiet_line_says_when_the_disk_never_went_quiet() {
+        let quiet = Quiet {
+            waited: Duration::from_millis(3_040),
+            reached: true,
+            slowest_ms: 4,
+        };
+        assert_eq!(
+            quiet.describe(3),
+            "disk quiet, 3 s without a commit flush of 20 ms or more (waited 3.0 s; slowest flush 4 ms)"
+        );
+        let noisy = Quiet {
+            waited: QUIET_AT_MOST,
+            reached: false,
+            slowest_ms: 55,
+        };
+        assert!(
+            noisy
+                .describe(3)
+                .starts_with("disk NOT quiet: no 3 s without")
+                && noisy
+                    .describe(3)
+                    .contains("in 30.0 s (slowest flush 55 ms)"),
+            "{}",
+            noisy.describe(3)
+        );
+    }
 
     #[test]
     fn reads_a_block_stat_line() {

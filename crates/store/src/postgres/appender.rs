@@ -48,6 +48,17 @@
 //! retryable error, as before, and callers retry with the same event ids.
 //! A lone request never falls back: its failure is its own. A multi-part
 //! request is one request here too: it commits or is refused as a whole.
+//!
+//! **Planning skips what the appender already knows.** It keeps the log's
+//! top position after its own last commit and the heads of the streams it
+//! wrote (`heads.rs`). The planning lookup reads the stored top under the
+//! lock; while it is still the one recorded, nobody else has appended, so
+//! the held heads are the stored ones and only the other streams' heads are
+//! probed. The event ids are then left to the `UNIQUE(event_id)` index: an
+//! id it finds stored, or a refusal on a held head (which a retry of a
+//! committed append would also get), rolls the batch back and plans it
+//! again with everything looked up, so retries and duplicates answer as
+//! before. Anything else that fails forgets the heads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +68,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::heads::{Head, Heads};
 use super::recent::RecentEvents;
 use crate::error::StoreError;
 use crate::event::{
@@ -173,6 +185,7 @@ pub(crate) async fn run(
     limits: GroupCommitLimits,
     recent: Arc<RecentEvents>,
 ) {
+    let mut heads = Heads::default();
     while let Some(first) = rx.recv().await {
         let mut events = first.batched.events();
         let mut batch = vec![first];
@@ -201,23 +214,21 @@ pub(crate) async fn run(
         }
         let (work, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.batched, r.reply)).unzip();
-        // Writing consumes the requests; keep them for the one-by-one
-        // fallback. A lone request never falls back: a refusal is its own.
-        let fallback = (work.len() > 1).then(|| work.clone());
-        match (commit_batch(&pool, &recent, work).await, fallback) {
-            (Ok((results, rows)), _) => {
+        // A lone request never falls back: a refusal is its own.
+        match commit_batch(&pool, &recent, &mut heads, &work).await {
+            Ok((results, rows)) => {
                 recent.push(rows);
                 deliver(&commits, replies, results);
             }
-            (Err(e @ StoreError::Rejected { .. }), Some(work)) => {
+            Err(e @ StoreError::Rejected { .. }) if work.len() > 1 => {
                 tracing::warn!(
                     error = %e,
                     requests = replies.len(),
                     "group commit refused one request's data; committing its requests one by one"
                 );
-                commit_one_by_one(&pool, &commits, &recent, work, replies).await;
+                commit_one_by_one(&pool, &commits, &recent, &mut heads, work, replies).await;
             }
-            (Err(e), _) => fail(&commits, replies, &e),
+            Err(e) => fail(&commits, replies, &e),
         }
     }
 }
@@ -260,12 +271,13 @@ async fn commit_one_by_one(
     pool: &PgPool,
     commits: &watch::Sender<Position>,
     recent: &RecentEvents,
+    heads: &mut Heads,
     work: Vec<Batched>,
     replies: Vec<Reply>,
 ) {
     let mut pending = work.into_iter().zip(replies);
     while let Some((w, reply)) = pending.next() {
-        match commit_batch(pool, recent, vec![w]).await {
+        match commit_batch(pool, recent, heads, std::slice::from_ref(&w)).await {
             Ok((results, rows)) => {
                 recent.push(rows);
                 deliver(commits, vec![reply], results);
@@ -294,18 +306,50 @@ async fn commit_one_by_one(
 /// the commit's outcome unknown; that is `Unavailable`, which never falls
 /// back, and callers resolve it by retrying the same event ids.
 ///
+/// Planned on valid `heads` (see [`Heads`]), a batch that meets what a
+/// stored event id could explain ([`WriteError::Replan`]) is rolled back and
+/// written once more with every id looked up. A commit records its top position and heads in `heads`;
+/// any failure forgets them.
+///
 /// While the commit is in flight its top position is marked in `recent`
 /// (see [`RecentEvents::committing`]); the caller pushes the rows after a
 /// success, and a failure clears the mark here.
 async fn commit_batch(
     pool: &PgPool,
     recent: &RecentEvents,
-    work: Vec<Batched>,
+    heads: &mut Heads,
+    work: &[Batched],
 ) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
-    let mut tx = begin_locked(pool).await?;
-    match write_batch_rows(&mut tx, work).await {
+    let result = match try_commit(pool, recent, heads, work).await {
+        Err(WriteError::Replan) => {
+            heads.forget();
+            try_commit(pool, recent, heads, work).await
+        }
+        other => other,
+    };
+    match result {
         Ok(written) => {
-            if let Some(top) = written.1.last() {
+            heads.committed(written.top, written.heads);
+            Ok((written.results, written.rows))
+        }
+        Err(e) => {
+            heads.forget();
+            Err(e.into_store())
+        }
+    }
+}
+
+/// One transaction of [`commit_batch`].
+async fn try_commit(
+    pool: &PgPool,
+    recent: &RecentEvents,
+    heads: &Heads,
+    work: &[Batched],
+) -> Result<Written, WriteError> {
+    let mut tx = begin_locked(pool).await?;
+    match write_batch_rows(&mut tx, work, heads).await {
+        Ok(written) => {
+            if let Some(top) = written.rows.last() {
                 recent.committing(top.position);
             }
             if let Err(e) = tx.commit().await {
@@ -325,22 +369,32 @@ async fn commit_batch(
 }
 
 /// Writes a batch of appends inside the caller's transaction, which holds
-/// the global append lock (begun by [`begin_locked`]). Returns one result
-/// per request (one outcome per part), in order; the transaction is left
-/// open for the caller to commit.
+/// the global append lock (begun by [`begin_locked`]), looking up every
+/// head and id. Returns one result per request (one outcome per part), in
+/// order; the transaction is left open for the caller to commit.
 pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     work: Vec<Batched>,
 ) -> Result<Vec<Outcomes>, StoreError> {
-    Ok(write_batch_rows(conn, work).await?.0)
+    write_batch_rows(conn, &work, &Heads::default())
+        .await
+        .map(|w| w.results)
+        .map_err(WriteError::into_store)
 }
 
-/// What planning a batch reads, in one statement: the appended ids already
-/// stored (`$1`), each named stream's last revision and hash (`$2`), and the
-/// log's last position.
+/// What planning a batch reads, in one statement, after the append lock:
+/// the log's top position (kind 2); the heads (last revision and hash) of
+/// the streams the appender holds none for (`$2`, kind 1); and, only when
+/// the stored top is not the one the appender's [`Heads`] were recorded at
+/// (`$3`, -1 when it holds none), also the heads of the streams it does
+/// hold (`$4`) and the appended ids already stored (`$1`, kind 0). Those two
+/// branches are gated on a one-time filter, so while the heads are valid
+/// their index probes never run.
 const PLANNING_LOOKUP: &str =
     "SELECT 0 AS kind, event_id, stream_id, revision, position, NULL::text AS hash \
-       FROM events WHERE event_id = ANY($1) \
+       FROM events \
+      WHERE event_id = ANY($1) \
+        AND (SELECT coalesce(max(position), 0) FROM events) <> $3::bigint \
      UNION ALL \
      SELECT 1, NULL::uuid, s.stream_id, e.revision, NULL::bigint, e.metadata->>'hash' \
        FROM unnest($2::text[]) AS s(stream_id) \
@@ -349,36 +403,101 @@ const PLANNING_LOOKUP: &str =
            WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
        ) e \
      UNION ALL \
+     SELECT 1, NULL::uuid, s.stream_id, e.revision, NULL::bigint, e.metadata->>'hash' \
+       FROM unnest($4::text[]) AS s(stream_id) \
+       CROSS JOIN LATERAL ( \
+           SELECT revision, metadata FROM events \
+           WHERE events.stream_id = s.stream_id ORDER BY revision DESC LIMIT 1 \
+       ) e \
+      WHERE (SELECT coalesce(max(position), 0) FROM events) <> $3::bigint \
+     UNION ALL \
      SELECT 2, NULL::uuid, NULL::text, NULL::bigint, max(position), NULL::text FROM events";
 
-/// [`write_batch`], also returning the rows it inserted (in position order).
+/// What writing a batch produced, for the caller to commit.
+pub(crate) struct Written {
+    /// One result per request, in order.
+    pub results: Vec<Outcomes>,
+    /// The rows inserted, in position order.
+    pub rows: Vec<RecordedEvent>,
+    /// The log's top position once this commits.
+    pub top: u64,
+    /// Every head planning saw or wrote, as they stand once this commits.
+    pub heads: HashMap<StreamId, Head>,
+}
+
+/// Why writing a batch stopped.
+pub(crate) enum WriteError {
+    /// The store's error, for the requests.
+    Store(StoreError),
+    /// Planned without looking the ids up (valid [`Heads`]), the batch met
+    /// what a stored id could explain: the insert found one already stored,
+    /// or a request was refused a wrong expected revision (as a retry of a
+    /// committed append would be). Roll back and plan again with every id
+    /// looked up.
+    Replan,
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl WriteError {
+    /// As the store's error. `Replan` only comes from a batch planned on
+    /// valid heads; anywhere else a stored id is the store's own invariant
+    /// broken, as any other unique violation would be.
+    fn into_store(self) -> StoreError {
+        match self {
+            Self::Store(e) => e,
+            Self::Replan => {
+                StoreError::Backend("an appended event id was stored concurrently".into())
+            }
+        }
+    }
+}
+
+/// Writes a batch of appends inside the caller's transaction, which holds
+/// the global append lock (begun by [`begin_locked`]), planned against
+/// `heads` where they are still valid (see [`Heads`]). The transaction is
+/// left open for the caller to commit.
 async fn write_batch_rows(
     conn: &mut PgConnection,
-    work: Vec<Batched>,
-) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
+    work: &[Batched],
+    heads: &Heads,
+) -> Result<Written, WriteError> {
     let ids: Vec<Uuid> = work
         .iter()
         .flat_map(|w| &w.parts)
         .flat_map(|p| p.events.iter().map(|e| e.event_id))
         .collect();
-    let mut streams: Vec<&str> = work
+    let mut streams: Vec<&StreamId> = work
         .iter()
         .flat_map(|w| &w.parts)
-        .map(|p| p.stream.as_str())
+        .map(|p| &p.stream)
         .collect();
-    streams.sort_unstable();
+    streams.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     streams.dedup();
-    // One round trip for what planning needs: the appended ids already
-    // stored (kind 0), each stream's last revision and hash (kind 1), and
-    // the log's last position (kind 2). Prepared once per connection, on
-    // an index-only generic plan (see `begin_locked`).
-    // The batch's working state: what is stored, then also what the
-    // requests planned before in this batch will write.
+    let (held, unheld): (Vec<&StreamId>, Vec<&StreamId>) =
+        streams.into_iter().partition(|s| heads.get(s).is_some());
+    let as_text = |s: &[&StreamId]| s.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>();
+    // One round trip for what planning needs (see `PLANNING_LOOKUP`).
+    // Prepared once per connection, on an index-only generic plan (see
+    // `begin_locked`). The batch's working state: what is stored, then
+    // also what the requests planned before in this batch will write.
     let mut state = PlanState::default();
     let mut head: Option<i64> = None;
     for row in sqlx::query(PLANNING_LOOKUP)
         .bind(&ids)
-        .bind(&streams)
+        .bind(as_text(&unheld))
+        .bind(heads.expected_top())
+        .bind(as_text(&held))
         .fetch_all(&mut *conn)
         .await?
     {
@@ -405,7 +524,18 @@ async fn write_batch_rows(
                 .insert(stream, (revision, row.try_get("hash")?));
         }
     }
-    state.next = head.map_or(0, |h| u64::try_from(h).unwrap_or(0));
+    let stored_top = head.map(|h| u64::try_from(h).unwrap_or(0));
+    state.next = stored_top.unwrap_or(0);
+    // Valid heads: the lookup skipped the held streams and the ids, so the
+    // held heads are the stored ones and the ids are left to the insert.
+    let unprobed_ids = heads.still_valid(stored_top);
+    if unprobed_ids {
+        for s in held {
+            if let Some(h) = heads.get(s) {
+                state.current.insert(s.clone(), h.clone());
+            }
+        }
+    }
 
     // Keys recorded before this batch, then also those claimed by the
     // requests planned earlier in it.
@@ -430,7 +560,7 @@ async fn write_batch_rows(
     let mut rows: Vec<RecordedEvent> = Vec::new();
     let mut new_keys: Vec<IdempotencyRecord> = Vec::new();
     for w in work {
-        let key = w.idempotency;
+        let key = w.idempotency.clone();
         if let Some(record) = key.as_ref().and_then(|k| claimed.get(&k.key)) {
             results.push(Err(StoreError::IdempotencyKeyUsed(Box::new(
                 record.clone(),
@@ -440,7 +570,7 @@ async fn write_batch_rows(
         let first_stream = key
             .as_ref()
             .and_then(|_| w.parts.first().map(|p| p.stream.clone()));
-        let outcomes = match plan_parts(w.parts, &mut state) {
+        let outcomes = match plan_parts(w.parts.clone(), &mut state) {
             Ok(PartsPlan::AlreadyStored(outcomes)) => outcomes,
             Ok(PartsPlan::Write {
                 outcomes,
@@ -448,6 +578,12 @@ async fn write_batch_rows(
             }) => {
                 rows.extend(new_rows);
                 outcomes
+            }
+            // Refused on a held head with the ids unprobed: an idempotent
+            // retry of a committed append is refused just so, and only the
+            // ids tell the two apart.
+            Err(StoreError::WrongExpectedRevision { .. }) if unprobed_ids => {
+                return Err(WriteError::Replan);
             }
             Err(e) => {
                 results.push(Err(e));
@@ -466,9 +602,14 @@ async fn write_batch_rows(
         insert_keys(conn, new_keys).await?;
     }
     if let Some(last) = rows.last().map(|r| r.position) {
-        insert_rows(conn, &rows, last).await?;
+        insert_rows(conn, &rows, last, unprobed_ids).await?;
     }
-    Ok((results, rows))
+    Ok(Written {
+        results,
+        rows,
+        top: state.next,
+        heads: state.current,
+    })
 }
 
 async fn insert_keys(
@@ -508,12 +649,15 @@ async fn insert_keys(
 }
 
 /// Inserts `rows` and NOTIFYs `last` to other processes' subscribers, in
-/// one statement.
+/// one statement. With `unprobed_ids` (planned without looking the ids up),
+/// an id the `UNIQUE(event_id)` index finds stored is
+/// [`WriteError::Replan`].
 async fn insert_rows(
     conn: &mut PgConnection,
     rows: &[RecordedEvent],
     last: Position,
-) -> Result<(), StoreError> {
+    unprobed_ids: bool,
+) -> Result<(), WriteError> {
     let n = rows.len();
     let mut position = Vec::with_capacity(n);
     let mut stream_id = Vec::with_capacity(n);
@@ -559,7 +703,15 @@ async fn insert_rows(
     .bind(super::NOTIFY_CHANNEL)
     .bind(last.0.to_string())
     .execute(&mut *conn)
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db)
+            if unprobed_ids && db.constraint() == Some("events_event_id_key") =>
+        {
+            WriteError::Replan
+        }
+        _ => e.into(),
+    })?;
     Ok(())
 }
 
@@ -613,17 +765,25 @@ mod tests {
             .expect("analyse");
         let mut tx = begin_locked(&pool).await.expect("begin");
         sqlx::query(&format!(
-            "PREPARE planning_lookup(uuid[], text[]) AS {PLANNING_LOOKUP}"
+            "PREPARE planning_lookup(uuid[], text[], bigint, text[]) AS {PLANNING_LOOKUP}"
         ))
         .execute(&mut *tx)
         .await
         .expect("prepare");
-        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE planning_lookup('{}', '{}')")
-            .fetch_all(&mut *tx)
-            .await
-            .expect("explain");
+        let plan: Vec<String> =
+            sqlx::query_scalar("EXPLAIN EXECUTE planning_lookup('{}', '{}', -1, '{}')")
+                .fetch_all(&mut *tx)
+                .await
+                .expect("explain");
         let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "a sequential scan:\n{plan}");
+        // The id and held-head branches run only when the stored top is not
+        // the appender's: a filter checked once, before their index scans.
+        assert_eq!(
+            plan.matches("One-Time Filter").count(),
+            2,
+            "the gated branches are not one-time filters:\n{plan}"
+        );
         for index in [
             "events_event_id_key",
             "events_stream_revision_key",
@@ -1513,5 +1673,240 @@ mod tests {
             }
         }
         assert_eq!(delivered, log, "live delivery matches the log, in order");
+    }
+
+    /// One group commit through [`commit_batch`] on the appender's `heads`.
+    async fn commit_on(
+        pool: &PgPool,
+        heads: &mut Heads,
+        work: Vec<Batched>,
+    ) -> Result<Vec<Outcomes>, StoreError> {
+        commit_batch(pool, &RecentEvents::default(), heads, &work)
+            .await
+            .map(|(results, _)| results)
+    }
+
+    /// The log's top position, as the heads must record it.
+    async fn stored_top(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(pool)
+            .await
+            .expect("top")
+    }
+
+    /// While the heads are valid the ids are not looked up, yet a retry of a
+    /// committed append still gets its stored outcome, whether its expected
+    /// revision is the one it was first written on (refused on the held
+    /// head, then planned again) or any (found by the insert), and adds
+    /// nothing to the log.
+    #[tokio::test]
+    async fn a_retry_on_warm_heads_gets_its_stored_outcome() {
+        let pool = migrated_pool().await;
+        let mut heads = Heads::default();
+        let s = stream();
+        let first = vec![event(json!({ "n": 1 })), event(json!({ "n": 2 }))];
+        let written = commit_on(
+            &pool,
+            &mut heads,
+            vec![append(&s, ExpectedRevision::NoStream, first.clone(), None)],
+        )
+        .await
+        .expect("commit");
+        let original = single(written.into_iter().next().expect("one")).expect("appended");
+        assert_eq!(original, outcome(1, 2));
+        assert_eq!(heads.expected_top(), stored_top(&pool).await);
+        assert!(heads.get(&s).is_some(), "the written head is held");
+
+        for expected in [ExpectedRevision::NoStream, ExpectedRevision::Any] {
+            let retried = commit_on(
+                &pool,
+                &mut heads,
+                vec![append(&s, expected, first.clone(), None)],
+            )
+            .await
+            .expect("commit");
+            let retried = single(retried.into_iter().next().expect("one"));
+            assert_eq!(retried.expect("a retry"), original, "{expected:?}");
+        }
+        let (log, _, _) = stored_log(&pool).await;
+        assert_eq!(log.len(), 2, "the retries wrote nothing");
+        assert_eq!(heads.expected_top(), 2, "the heads are valid again");
+    }
+
+    /// On warm heads an event id already stored in another stream, held or
+    /// not, is still that id's error, and the batch's other requests commit.
+    #[tokio::test]
+    async fn a_stored_id_on_warm_heads_is_a_duplicate() {
+        let pool = migrated_pool().await;
+        let mut heads = Heads::default();
+        let (s, held, fresh) = (stream(), stream(), stream());
+        let taken = event(json!({}));
+        commit_on(
+            &pool,
+            &mut heads,
+            vec![
+                append(&s, ExpectedRevision::Any, vec![taken.clone()], None),
+                append(&held, ExpectedRevision::Any, vec![event(json!({}))], None),
+            ],
+        )
+        .await
+        .expect("commit");
+        assert_eq!(heads.expected_top(), 2);
+
+        for other in [&held, &fresh] {
+            let results = commit_on(
+                &pool,
+                &mut heads,
+                vec![
+                    append(other, ExpectedRevision::Any, vec![taken.clone()], None),
+                    append(&s, ExpectedRevision::Any, vec![event(json!({}))], None),
+                ],
+            )
+            .await
+            .expect("commit");
+            let [dup, ok]: [_; 2] = results.try_into().expect("two results");
+            match single(dup) {
+                Err(StoreError::DuplicateEventId(id)) => assert_eq!(id, taken.event_id),
+                other => panic!("expected DuplicateEventId, got {other:?}"),
+            }
+            single(ok).expect("the other request commits");
+        }
+        let (log, rows, _) = stored_log(&pool).await;
+        assert_eq!(
+            log.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4],
+            "gap-free"
+        );
+        assert_eq!(
+            rows.last().map(|r| r.get::<Option<String>, _>("prev_hash")),
+            Some(rows[2].get::<Option<String>, _>("hash")),
+            "s's chain runs on from its third event"
+        );
+    }
+
+    /// Another writer (another process, or the store's gated append) moves
+    /// the top between two batches: the heads are stale and dropped, the
+    /// next batch looks everything up, and its revisions and hash chain run
+    /// on from the other writer's event. A revision the held head would have
+    /// accepted is refused with the stored one.
+    #[tokio::test]
+    async fn an_append_by_another_writer_invalidates_the_heads() {
+        let pool = migrated_pool().await;
+        let mut heads = Heads::default();
+        let s = stream();
+        commit_on(
+            &pool,
+            &mut heads,
+            vec![append(
+                &s,
+                ExpectedRevision::NoStream,
+                vec![event(json!({}))],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        assert_eq!(heads.expected_top(), 1);
+
+        let mut other = begin_locked(&pool).await.expect("begin");
+        let theirs = write_batch(
+            &mut other,
+            vec![append(
+                &s,
+                ExpectedRevision::Exact(0),
+                vec![event(json!({}))],
+                None,
+            )],
+        )
+        .await
+        .expect("the other writer");
+        other.commit().await.expect("commit");
+        assert_eq!(
+            single(theirs.into_iter().next().expect("one")).expect("appended"),
+            outcome(1, 2)
+        );
+
+        let stale = commit_on(
+            &pool,
+            &mut heads,
+            vec![append(
+                &s,
+                ExpectedRevision::Exact(0),
+                vec![event(json!({}))],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        match single(stale.into_iter().next().expect("one")) {
+            Err(StoreError::WrongExpectedRevision { actual, .. }) => assert_eq!(actual, Some(1)),
+            other => panic!("expected WrongExpectedRevision, got {other:?}"),
+        }
+        let next = commit_on(
+            &pool,
+            &mut heads,
+            vec![append(
+                &s,
+                ExpectedRevision::Exact(1),
+                vec![event(json!({}))],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        assert_eq!(
+            single(next.into_iter().next().expect("one")).expect("appended"),
+            outcome(2, 3)
+        );
+        let (log, rows, _) = stored_log(&pool).await;
+        assert_eq!(log.len(), 3);
+        for pair in rows.windows(2) {
+            assert_eq!(
+                pair[1].get::<Option<String>, _>("prev_hash"),
+                pair[0].get::<Option<String>, _>("hash"),
+                "the chain is unbroken"
+            );
+        }
+        assert_eq!(heads.expected_top(), 3);
+    }
+
+    /// A wrong expected revision on a held head is refused with the held
+    /// (and stored) revision, after the ids are looked up, and it leaves the
+    /// log and the heads as they were.
+    #[tokio::test]
+    async fn a_wrong_revision_on_warm_heads_is_refused() {
+        let pool = migrated_pool().await;
+        let mut heads = Heads::default();
+        let s = stream();
+        commit_on(
+            &pool,
+            &mut heads,
+            vec![append(
+                &s,
+                ExpectedRevision::NoStream,
+                vec![event(json!({}))],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        for expected in [ExpectedRevision::NoStream, ExpectedRevision::Exact(5)] {
+            let refused = commit_on(
+                &pool,
+                &mut heads,
+                vec![append(&s, expected, vec![event(json!({}))], None)],
+            )
+            .await
+            .expect("commit");
+            match single(refused.into_iter().next().expect("one")) {
+                Err(StoreError::WrongExpectedRevision { actual, .. }) => {
+                    assert_eq!(actual, Some(0), "{expected:?}");
+                }
+                other => panic!("expected WrongExpectedRevision, got {other:?}"),
+            }
+        }
+        assert_eq!(stored_log(&pool).await.0.len(), 1);
+        assert_eq!(heads.expected_top(), 1);
+        assert!(heads.get(&s).is_some());
     }
 }

@@ -19,6 +19,9 @@
 //!   store (U+0000) is refused before it is queued, and a batch that fails on
 //!   any other data error is written again one request per transaction (see
 //!   `appender.rs`). Either way the caller gets [`StoreError::Rejected`].
+//!   While no other writer has appended since its last commit, the appender
+//!   plans on the stream heads it wrote and probes only the others
+//!   (`heads.rs`).
 //! - **Appends across streams** ([`EventStore::append_streams`]) are one
 //!   request of several parts to the same appender: group-committed with
 //!   the other requests, in the same transaction, their parts planned all
@@ -38,6 +41,7 @@
 //!   every new row. `read_all`, what audits read, always reads the table.
 
 mod appender;
+mod heads;
 mod recent;
 
 use std::sync::Arc;

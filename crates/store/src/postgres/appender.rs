@@ -1675,6 +1675,24 @@ mod tests {
         assert_eq!(delivered, log, "live delivery matches the log, in order");
     }
 
+    /// One group commit of one append of a fresh event to `s`, on `heads`:
+    /// its outcome.
+    async fn commit_one(
+        pool: &PgPool,
+        heads: &mut Heads,
+        s: &StreamId,
+        expected: ExpectedRevision,
+    ) -> Result<AppendOutcome, StoreError> {
+        let results = commit_on(
+            pool,
+            heads,
+            vec![append(s, expected, vec![event(json!({}))], None)],
+        )
+        .await
+        .expect("commit");
+        single(results.into_iter().next().expect("one result"))
+    }
+
     /// One group commit through [`commit_batch`] on the appender's `heads`.
     async fn commit_on(
         pool: &PgPool,
@@ -1794,18 +1812,9 @@ mod tests {
         let pool = migrated_pool().await;
         let mut heads = Heads::default();
         let s = stream();
-        commit_on(
-            &pool,
-            &mut heads,
-            vec![append(
-                &s,
-                ExpectedRevision::NoStream,
-                vec![event(json!({}))],
-                None,
-            )],
-        )
-        .await
-        .expect("commit");
+        commit_one(&pool, &mut heads, &s, ExpectedRevision::NoStream)
+            .await
+            .expect("appended");
         assert_eq!(heads.expected_top(), 1);
 
         let mut other = begin_locked(&pool).await.expect("begin");
@@ -1826,38 +1835,13 @@ mod tests {
             outcome(1, 2)
         );
 
-        let stale = commit_on(
-            &pool,
-            &mut heads,
-            vec![append(
-                &s,
-                ExpectedRevision::Exact(0),
-                vec![event(json!({}))],
-                None,
-            )],
-        )
-        .await
-        .expect("commit");
-        match single(stale.into_iter().next().expect("one")) {
+        let stale = commit_one(&pool, &mut heads, &s, ExpectedRevision::Exact(0)).await;
+        match stale {
             Err(StoreError::WrongExpectedRevision { actual, .. }) => assert_eq!(actual, Some(1)),
             other => panic!("expected WrongExpectedRevision, got {other:?}"),
         }
-        let next = commit_on(
-            &pool,
-            &mut heads,
-            vec![append(
-                &s,
-                ExpectedRevision::Exact(1),
-                vec![event(json!({}))],
-                None,
-            )],
-        )
-        .await
-        .expect("commit");
-        assert_eq!(
-            single(next.into_iter().next().expect("one")).expect("appended"),
-            outcome(2, 3)
-        );
+        let next = commit_one(&pool, &mut heads, &s, ExpectedRevision::Exact(1)).await;
+        assert_eq!(next.expect("appended"), outcome(2, 3));
         let (log, rows, _) = stored_log(&pool).await;
         assert_eq!(log.len(), 3);
         for pair in rows.windows(2) {
@@ -1878,27 +1862,12 @@ mod tests {
         let pool = migrated_pool().await;
         let mut heads = Heads::default();
         let s = stream();
-        commit_on(
-            &pool,
-            &mut heads,
-            vec![append(
-                &s,
-                ExpectedRevision::NoStream,
-                vec![event(json!({}))],
-                None,
-            )],
-        )
-        .await
-        .expect("commit");
-        for expected in [ExpectedRevision::NoStream, ExpectedRevision::Exact(5)] {
-            let refused = commit_on(
-                &pool,
-                &mut heads,
-                vec![append(&s, expected, vec![event(json!({}))], None)],
-            )
+        commit_one(&pool, &mut heads, &s, ExpectedRevision::NoStream)
             .await
-            .expect("commit");
-            match single(refused.into_iter().next().expect("one")) {
+            .expect("appended");
+        for expected in [ExpectedRevision::NoStream, ExpectedRevision::Exact(5)] {
+            let refused = commit_one(&pool, &mut heads, &s, expected).await;
+            match refused {
                 Err(StoreError::WrongExpectedRevision { actual, .. }) => {
                     assert_eq!(actual, Some(0), "{expected:?}");
                 }

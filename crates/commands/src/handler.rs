@@ -536,6 +536,17 @@ impl CommandHandler {
         self.read_tail(&stream, loaded, false).await
     }
 
+    /// Reads `A` with id `id` on from `loaded` (a state taken for a
+    /// decision) to its stream's end. Like [`take_latest`](Self::take_latest),
+    /// what is read is not cached: the caller puts back what it leaves.
+    pub(crate) async fn caught_up<A: Aggregate>(
+        &self,
+        id: Uuid,
+        loaded: Loaded<A>,
+    ) -> Result<Loaded<A>, LoadError> {
+        self.read_tail(&stream_of::<A>(id), loaded, false).await
+    }
+
     /// Folds `stream`'s events after `loaded` into it; caches the result
     /// (and snapshots it when due) if `cache` and anything was read.
     async fn read_tail<A: Aggregate>(

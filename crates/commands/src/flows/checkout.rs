@@ -33,12 +33,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use marketplace_domain::account::{Account, AccountCommand, HoldFunds};
-use marketplace_domain::listing::{Listing, ListingCommand, ReserveStock};
+use marketplace_domain::account::{Account, AccountCommand, AccountEvent, HoldFunds};
+use marketplace_domain::listing::{Listing, ListingCommand, ListingEvent, ReserveStock};
 use marketplace_domain::order::{
     CheckoutOutcome, CompleteCheckout, Order, OrderCommand, OrderError, PlaceOrder,
 };
-use marketplace_domain::values::{AccountId, Actor, FeeRate, ListingId, OrderId, Quantity};
+use marketplace_domain::values::{AccountId, Actor, FeeRate, ListingId, OrderId, Quantity, Reason};
 use marketplace_domain::Aggregate;
 use marketplace_store::{
     AppendOutcome, ExpectedRevision, IdempotencyKey, NewEvent, Position, StoreError, StreamAppend,
@@ -344,9 +344,11 @@ async fn decide_and_append(
     let retry = handler.retry_policy();
     for attempt in 1..=retry.max_attempts {
         let read_to_end = attempt > 1;
-        // Each listing read to its end (one short read of its tail, the
-        // cached state taken rather than copied): every refusal and every
-        // price is decided on its latest state.
+        // Each listing as cached (taken rather than copied, no read) on a
+        // first attempt, read to its end on a retry. A listing the batch
+        // moves is checked by its append's expected revision; one that a
+        // refusal was decided on without moving it is read to its end
+        // then, and the order decided again (`decide_batch`).
         let mut listings = BTreeMap::new();
         let mut wanted: Vec<ListingId> = Vec::new();
         for (_, request, _) in batch {
@@ -354,11 +356,16 @@ async fn decide_and_append(
         }
         for listing in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(listing) {
-                let loaded = handler
-                    .take_latest::<Listing>(listing.0)
-                    .await
-                    .map_err(CommandError::from)?;
-                slot.insert(Working::from(loaded, true));
+                let (loaded, verified) = if read_to_end {
+                    (handler.take_latest::<Listing>(listing.0).await, true)
+                } else {
+                    match handler.taken_for_decision::<Listing>(listing.0).await {
+                        Ok((loaded, verified)) => (Ok(loaded), verified),
+                        Err(e) => (Err(e), false),
+                    }
+                };
+                let loaded = loaded.map_err(CommandError::from)?;
+                slot.insert(Working::from(loaded, verified));
             }
         }
         let (listings, accounts, decided) =
@@ -473,115 +480,42 @@ async fn decide_batch(
     let mut accounts: BTreeMap<AccountId, Working<Account>> = BTreeMap::new();
     let mut decided = Vec::with_capacity(batch.len());
     for (ctx, request, fee) in batch {
-        // Price the lines from the listings as they stand.
-        let mut lines = Vec::with_capacity(request.wanted.len());
-        let mut missing = None;
-        for &(listing_id, quantity) in &request.wanted {
-            match listings
-                .get(&listing_id)
-                .and_then(|w| line_of(&w.state, listing_id, quantity))
-            {
-                Some(line) => lines.push(line),
-                None => {
-                    missing = Some(listing_id);
-                    break;
-                }
-            }
-        }
-        if let Some(listing_id) = missing {
-            decided.push(Decided::Refused(CheckoutError::ListingNotFound(listing_id)));
-            continue;
-        }
         let order_stream = stream_of::<Order>(request.order_id.0);
-        let place = OrderCommand::Place(PlaceOrder {
-            order_id: request.order_id,
-            buyer: request.buyer.clone(),
-            lines,
-            at: request.at,
-        });
-        let mut order = Working::from(
-            Loaded {
-                state: Order::default(),
-                revision: None,
-                position: Position::START,
-            },
-            true,
-        );
-        let placed = match order.state.decide(&place) {
-            Ok(events) => events,
-            Err(refusal) => {
-                decided.push(Decided::Refused(CheckoutError::Command(
-                    CommandError::Rejected(refusal),
-                )));
-                continue;
-            }
-        };
-        order.apply(&order_stream, ctx, &placed)?;
-
-        // Reserve every line, then hold the total: decided on the states
-        // without changing them, so a refusal leaves nothing behind.
-        let mut refusal = None;
-        let mut reservations = Vec::with_capacity(request.wanted.len());
-        for &(listing_id, quantity) in &request.wanted {
-            let Some(w) = listings.get(&listing_id) else {
-                continue;
-            };
-            let reserve = ListingCommand::Reserve(ReserveStock {
-                order_id: request.order_id,
-                buyer_id: request.buyer.account_id,
-                quantity,
-                at: request.at,
-            });
-            match w.state.decide(&reserve) {
-                Ok(events) => reservations.push((listing_id, events)),
-                Err(e) => {
-                    refusal = Some(listing_reason(&e));
-                    break;
-                }
-            }
-        }
         let buyer = request.buyer.account_id;
-        let mut hold = Vec::new();
-        if refusal.is_none() {
-            if let std::collections::btree_map::Entry::Vacant(slot) = accounts.entry(buyer) {
-                let (loaded, verified) = if read_to_end {
-                    handler.loaded_for_decision::<Account>(buyer.0, true).await
-                } else {
-                    handler.taken_for_decision::<Account>(buyer.0).await
-                }
-                .map_err(CommandError::from)?;
-                slot.insert(Working::from(loaded, verified));
-            }
-            let Some(amount) = order.state.total.clone() else {
-                return Err(CheckoutError::Command(CommandError::Rejected(
-                    OrderError::NoLines,
-                )));
+        // A refusal decided on a listing that was not read to its end and
+        // that no append of this batch checks (the batch moved nothing of
+        // it) may be stale (a restock or a price change in another
+        // process): that listing is read to its end and the order decided
+        // again, once.
+        let decision = loop {
+            let decision =
+                decide_order(handler, ctx, request, &listings, &mut accounts, read_to_end).await?;
+            let refused = match &decision {
+                OrderDecision::Refused(_) => true,
+                OrderDecision::Decided { refusal, .. } => refusal.is_some(),
             };
-            let hold_funds = AccountCommand::Hold(HoldFunds {
-                order_id: request.order_id,
-                amount,
-                at: request.at,
-            });
-            if let Some(w) = accounts.get_mut(&buyer) {
-                let mut decision = w.state.decide(&hold_funds);
-                // Refused on a cached wallet: a deposit may have landed
-                // since (in another process), so it is decided again on
-                // the latest. Nothing of this batch is in the wallet yet
-                // (no hold of it), so the reload loses nothing.
-                if decision.is_err() && !w.verified && w.events.is_empty() {
-                    let (latest, _) = handler
-                        .loaded_for_decision::<Account>(buyer.0, true)
-                        .await
-                        .map_err(CommandError::from)?;
-                    *w = Working::from(latest, true);
-                    decision = w.state.decide(&hold_funds);
-                }
-                match decision {
-                    Ok(events) => hold = events,
-                    Err(e) => refusal = Some(account_reason(&e)),
-                }
+            let stale = if refused {
+                unverified(request, &listings)
+            } else {
+                Vec::new()
+            };
+            if stale.is_empty() {
+                break decision;
             }
-        }
+            catch_up(handler, &mut listings, &stale).await?;
+        };
+        let (mut order, refusal, reservations, hold) = match decision {
+            OrderDecision::Refused(e) => {
+                decided.push(Decided::Refused(e));
+                continue;
+            }
+            OrderDecision::Decided {
+                order,
+                refusal,
+                reservations,
+                hold,
+            } => (order, refusal, reservations, hold),
+        };
         let outcome = match refusal {
             None => CheckoutOutcome::Confirmed { fee: *fee },
             Some(reason) => CheckoutOutcome::Rejected(reason),
@@ -617,6 +551,188 @@ async fn decide_batch(
         decided.push(Decided::Order(order.state, order.events));
     }
     Ok((listings, accounts, decided))
+}
+
+/// What deciding one order against a batch's working states gave.
+enum OrderDecision {
+    /// Refused before anything was decided (no such listing, an invalid
+    /// order).
+    Refused(CheckoutError),
+    /// Placed: the order with its placement's events, the refusal that
+    /// rejects it (if any), and, for a confirmation, the reservations and
+    /// the hold to apply.
+    Decided {
+        order: Working<Order>,
+        refusal: Option<Reason>,
+        reservations: Vec<(ListingId, Vec<ListingEvent>)>,
+        hold: Vec<AccountEvent>,
+    },
+}
+
+/// Places `request` and decides its reservations and hold against the
+/// working states, without changing them: a refusal leaves nothing behind.
+/// The buyer's account joins `accounts` (cached, or read on a retry).
+async fn decide_order(
+    handler: &CommandHandler,
+    ctx: &CommandContext,
+    request: &OrderRequest,
+    listings: &BTreeMap<ListingId, Working<Listing>>,
+    accounts: &mut BTreeMap<AccountId, Working<Account>>,
+    read_to_end: bool,
+) -> Result<OrderDecision, CheckoutError> {
+    // Price the lines from the listings as they stand.
+    let mut lines = Vec::with_capacity(request.wanted.len());
+    for &(listing_id, quantity) in &request.wanted {
+        match listings
+            .get(&listing_id)
+            .and_then(|w| line_of(&w.state, listing_id, quantity))
+        {
+            Some(line) => lines.push(line),
+            None => {
+                return Ok(OrderDecision::Refused(CheckoutError::ListingNotFound(
+                    listing_id,
+                )))
+            }
+        }
+    }
+    let order_stream = stream_of::<Order>(request.order_id.0);
+    let place = OrderCommand::Place(PlaceOrder {
+        order_id: request.order_id,
+        buyer: request.buyer.clone(),
+        lines,
+        at: request.at,
+    });
+    let mut order = Working::from(
+        Loaded {
+            state: Order::default(),
+            revision: None,
+            position: Position::START,
+        },
+        true,
+    );
+    let placed = match order.state.decide(&place) {
+        Ok(events) => events,
+        Err(refusal) => {
+            return Ok(OrderDecision::Refused(CheckoutError::Command(
+                CommandError::Rejected(refusal),
+            )))
+        }
+    };
+    order.apply(&order_stream, ctx, &placed)?;
+
+    // Reserve every line, then hold the total.
+    let mut refusal = None;
+    let mut reservations = Vec::with_capacity(request.wanted.len());
+    for &(listing_id, quantity) in &request.wanted {
+        let Some(w) = listings.get(&listing_id) else {
+            continue;
+        };
+        let reserve = ListingCommand::Reserve(ReserveStock {
+            order_id: request.order_id,
+            buyer_id: request.buyer.account_id,
+            quantity,
+            at: request.at,
+        });
+        match w.state.decide(&reserve) {
+            Ok(events) => reservations.push((listing_id, events)),
+            Err(e) => {
+                refusal = Some(listing_reason(&e));
+                break;
+            }
+        }
+    }
+    let buyer = request.buyer.account_id;
+    let mut hold = Vec::new();
+    if refusal.is_none() {
+        if let std::collections::btree_map::Entry::Vacant(slot) = accounts.entry(buyer) {
+            let (loaded, verified) = if read_to_end {
+                handler.loaded_for_decision::<Account>(buyer.0, true).await
+            } else {
+                handler.taken_for_decision::<Account>(buyer.0).await
+            }
+            .map_err(CommandError::from)?;
+            slot.insert(Working::from(loaded, verified));
+        }
+        let Some(amount) = order.state.total.clone() else {
+            return Err(CheckoutError::Command(CommandError::Rejected(
+                OrderError::NoLines,
+            )));
+        };
+        let hold_funds = AccountCommand::Hold(HoldFunds {
+            order_id: request.order_id,
+            amount,
+            at: request.at,
+        });
+        if let Some(w) = accounts.get_mut(&buyer) {
+            let mut decision = w.state.decide(&hold_funds);
+            // Refused on a cached wallet: a deposit may have landed
+            // since (in another process), so it is decided again on
+            // the latest. Nothing of this batch is in the wallet yet
+            // (no hold of it), so the reload loses nothing.
+            if decision.is_err() && !w.verified && w.events.is_empty() {
+                let (latest, _) = handler
+                    .loaded_for_decision::<Account>(buyer.0, true)
+                    .await
+                    .map_err(CommandError::from)?;
+                *w = Working::from(latest, true);
+                decision = w.state.decide(&hold_funds);
+            }
+            match decision {
+                Ok(events) => hold = events,
+                Err(e) => refusal = Some(account_reason(&e)),
+            }
+        }
+    }
+    Ok(OrderDecision::Decided {
+        order,
+        refusal,
+        reservations,
+        hold,
+    })
+}
+
+/// The listings of `request` that were decided on as cached (not read to
+/// their end) and that the batch has not moved, so that no append checks
+/// them.
+fn unverified(
+    request: &OrderRequest,
+    listings: &BTreeMap<ListingId, Working<Listing>>,
+) -> Vec<ListingId> {
+    let mut stale: Vec<ListingId> = request
+        .wanted
+        .iter()
+        .map(|&(l, _)| l)
+        .filter(|l| {
+            listings
+                .get(l)
+                .is_some_and(|w| !w.verified && w.events.is_empty())
+        })
+        .collect();
+    stale.dedup();
+    stale
+}
+
+/// Reads each of `stale` (unmoved working listings) to its stream's end.
+async fn catch_up(
+    handler: &CommandHandler,
+    listings: &mut BTreeMap<ListingId, Working<Listing>>,
+    stale: &[ListingId],
+) -> Result<(), CheckoutError> {
+    for id in stale {
+        if let Some(w) = listings.get_mut(id) {
+            let loaded = Loaded {
+                state: std::mem::take(&mut w.state),
+                revision: w.base,
+                position: w.position,
+            };
+            let latest = handler
+                .caught_up::<Listing>(id.0, loaded)
+                .await
+                .map_err(CommandError::from)?;
+            *w = Working::from(latest, true);
+        }
+    }
+    Ok(())
 }
 
 /// Each order's answer once its batch is appended (`appended`: the

@@ -64,7 +64,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -98,14 +99,58 @@ const APPEND_LOCK_KEY: i64 = 0x006d_6b74_2d6c_6f67;
 pub(crate) async fn begin_locked(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-    static LOCKED_BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-             SET LOCAL enable_seqscan = off; \
-             SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
-        )
-    });
     Ok(pool.begin_with(LOCKED_BEGIN.as_str()).await?)
+}
+
+/// `BEGIN`, the plan settings and the append lock, as one simple query
+/// (see [`begin_locked`]).
+static LOCKED_BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SET LOCAL enable_seqscan = off; \
+         SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
+    )
+});
+
+/// The appender's own connection, taken from the pool when first needed
+/// and kept: a batch neither waits on the pool nor pays the round trip
+/// with which sqlx tests every connection given back to it. A transaction
+/// that ended in anything but a clean commit or rollback gives it up, and
+/// the next batch takes a fresh one.
+pub(crate) struct Link {
+    pool: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+    /// The last transaction on `conn` ended uncleanly: take another.
+    broken: bool,
+}
+
+impl Link {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            conn: None,
+            broken: false,
+        }
+    }
+}
+
+/// Begins a transaction holding the append lock on `link`'s kept
+/// connection (see [`begin_locked`]), taking one from the pool first if it
+/// has none or the last was given up. After a failure the caller marks
+/// the link broken.
+async fn begin_on<'c>(
+    pool: &PgPool,
+    conn: &'c mut Option<PoolConnection<Postgres>>,
+    broken: bool,
+) -> Result<sqlx::Transaction<'c, Postgres>, StoreError> {
+    if broken {
+        *conn = None;
+    }
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(pool.acquire().await?),
+    };
+    Ok(sqlx::Connection::begin_with(&mut **conn, LOCKED_BEGIN.as_str()).await?)
 }
 
 /// How much one group commit may carry.
@@ -186,6 +231,7 @@ pub(crate) async fn run(
     recent: Arc<RecentEvents>,
 ) {
     let mut heads = Heads::default();
+    let mut link = Link::new(pool);
     while let Some(first) = rx.recv().await {
         let mut events = first.batched.events();
         let mut batch = vec![first];
@@ -215,7 +261,7 @@ pub(crate) async fn run(
         let (work, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.batched, r.reply)).unzip();
         // A lone request never falls back: a refusal is its own.
-        match commit_batch(&pool, &recent, &mut heads, &work).await {
+        match commit_batch(&mut link, &recent, &mut heads, &work).await {
             Ok((results, rows)) => {
                 recent.push(rows);
                 deliver(&commits, replies, results);
@@ -226,7 +272,7 @@ pub(crate) async fn run(
                     requests = replies.len(),
                     "group commit refused one request's data; committing its requests one by one"
                 );
-                commit_one_by_one(&pool, &commits, &recent, &mut heads, work, replies).await;
+                commit_one_by_one(&mut link, &commits, &recent, &mut heads, work, replies).await;
             }
             Err(e) => fail(&commits, replies, &e),
         }
@@ -268,7 +314,7 @@ fn fail(commits: &watch::Sender<Position>, replies: Vec<Reply>, e: &StoreError) 
 /// against what the ones before it committed. An infrastructure failure
 /// stops the fallback and fails the request it hit and all those after it.
 async fn commit_one_by_one(
-    pool: &PgPool,
+    link: &mut Link,
     commits: &watch::Sender<Position>,
     recent: &RecentEvents,
     heads: &mut Heads,
@@ -277,7 +323,7 @@ async fn commit_one_by_one(
 ) {
     let mut pending = work.into_iter().zip(replies);
     while let Some((w, reply)) = pending.next() {
-        match commit_batch(pool, recent, heads, std::slice::from_ref(&w)).await {
+        match commit_batch(link, recent, heads, std::slice::from_ref(&w)).await {
             Ok((results, rows)) => {
                 recent.push(rows);
                 deliver(commits, vec![reply], results);
@@ -315,15 +361,15 @@ async fn commit_one_by_one(
 /// (see [`RecentEvents::committing`]); the caller pushes the rows after a
 /// success, and a failure clears the mark here.
 async fn commit_batch(
-    pool: &PgPool,
+    link: &mut Link,
     recent: &RecentEvents,
     heads: &mut Heads,
     work: &[Batched],
 ) -> Result<(Vec<Outcomes>, Vec<RecordedEvent>), StoreError> {
-    let result = match try_commit(pool, recent, heads, work).await {
+    let result = match try_commit(link, recent, heads, work).await {
         Err(WriteError::Replan) => {
             heads.forget();
-            try_commit(pool, recent, heads, work).await
+            try_commit(link, recent, heads, work).await
         }
         other => other,
     };
@@ -341,12 +387,19 @@ async fn commit_batch(
 
 /// One transaction of [`commit_batch`].
 async fn try_commit(
-    pool: &PgPool,
+    link: &mut Link,
     recent: &RecentEvents,
     heads: &Heads,
     work: &[Batched],
 ) -> Result<Written, WriteError> {
-    let mut tx = begin_locked(pool).await?;
+    let broken = std::mem::take(&mut link.broken);
+    let mut tx = match begin_on(&link.pool, &mut link.conn, broken).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            link.broken = true;
+            return Err(e.into());
+        }
+    };
     match write_batch_rows(&mut tx, work, heads).await {
         Ok(written) => {
             if let Some(top) = written.rows.last() {
@@ -354,15 +407,18 @@ async fn try_commit(
             }
             if let Err(e) = tx.commit().await {
                 recent.committed_or_not();
+                link.broken = true;
                 return Err(e.into());
             }
             Ok(written)
         }
         Err(e) => {
-            // Release the append lock now, not when the pool next touches the
-            // connection: the fallback's first transaction waits for it. If
-            // the connection is gone, so is the transaction.
-            let _ = tx.rollback().await;
+            // Release the append lock now: the fallback's first transaction
+            // waits for it. If the connection is gone, so is the
+            // transaction, and the next batch takes another.
+            if tx.rollback().await.is_err() {
+                link.broken = true;
+            }
             Err(e)
         }
     }
@@ -1493,6 +1549,51 @@ mod tests {
         assert_eq!(events, 0);
     }
 
+    /// The appender keeps one connection across batches; when that
+    /// connection dies between two batches (its backend terminated while
+    /// idle), the batch that meets it fails retryably at the worst, and the
+    /// appender takes a fresh connection for the next: appends go on.
+    #[tokio::test]
+    async fn the_appender_replaces_a_kept_connection_that_died() {
+        let pool = migrated_pool().await;
+        let store = PostgresEventStore::new(pool.clone()).await.expect("store");
+        let s = stream();
+        store
+            .append(&s, ExpectedRevision::NoStream, vec![event(json!({}))])
+            .await
+            .expect("first append");
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ( \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                    AND backend_type = 'client backend') t",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("terminate");
+        assert!(terminated >= 1, "the appender's connection was among them");
+        match store
+            .append(&s, ExpectedRevision::Exact(0), vec![event(json!({}))])
+            .await
+        {
+            Ok(o) => assert_eq!(o.revision, 1),
+            Err(e) => assert!(e.is_retryable(), "expected a retryable error, got {e:?}"),
+        }
+        let last = store
+            .append(&s, ExpectedRevision::Any, vec![event(json!({}))])
+            .await
+            .expect("an append after the lost connection commits");
+        let stored: Vec<u64> = store
+            .read_stream(&s, 0)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(stored.last().copied(), Some(last.revision));
+        assert!(stored.len() == 2 || stored.len() == 3, "got {stored:?}");
+    }
+
     /// Through the store's public `append`, with real concurrent callers:
     /// 32 good appends, 4 that Postgres refuses (a `CHECK`), and 6 carrying
     /// U+0000 start together behind a barrier while a test transaction holds
@@ -1699,9 +1800,14 @@ mod tests {
         heads: &mut Heads,
         work: Vec<Batched>,
     ) -> Result<Vec<Outcomes>, StoreError> {
-        commit_batch(pool, &RecentEvents::default(), heads, &work)
-            .await
-            .map(|(results, _)| results)
+        commit_batch(
+            &mut Link::new(pool.clone()),
+            &RecentEvents::default(),
+            heads,
+            &work,
+        )
+        .await
+        .map(|(results, _)| results)
     }
 
     /// The log's top position, as the heads must record it.

@@ -514,7 +514,7 @@ async fn decide_batch(
                 refusal,
                 reservations,
                 hold,
-            } => (order, refusal, reservations, hold),
+            } => (*order, refusal, reservations, hold),
         };
         let outcome = match refusal {
             None => CheckoutOutcome::Confirmed { fee: *fee },
@@ -562,7 +562,7 @@ enum OrderDecision {
     /// rejects it (if any), and, for a confirmation, the reservations and
     /// the hold to apply.
     Decided {
-        order: Working<Order>,
+        order: Box<Working<Order>>,
         refusal: Option<Reason>,
         reservations: Vec<(ListingId, Vec<ListingEvent>)>,
         hold: Vec<AccountEvent>,
@@ -684,7 +684,7 @@ async fn decide_order(
         }
     }
     Ok(OrderDecision::Decided {
-        order,
+        order: Box::new(order),
         refusal,
         reservations,
         hold,

@@ -1000,6 +1000,87 @@ mod tests {
         );
     }
 
+    /// Changes the lamp's price through `other` (another process, whose
+    /// append the first handler's cache does not see).
+    async fn reprice(other: &CommandHandler, seller: &Actor, lamp: ListingId, minor: i64) {
+        let change = ListingCommand::Change(marketplace_domain::listing::SellerChange {
+            actor: seller.clone(),
+            change: marketplace_domain::listing::Change::Price(eur(minor)),
+            at: Utc::now(),
+        });
+        other
+            .execute::<Listing>(lamp.0, &CommandContext::new("test"), &change)
+            .await
+            .expect("reprice");
+    }
+
+    async fn balance(handler: &CommandHandler, buyer: &Actor) -> i64 {
+        let fresh = CommandHandler::new(handler.store().clone());
+        fresh
+            .load::<Account>(buyer.account_id.0)
+            .await
+            .expect("wallet")
+            .state
+            .balance(&eur(0).currency)
+            .minor
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_a_cached_price_that_fell_elsewhere_is_decided_again_on_the_latest() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let handler = CommandHandler::new(store.clone());
+        let seller = account(&handler, &[Role::Seller], 0).await;
+        // This handler created the lamp at 10.00 and holds it cached.
+        let lamp = listing(&handler, &seller, 5).await;
+        let buyer = account(&handler, &[Role::Buyer], 600).await;
+        reprice(&CommandHandler::new(store.clone()), &seller, lamp, 500).await;
+
+        let done = decide_and_append(&handler, &[order(&buyer, lamp)], None)
+            .await
+            .expect("append");
+
+        assert_eq!(
+            status(&done[0]),
+            (OrderStatus::Confirmed, None),
+            "not refused for funds on the stale price of 10.00"
+        );
+        assert_eq!(balance(&handler, &buyer).await, 100, "held at the new 5.00");
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_on_a_cached_price_that_rose_elsewhere_is_charged_the_latest() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let handler = CommandHandler::new(store.clone());
+        let seller = account(&handler, &[Role::Seller], 0).await;
+        let lamp = listing(&handler, &seller, 5).await;
+        let buyers: Vec<Actor> =
+            futures::future::join_all((0..2).map(|_| account(&handler, &[Role::Buyer], 5_000)))
+                .await;
+        reprice(&CommandHandler::new(store.clone()), &seller, lamp, 2_000).await;
+
+        // Decided on the cached 10.00, the batch's append to the lamp
+        // expects a revision the repricing moved: it conflicts, and the
+        // batch is decided again on the lamp read to its end.
+        let done = decide_and_append(
+            &handler,
+            &[order(&buyers[0], lamp), order(&buyers[1], lamp)],
+            None,
+        )
+        .await
+        .expect("append");
+
+        for (outcome, buyer) in done.iter().zip(&buyers) {
+            assert_eq!(status(outcome), (OrderStatus::Confirmed, None));
+            assert_eq!(balance(&handler, buyer).await, 3_000, "held at 20.00");
+        }
+        let l = CommandHandler::new(store.clone())
+            .load::<Listing>(lamp.0)
+            .await
+            .expect("lamp")
+            .state;
+        assert_eq!((l.reserved_total(), l.available()), (2, 3));
+    }
+
     #[tokio::test]
     async fn a_long_stream_folded_without_a_snapshot_gets_one() {
         use marketplace_domain::listing::{ListingEvent, ReservationCommitted, StockReserved};

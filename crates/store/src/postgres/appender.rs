@@ -59,6 +59,17 @@
 //! committed append would also get), rolls the batch back and plans it
 //! again with everything looked up, so retries and duplicates answer as
 //! before. Anything else that fails forgets the heads.
+//!
+//! **A warm batch is one round trip** (`write_warm`). When the appender
+//! holds the head of every stream a batch writes and no request carries an
+//! idempotency key, it plans the batch on what it holds alone and sends one
+//! statement outside any transaction block: `events_append_at` (migration
+//! `10004`) takes the append lock, checks the stored top is the one the
+//! heads were recorded at, and inserts the rows with the NOTIFY; the
+//! statement's own transaction commits before it answers. A moved top (another
+//! writer appended), an id found stored, or a refusal on a held head writes
+//! nothing and replans the batch the long way (`BEGIN` with the lock, the
+//! planning lookup, the INSERT, `COMMIT`: four round trips).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -392,6 +403,9 @@ async fn try_commit(
     heads: &Heads,
     work: &[Batched],
 ) -> Result<Written, WriteError> {
+    if warm(work, heads) {
+        return write_warm(link, recent, heads, work).await;
+    }
     let broken = std::mem::take(&mut link.broken);
     let mut tx = match begin_on(&link.pool, &mut link.conn, broken).await {
         Ok(tx) => tx,
@@ -607,6 +621,34 @@ async fn write_batch_rows(
             claimed.insert(record.key.clone(), record);
         }
     }
+    let Planned { written, new_keys } = plan_batch(work, state, claimed, unprobed_ids)?;
+
+    if !new_keys.is_empty() {
+        insert_keys(conn, new_keys).await?;
+    }
+    if let Some(last) = written.rows.last().map(|r| r.position) {
+        insert_rows(conn, &written.rows, last, unprobed_ids).await?;
+    }
+    Ok(written)
+}
+
+/// A batch planned: what it writes, and the idempotency records to insert
+/// with it.
+struct Planned {
+    written: Written,
+    new_keys: Vec<IdempotencyRecord>,
+}
+
+/// Plans each request of `work` in turn against `state` (what is stored,
+/// then also what the requests before it will write) and the keys already
+/// `claimed`. With `unprobed_ids` (valid heads, ids not looked up), a
+/// refusal on a held head is [`WriteError::Replan`].
+fn plan_batch(
+    work: &[Batched],
+    mut state: PlanState,
+    mut claimed: HashMap<String, IdempotencyRecord>,
+    unprobed_ids: bool,
+) -> Result<Planned, WriteError> {
     // Postgres keeps microseconds: truncate so a record handed out from this
     // batch equals the one read back later.
     let now = Utc::now();
@@ -653,18 +695,14 @@ async fn write_batch_rows(
         }
         results.push(Ok(outcomes));
     }
-
-    if !new_keys.is_empty() {
-        insert_keys(conn, new_keys).await?;
-    }
-    if let Some(last) = rows.last().map(|r| r.position) {
-        insert_rows(conn, &rows, last, unprobed_ids).await?;
-    }
-    Ok(Written {
-        results,
-        rows,
-        top: state.next,
-        heads: state.current,
+    Ok(Planned {
+        written: Written {
+            results,
+            rows,
+            top: state.next,
+            heads: state.current,
+        },
+        new_keys,
     })
 }
 
@@ -704,6 +742,83 @@ async fn insert_keys(
     Ok(())
 }
 
+/// The columns of rows to insert, as the arrays the statements unnest.
+struct Columns {
+    position: Vec<i64>,
+    stream_id: Vec<String>,
+    revision: Vec<i64>,
+    event_id: Vec<Uuid>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    data: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl Columns {
+    fn of(rows: &[RecordedEvent]) -> Result<Self, StoreError> {
+        let n = rows.len();
+        let mut c = Self {
+            position: Vec::with_capacity(n),
+            stream_id: Vec::with_capacity(n),
+            revision: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            schema_version: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            recorded_at: Vec::with_capacity(n),
+        };
+        for r in rows {
+            c.position
+                .push(i64::try_from(r.position.0).unwrap_or(i64::MAX));
+            c.stream_id.push(r.stream_id.as_str().to_owned());
+            c.revision
+                .push(i64::try_from(r.revision).unwrap_or(i64::MAX));
+            c.event_id.push(r.event_id);
+            c.schema_version
+                .push(i32::try_from(r.schema_version).unwrap_or(i32::MAX));
+            c.recorded_at.push(r.recorded_at());
+            c.metadata.push(
+                serde_json::to_value(&r.metadata)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
+            );
+            c.event_type.push(r.event_type.clone());
+            c.data.push(r.data.clone());
+        }
+        Ok(c)
+    }
+
+    /// Binds the nine arrays, in the table's column order.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.position)
+            .bind(self.stream_id)
+            .bind(self.revision)
+            .bind(self.event_id)
+            .bind(self.event_type)
+            .bind(self.schema_version)
+            .bind(self.data)
+            .bind(self.metadata)
+            .bind(self.recorded_at)
+    }
+}
+
+/// With `unprobed_ids`, an id the `UNIQUE(event_id)` index finds stored is
+/// [`WriteError::Replan`]; any other failure is the store's error.
+fn insert_error(e: sqlx::Error, unprobed_ids: bool) -> WriteError {
+    match &e {
+        sqlx::Error::Database(db)
+            if unprobed_ids && db.constraint() == Some("events_event_id_key") =>
+        {
+            WriteError::Replan
+        }
+        _ => e.into(),
+    }
+}
+
 /// Inserts `rows` and NOTIFYs `last` to other processes' subscribers, in
 /// one statement. With `unprobed_ids` (planned without looking the ids up),
 /// an id the `UNIQUE(event_id)` index finds stored is
@@ -714,61 +829,106 @@ async fn insert_rows(
     last: Position,
     unprobed_ids: bool,
 ) -> Result<(), WriteError> {
-    let n = rows.len();
-    let mut position = Vec::with_capacity(n);
-    let mut stream_id = Vec::with_capacity(n);
-    let mut revision = Vec::with_capacity(n);
-    let mut event_id = Vec::with_capacity(n);
-    let mut event_type = Vec::with_capacity(n);
-    let mut schema_version = Vec::with_capacity(n);
-    let mut data = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut recorded_at: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-    for r in rows {
-        position.push(i64::try_from(r.position.0).unwrap_or(i64::MAX));
-        stream_id.push(r.stream_id.as_str().to_owned());
-        revision.push(i64::try_from(r.revision).unwrap_or(i64::MAX));
-        event_id.push(r.event_id);
-        schema_version.push(i32::try_from(r.schema_version).unwrap_or(i32::MAX));
-        recorded_at.push(r.recorded_at());
-        metadata.push(
-            serde_json::to_value(&r.metadata).map_err(|e| StoreError::Backend(e.to_string()))?,
-        );
-        event_type.push(r.event_type.clone());
-        data.push(r.data.clone());
-    }
-    sqlx::query(
-        "WITH inserted AS ( \
-             INSERT INTO events (position, stream_id, revision, event_id, event_type, \
-                                 schema_version, data, metadata, recorded_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], \
-                                  $5::text[], $6::int[], $7::jsonb[], $8::jsonb[], \
-                                  $9::timestamptz[]) \
-         ) \
-         SELECT pg_notify($10, $11)",
-    )
-    .bind(position)
-    .bind(stream_id)
-    .bind(revision)
-    .bind(event_id)
-    .bind(event_type)
-    .bind(schema_version)
-    .bind(data)
-    .bind(metadata)
-    .bind(recorded_at)
-    .bind(super::NOTIFY_CHANNEL)
-    .bind(last.0.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db)
-            if unprobed_ids && db.constraint() == Some("events_event_id_key") =>
-        {
-            WriteError::Replan
-        }
-        _ => e.into(),
-    })?;
+    Columns::of(rows)?
+        .bind(sqlx::query(
+            "WITH inserted AS ( \
+                 INSERT INTO events (position, stream_id, revision, event_id, event_type, \
+                                     schema_version, data, metadata, recorded_at) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], \
+                                      $5::text[], $6::int[], $7::jsonb[], $8::jsonb[], \
+                                      $9::timestamptz[]) \
+             ) \
+             SELECT pg_notify($10, $11)",
+        ))
+        .bind(super::NOTIFY_CHANNEL)
+        .bind(last.0.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| insert_error(e, unprobed_ids))?;
     Ok(())
+}
+
+/// Whether `work` can be written by [`write_warm`]: the appender knows the
+/// log's top and holds the head of every stream the batch writes, and no
+/// request carries an idempotency key (keys are looked up under the lock).
+fn warm(work: &[Batched], heads: &Heads) -> bool {
+    heads.expected_top() >= 0
+        && work.iter().all(|w| {
+            w.idempotency.is_none() && w.parts.iter().all(|p| heads.get(&p.stream).is_some())
+        })
+}
+
+/// Writes a [`warm`] batch in one round trip: planned on the held heads
+/// alone, then one statement outside any transaction block (so it commits
+/// as it returns) calls `events_append_at`, which takes the append lock,
+/// checks that the stored top is still the heads' and inserts the rows with
+/// the NOTIFY. Another writer's append in between, an id found stored, or a
+/// refusal on a held head is [`WriteError::Replan`]: nothing was written,
+/// and the caller plans again with everything looked up.
+async fn write_warm(
+    link: &mut Link,
+    recent: &RecentEvents,
+    heads: &Heads,
+    work: &[Batched],
+) -> Result<Written, WriteError> {
+    let top = heads.expected_top();
+    let mut state = PlanState {
+        next: u64::try_from(top).unwrap_or(0),
+        ..PlanState::default()
+    };
+    for p in work.iter().flat_map(|w| &w.parts) {
+        if let Some(h) = heads.get(&p.stream) {
+            state.current.insert(p.stream.clone(), h.clone());
+        }
+    }
+    let Planned { written, .. } = plan_batch(work, state, HashMap::new(), true)?;
+    let Some(last) = written.rows.last().map(|r| r.position) else {
+        return Ok(written);
+    };
+    let columns = Columns::of(&written.rows)?;
+    if std::mem::take(&mut link.broken) {
+        link.conn = None;
+    }
+    let conn = match &mut link.conn {
+        Some(conn) => conn,
+        None => match link.pool.acquire().await {
+            Ok(conn) => link.conn.insert(conn),
+            Err(e) => {
+                link.broken = true;
+                return Err(e.into());
+            }
+        },
+    };
+    recent.committing(last);
+    let appended = columns
+        .bind(sqlx::query(
+            "SELECT events_append_at($10, $11, $1, $2, $3, $4, $5, $6, $7, $8, $9, $12, $13)",
+        ))
+        .bind(top)
+        .bind(APPEND_LOCK_KEY)
+        .bind(super::NOTIFY_CHANNEL)
+        .bind(last.0.to_string())
+        .fetch_one(&mut **conn)
+        .await
+        .and_then(|row| row.try_get::<bool, _>(0));
+    match appended {
+        Ok(true) => Ok(written),
+        Ok(false) => {
+            recent.committed_or_not();
+            Err(WriteError::Replan)
+        }
+        Err(e) => {
+            recent.committed_or_not();
+            // Only a stored id is known to leave the connection usable: a
+            // failure may be the server's last word before it closed it
+            // (`57P01`), and the next batch takes another.
+            let e = insert_error(e, true);
+            if !matches!(e, WriteError::Replan) {
+                link.broken = true;
+            }
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -61,13 +61,14 @@
 //! before. Anything else that fails forgets the heads.
 //!
 //! **A warm batch is one round trip** (`write_warm`). When the appender
-//! holds the head of every stream a batch writes and no request carries an
-//! idempotency key, it plans the batch on what it holds alone and sends one
+//! holds the head of every stream a batch writes (or the part expects a new
+//! stream) and no request carries an idempotency key, it plans the batch on what it holds alone and sends one
 //! statement outside any transaction block: `events_append_at` (migration
 //! `10004`) takes the append lock, checks the stored top is the one the
 //! heads were recorded at, and inserts the rows with the NOTIFY; the
 //! statement's own transaction commits before it answers. A moved top (another
-//! writer appended), an id found stored, or a refusal on a held head writes
+//! writer appended), an id or a "new" stream found stored (by the `UNIQUE`
+//! indexes), or a refusal on a held head writes
 //! nothing and replans the batch the long way (`BEGIN` with the lock, the
 //! planning lookup, the INSERT, `COMMIT`: four round trips).
 
@@ -807,11 +808,14 @@ impl Columns {
 }
 
 /// With `unprobed_ids`, an id the `UNIQUE(event_id)` index finds stored is
-/// [`WriteError::Replan`]; any other failure is the store's error.
-fn insert_error(e: sqlx::Error, unprobed_ids: bool) -> WriteError {
+/// [`WriteError::Replan`]; so, with `unprobed_streams` (new streams planned
+/// without looking them up), is a revision `UNIQUE(stream_id, revision)`
+/// finds taken. Any other failure is the store's error.
+fn insert_error(e: sqlx::Error, unprobed_ids: bool, unprobed_streams: bool) -> WriteError {
     match &e {
         sqlx::Error::Database(db)
-            if unprobed_ids && db.constraint() == Some("events_event_id_key") =>
+            if (unprobed_ids && db.constraint() == Some("events_event_id_key"))
+                || (unprobed_streams && db.constraint() == Some("events_stream_revision_key")) =>
         {
             WriteError::Replan
         }
@@ -844,17 +848,22 @@ async fn insert_rows(
         .bind(last.0.to_string())
         .execute(&mut *conn)
         .await
-        .map_err(|e| insert_error(e, unprobed_ids))?;
+        .map_err(|e| insert_error(e, unprobed_ids, false))?;
     Ok(())
 }
 
 /// Whether `work` can be written by [`write_warm`]: the appender knows the
-/// log's top and holds the head of every stream the batch writes, and no
-/// request carries an idempotency key (keys are looked up under the lock).
+/// log's top, no request carries an idempotency key (keys are looked up
+/// under the lock), and every part writes a stream whose head it holds or
+/// expects a stream that does not exist yet (planned as new, and checked by
+/// `UNIQUE(stream_id, revision)` on insert).
 fn warm(work: &[Batched], heads: &Heads) -> bool {
     heads.expected_top() >= 0
         && work.iter().all(|w| {
-            w.idempotency.is_none() && w.parts.iter().all(|p| heads.get(&p.stream).is_some())
+            w.idempotency.is_none()
+                && w.parts.iter().all(|p| {
+                    p.expected == ExpectedRevision::NoStream || heads.get(&p.stream).is_some()
+                })
         })
 }
 
@@ -862,9 +871,10 @@ fn warm(work: &[Batched], heads: &Heads) -> bool {
 /// alone, then one statement outside any transaction block (so it commits
 /// as it returns) calls `events_append_at`, which takes the append lock,
 /// checks that the stored top is still the heads' and inserts the rows with
-/// the NOTIFY. Another writer's append in between, an id found stored, or a
-/// refusal on a held head is [`WriteError::Replan`]: nothing was written,
-/// and the caller plans again with everything looked up.
+/// the NOTIFY. Another writer's append in between, an id found stored, a
+/// "new" stream found stored, or a refusal on a held head is
+/// [`WriteError::Replan`]: nothing was written, and the caller plans again
+/// with everything looked up.
 async fn write_warm(
     link: &mut Link,
     recent: &RecentEvents,
@@ -922,7 +932,7 @@ async fn write_warm(
             // Only a stored id is known to leave the connection usable: a
             // failure may be the server's last word before it closed it
             // (`57P01`), and the next batch takes another.
-            let e = insert_error(e, true);
+            let e = insert_error(e, true, true);
             if !matches!(e, WriteError::Replan) {
                 link.broken = true;
             }
@@ -2073,6 +2083,88 @@ mod tests {
     /// next batch looks everything up, and its revisions and hash chain run
     /// on from the other writer's event. A revision the held head would have
     /// accepted is refused with the stored one.
+    #[tokio::test]
+    async fn a_warm_new_stream_found_stored_is_answered_as_the_long_way_would() {
+        let pool = migrated_pool().await;
+        let taken = stream();
+        // Stored before this appender knew anything: its heads will not
+        // hold `taken`, and the top will not move after they are recorded.
+        let first = event(json!({"n": 0}));
+        let mut none = Heads::default();
+        let stored = commit_on(
+            &pool,
+            &mut none,
+            vec![append(
+                &taken,
+                ExpectedRevision::NoStream,
+                vec![first.clone()],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        let stored = single(stored.into_iter().next().expect("one")).expect("appended");
+        let mut heads = Heads::default();
+        commit_one(&pool, &mut heads, &stream(), ExpectedRevision::NoStream)
+            .await
+            .expect("appended");
+        assert!(heads.get(&taken).is_none() && heads.expected_top() == 2);
+
+        // Planned as new, warm: the insert meets `(taken, 0)`, and the batch
+        // is planned again with `taken` looked up. Another request of the
+        // same batch, to a new stream, still commits.
+        let fresh = stream();
+        let results = commit_on(
+            &pool,
+            &mut heads,
+            vec![
+                append(
+                    &taken,
+                    ExpectedRevision::NoStream,
+                    vec![event(json!({}))],
+                    None,
+                ),
+                append(
+                    &fresh,
+                    ExpectedRevision::NoStream,
+                    vec![event(json!({}))],
+                    None,
+                ),
+            ],
+        )
+        .await
+        .expect("commit");
+        let mut results = results.into_iter().map(single);
+        match results.next().expect("first") {
+            Err(StoreError::WrongExpectedRevision { actual, .. }) => assert_eq!(actual, Some(0)),
+            other => panic!("expected WrongExpectedRevision, got {other:?}"),
+        }
+        assert_eq!(
+            results.next().expect("second").expect("appended"),
+            outcome(0, 3)
+        );
+        // The very append stored first, sent again: its outcome.
+        let again = commit_on(
+            &pool,
+            &mut heads,
+            vec![append(
+                &taken,
+                ExpectedRevision::NoStream,
+                vec![first],
+                None,
+            )],
+        )
+        .await
+        .expect("commit");
+        assert_eq!(
+            single(again.into_iter().next().expect("one")).expect("its outcome"),
+            stored
+        );
+        let (log, _, _) = stored_log(&pool).await;
+        assert_eq!(log.len(), 3, "nothing written twice, no gap");
+        assert_eq!(heads.expected_top(), 3);
+    }
+
     #[tokio::test]
     async fn an_append_by_another_writer_invalidates_the_heads() {
         let pool = migrated_pool().await;

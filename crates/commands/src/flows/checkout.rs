@@ -324,6 +324,34 @@ impl<A: Aggregate> Working<A> {
         self.base
             .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact)
     }
+
+    /// Whether a refusal decided on this state may be stale and must be
+    /// decided again on the latest: the state came from the cache without
+    /// reading its stream's end, and the batch has not moved it, so no
+    /// append of the batch checks it (a restock, a price change or a
+    /// deposit in another process). A confirmation needs no such check: it
+    /// appends with [`Self::expected`]. The same rule as the handler's
+    /// single commands (`CommandHandler::execute`).
+    fn unchecked(&self) -> bool {
+        !self.verified && self.events.is_empty()
+    }
+
+    /// Reads `A` with id `id` on from where this state was taken to its
+    /// stream's end; nothing of the batch is lost, since it has not moved
+    /// the state ([`Self::unchecked`]).
+    async fn catch_up(&mut self, handler: &CommandHandler, id: Uuid) -> Result<(), CheckoutError> {
+        let loaded = Loaded {
+            state: std::mem::take(&mut self.state),
+            revision: self.base,
+            position: self.position,
+        };
+        let latest = handler
+            .caught_up::<A>(id, loaded)
+            .await
+            .map_err(CommandError::from)?;
+        *self = Working::from(latest, true);
+        Ok(())
+    }
 }
 
 /// What a batch decided for one order.
@@ -665,16 +693,8 @@ async fn decide_order(
         });
         if let Some(w) = accounts.get_mut(&buyer) {
             let mut decision = w.state.decide(&hold_funds);
-            // Refused on a cached wallet: a deposit may have landed
-            // since (in another process), so it is decided again on
-            // the latest. Nothing of this batch is in the wallet yet
-            // (no hold of it), so the reload loses nothing.
-            if decision.is_err() && !w.verified && w.events.is_empty() {
-                let (latest, _) = handler
-                    .loaded_for_decision::<Account>(buyer.0, true)
-                    .await
-                    .map_err(CommandError::from)?;
-                *w = Working::from(latest, true);
+            if decision.is_err() && w.unchecked() {
+                w.catch_up(handler, buyer.0).await?;
                 decision = w.state.decide(&hold_funds);
             }
             match decision {
@@ -702,11 +722,7 @@ fn unverified(
         .wanted
         .iter()
         .map(|&(l, _)| l)
-        .filter(|l| {
-            listings
-                .get(l)
-                .is_some_and(|w| !w.verified && w.events.is_empty())
-        })
+        .filter(|l| listings.get(l).is_some_and(Working::unchecked))
         .collect();
     stale.dedup();
     stale
@@ -720,16 +736,7 @@ async fn catch_up(
 ) -> Result<(), CheckoutError> {
     for id in stale {
         if let Some(w) = listings.get_mut(id) {
-            let loaded = Loaded {
-                state: std::mem::take(&mut w.state),
-                revision: w.base,
-                position: w.position,
-            };
-            let latest = handler
-                .caught_up::<Listing>(id.0, loaded)
-                .await
-                .map_err(CommandError::from)?;
-            *w = Working::from(latest, true);
+            w.catch_up(handler, id.0).await?;
         }
     }
     Ok(())
@@ -1079,6 +1086,36 @@ mod tests {
             .expect("lamp")
             .state;
         assert_eq!((l.reserved_total(), l.available()), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_a_cached_wallet_that_was_funded_elsewhere_is_decided_again() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let handler = CommandHandler::new(store.clone());
+        let seller = account(&handler, &[Role::Seller], 0).await;
+        let lamp = listing(&handler, &seller, 5).await;
+        // This handler registered the buyer with 5.00 and holds the wallet.
+        let buyer = account(&handler, &[Role::Buyer], 500).await;
+        let deposit = AccountCommand::Deposit(DepositFunds {
+            deposit_id: Uuid::now_v7(),
+            amount: eur(1_000),
+            at: Utc::now(),
+        });
+        CommandHandler::new(store.clone())
+            .execute::<Account>(buyer.account_id.0, &CommandContext::new("test"), &deposit)
+            .await
+            .expect("deposit elsewhere");
+
+        let done = decide_and_append(&handler, &[order(&buyer, lamp)], None)
+            .await
+            .expect("append");
+
+        assert_eq!(
+            status(&done[0]),
+            (OrderStatus::Confirmed, None),
+            "not refused for funds on the cached 5.00"
+        );
+        assert_eq!(balance(&handler, &buyer).await, 500);
     }
 
     #[tokio::test]

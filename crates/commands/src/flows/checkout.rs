@@ -884,6 +884,15 @@ mod tests {
         }
     }
 
+    /// Decides one order of `buyer` for `lamp` on `handler` (whose cache
+    /// predates a change made elsewhere) and asserts it is confirmed.
+    async fn assert_confirmed(handler: &CommandHandler, buyer: &Actor, lamp: ListingId, why: &str) {
+        let done = decide_and_append(handler, &[order(buyer, lamp)], None)
+            .await
+            .expect("append");
+        assert_eq!(status(&done[0]), (OrderStatus::Confirmed, None), "{why}");
+    }
+
     #[tokio::test]
     async fn a_batch_is_decided_in_order_in_one_append_and_keeps_each_outcome() {
         let store = Arc::new(InMemoryEventStore::new());
@@ -996,15 +1005,13 @@ mod tests {
             .await
             .expect("restock");
 
-        let second = decide_and_append(&handler, &[order(&buyer, lamp)], None)
-            .await
-            .expect("append");
-
-        assert_eq!(
-            status(&second[0]),
-            (OrderStatus::Confirmed, None),
-            "not refused as out of stock on the stale state"
-        );
+        assert_confirmed(
+            &handler,
+            &buyer,
+            lamp,
+            "not refused as out of stock on the stale state",
+        )
+        .await;
     }
 
     /// Changes the lamp's price through `other` (another process, whose
@@ -1042,15 +1049,13 @@ mod tests {
         let buyer = account(&handler, &[Role::Buyer], 600).await;
         reprice(&CommandHandler::new(store.clone()), &seller, lamp, 500).await;
 
-        let done = decide_and_append(&handler, &[order(&buyer, lamp)], None)
-            .await
-            .expect("append");
-
-        assert_eq!(
-            status(&done[0]),
-            (OrderStatus::Confirmed, None),
-            "not refused for funds on the stale price of 10.00"
-        );
+        assert_confirmed(
+            &handler,
+            &buyer,
+            lamp,
+            "not refused for funds on the stale price of 10.00",
+        )
+        .await;
         assert_eq!(balance(&handler, &buyer).await, 100, "held at the new 5.00");
     }
 
@@ -1106,15 +1111,13 @@ mod tests {
             .await
             .expect("deposit elsewhere");
 
-        let done = decide_and_append(&handler, &[order(&buyer, lamp)], None)
-            .await
-            .expect("append");
-
-        assert_eq!(
-            status(&done[0]),
-            (OrderStatus::Confirmed, None),
-            "not refused for funds on the cached 5.00"
-        );
+        assert_confirmed(
+            &handler,
+            &buyer,
+            lamp,
+            "not refused for funds on the cached 5.00",
+        )
+        .await;
         assert_eq!(balance(&handler, &buyer).await, 500);
     }
 
